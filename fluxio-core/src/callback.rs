@@ -1,0 +1,61 @@
+//! Callbacks: observe a run's lifecycle without touching stage code.
+
+use std::time::Duration;
+
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::stage::StageKind;
+
+/// What a stage event is about.
+#[derive(Debug, Clone, Copy)]
+pub struct StageEvent<'a> {
+    /// The run's id.
+    pub run_id: &'a str,
+    /// The stage's name.
+    pub stage: &'static str,
+    /// How the stage runs.
+    pub kind: StageKind,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// Observer of pipeline runs, registered with `Pipeline::with_callback`.
+///
+/// Every method has a no-op default, so an implementation overrides only what it needs.
+/// Callbacks run inline on the run's task: keep them quick and never block.
+///
+/// ```
+/// # use fluxio_core::{Callback, StageEvent};
+/// # use std::sync::atomic::{AtomicUsize, Ordering};
+/// #[derive(Default)]
+/// struct CountStages(AtomicUsize);
+///
+/// impl Callback for CountStages {
+///     fn on_stage_start(&self, _event: &StageEvent<'_>) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// let counter = CountStages::default();
+/// counter.on_stage_start(&StageEvent {
+///     run_id: "r1", stage: "s", kind: fluxio_core::StageKind::Async, attempt: 1,
+/// });
+/// assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+/// ```
+#[allow(
+    unused_variables,
+    reason = "the defaults ignore their arguments by design"
+)]
+pub trait Callback: Send + Sync + 'static {
+    /// A run starts.
+    fn on_run_start(&self, run_id: &str) {}
+    /// A run ended, successfully or not.
+    fn on_run_end(&self, run_id: &str, outcome: Result<&Ctx, &Error>, elapsed: Duration) {}
+    /// A stage starts.
+    fn on_stage_start(&self, event: &StageEvent<'_>) {}
+    /// A stage finished successfully.
+    fn on_stage_end(&self, event: &StageEvent<'_>, elapsed: Duration) {}
+    /// A stage failed.
+    fn on_stage_error(&self, event: &StageEvent<'_>, error: &Error, elapsed: Duration) {}
+    /// A stage will not run (a branch its route did not take).
+    fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {}
+}

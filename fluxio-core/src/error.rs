@@ -1,0 +1,92 @@
+//! The error type of fluxio runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A type-erased error shared between clones of [`Error`].
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with fluxio's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can make a pipeline run fail. Every variant names what failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A stage returned an error or panicked.
+    #[error("stage `{stage}` failed: {source}")]
+    Stage {
+        /// The stage's name.
+        stage: &'static str,
+        /// What the stage reported.
+        #[source]
+        source: SharedError,
+    },
+    /// A stage ran longer than its timeout.
+    #[error("stage `{stage}` timed out after {after:?}")]
+    Timeout {
+        /// The stage's name.
+        stage: &'static str,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// A key the pipeline reads before any stage writes it was not in the input.
+    #[error("missing input `{key}`: the pipeline reads it and no stage writes it before")]
+    MissingInput {
+        /// The key's name.
+        key: &'static str,
+    },
+    /// A stage needs a `Res<T>` that was not registered with `.with_resource(..)`.
+    #[error("stage `{stage}` needs resource `{type_name}`: register it with `.with_resource(..)`")]
+    MissingResource {
+        /// The stage's name.
+        stage: &'static str,
+        /// The resource's type name.
+        type_name: &'static str,
+    },
+    /// A route stage chose a label that has no branch.
+    #[error("route stage `{stage}` chose `{label}`, which is not one of its branches")]
+    UnknownRoute {
+        /// The route stage's name.
+        stage: &'static str,
+        /// The label it returned.
+        label: String,
+    },
+    /// A ctx-style stage wrote a key it did not declare in `writes`.
+    #[error("stage `{stage}` wrote `{key}`, which is not in its `writes`")]
+    UndeclaredWrite {
+        /// The stage's name.
+        stage: &'static str,
+        /// The key written.
+        key: &'static str,
+    },
+    /// Two branches of a fork wrote the same key.
+    #[error("`{}` and `{}` both wrote `{key}`", stages[0], stages[1])]
+    MergeConflict {
+        /// The key both wrote.
+        key: &'static str,
+        /// The two writers.
+        stages: [String; 2],
+    },
+    /// A key was read but is not in the context (a ctx-style stage or a harness input).
+    #[error("stage `{stage}` reads `{key}`, which is not in the context")]
+    MissingKey {
+        /// The stage's name.
+        stage: &'static str,
+        /// The key's name.
+        key: &'static str,
+    },
+    /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
+    #[error("stage `{stage}` streams `{actual}` chunks, not `{expected}`")]
+    ChunkType {
+        /// The stream stage's name.
+        stage: &'static str,
+        /// The chunk type asked for.
+        expected: &'static str,
+        /// The chunk type the stage produces.
+        actual: &'static str,
+    },
+    /// The run's task was cancelled or aborted before it finished.
+    #[error("run cancelled")]
+    Cancelled,
+}

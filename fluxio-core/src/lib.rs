@@ -1,0 +1,30 @@
+//! The runtime of [fluxio](https://docs.rs/fluxio): typed keys, the immutable context,
+//! stages, the compiled pipeline plan and its executor.
+//!
+//! Users depend on the `fluxio` facade, which re-exports this crate together with the
+//! `#[stage]`, `pipeline!` and `keys!` macros. Store crates depend on this crate directly.
+
+#![doc(test(attr(deny(warnings))))]
+
+pub mod access;
+mod callback;
+mod ctx;
+mod error;
+mod key;
+pub mod plan;
+mod run;
+mod stage;
+#[doc(hidden)]
+pub mod support;
+pub mod testing;
+
+pub use callback::{Callback, StageEvent};
+pub use ctx::Ctx;
+pub use error::{Error, Result, SharedError};
+pub use key::{AsKey, Key, KeyDesc};
+pub use plan::{Graph, GraphNode};
+pub use run::{Invoke, Pipeline, StreamHandle};
+pub use stage::{
+    Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, Stage, StageEnv, StageError,
+    StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,
+};

@@ -1,0 +1,510 @@
+//! The compiled pipeline: a flat list of nodes, the dependency rule over them, the
+//! inspectable graph, its Mermaid rendering and its version hash.
+//!
+//! `pipeline!` flattens its input (sequences, `parallel` blocks, route branches) into a list
+//! of nodes in source order and, when every node is a stage, evaluates [`dep_matrix`] in a
+//! `const` item: the dependency graph exists before the program runs. Graphs holding a nested
+//! pipeline value are computed with the same [`depends`] rule when the pipeline is built.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::access::first_conflict_in;
+use crate::key::KeyDesc;
+use crate::stage::{DynStage, StageKind, StageMeta};
+
+/// What the dependency rule knows about one node of a flattened pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeDesc<'a> {
+    /// Keys the node reads.
+    pub reads: &'a [KeyDesc],
+    /// Keys the node writes.
+    pub writes: &'a [KeyDesc],
+    /// The `parallel` block the node belongs to (0: none).
+    pub group: u32,
+    /// The innermost route branch holding the node: (index of the route node, label index).
+    pub branch: Option<(u32, u32)>,
+}
+
+const fn inside_route(nodes: &[NodeDesc<'_>], j: usize, route: usize) -> bool {
+    let mut cur = nodes[j].branch;
+    while let Some((r, _)) = cur {
+        if r as usize == route {
+            return true;
+        }
+        cur = nodes[r as usize].branch;
+    }
+    false
+}
+
+const fn mutually_exclusive(nodes: &[NodeDesc<'_>], i: usize, j: usize) -> bool {
+    let mut a = nodes[i].branch;
+    while let Some((ri, li)) = a {
+        let mut b = nodes[j].branch;
+        while let Some((rj, lj)) = b {
+            if ri == rj {
+                return li != lj;
+            }
+            b = nodes[rj as usize].branch;
+        }
+        a = nodes[ri as usize].branch;
+    }
+    false
+}
+
+/// Whether node `j` must wait for node `i` (`i < j` in source order).
+///
+/// A node waits for an earlier one when it sits inside that node's route branches, or when
+/// their accesses conflict: read-after-write, write-after-write or write-after-read. Nodes
+/// of one `parallel` block never wait for each other (their conflicts are compile errors),
+/// and nodes of different branches of one route never both run.
+pub const fn depends(nodes: &[NodeDesc<'_>], i: usize, j: usize) -> bool {
+    if i >= j {
+        return false;
+    }
+    if inside_route(nodes, j, i) {
+        return true;
+    }
+    if mutually_exclusive(nodes, i, j) {
+        return false;
+    }
+    if nodes[i].group != 0 && nodes[i].group == nodes[j].group {
+        return false;
+    }
+    first_conflict_in(
+        nodes[i].reads,
+        nodes[i].writes,
+        nodes[j].reads,
+        nodes[j].writes,
+    )
+    .is_some()
+}
+
+/// The full dependency matrix: `m[j][i]` is true when node `j` waits for node `i`.
+pub const fn dep_matrix<const N: usize>(nodes: &[NodeDesc<'static>; N]) -> [[bool; N]; N] {
+    let mut m = [[false; N]; N];
+    let mut j = 0;
+    while j < N {
+        let mut i = 0;
+        while i < j {
+            m[j][i] = depends(nodes, i, j);
+            i += 1;
+        }
+        j += 1;
+    }
+    m
+}
+
+/// How a node executes.
+#[derive(Clone)]
+pub(crate) enum Exec {
+    Stage(Arc<dyn DynStage>),
+    Pipeline(crate::run::Pipeline),
+}
+
+/// One node of a pipeline under construction (built by `pipeline!`'s output).
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub(crate) meta: StageMeta,
+    pub(crate) reads: Vec<KeyDesc>,
+    pub(crate) writes: Vec<KeyDesc>,
+    pub(crate) exec: Exec,
+    pub(crate) group: u32,
+    pub(crate) branch: Option<(u32, u32)>,
+    pub(crate) labels: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpec")
+            .field("name", &self.meta.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeSpec {
+    /// A stage node.
+    pub fn stage<S: crate::Stage>(stage: S, group: u32, branch: Option<(u32, u32)>) -> Self {
+        let meta = S::META;
+        NodeSpec {
+            meta,
+            reads: meta.access.reads.to_vec(),
+            writes: meta.access.writes.to_vec(),
+            exec: Exec::Stage(Arc::new(crate::stage::StageBox::new(stage))),
+            group,
+            branch,
+            labels: Vec::new(),
+        }
+    }
+
+    /// A route stage node followed by branches with these labels.
+    pub fn route<S: crate::Stage>(
+        stage: S,
+        labels: &[&'static str],
+        branch: Option<(u32, u32)>,
+    ) -> Self {
+        let mut node = Self::stage(stage, 0, branch);
+        node.labels = labels.to_vec();
+        node
+    }
+
+    /// A nested pipeline, run as one node.
+    pub fn pipeline(pipe: crate::run::Pipeline, branch: Option<(u32, u32)>) -> Self {
+        let plan = pipe.plan();
+        let mut writes: Vec<KeyDesc> = Vec::new();
+        for n in &plan.nodes {
+            for w in &n.writes {
+                if !writes.iter().any(|k| k.name == w.name) {
+                    writes.push(*w);
+                }
+            }
+        }
+        NodeSpec {
+            meta: StageMeta {
+                name: "pipeline",
+                kind: StageKind::Pipeline,
+                access: crate::access::Access::NONE,
+                timeout: None,
+                resources: &[],
+            },
+            reads: plan.input_descs.clone(),
+            writes,
+            exec: Exec::Pipeline(pipe),
+            group: 0,
+            branch,
+            labels: Vec::new(),
+        }
+    }
+
+    fn desc(&self) -> NodeDesc<'_> {
+        NodeDesc {
+            reads: &self.reads,
+            writes: &self.writes,
+            group: self.group,
+            branch: self.branch,
+        }
+    }
+}
+
+/// The executable plan behind a [`Pipeline`](crate::Pipeline).
+pub(crate) struct Plan {
+    pub(crate) nodes: Vec<NodeSpec>,
+    /// For each node, the nodes that wait for it.
+    pub(crate) dependents: Vec<Vec<u32>>,
+    /// For each node, how many nodes it waits for.
+    pub(crate) dep_counts: Vec<u32>,
+    /// Nodes that wait for nothing.
+    pub(crate) roots: Vec<u32>,
+    /// For each route node, for each label, every node inside that branch (nested too).
+    pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
+    pub(crate) input_descs: Vec<KeyDesc>,
+    pub(crate) graph: Graph,
+    pub(crate) version: String,
+}
+
+impl Plan {
+    pub(crate) fn build(nodes: Vec<NodeSpec>, deps: &dyn Fn(usize, usize) -> bool) -> Plan {
+        let n = nodes.len();
+        let mut dependents = vec![Vec::new(); n];
+        let mut dep_counts = vec![0u32; n];
+        let mut edges_full = Vec::new();
+        for j in 0..n {
+            for i in 0..j {
+                if deps(i, j) {
+                    dependents[i].push(j as u32);
+                    dep_counts[j] += 1;
+                    edges_full.push((i, j));
+                }
+            }
+        }
+        let roots = (0..n as u32)
+            .filter(|&j| dep_counts[j as usize] == 0)
+            .collect();
+
+        let mut branch_members = vec![Vec::new(); n];
+        for (r, node) in nodes.iter().enumerate() {
+            if !node.labels.is_empty() {
+                branch_members[r] = vec![Vec::new(); node.labels.len()];
+            }
+        }
+        for j in 0..n {
+            let mut cur = nodes[j].branch;
+            while let Some((r, l)) = cur {
+                branch_members[r as usize][l as usize].push(j as u32);
+                cur = nodes[r as usize].branch;
+            }
+        }
+
+        let mut input_descs: Vec<KeyDesc> = Vec::new();
+        let mut written: Vec<&'static str> = Vec::new();
+        for node in &nodes {
+            for r in &node.reads {
+                if !written.contains(&r.name) && !input_descs.iter().any(|k| k.name == r.name) {
+                    input_descs.push(*r);
+                }
+            }
+            written.extend(node.writes.iter().map(|k| k.name));
+        }
+
+        let graph = Graph::new(&nodes, &edges_full);
+        let version = version_of(&nodes, &edges_full);
+        Plan {
+            nodes,
+            dependents,
+            dep_counts,
+            roots,
+            branch_members,
+            input_descs,
+            graph,
+            version,
+        }
+    }
+
+    pub(crate) fn build_dynamic(nodes: Vec<NodeSpec>) -> Plan {
+        let matrix: Vec<Vec<bool>> = {
+            let d: Vec<NodeDesc<'_>> = nodes.iter().map(NodeSpec::desc).collect();
+            (0..nodes.len())
+                .map(|j| (0..nodes.len()).map(|i| depends(&d, i, j)).collect())
+                .collect()
+        };
+        Plan::build(nodes, &|i, j| matrix[j][i])
+    }
+}
+
+fn version_of(nodes: &[NodeSpec], edges: &[(usize, usize)]) -> String {
+    let mut h = Sha256::new();
+    let mut field = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    for node in nodes {
+        field("node");
+        field(node.meta.name);
+        field(node.meta.kind.as_str());
+        let mut reads: Vec<&str> = node.reads.iter().map(|k| k.name).collect();
+        reads.sort_unstable();
+        let mut writes: Vec<&str> = node.writes.iter().map(|k| k.name).collect();
+        writes.sort_unstable();
+        field("reads");
+        reads.iter().for_each(|k| field(k));
+        field("writes");
+        writes.iter().for_each(|k| field(k));
+        field(&node.group.to_string());
+        match node.branch {
+            Some((r, l)) => field(&format!("branch {r} {l}")),
+            None => field("top"),
+        }
+        field("labels");
+        node.labels.iter().for_each(|l| field(l));
+        if let Exec::Pipeline(p) = &node.exec {
+            field(p.version());
+        }
+    }
+    field("edges");
+    for (i, j) in edges {
+        field(&format!("{i}->{j}"));
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(16);
+    for b in &digest[..8] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// One node of a pipeline's dependency graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphNode {
+    /// The stage's name (`pipeline` for a nested pipeline).
+    pub name: &'static str,
+    /// How it runs.
+    pub kind: StageKind,
+    /// Keys it reads.
+    pub reads: Vec<&'static str>,
+    /// Keys it writes.
+    pub writes: Vec<&'static str>,
+    /// The `parallel` block it belongs to, numbered from 1.
+    pub parallel_group: Option<u32>,
+    /// The route branch holding it: (index of the route node, label).
+    pub branch: Option<(usize, &'static str)>,
+    /// For a route stage, the labels of its branches.
+    pub labels: Vec<&'static str>,
+}
+
+/// A pipeline's dependency graph, as the scheduler runs it.
+///
+/// Nodes are in source order; `edges` are `(from, to)` index pairs meaning `to` waits for
+/// `from`, with edges implied by others left out (a transitive reduction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graph {
+    /// The nodes, in source order.
+    pub nodes: Vec<GraphNode>,
+    /// Direct dependencies `(from, to)`.
+    pub edges: Vec<(usize, usize)>,
+}
+
+impl Graph {
+    fn new(nodes: &[NodeSpec], edges_full: &[(usize, usize)]) -> Graph {
+        let n = nodes.len();
+        let mut reach = vec![vec![false; n]; n];
+        for &(i, j) in edges_full {
+            reach[i][j] = true;
+        }
+        // Edges are forward only (i < j), so one pass in reverse order closes reachability.
+        for i in (0..n).rev() {
+            for k in i + 1..n {
+                if reach[i][k] {
+                    for j in k + 1..n {
+                        if reach[k][j] {
+                            reach[i][j] = true;
+                        }
+                    }
+                }
+            }
+        }
+        let edges = edges_full
+            .iter()
+            .copied()
+            .filter(|&(i, j)| !(i + 1..j).any(|k| reach[i][k] && reach[k][j]))
+            .collect();
+        let nodes = nodes
+            .iter()
+            .map(|s| GraphNode {
+                name: s.meta.name,
+                kind: s.meta.kind,
+                reads: s.reads.iter().map(|k| k.name).collect(),
+                writes: s.writes.iter().map(|k| k.name).collect(),
+                parallel_group: (s.group != 0).then_some(s.group),
+                branch: s
+                    .branch
+                    .map(|(r, l)| (r as usize, nodes[r as usize].labels[l as usize])),
+                labels: s.labels.clone(),
+            })
+            .collect();
+        Graph { nodes, edges }
+    }
+
+    /// Renders the graph as a Mermaid flowchart: one box per stage, parallel blocks as
+    /// subgraphs, route branches as labelled edges.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart TD\n");
+        let shape = |i: usize, node: &GraphNode| {
+            let mut label = node.name.to_string();
+            if !node.reads.is_empty() {
+                let _ = write!(label, "<br/>reads: {}", node.reads.join(", "));
+            }
+            if !node.writes.is_empty() {
+                let _ = write!(label, "<br/>writes: {}", node.writes.join(", "));
+            }
+            match node.kind {
+                StageKind::Route => format!("n{i}{{\"{label}\"}}"),
+                StageKind::Stream => format!("n{i}[/\"{label}\"/]"),
+                StageKind::Pipeline => format!("n{i}[[\"{label}\"]]"),
+                _ => format!("n{i}[\"{label}\"]"),
+            }
+        };
+        let mut groups: Vec<u32> = self.nodes.iter().filter_map(|n| n.parallel_group).collect();
+        groups.dedup();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.parallel_group.is_none() {
+                let _ = writeln!(out, "    {}", shape(i, node));
+            }
+        }
+        for g in groups {
+            let _ = writeln!(out, "    subgraph parallel{g} [parallel]");
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.parallel_group == Some(g) {
+                    let _ = writeln!(out, "        {}", shape(i, node));
+                }
+            }
+            let _ = writeln!(out, "    end");
+        }
+        for &(i, j) in &self.edges {
+            match self.nodes[j].branch {
+                Some((r, label)) if r == i => {
+                    let _ = writeln!(out, "    n{i} -->|{label}| n{j}");
+                }
+                _ => {
+                    let _ = writeln!(out, "    n{i} --> n{j}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn k(name: &'static str) -> KeyDesc {
+        KeyDesc {
+            name,
+            type_name: core::any::type_name::<u8>,
+        }
+    }
+    const A: KeyDesc = k("a");
+    const B: KeyDesc = k("b");
+    const C: KeyDesc = k("c");
+
+    const fn node(
+        reads: &'static [KeyDesc],
+        writes: &'static [KeyDesc],
+        group: u32,
+        branch: Option<(u32, u32)>,
+    ) -> NodeDesc<'static> {
+        NodeDesc {
+            reads,
+            writes,
+            group,
+            branch,
+        }
+    }
+
+    #[test]
+    fn chain_and_independence() {
+        // a: writes A; b: reads A writes B; c: writes C (independent of both).
+        const NODES: [NodeDesc<'static>; 3] = [
+            node(&[], &[A], 0, None),
+            node(&[A], &[B], 0, None),
+            node(&[], &[C], 0, None),
+        ];
+        const M: [[bool; 3]; 3] = dep_matrix(&NODES);
+        assert!(M[1][0]);
+        assert!(!M[2][0] && !M[2][1]);
+    }
+
+    #[test]
+    fn write_after_read_and_write_after_write_order() {
+        const NODES: [NodeDesc<'static>; 3] = [
+            node(&[A], &[], 0, None),
+            node(&[], &[A], 0, None),
+            node(&[], &[A], 0, None),
+        ];
+        assert!(depends(&NODES, 0, 1)); // WAR
+        assert!(depends(&NODES, 1, 2)); // WAW
+        assert!(!depends(&NODES, 1, 0)); // never backwards
+    }
+
+    #[test]
+    fn route_branches_wait_for_the_route_and_exclude_each_other() {
+        // 0: route; 1: branch 0 writes A; 2: branch 1 writes A; 3: reads A.
+        const NODES: [NodeDesc<'static>; 4] = [
+            node(&[], &[], 0, None),
+            node(&[], &[A], 0, Some((0, 0))),
+            node(&[], &[A], 0, Some((0, 1))),
+            node(&[A], &[], 0, None),
+        ];
+        assert!(depends(&NODES, 0, 1) && depends(&NODES, 0, 2));
+        assert!(!depends(&NODES, 1, 2));
+        assert!(depends(&NODES, 1, 3) && depends(&NODES, 2, 3));
+    }
+
+    #[test]
+    fn parallel_members_never_wait_for_each_other() {
+        const NODES: [NodeDesc<'static>; 2] = [node(&[], &[A], 1, None), node(&[], &[A], 1, None)];
+        assert!(!depends(&NODES, 0, 1));
+    }
+}

@@ -1,0 +1,125 @@
+//! `Pipeline::stream`: chunks as they are produced, then the final context.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use super::Pipeline;
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::stage::{Chunk, RawChunk};
+
+/// How many chunks may wait for the consumer before stream stages are slowed down.
+const CHUNK_BUFFER: usize = 32;
+
+type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
+
+/// A streaming run: a [`Stream`] of every chunk of every stream stage, in order, each
+/// tagged with its stage; then [`finish`](StreamHandle::finish) gives the final context.
+///
+/// The run advances only while the handle is polled (it is not spawned), so the consumer
+/// sets the pace: a stream stage waits when the consumer is more than a few chunks behind.
+/// If the run fails, the stream yields the error as its last item.
+///
+/// Dropping the handle cancels the run.
+#[must_use = "a stream does nothing unless polled"]
+pub struct StreamHandle<C> {
+    run: Option<RunFuture>,
+    rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
+    result: Option<Result<Ctx>>,
+    error_yielded: bool,
+    _chunk: PhantomData<fn() -> C>,
+}
+
+impl<C> std::fmt::Debug for StreamHandle<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("running", &self.run.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Send + 'static> StreamHandle<C> {
+    pub(crate) fn start(pipe: Pipeline, input: Ctx) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
+        let run = Box::pin(async move { super::exec::run(&pipe, input, None, Some(tx)).await });
+        StreamHandle {
+            run: Some(run),
+            rx: Some(rx),
+            result: None,
+            error_yielded: false,
+            _chunk: PhantomData,
+        }
+    }
+
+    /// Waits for the run to end and returns its final context (chunks not yet consumed are
+    /// dropped).
+    ///
+    /// # Errors
+    ///
+    /// The error the run failed with.
+    pub async fn finish(mut self) -> Result<Ctx> {
+        // No one reads chunks any more: stream stages' sends return at once.
+        self.rx = None;
+        if let Some(run) = self.run.take() {
+            self.result = Some(run.await);
+        }
+        self.result.take().unwrap_or(Err(Error::Cancelled))
+    }
+
+    pub(crate) fn convert(raw: RawChunk) -> Result<Chunk<C>> {
+        match raw.data.downcast::<C>() {
+            Ok(data) => Ok(Chunk {
+                stage: raw.stage,
+                data: *data,
+            }),
+            Err(_) => Err(Error::ChunkType {
+                stage: raw.stage,
+                expected: std::any::type_name::<C>(),
+                actual: raw.type_name,
+            }),
+        }
+    }
+}
+
+impl<C: Send + 'static> Stream for StreamHandle<C> {
+    type Item = Result<Chunk<C>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(rx) = &mut this.rx {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(raw)) => return Poll::Ready(Some(Self::convert(raw))),
+                    // Every sender is gone: the run ended and all its chunks were delivered.
+                    Poll::Ready(None) => this.rx = None,
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(run) = &mut this.run {
+                match run.as_mut().poll(cx) {
+                    Poll::Ready(result) => {
+                        this.run = None;
+                        this.result = Some(result);
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if this.rx.is_some() {
+                // The run is over but chunks may still be queued: the next poll drains them.
+                continue;
+            }
+            if let Some(Err(e)) = &this.result {
+                if !this.error_yielded {
+                    this.error_yielded = true;
+                    return Poll::Ready(Some(Err(e.clone())));
+                }
+            }
+            return Poll::Ready(None);
+        }
+    }
+}

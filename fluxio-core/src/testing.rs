@@ -1,0 +1,126 @@
+//! Test one stage at a time.
+
+use std::sync::Arc;
+
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageOutput};
+
+/// Runs a single stage by its contract, without middleware: its reads are checked in the
+/// input, its writes are returned in the output context.
+///
+/// ```
+/// # use fluxio_core::{Ctx, Key, Stage, StageMeta, StageKind, StageEnv, StageFuture, StageOutput, Writes, access::Access};
+/// # use fluxio_core::testing::StepHarness;
+/// # #[allow(non_camel_case_types)] #[derive(Clone, Copy)] struct n {}
+/// # impl Key for n { type Value = u64; const NAME: &'static str = "n"; }
+/// # fn n() -> n { n {} }
+/// # #[allow(non_camel_case_types)] #[derive(Clone, Copy)] struct double;
+/// # impl Stage for double {
+/// #     const META: StageMeta = StageMeta { name: "double", kind: StageKind::Async,
+/// #         access: Access::new(&[n::DESC], &[n::DESC]), timeout: None, resources: &[] };
+/// #     fn call(&self, ctx: &Ctx, _: &StageEnv) -> StageFuture {
+/// #         let v = ctx[n];
+/// #         Box::pin(async move { let mut w = Writes::none(); w.push::<n>(v * 2); Ok(StageOutput::Writes(w)) })
+/// #     }
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let out = StepHarness::new(double).run(Ctx::new().with(n, 21)).await?;
+/// assert_eq!(out[n], 42);
+/// # Ok::<(), fluxio_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct StepHarness<S> {
+    stage: S,
+    resources: Resources,
+}
+
+impl<S: Stage> StepHarness<S> {
+    /// A harness for `stage`.
+    pub fn new(stage: S) -> Self {
+        StepHarness {
+            stage,
+            resources: Resources::default(),
+        }
+    }
+
+    /// Registers a resource the stage receives as `Res<T>`.
+    #[must_use]
+    pub fn with_resource<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        self.resources.insert(value);
+        self
+    }
+
+    async fn call(&self, input: &Ctx, chunks: ChunkSink) -> Result<StageOutput> {
+        let meta = S::META;
+        for key in meta.access.reads {
+            if !input.contains_name(key.name) {
+                return Err(Error::MissingInput { key: key.name });
+            }
+        }
+        for res in meta.resources {
+            if !self.resources.contains((res.type_id)()) {
+                return Err(Error::MissingResource {
+                    stage: meta.name,
+                    type_name: (res.type_name)(),
+                });
+            }
+        }
+        let env = StageEnv {
+            resources: Arc::new(self.resources.clone()),
+            chunks,
+        };
+        let task = crate::run::Task::new(0, meta.name, self.stage.call(input, &env), meta.timeout);
+        task.await.1
+    }
+
+    /// Runs the stage on `input` and returns `input` plus the stage's writes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingInput`] when a read is missing, [`Error::MissingResource`], or the
+    /// stage's own error.
+    pub async fn run(&self, input: Ctx) -> Result<Ctx> {
+        let mut ctx = input.clone();
+        match self.call(&input, ChunkSink::new(None)).await? {
+            StageOutput::Writes(w) => w.apply(&mut ctx),
+            StageOutput::Route(_) => {}
+        }
+        Ok(ctx)
+    }
+
+    /// Runs a stream stage on `input` and collects its chunks.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run); also [`Error::ChunkType`] when the chunks are not `C`s.
+    pub async fn chunks<C: Send + 'static>(&self, input: Ctx) -> Result<Vec<C>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(32);
+        let collect = async move {
+            let mut out = Vec::new();
+            while let Some(raw) = rx.recv().await {
+                out.push(crate::run::StreamHandle::<C>::convert(raw)?.data);
+            }
+            Ok::<_, Error>(out)
+        };
+        let (ran, collected) =
+            futures_util::future::join(self.call(&input, ChunkSink::new(Some(tx))), collect).await;
+        ran?;
+        collected
+    }
+
+    /// Runs a route stage on `input` and returns the branch it chose.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run); also when the stage is not a route stage.
+    pub async fn route(&self, input: Ctx) -> Result<Route> {
+        match self.call(&input, ChunkSink::new(None)).await? {
+            StageOutput::Route(r) => Ok(r),
+            StageOutput::Writes(_) => Err(Error::Stage {
+                stage: S::META.name,
+                source: Arc::from(crate::StageError::msg("not a route stage").into_inner()),
+            }),
+        }
+    }
+}

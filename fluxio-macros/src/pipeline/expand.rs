@@ -1,0 +1,89 @@
+//! Generates the pipeline value: compile-time checks as const items spanned at the user's
+//! tokens, the const dependency matrix, and the node list.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::model::{Analysis, FlatKind};
+
+pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
+    let private = crate::paths::private(krate);
+    let mut checks = Vec::new();
+
+    // Each pair of one `parallel` block must not conflict; reported at the later stage.
+    for block in &a.parallel_blocks {
+        for (j, b) in block.iter().enumerate() {
+            for first in &block[..j] {
+                checks.push(quote_spanned! {b.span()=>
+                    const _: () = #private::check_parallel(
+                        &<#first as #private::Stage>::META,
+                        &<#b as #private::Stage>::META,
+                    );
+                });
+            }
+        }
+    }
+
+    let branch_tokens = |branch: Option<(u32, u32)>| match branch {
+        Some((r, l)) => quote!(::core::option::Option::Some((#r, #l))),
+        None => quote!(::core::option::Option::None),
+    };
+
+    let mut specs = Vec::new();
+    let mut descs = Vec::new();
+    for node in &a.nodes {
+        let branch = branch_tokens(node.branch);
+        let group = node.group;
+        match &node.kind {
+            FlatKind::Stage(path) => {
+                checks.push(quote_spanned! {path.span()=>
+                    const _: () = #private::check_route_use(&<#path as #private::Stage>::META, false);
+                });
+                specs.push(
+                    quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
+                );
+                descs.push(desc(&private, path, group, &branch));
+            }
+            FlatKind::Route { stage, labels } => {
+                checks.push(quote_spanned! {stage.span()=>
+                    const _: () = #private::check_route_use(&<#stage as #private::Stage>::META, true);
+                });
+                specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
+                descs.push(desc(&private, stage, 0, &branch));
+            }
+            FlatKind::Sub(expr) => {
+                specs.push(quote_spanned!(expr.span()=>
+                    #private::NodeSpec::pipeline(#private::IntoPipeline::into_pipeline(#expr), #branch)));
+            }
+        }
+    }
+
+    let build = if a.has_sub {
+        quote!(#private::Pipeline::from_nodes(::std::vec![#(#specs),*]))
+    } else {
+        let n = a.nodes.len();
+        quote! {
+            const __FLUXIO_NODES: [#private::NodeDesc<'static>; #n] = [#(#descs),*];
+            const __FLUXIO_DEPS: [[bool; #n]; #n] = #private::dep_matrix(&__FLUXIO_NODES);
+            #private::Pipeline::from_const(::std::vec![#(#specs),*], &__FLUXIO_DEPS)
+        }
+    };
+    quote! {
+        {
+            #(#checks)*
+            #build
+        }
+    }
+}
+
+fn desc(private: &TokenStream, path: &syn::Path, group: u32, branch: &TokenStream) -> TokenStream {
+    quote_spanned! {path.span()=>
+        #private::NodeDesc {
+            reads: <#path as #private::Stage>::META.access.reads,
+            writes: <#path as #private::Stage>::META.access.writes,
+            group: #group,
+            branch: #branch,
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The flattened pipeline: nodes in source order with their block and branch.
+
+/// How a flattened node runs.
+pub(crate) enum FlatKind {
+    Stage(syn::Path),
+    Route {
+        stage: syn::Path,
+        labels: Vec<String>,
+    },
+    Sub(Box<syn::Expr>),
+}
+
+/// One node of the flattened pipeline.
+pub(crate) struct FlatNode {
+    pub(crate) kind: FlatKind,
+    /// The `parallel` block holding the node (0: none).
+    pub(crate) group: u32,
+    /// The innermost route branch holding the node: (route node index, label index).
+    pub(crate) branch: Option<(u32, u32)>,
+}
+
+/// What analysis derived from the input.
+pub(crate) struct Analysis {
+    /// Every node in source order.
+    pub(crate) nodes: Vec<FlatNode>,
+    /// For each `parallel` block, its members in order (to check each pair for conflicts).
+    pub(crate) parallel_blocks: Vec<Vec<syn::Path>>,
+    /// Whether a nested pipeline value is present (its access is known only at run time).
+    pub(crate) has_sub: bool,
+}

@@ -1,0 +1,153 @@
+//! Parses `pipeline! { ... }`.
+
+use syn::parse::{Parse, ParseStream};
+use syn::{Ident, LitStr, Token, braced, bracketed};
+
+use crate::symbol::PARALLEL;
+
+/// One branch of a route block: `"label" => [nodes]`.
+pub(crate) struct Branch {
+    pub(crate) label: LitStr,
+    pub(crate) bracket: proc_macro2::Span,
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// One node as written.
+pub(crate) enum Node {
+    /// A stage, by path.
+    Stage(syn::Path),
+    /// `parallel { a, b, ... }`.
+    Parallel {
+        keyword: Ident,
+        brace: proc_macro2::Span,
+        members: Vec<syn::Path>,
+    },
+    /// `route => { "label" => [...], ... }`.
+    Route {
+        stage: syn::Path,
+        brace: proc_macro2::Span,
+        branches: Vec<Branch>,
+    },
+    /// Any other expression: a nested pipeline value.
+    Sub(Box<syn::Expr>),
+}
+
+/// The whole input.
+pub(crate) struct PipelineInput {
+    pub(crate) krate: Option<syn::Path>,
+    pub(crate) nodes: Vec<Node>,
+}
+
+fn node_list(input: ParseStream<'_>) -> syn::Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    while !input.is_empty() {
+        nodes.push(input.parse()?);
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(nodes)
+}
+
+impl Parse for PipelineInput {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut krate = None;
+        if input.peek(Token![crate]) && input.peek2(Token![=]) {
+            input.parse::<Token![crate]>()?;
+            input.parse::<Token![=]>()?;
+            krate = Some(input.call(syn::Path::parse_mod_style)?);
+            input.parse::<Token![;]>()?;
+        }
+        Ok(PipelineInput {
+            krate,
+            nodes: node_list(input)?,
+        })
+    }
+}
+
+impl Parse for Node {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(Ident) && input.peek2(syn::token::Brace) {
+            let fork = input.fork();
+            let keyword: Ident = fork.parse()?;
+            if keyword == PARALLEL {
+                input.parse::<Ident>()?;
+                let content;
+                let brace = braced!(content in input);
+                let mut members = Vec::new();
+                while !content.is_empty() {
+                    if !(content.peek(Ident)
+                        || content.peek(Token![::])
+                        || content.peek(Token![crate])
+                        || content.peek(Token![self])
+                        || content.peek(Token![super]))
+                    {
+                        return Err(content
+                            .error("`parallel { ... }` holds stages only, separated by commas"));
+                    }
+                    let path = content.call(syn::Path::parse_mod_style)?;
+                    if !(content.is_empty() || content.peek(Token![,])) {
+                        return Err(content
+                            .error("`parallel { ... }` holds stages only, separated by commas"));
+                    }
+                    members.push(path);
+                    if content.is_empty() {
+                        break;
+                    }
+                    content.parse::<Token![,]>()?;
+                }
+                return Ok(Node::Parallel {
+                    keyword,
+                    brace: brace.span.join(),
+                    members,
+                });
+            }
+        }
+        // A plain path is a stage (or a route stage when `=>` follows); anything else is an
+        // expression producing a nested pipeline.
+        let fork = input.fork();
+        if let Ok(path) = fork.call(syn::Path::parse_mod_style) {
+            if fork.is_empty() || fork.peek(Token![,]) {
+                input.call(syn::Path::parse_mod_style)?;
+                return Ok(Node::Stage(path));
+            }
+            if fork.peek(Token![=>]) {
+                input.call(syn::Path::parse_mod_style)?;
+                input.parse::<Token![=>]>()?;
+                if !input.peek(syn::token::Brace) {
+                    return Err(input.error(
+                        "expected the route's branches: `=> { \"label\" => [stages], ... }`",
+                    ));
+                }
+                let content;
+                let brace = braced!(content in input);
+                let mut branches = Vec::new();
+                while !content.is_empty() {
+                    let label: LitStr = content.parse().map_err(|e| {
+                        syn::Error::new(e.span(), "a route branch starts with its label as a string: `\"premium\" => [stages]`")
+                    })?;
+                    content.parse::<Token![=>]>()?;
+                    let inner;
+                    let bracket = bracketed!(inner in content);
+                    let nodes = node_list(&inner)?;
+                    branches.push(Branch {
+                        label,
+                        bracket: bracket.span.join(),
+                        nodes,
+                    });
+                    if content.is_empty() {
+                        break;
+                    }
+                    content.parse::<Token![,]>()?;
+                }
+                return Ok(Node::Route {
+                    stage: path,
+                    brace: brace.span.join(),
+                    branches,
+                });
+            }
+        }
+        Ok(Node::Sub(Box::new(input.parse()?)))
+    }
+}

@@ -1,0 +1,214 @@
+//! Generates the stage value, its `run` function and its `Stage` impl from a `StageDef`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::model::{Exec, Output, ParamRole, StageDef};
+
+pub(crate) fn expand(def: &StageDef) -> TokenStream {
+    let private = crate::paths::private(def.krate.as_ref());
+    let item = &def.item;
+    let vis = &item.vis;
+    let ident = &item.sig.ident;
+    let docs: Vec<&syn::Attribute> = item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .collect();
+    let name = &def.name;
+
+    let mut run_fn = item.clone();
+    run_fn.sig.ident = format_ident!("run", span = ident.span());
+    run_fn.vis = vis.clone();
+
+    let reads = def.reads.iter().map(|k| {
+        let p = &k.0;
+        quote_spanned!(p.span()=> <#p as #private::Key>::DESC)
+    });
+    let writes = def.writes.iter().map(|k| {
+        let p = &k.0;
+        quote_spanned!(p.span()=> <#p as #private::Key>::DESC)
+    });
+    let kind = match (&def.output, def.exec) {
+        (_, Exec::Stream) => quote!(Stream),
+        (Output::Route, _) => quote!(Route),
+        (_, Exec::Blocking) => quote!(Sync),
+        _ => quote!(Async),
+    };
+    let timeout = match def.timeout_nanos {
+        Some(n) => {
+            let n = n as u64;
+            quote!(::core::option::Option::Some(#private::Duration::from_nanos(#n)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let resource_descs = def.params.iter().filter_map(|p| match &p.role {
+        ParamRole::Resource(ty) => {
+            Some(quote_spanned!(ty.span()=> #private::ResourceDesc::of::<#ty>()))
+        }
+        _ => None,
+    });
+
+    // Resources are looked up before the future starts, so a call never holds the map.
+    let take_resources = def.params.iter().filter_map(|p| match &p.role {
+        ParamRole::Resource(ty) => {
+            let id = &p.ident;
+            Some(quote! {
+                let #id: #private::Res<#ty> = match __fluxio_env.resources.get::<#ty>() {
+                    ::core::option::Option::Some(r) => r,
+                    ::core::option::Option::None => {
+                        return #private::missing_resource(#name, ::core::any::type_name::<#ty>());
+                    }
+                };
+            })
+        }
+        _ => None,
+    });
+    let bind_reads = def.params.iter().filter_map(|p| {
+        let (id, ty) = (&p.ident, &p.ty);
+        match &p.role {
+            ParamRole::Read(key) => {
+                let k = &key.0;
+                Some(quote_spanned! {ty.span()=>
+                    let #id: #ty = <#ty as #private::FromRead<'_, <#k as #private::Key>::Value>>::from_read(
+                        #private::read_key::<#k>(&__fluxio_ctx, #name)?,
+                    );
+                })
+            }
+            ParamRole::Ctx => Some(quote!(let #id: #private::Ctx = ::core::clone::Clone::clone(&__fluxio_ctx);)),
+            ParamRole::Resource(_) => None,
+        }
+    });
+    let args = def.params.iter().map(|p| &p.ident);
+    let mut call = quote!(Self::run(#(#args),*));
+    if def.exec == Exec::Async {
+        call = quote!(#call.await);
+    }
+    if def.fallible {
+        call = quote!(#private::lift(#call)?);
+    }
+    let ret = def.ret_span;
+    let produce = match &def.output {
+        Output::Unit => quote! {
+            let () = #call;
+            ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
+        },
+        Output::Values => {
+            let n = def.writes.len();
+            let temps: Vec<_> = (0..n).map(|i| format_ident!("__fluxio_w{}", i)).collect();
+            let bind = if n == 1 {
+                let t = &temps[0];
+                quote!(let #t = #call;)
+            } else {
+                quote!(let (#(#temps),*) = #call;)
+            };
+            let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
+                let p = &k.0;
+                quote_spanned!(ret=> __fluxio_writes.push::<#p>(#t);)
+            });
+            quote! {
+                #bind
+                let mut __fluxio_writes = #private::Writes::with_capacity(#n);
+                #(#pushes)*
+                ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
+            }
+        }
+        Output::Route => quote! {
+            let __fluxio_route: #private::Route = #call;
+            ::core::result::Result::Ok(#private::StageOutput::Route(__fluxio_route))
+        },
+        Output::Ctx => quote! {
+            let __fluxio_out: #private::Ctx = #call;
+            let __fluxio_writes = #private::Writes::from_ctx_diff(
+                &<Self as #private::Stage>::META, &__fluxio_ctx, &__fluxio_out,
+            ).map_err(#private::StageError::new)?;
+            ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
+        },
+        Output::Stream => quote! {
+            #private::drive_stream(#name, #call, __fluxio_chunks).await?;
+            ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
+        },
+    };
+    let body = match def.exec {
+        Exec::Blocking => quote! {
+            #private::run_blocking(#name, move || {
+                #(#bind_reads)*
+                #produce
+            }).await
+        },
+        _ => quote! {
+            #(#bind_reads)*
+            #produce
+        },
+    };
+    let chunks = (def.exec == Exec::Stream)
+        .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
+
+    quote! {
+        #(#docs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #ident;
+
+        impl #ident {
+            /// The stage's function as written, callable directly (for unit tests).
+            #[allow(dead_code)]
+            #run_fn
+        }
+
+        #[automatically_derived]
+        impl #private::Stage for #ident {
+            const META: #private::StageMeta = #private::StageMeta {
+                name: #name,
+                kind: #private::StageKind::#kind,
+                access: #private::Access::new(&[#(#reads),*], &[#(#writes),*]),
+                timeout: #timeout,
+                resources: &[#(#resource_descs),*],
+            };
+
+            fn call(
+                &self,
+                __fluxio_ctx: &#private::Ctx,
+                __fluxio_env: &#private::StageEnv,
+            ) -> #private::StageFuture {
+                #(#take_resources)*
+                let __fluxio_ctx = ::core::clone::Clone::clone(__fluxio_ctx);
+                #chunks
+                #private::boxed(async move { #body })
+            }
+        }
+    }
+}
+
+/// What is emitted when the input has errors: the errors, plus a stage value with no
+/// behaviour so that uses of the stage elsewhere do not add a cascade of errors.
+pub(crate) fn fallback(
+    item: &syn::ItemFn,
+    krate: Option<&syn::Path>,
+    errors: syn::Error,
+) -> TokenStream {
+    let private = crate::paths::private(krate);
+    let (vis, ident) = (&item.vis, &item.sig.ident);
+    let name = ident.to_string();
+    let errors = errors.to_compile_error();
+    quote! {
+        #errors
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #ident;
+
+        impl #private::Stage for #ident {
+            const META: #private::StageMeta = #private::StageMeta {
+                name: #name,
+                kind: #private::StageKind::Async,
+                access: #private::Access::NONE,
+                timeout: ::core::option::Option::None,
+                resources: &[],
+            };
+            fn call(&self, _: &#private::Ctx, _: &#private::StageEnv) -> #private::StageFuture {
+                #private::missing_resource(#name, "<invalid stage>")
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Turns the parsed options and function into a `StageDef`, one `check_*` per rule.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type};
+
+use super::model::{Exec, Output, Param, ParamRole, StageDef};
+use super::parse::{KeyRef, StageArgs, StageOption, parse_duration};
+use crate::diag::Ctxt;
+
+/// The last path segment of a type, with its generic arguments.
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
+        Type::Group(g) => last_segment(&g.elem),
+        Type::Paren(p) => last_segment(&p.elem),
+        _ => None,
+    }
+}
+
+fn is_named(ty: &Type, name: &str) -> bool {
+    last_segment(ty).is_some_and(|s| s.ident == name)
+}
+
+fn first_type_arg(ty: &Type) -> Option<&Type> {
+    match &last_segment(ty)?.arguments {
+        PathArguments::AngleBracketed(args) => args.args.iter().find_map(|a| match a {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(ty, Type::Tuple(t) if t.elems.is_empty())
+}
+
+/// Collects the options, reporting duplicates at their second occurrence.
+///
+/// Rule: each option at most once, and each key at most once per list, so the metadata
+/// says exactly what the user meant.
+fn check_options(cx: &mut Ctxt, args: StageArgs) -> Options {
+    let mut o = Options::default();
+    for option in args.options {
+        let (ident, dup) = match &option {
+            StageOption::Reads(i, _) => (i.clone(), o.reads.is_some()),
+            StageOption::Writes(i, _) => (i.clone(), o.writes.is_some()),
+            StageOption::Timeout(i, _) => (i.clone(), o.timeout.is_some()),
+            StageOption::Name(i, _) => (i.clone(), o.name.is_some()),
+            StageOption::Crate(i, _) => (i.clone(), o.krate.is_some()),
+        };
+        if dup {
+            cx.error_spanned_by(&ident, format!("duplicate `{ident}` in #[stage]"));
+            continue;
+        }
+        match option {
+            StageOption::Reads(i, keys) => o.reads = Some(check_key_list(cx, &i.to_string(), keys)),
+            StageOption::Writes(i, keys) => {
+                o.writes = Some(check_key_list(cx, &i.to_string(), keys))
+            }
+            StageOption::Timeout(_, lit) => match parse_duration(&lit.value(), lit.span()) {
+                Ok(nanos) => o.timeout = Some(nanos),
+                Err(e) => cx.syn_error(e),
+            },
+            StageOption::Name(_, lit) => {
+                if lit.value().trim().is_empty() {
+                    cx.error_spanned_by(&lit, "`name` must not be empty");
+                }
+                o.name = Some(lit)
+            }
+            StageOption::Crate(_, path) => o.krate = Some(path),
+        }
+    }
+    o
+}
+
+#[derive(Default)]
+struct Options {
+    reads: Option<Vec<KeyRef>>,
+    writes: Option<Vec<KeyRef>>,
+    timeout: Option<u128>,
+    name: Option<LitStr>,
+    krate: Option<syn::Path>,
+}
+
+fn check_key_list(cx: &mut Ctxt, option: &str, keys: Vec<KeyRef>) -> Vec<KeyRef> {
+    let mut out: Vec<KeyRef> = Vec::new();
+    for key in keys {
+        if out.iter().any(|k| k.ident() == key.ident()) {
+            cx.error_spanned_by(
+                &key.0,
+                format!("`{}` appears twice in `{option}`", key.ident()),
+            );
+        } else {
+            out.push(key);
+        }
+    }
+    out
+}
+
+/// Rule: a stage is a free function with plain, named parameters and no generics, so
+/// the runtime can call it from the context alone.
+fn check_signature(cx: &mut Ctxt, item: &ItemFn) {
+    let sig = &item.sig;
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(&sig.generics, "a stage function cannot be generic");
+    }
+    if let Some(c) = &sig.constness {
+        cx.error_spanned_by(c, "a stage function cannot be `const`");
+    }
+    if let Some(u) = &sig.unsafety {
+        cx.error_spanned_by(u, "a stage function cannot be `unsafe`");
+    }
+    if let Some(v) = &sig.variadic {
+        cx.error_spanned_by(v, "a stage function cannot be variadic");
+    }
+}
+
+/// The return type split into (is `Result`, the success type).
+fn split_result(ret: &ReturnType) -> (bool, Option<Type>) {
+    match ret {
+        ReturnType::Default => (false, None),
+        ReturnType::Type(_, ty) => {
+            if is_named(ty, "Result") {
+                (true, first_type_arg(ty).cloned())
+            } else {
+                (false, Some((**ty).clone()))
+            }
+        }
+    }
+}
+
+/// Whether the return type is `impl Stream<...>`.
+fn returns_stream(ret: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = ret else {
+        return false;
+    };
+    let Type::ImplTrait(imp) = &**ty else {
+        return false;
+    };
+    imp.bounds.iter().any(|b| match b {
+        syn::TypeParamBound::Trait(t) => {
+            t.path.segments.last().is_some_and(|s| s.ident == "Stream")
+        }
+        _ => false,
+    })
+}
+
+/// Builds the model, recording every problem in `cx`.
+pub(crate) fn stage_from_ast(cx: &mut Ctxt, args: StageArgs, item: ItemFn) -> Option<StageDef> {
+    let o = check_options(cx, args);
+    check_signature(cx, &item);
+    let sig = &item.sig;
+    let ret_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let reads = o.reads.unwrap_or_default();
+    let writes = o.writes.unwrap_or_default();
+
+    let exec = if sig.asyncness.is_some() {
+        Exec::Async
+    } else if returns_stream(&sig.output) {
+        Exec::Stream
+    } else {
+        Exec::Blocking
+    };
+    let (fallible, ok) = if exec == Exec::Stream {
+        (false, None)
+    } else {
+        split_result(&sig.output)
+    };
+    let output = match (&ok, exec) {
+        (_, Exec::Stream) => Output::Stream,
+        (None, _) => Output::Unit,
+        (Some(t), _) if is_unit(t) => Output::Unit,
+        (Some(t), _) if is_named(t, "Route") => Output::Route,
+        (Some(t), _) if is_named(t, "Ctx") => Output::Ctx,
+        (Some(_), _) => Output::Values,
+    };
+
+    let params = check_params(cx, &item, &reads);
+    let ctx_style = params.iter().any(|p| matches!(p.role, ParamRole::Ctx));
+    check_output(cx, &output, ok.as_ref(), &writes, ctx_style, ret_span);
+
+    let name = o
+        .name
+        .unwrap_or_else(|| LitStr::new(&sig.ident.to_string(), sig.ident.span()));
+    Some(StageDef {
+        item,
+        name,
+        reads,
+        writes,
+        timeout_nanos: o.timeout,
+        krate: o.krate,
+        exec,
+        output,
+        fallible,
+        params,
+        ret_span,
+    })
+}
+
+/// Rule: parameters are the reads. Each named parameter is a key of `reads` (by the key's
+/// name), a `Res<T>` resource, or, alone, the whole `ctx: Ctx`; each read has its parameter.
+fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
+    let mut params = Vec::new();
+    for input in &item.sig.inputs {
+        let arg = match input {
+            FnArg::Receiver(r) => {
+                cx.error_spanned_by(r, "a stage function cannot take `self`");
+                continue;
+            }
+            FnArg::Typed(arg) => arg,
+        };
+        let ident = match &*arg.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+            other => {
+                cx.error_spanned_by(
+                    other,
+                    "stage parameters must be plain names: the name says which key they read",
+                );
+                continue;
+            }
+        };
+        let role = if is_named(&arg.ty, "Res") {
+            match first_type_arg(&arg.ty) {
+                Some(inner) => ParamRole::Resource(Box::new(inner.clone())),
+                None => {
+                    cx.error_spanned_by(&arg.ty, "`Res` needs the resource type: `Res<MyClient>`");
+                    continue;
+                }
+            }
+        } else if is_named(&arg.ty, "Ctx") {
+            ParamRole::Ctx
+        } else if let Some(key) = reads.iter().find(|k| *k.ident() == ident) {
+            ParamRole::Read(key.clone())
+        } else {
+            cx.error_spanned_by(
+                &arg.pat,
+                format!("parameter `{ident}` is not in `reads`; add it (`reads = [{ident}]`) or take a shared value as `Res<T>`"),
+            );
+            continue;
+        };
+        params.push(Param {
+            ident,
+            ty: arg.ty.clone(),
+            role,
+        });
+    }
+    let ctx_params: Vec<&Param> = params
+        .iter()
+        .filter(|p| matches!(p.role, ParamRole::Ctx))
+        .collect();
+    if !ctx_params.is_empty() && params.len() != 1 {
+        cx.error_spanned_by(
+            &item.sig.inputs,
+            "a ctx-style stage takes exactly one parameter, `ctx: Ctx`; read other keys from it",
+        );
+    }
+    if ctx_params.is_empty() {
+        for key in reads {
+            let has_param = params
+                .iter()
+                .any(|p| matches!(&p.role, ParamRole::Read(k) if k.ident() == key.ident()));
+            if !has_param {
+                cx.error_spanned_by(
+                    &key.0,
+                    format!(
+                        "`reads` names `{}` but the function has no parameter `{}`",
+                        key.ident(),
+                        key.ident()
+                    ),
+                );
+            }
+        }
+    }
+    params
+}
+
+/// Rule: the return value is the writes. No writes: `()`; one: its value; several: a
+/// tuple in `writes` order. Route and stream stages write nothing; ctx-style stages return
+/// the new `Ctx` and are checked at run time against `writes`.
+fn check_output(
+    cx: &mut Ctxt,
+    output: &Output,
+    ok: Option<&Type>,
+    writes: &[KeyRef],
+    ctx_style: bool,
+    ret_span: Span,
+) {
+    let err = |cx: &mut Ctxt, msg: String| cx.syn_error(syn::Error::new(ret_span, msg));
+    match output {
+        Output::Route | Output::Stream if !writes.is_empty() => {
+            let what = if matches!(output, Output::Route) { "a route stage" } else { "a stream stage" };
+            cx.error_spanned_by(&writes[0].0, format!("{what} cannot declare `writes`: it produces a {} instead", if matches!(output, Output::Route) { "`Route`" } else { "stream of chunks" }));
+        }
+        Output::Ctx if !ctx_style => err(cx, "a stage returning `Ctx` must take `ctx: Ctx` as its only parameter".into()),
+        _ if ctx_style && !matches!(output, Output::Ctx) => {
+            err(cx, "a ctx-style stage (`ctx: Ctx`) must return the new context: `Result<Ctx, StageError>`".into())
+        }
+        Output::Unit if !writes.is_empty() => err(
+            cx,
+            format!("the stage declares `writes = [{}]` but returns nothing; return the value(s) to write", names(writes)),
+        ),
+        Output::Values if writes.is_empty() => err(
+            cx,
+            "the stage returns a value but declares no `writes`; add the key it writes, e.g. `writes = [user]`".into(),
+        ),
+        Output::Values if writes.len() > 1 => {
+            if let Some(Type::Tuple(t)) = ok {
+                if t.elems.len() != writes.len() {
+                    err(cx, format!(
+                        "the stage writes {} keys ({}) but returns a tuple of {}; return one value per key, in `writes` order",
+                        writes.len(), names(writes), t.elems.len()
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn names(keys: &[KeyRef]) -> String {
+    keys.iter()
+        .map(|k| k.ident().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

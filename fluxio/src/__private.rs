@@ -1,0 +1,14 @@
+// Not public API. Used by fluxio-macros output; may change in any release.
+
+pub use core::time::Duration;
+
+pub use fluxio_core::access::{Access, ConstMsg};
+pub use fluxio_core::plan::{NodeDesc, NodeSpec, dep_matrix};
+pub use fluxio_core::support::{
+    FromRead, IntoPipeline, boxed, check_parallel, check_route_use, drive_stream, lift,
+    missing_resource, run_blocking,
+};
+pub use fluxio_core::{
+    Ctx, Key, Pipeline, Res, ResourceDesc, Route, Stage, StageEnv, StageError, StageFuture,
+    StageKind, StageMeta, StageOutput, Writes, read_key,
+};

@@ -1,0 +1,107 @@
+//! Streamable, durable pipelines for Rust backend services.
+//!
+//! Annotate async functions with [`#[stage]`](macro@stage), declare the flow with
+//! [`pipeline!`], and fluxio computes the dependency graph at compile time, runs
+//! independent stages concurrently, rejects read/write conflicts at compile time and
+//! streams chunks as they are produced.
+//!
+//! ```
+//! use fluxio::prelude::*;
+//!
+//! fluxio::keys! {
+//!     pub user_id: u64;
+//!     pub name: String;
+//!     pub orders: Vec<u64>;
+//! }
+//!
+//! #[stage(reads = [user_id], writes = [name])]
+//! async fn fetch_name(user_id: &u64) -> Result<String, StageError> {
+//!     Ok(format!("user-{user_id}"))
+//! }
+//!
+//! #[stage(reads = [user_id], writes = [orders])]
+//! async fn fetch_orders(user_id: &u64) -> Vec<u64> {
+//!     vec![*user_id * 10]
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), fluxio::Error> {
+//! // Both stages only read `user_id`: they run concurrently.
+//! let pipe = pipeline! { fetch_name, fetch_orders };
+//! let out = pipe.invoke(input! { user_id: 42 }).await?;
+//! assert_eq!(out[name], "user-42");
+//! assert_eq!(out[orders], vec![420]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Keys and the context
+//!
+//! [`keys!`] declares typed keys; [`Ctx`] is the immutable context that maps them to
+//! values. `ctx.set(k, v)` returns a new context; clones are O(1).
+//!
+//! # Stages
+//!
+//! [`#[stage]`](macro@stage) works on `async fn`, plain `fn` (run on the blocking pool) and
+//! `fn` returning `impl Stream` (streamed chunk by chunk). Parameters are the keys it reads;
+//! the return value is what it writes.
+//!
+//! # Pipelines
+//!
+//! [`pipeline!`] declares sequences, `parallel { .. }` blocks, routes
+//! (`route => { "label" => [..] }`) and nested pipelines. Run one with
+//! [`Pipeline::invoke`] or [`Pipeline::stream`]; inspect it with [`Pipeline::graph`],
+//! [`Pipeline::to_mermaid`], [`Pipeline::inputs`] and [`Pipeline::version`].
+//!
+//! # Feature flags
+//!
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | `macros` | `keys!`, `#[stage]` and `pipeline!` | yes |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use fluxio_core::{
+    AsKey, Callback, Chunk, Ctx, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline, Res,
+    Resources, Result, Route, Stage, StageError, StageEvent, StageKind, StageMeta, StreamHandle,
+};
+
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use fluxio_macros::{keys, pipeline, stage};
+
+/// Test one stage at a time.
+pub mod testing {
+    pub use fluxio_core::testing::StepHarness;
+}
+
+/// Builds a [`Ctx`] from `key: value` pairs.
+///
+/// ```
+/// fluxio::keys! { pub user_id: u64; pub prompt: String; }
+///
+/// let ctx = fluxio::input! { user_id: 42, prompt: "hi there".into() };
+/// assert_eq!(ctx[user_id], 42);
+/// assert_eq!(ctx[prompt], "hi there");
+/// assert_eq!(fluxio::input! {}.len(), 0);
+/// ```
+#[macro_export]
+macro_rules! input {
+    () => { $crate::Ctx::new() };
+    ($($key:path : $value:expr),+ $(,)?) => {
+        $crate::Ctx::new() $(.with_typed::<$key>($value))+
+    };
+}
+
+/// Everything a pipeline author needs: `use fluxio::prelude::*;`.
+pub mod prelude {
+    pub use crate::input;
+    pub use fluxio_core::{Callback, Chunk, Ctx, Key, Pipeline, Res, Route, StageError};
+    #[cfg(feature = "macros")]
+    pub use fluxio_macros::{keys, pipeline, stage};
+    pub use futures_core::Stream;
+    pub use std::time::Duration;
+}
