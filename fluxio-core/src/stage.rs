@@ -202,7 +202,19 @@ impl Route {
 /// Register the value once on the pipeline with `.with_resource(value)`; every stage that
 /// takes `Res<T>` gets the same `Arc<T>`. Resources are not context keys: they are never
 /// read by the graph and never checkpointed.
-pub struct Res<T: ?Sized>(pub Arc<T>);
+pub struct Res<T: ?Sized>(Arc<T>);
+
+impl<T: ?Sized> Res<T> {
+    /// Wraps a shared value.
+    pub fn new(value: Arc<T>) -> Self {
+        Res(value)
+    }
+
+    /// The shared value itself.
+    pub fn into_arc(self) -> Arc<T> {
+        self.0
+    }
+}
 
 impl<T: ?Sized> Clone for Res<T> {
     fn clone(&self) -> Self {

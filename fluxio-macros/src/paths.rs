@@ -19,3 +19,27 @@ pub(crate) fn debug_print(what: &str, tokens: &TokenStream) {
         eprintln!("--- fluxio {what} expansion ---\n{tokens}\n---");
     }
 }
+
+/// Gives every token of `tokens` the span `span`.
+///
+/// `quote_spanned!` only re-spans the tokens written inside it; interpolated tokens (the
+/// `__private` path, helper idents) keep theirs. rustc reports an error on an expression
+/// whose tokens come from different places at the macro call as a whole, so generated
+/// checks are re-spanned entirely onto the user's token they are about.
+pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut ng = Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                TokenTree::Group(ng)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}

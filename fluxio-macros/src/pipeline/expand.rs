@@ -6,6 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::model::{Analysis, FlatKind};
+use crate::paths::respan;
 
 pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     let private = crate::paths::private(krate);
@@ -15,12 +16,13 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     for block in &a.parallel_blocks {
         for (j, b) in block.iter().enumerate() {
             for first in &block[..j] {
-                checks.push(quote_spanned! {b.span()=>
+                let check = quote! {
                     const _: () = #private::check_parallel(
                         &<#first as #private::Stage>::META,
                         &<#b as #private::Stage>::META,
                     );
-                });
+                };
+                checks.push(respan(check, b.span()));
             }
         }
     }
@@ -37,18 +39,20 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         let group = node.group;
         match &node.kind {
             FlatKind::Stage(path) => {
-                checks.push(quote_spanned! {path.span()=>
+                let check = quote! {
                     const _: () = #private::check_route_use(&<#path as #private::Stage>::META, false);
-                });
+                };
+                checks.push(respan(check, path.span()));
                 specs.push(
                     quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
                 );
                 descs.push(desc(&private, path, group, &branch));
             }
             FlatKind::Route { stage, labels } => {
-                checks.push(quote_spanned! {stage.span()=>
+                let check = quote! {
                     const _: () = #private::check_route_use(&<#stage as #private::Stage>::META, true);
-                });
+                };
+                checks.push(respan(check, stage.span()));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
                 descs.push(desc(&private, stage, 0, &branch));
             }

@@ -103,9 +103,10 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             } else {
                 quote!(let (#(#temps),*) = #call;)
             };
+            // Spanned at the return type, so a value of the wrong type is reported there.
             let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
                 let p = &k.0;
-                quote_spanned!(ret=> __fluxio_writes.push::<#p>(#t);)
+                crate::paths::respan(quote!(__fluxio_writes.push::<#p>(#t);), ret)
             });
             quote! {
                 #bind

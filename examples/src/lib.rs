@@ -1,0 +1,1 @@
+//! Runnable examples of fluxio live beside this file: `cargo run --example quickstart`.

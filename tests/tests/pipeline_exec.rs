@@ -1,0 +1,522 @@
+//! Running pipelines: scheduling, routing, errors, timeouts, cancellation, resources.
+//!
+//! Overlap and ordering are proven with counters, barriers and event logs, never with
+//! wall-clock thresholds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fluxio::prelude::*;
+use fluxio::{Error, StageEvent};
+
+fluxio::keys! {
+    pub seed: u64;
+    pub a_out: u64;
+    pub b_out: u64;
+    pub c_out: u64;
+    pub d_out: u64;
+    pub total: u64;
+    pub label: String;
+    pub picked: String;
+    pub never: u64;
+    pub pair_x: u64;
+    pub pair_y: String;
+}
+
+/// Shared by the stages of one test through `Res<Probe>`.
+#[derive(Default)]
+struct Probe {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    log: Mutex<Vec<String>>,
+    barrier: Option<tokio::sync::Barrier>,
+}
+
+impl Probe {
+    fn with_barrier(n: usize) -> Self {
+        Probe {
+            barrier: Some(tokio::sync::Barrier::new(n)),
+            ..Default::default()
+        }
+    }
+    fn log(&self, s: impl Into<String>) {
+        self.log.lock().unwrap().push(s.into());
+    }
+    fn events(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+    async fn overlap(&self, who: &str) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.log(format!("{who} start"));
+        if let Some(b) = &self.barrier {
+            // Every waiter must be in flight at once to pass.
+            tokio::time::timeout(Duration::from_secs(10), b.wait())
+                .await
+                .expect("stages did not overlap");
+        }
+        tokio::task::yield_now().await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.log(format!("{who} end"));
+    }
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn stage_a(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("a").await;
+    seed + 1
+}
+
+#[stage(reads = [seed], writes = [b_out])]
+async fn stage_b(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("b").await;
+    seed + 2
+}
+
+#[stage(reads = [seed], writes = [c_out])]
+async fn stage_c(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("c").await;
+    seed + 3
+}
+
+#[stage(reads = [a_out, b_out, c_out], writes = [total])]
+async fn sum(a_out: &u64, b_out: &u64, c_out: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.log("sum");
+    a_out + b_out + c_out
+}
+
+#[tokio::test]
+async fn independent_stages_in_a_sequence_overlap_and_dependents_wait() {
+    let probe = Arc::new(Probe::with_barrier(3));
+    let pipe = pipeline! { stage_a, stage_b, stage_c, sum }.with_resource(probe.clone());
+    let out = pipe.invoke(input! { seed: 10 }).await.unwrap();
+    assert_eq!(out[total], 11 + 12 + 13);
+    assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 3);
+    let events = probe.events();
+    let sum_at = events.iter().position(|e| e == "sum").unwrap();
+    for who in ["a", "b", "c"] {
+        let end = events
+            .iter()
+            .position(|e| *e == format!("{who} end"))
+            .unwrap();
+        assert!(end < sum_at, "`sum` ran before `{who}` ended: {events:?}");
+    }
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn chain_1(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("1").await;
+    seed * 2
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn chain_2(a_out: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("2").await;
+    a_out + 1
+}
+
+#[stage(reads = [b_out], writes = [c_out])]
+async fn chain_3(b_out: u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("3").await;
+    b_out * 10
+}
+
+#[tokio::test]
+async fn read_after_write_runs_in_order_one_at_a_time() {
+    let probe = Arc::new(Probe::default());
+    let pipe = pipeline! { chain_1, chain_2, chain_3 }.with_resource(probe.clone());
+    let out = pipe.invoke(input! { seed: 4 }).await.unwrap();
+    assert_eq!(out[c_out], (4 * 2 + 1) * 10);
+    assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        probe.events(),
+        ["1 start", "1 end", "2 start", "2 end", "3 start", "3 end"]
+    );
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn par_a(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("a").await;
+    *seed
+}
+
+#[stage(reads = [seed], writes = [b_out])]
+async fn par_b(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.overlap("b").await;
+    *seed
+}
+
+#[tokio::test]
+async fn parallel_block_forks_and_merges() {
+    let probe = Arc::new(Probe::with_barrier(2));
+    let pipe = pipeline! { parallel { par_a, par_b } }.with_resource(probe.clone());
+    let out = pipe.invoke(input! { seed: 9 }).await.unwrap();
+    assert_eq!((out[a_out], out[b_out]), (9, 9));
+    assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[stage(reads = [label])]
+async fn choose(label: &String) -> Route {
+    Route::to(label.clone())
+}
+
+#[stage(writes = [picked])]
+async fn left() -> String {
+    "left".into()
+}
+
+#[stage(writes = [picked])]
+async fn right() -> String {
+    "right".into()
+}
+
+#[stage(reads = [picked], writes = [total])]
+async fn after_route(picked: &String) -> u64 {
+    picked.len() as u64
+}
+
+#[derive(Default, Clone)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl fluxio::Callback for Recorder {
+    fn on_stage_start(&self, e: &StageEvent<'_>) {
+        self.0.lock().unwrap().push(format!("start {}", e.stage));
+    }
+    fn on_stage_skip(&self, e: &StageEvent<'_>, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("skip {} ({reason})", e.stage));
+    }
+    fn on_stage_error(&self, e: &StageEvent<'_>, error: &Error, _: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("error {}: {error}", e.stage));
+    }
+}
+
+#[tokio::test]
+async fn route_runs_one_branch_and_reports_the_others_skipped() {
+    let rec = Recorder::default();
+    let pipe = pipeline! {
+        choose => { "l" => [left], "r" => [right] },
+        after_route,
+    }
+    .with_callback(rec.clone());
+    let out = pipe.invoke(input! { label: "r".into() }).await.unwrap();
+    assert_eq!(out[picked], "right");
+    assert_eq!(out[total], 5);
+    let events = rec.events();
+    assert!(
+        events.contains(&"skip left (route `choose` chose `r`)".to_string()),
+        "{events:?}"
+    );
+    assert!(!events.contains(&"start left".to_string()), "{events:?}");
+    assert!(events.contains(&"start right".to_string()));
+}
+
+#[tokio::test]
+async fn unknown_route_label_is_an_error_naming_stage_and_label() {
+    let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } };
+    let err = pipe
+        .invoke(input! { label: "sideways".into() })
+        .await
+        .unwrap_err();
+    match err {
+        Error::UnknownRoute { stage, label } => {
+            assert_eq!((stage, label.as_str()), ("choose", "sideways"))
+        }
+        other => panic!("expected UnknownRoute, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_input_fails_before_any_stage_runs() {
+    let rec = Recorder::default();
+    let pipe = pipeline! { stage_a, stage_b }
+        .with_callback(rec.clone())
+        .with_resource(Arc::new(Probe::default()));
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MissingInput { key: "seed" }),
+        "{err:?}"
+    );
+    assert!(rec.events().is_empty(), "{:?}", rec.events());
+    assert_eq!(
+        err.to_string(),
+        "missing input `seed`: the pipeline reads it and no stage writes it before"
+    );
+}
+
+#[tokio::test]
+async fn missing_resource_fails_before_any_stage_runs() {
+    let rec = Recorder::default();
+    let pipe = pipeline! { left, stage_a }.with_callback(rec.clone());
+    let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    match err {
+        Error::MissingResource { stage, type_name } => {
+            assert_eq!(stage, "stage_a");
+            assert!(type_name.contains("Probe"), "{type_name}");
+        }
+        other => panic!("expected MissingResource, got {other:?}"),
+    }
+    assert!(rec.events().is_empty());
+}
+
+#[stage(writes = [never], timeout = "50ms")]
+async fn slow() -> u64 {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    1
+}
+
+#[tokio::test(start_paused = true)]
+async fn stage_timeout_is_an_error_naming_stage_and_duration() {
+    let pipe = pipeline! { slow };
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    match err {
+        Error::Timeout { stage, after } => {
+            assert_eq!(stage, "slow");
+            assert_eq!(after, Duration::from_millis(50));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+}
+
+/// Signals when the stage starts and when its future is dropped.
+struct CancelProbe {
+    started: tokio::sync::Notify,
+    dropped: AtomicUsize,
+}
+
+struct DropFlag(Arc<CancelProbe>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[stage(writes = [never])]
+async fn hangs(probe: Res<Arc<CancelProbe>>) -> u64 {
+    let _flag = DropFlag(Arc::clone(&probe));
+    probe.started.notify_one();
+    std::future::pending::<()>().await;
+    0
+}
+
+#[tokio::test]
+async fn dropping_the_invoke_future_cancels_stages_in_flight() {
+    let probe = Arc::new(CancelProbe {
+        started: tokio::sync::Notify::new(),
+        dropped: AtomicUsize::new(0),
+    });
+    let pipe = pipeline! { hangs }.with_resource(probe.clone());
+    let run = pipe.invoke(Ctx::new()).into_future();
+    let waiter = probe.started.notified();
+    tokio::select! {
+        _ = run => panic!("the hanging stage finished"),
+        _ = waiter => {}
+    }
+    // `select!` dropped the run future when the stage signalled it had started.
+    assert_eq!(probe.dropped.load(Ordering::SeqCst), 1);
+}
+
+use std::future::IntoFuture;
+
+#[stage(writes = [never])]
+async fn boom() -> u64 {
+    panic!("kaboom")
+}
+
+#[tokio::test]
+async fn a_panicking_stage_becomes_an_error_naming_it() {
+    let pipe = pipeline! { boom };
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    match &err {
+        Error::Stage { stage, .. } => assert_eq!(*stage, "boom"),
+        other => panic!("expected Stage, got {other:?}"),
+    }
+    assert!(err.to_string().contains("kaboom"), "{err}");
+    // The runtime survives: the same pipeline runs again.
+    assert!(pipe.invoke(Ctx::new()).await.is_err());
+}
+
+#[stage(writes = [never])]
+fn sync_boom() -> u64 {
+    panic!("sync kaboom")
+}
+
+#[tokio::test]
+async fn a_panicking_sync_stage_becomes_an_error_naming_it() {
+    let err = pipeline! { sync_boom }
+        .invoke(Ctx::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stage {
+                stage: "sync_boom",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("sync kaboom"));
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn fails(seed: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg(format!("no luck with {seed}")))
+}
+
+#[tokio::test]
+async fn stage_errors_name_the_stage() {
+    let err = pipeline! { fails }
+        .invoke(input! { seed: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "stage `fails` failed: no luck with 3");
+}
+
+/// A sync stage and an async stage side by side on a single-threaded runtime.
+struct BlockingProbe {
+    log: Mutex<Vec<&'static str>>,
+    signal: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    wait: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+#[stage(writes = [a_out])]
+fn blocking_stage(probe: Res<Arc<BlockingProbe>>) -> u64 {
+    probe.log.lock().unwrap().push("sync started");
+    std::thread::sleep(Duration::from_millis(200));
+    let rx = probe.wait.lock().unwrap().take().unwrap();
+    // Only reachable if the async stage ran while this one was blocking.
+    let got = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    probe.log.lock().unwrap().push(if got {
+        "sync saw async"
+    } else {
+        "sync never saw async"
+    });
+    1
+}
+
+#[stage(writes = [b_out])]
+async fn async_beside(probe: Res<Arc<BlockingProbe>>) -> u64 {
+    probe.log.lock().unwrap().push("async ran");
+    probe
+        .signal
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap()
+        .send(())
+        .unwrap();
+    2
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_sync_stage_does_not_stall_async_stages() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = Arc::new(BlockingProbe {
+        log: Mutex::new(Vec::new()),
+        signal: Mutex::new(Some(tx)),
+        wait: Mutex::new(Some(rx)),
+    });
+    let pipe = pipeline! { blocking_stage, async_beside }.with_resource(probe.clone());
+    let out = pipe.invoke(Ctx::new()).await.unwrap();
+    assert_eq!((out[a_out], out[b_out]), (1, 2));
+    let log = probe.log.lock().unwrap().clone();
+    let pos = |e: &str| log.iter().position(|x| *x == e);
+    assert!(
+        pos("sync saw async").is_some(),
+        "the sync stage blocked the runtime: {log:?}"
+    );
+    assert!(pos("async ran") < pos("sync saw async"), "{log:?}");
+    assert_eq!(
+        fluxio::StageKind::Sync,
+        <blocking_stage as fluxio::Stage>::META.kind
+    );
+}
+
+#[stage(reads = [seed], writes = [a_out, b_out])]
+async fn ctx_style(ctx: Ctx) -> Result<Ctx, StageError> {
+    let s = ctx[seed];
+    Ok(ctx.set(a_out, s + 1).set(b_out, s + 2))
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn ctx_sneaky(ctx: Ctx) -> Result<Ctx, StageError> {
+    let s = ctx[seed];
+    Ok(ctx.set(a_out, s).set(never, 0))
+}
+
+#[tokio::test]
+async fn ctx_style_stages_write_declared_keys_and_are_checked() {
+    let out = pipeline! { ctx_style }
+        .invoke(input! { seed: 1 })
+        .await
+        .unwrap();
+    assert_eq!((out[a_out], out[b_out]), (2, 3));
+    let err = pipeline! { ctx_sneaky }
+        .invoke(input! { seed: 1 })
+        .await
+        .unwrap_err();
+    match err {
+        Error::UndeclaredWrite { stage, key } => assert_eq!((stage, key), ("ctx_sneaky", "never")),
+        other => panic!("expected UndeclaredWrite, got {other:?}"),
+    }
+}
+
+#[stage(reads = [seed], writes = [pair_x, pair_y])]
+fn tuple_writer(seed: u64) -> Result<(u64, String), std::num::ParseIntError> {
+    let parsed: u64 = "5".parse()?;
+    Ok((seed + parsed, format!("#{seed}")))
+}
+
+#[tokio::test]
+async fn tuple_returns_fill_writes_in_order() {
+    let out = pipeline! { tuple_writer }
+        .invoke(input! { seed: 7 })
+        .await
+        .unwrap();
+    assert_eq!(out[pair_x], 12);
+    assert_eq!(out[pair_y], "#7");
+    // The original body stays callable.
+    assert_eq!(tuple_writer::run(1).unwrap(), (6, "#1".to_string()));
+}
+
+#[stage(reads = [a_out], writes = [d_out])]
+async fn after_sub(a_out: &u64) -> u64 {
+    a_out * 100
+}
+
+#[tokio::test]
+async fn nested_pipelines_run_as_one_node() {
+    let inner = pipeline! { ctx_style };
+    let outer = pipeline! { inner.clone(), after_sub };
+    assert_eq!(outer.inputs(), vec!["seed"]);
+    let out = outer.invoke(input! { seed: 1 }).await.unwrap();
+    assert_eq!((out[a_out], out[b_out], out[d_out]), (2, 3, 200));
+    assert_eq!(outer.graph().edges, vec![(0, 1)]);
+}
+
+#[tokio::test]
+async fn runs_with_the_same_pipeline_are_independent() {
+    let pipe = pipeline! { chain_1, chain_2, chain_3 }.with_resource(Arc::new(Probe::default()));
+    let runs = (0..50u64).map(|i| {
+        let pipe = pipe.clone();
+        async move { pipe.invoke(input! { seed: i }).await.unwrap()[c_out] }
+    });
+    let outs = futures::future::join_all(runs).await;
+    for (i, out) in outs.into_iter().enumerate() {
+        assert_eq!(out, (i as u64 * 2 + 1) * 10);
+    }
+}

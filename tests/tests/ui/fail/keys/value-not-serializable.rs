@@ -1,0 +1,6 @@
+#[derive(Clone)]
+pub struct NotSerde;
+
+fluxio::keys! { pub thing: NotSerde; }
+
+fn main() {}

@@ -1,0 +1,5 @@
+use fluxio::prelude::*;
+
+fn main() {
+    let _ = pipeline! {};
+}

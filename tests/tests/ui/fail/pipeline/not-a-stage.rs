@@ -1,0 +1,7 @@
+use fluxio::prelude::*;
+
+pub struct Plain;
+
+fn main() {
+    let _ = pipeline! { Plain };
+}

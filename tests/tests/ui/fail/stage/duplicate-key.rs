@@ -1,0 +1,10 @@
+use fluxio::prelude::*;
+
+fluxio::keys! { pub user_id: u64; pub greeting: String; }
+
+#[stage(reads = [user_id, user_id], writes = [greeting])]
+async fn greet(user_id: &u64) -> String {
+    format!("{user_id}")
+}
+
+fn main() {}
