@@ -11,10 +11,15 @@ use std::time::Instant;
 use fluxio::prelude::*;
 
 fluxio::keys! {
+    /// The city to report on.
     pub city: String;
+    /// Today's weather there.
     pub weather: String;
+    /// Local headlines.
     pub news: Vec<String>;
+    /// A traffic index.
     pub traffic: u32;
+    /// The combined report.
     pub summary: String;
 }
 

@@ -102,6 +102,7 @@ impl Ctx {
         self.map.get(name)
     }
 
+    #[inline]
     pub(crate) fn insert_slot(&mut self, name: &'static str, slot: Slot) {
         self.map.insert_mut(name, slot);
     }

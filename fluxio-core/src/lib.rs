@@ -12,7 +12,8 @@ mod ctx;
 mod error;
 mod key;
 pub mod plan;
-mod run;
+#[doc(hidden)]
+pub mod run;
 mod stage;
 #[doc(hidden)]
 pub mod support;

@@ -191,8 +191,10 @@ impl NodeSpec {
 /// The executable plan behind a [`Pipeline`](crate::Pipeline).
 pub(crate) struct Plan {
     pub(crate) nodes: Vec<NodeSpec>,
-    /// For each node, the nodes that wait for it.
-    pub(crate) dependents: Vec<Vec<u32>>,
+    /// For each node `i`, the nodes that wait for it:
+    /// `dependents[dep_offsets[i]..dep_offsets[i + 1]]`.
+    pub(crate) dependents: Vec<u32>,
+    pub(crate) dep_offsets: Vec<u32>,
     /// For each node, how many nodes it waits for.
     pub(crate) dep_counts: Vec<u32>,
     /// Nodes that wait for nothing.
@@ -200,11 +202,17 @@ pub(crate) struct Plan {
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
+    /// Nodes that need resources (checked before a run starts).
+    pub(crate) needs_resources: Vec<u32>,
     pub(crate) graph: Graph,
     pub(crate) version: String,
 }
 
 impl Plan {
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "the loops walk index pairs (i, j) of the matrix"
+    )]
     pub(crate) fn build(nodes: Vec<NodeSpec>, deps: &dyn Fn(usize, usize) -> bool) -> Plan {
         let n = nodes.len();
         let mut dependents = vec![Vec::new(); n];
@@ -248,9 +256,20 @@ impl Plan {
             written.extend(node.writes.iter().map(|k| k.name));
         }
 
+        let mut dep_offsets = Vec::with_capacity(n + 1);
+        dep_offsets.push(0u32);
+        for d in &dependents {
+            dep_offsets.push(dep_offsets.last().copied().unwrap_or(0) + d.len() as u32);
+        }
+        let dependents: Vec<u32> = dependents.into_iter().flatten().collect();
+        let needs_resources = (0..n as u32)
+            .filter(|&i| !nodes[i as usize].meta.resources.is_empty())
+            .collect();
         let graph = Graph::new(&nodes, &edges_full);
         let version = version_of(&nodes, &edges_full);
         Plan {
+            dep_offsets,
+            needs_resources,
             nodes,
             dependents,
             dep_counts,
@@ -346,6 +365,10 @@ pub struct Graph {
 }
 
 impl Graph {
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "the loops walk index pairs of the reachability matrix"
+    )]
     fn new(nodes: &[NodeSpec], edges_full: &[(usize, usize)]) -> Graph {
         let n = nodes.len();
         let mut reach = vec![vec![false; n]; n];

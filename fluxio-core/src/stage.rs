@@ -286,7 +286,7 @@ pub(crate) struct RawChunk {
 }
 
 /// Where stream stages send their chunks during a run.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ChunkSink {
     tx: Option<tokio::sync::mpsc::Sender<RawChunk>>,
 }
@@ -320,7 +320,7 @@ impl ChunkSink {
 }
 
 /// What a stage call receives besides the context.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StageEnv {
     /// The pipeline's resources.
     pub resources: Arc<Resources>,
@@ -331,47 +331,84 @@ pub struct StageEnv {
 /// The keys a stage wrote, in the order of its `writes`.
 #[derive(Default)]
 pub struct Writes {
-    items: Vec<(&'static str, Slot)>,
+    items: WriteList,
+}
+
+/// Most stages write one key: that case needs no allocation.
+#[derive(Default)]
+enum WriteList {
+    #[default]
+    None,
+    One(&'static str, Slot),
+    Many(Vec<(&'static str, Slot)>),
 }
 
 impl fmt::Debug for Writes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.items.iter().map(|(k, _)| k))
-            .finish()
+        f.debug_list().entries(self.names()).finish()
     }
 }
 
 impl Writes {
     /// No writes.
+    #[inline]
     pub fn none() -> Self {
-        Writes { items: Vec::new() }
+        Writes {
+            items: WriteList::None,
+        }
     }
 
     /// Room for `n` writes.
+    #[inline]
     pub fn with_capacity(n: usize) -> Self {
-        Writes {
-            items: Vec::with_capacity(n),
+        if n <= 1 {
+            Self::none()
+        } else {
+            Writes {
+                items: WriteList::Many(Vec::with_capacity(n)),
+            }
         }
     }
 
     /// Records a write of `value` under `K`.
+    #[inline]
     pub fn push<K: Key>(&mut self, value: K::Value) {
-        self.items.push((K::NAME, Arc::new(value)));
+        self.push_slot(K::NAME, Arc::new(value));
     }
 
+    #[inline]
     pub(crate) fn push_slot(&mut self, name: &'static str, slot: Slot) {
-        self.items.push((name, slot));
+        match &mut self.items {
+            WriteList::None => self.items = WriteList::One(name, slot),
+            WriteList::Many(v) => v.push((name, slot)),
+            WriteList::One(..) => {
+                let WriteList::One(first, first_slot) = std::mem::take(&mut self.items) else {
+                    unreachable!("matched One above")
+                };
+                self.items = WriteList::Many(vec![(first, first_slot), (name, slot)]);
+            }
+        }
     }
 
     /// The names written, in order.
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.items.iter().map(|(k, _)| *k)
+    pub fn names(&self) -> Vec<&'static str> {
+        match &self.items {
+            WriteList::None => Vec::new(),
+            WriteList::One(k, _) => vec![*k],
+            WriteList::Many(v) => v.iter().map(|(k, _)| *k).collect(),
+        }
     }
 
+    #[inline]
     pub(crate) fn apply(self, ctx: &mut Ctx) {
-        for (name, slot) in self.items {
-            ctx.insert_slot(name, slot);
+        match self.items {
+            WriteList::None => {}
+            WriteList::One(name, slot) => ctx.insert_slot(name, slot),
+            WriteList::Many(v) => {
+                for (name, slot) in v {
+                    ctx.insert_slot(name, slot);
+                }
+            }
         }
     }
 
@@ -381,12 +418,12 @@ impl Writes {
     ///
     /// [`Error::UndeclaredWrite`] when the stage changed a key outside its declared writes.
     pub fn from_ctx_diff(meta: &StageMeta, input: &Ctx, output: &Ctx) -> Result<Self, Error> {
-        let mut items = Vec::new();
+        let mut writes = Writes::none();
         for name in output.written_since(input) {
             match meta.access.writes.iter().find(|k| k.name == name) {
                 Some(k) => {
                     let slot = output.slot(name).cloned().expect("written key is present");
-                    items.push((k.name, slot));
+                    writes.push_slot(k.name, slot);
                 }
                 None => {
                     return Err(Error::UndeclaredWrite {
@@ -396,7 +433,7 @@ impl Writes {
                 }
             }
         }
-        Ok(Writes { items })
+        Ok(writes)
     }
 }
 
@@ -427,8 +464,14 @@ pub trait Stage: Send + Sync + 'static {
     /// Starts one call of the stage on `ctx`.
     ///
     /// The context holds every key in `META.access.reads` (the runtime checks before
-    /// calling); a stage that finds one missing returns an error naming it.
-    fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
+    /// calling); a stage that finds one missing returns an error naming it. The future owns
+    /// what it needs (it borrows neither the stage nor the context), so the runtime can
+    /// keep it in place without boxing it.
+    fn call(
+        &self,
+        ctx: &Ctx,
+        env: &StageEnv,
+    ) -> impl Future<Output = Result<StageOutput, StageError>> + Send + 'static + use<Self>;
 }
 
 /// Object-safe view of a [`Stage`], how the runtime stores stages.
@@ -448,7 +491,7 @@ impl<S: Stage> StageBox<S> {
 
 impl<S: Stage> DynStage for StageBox<S> {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
-        Stage::call(&self.stage, ctx, env)
+        Box::pin(Stage::call(&self.stage, ctx, env))
     }
 }
 
@@ -457,6 +500,7 @@ impl<S: Stage> DynStage for StageBox<S> {
 /// # Errors
 ///
 /// [`Error::MissingKey`] (as a `StageError`) when the context does not hold the key.
+#[inline]
 pub fn read_key<'c, K: Key>(ctx: &'c Ctx, stage: &'static str) -> Result<&'c K::Value, StageError> {
     ctx.get_typed::<K>().ok_or_else(|| {
         StageError::new(Error::MissingKey {

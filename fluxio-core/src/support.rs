@@ -67,7 +67,7 @@ where
 }
 
 /// How a stage parameter receives a key's value: `&V` borrows it from the context, `V`
-/// clones it.
+/// clones it; a `String` key can also be read as `&str` and a `Vec<T>` key as `&[T]`.
 #[diagnostic::on_unimplemented(
     message = "stage parameter type `{Self}` does not match the key's value type `{V}`",
     label = "expected `&{V}` or `{V}`",
@@ -90,11 +90,21 @@ impl<'a, V: Clone> FromRead<'a, V> for V {
     }
 }
 
-/// A stage call that fails at once because a resource is missing.
-pub fn missing_resource(stage: &'static str, type_name: &'static str) -> crate::stage::StageFuture {
-    Box::pin(std::future::ready(Err(StageError::new(
-        crate::Error::MissingResource { stage, type_name },
-    ))))
+impl<'a> FromRead<'a, String> for &'a str {
+    fn from_read(value: &'a String) -> Self {
+        value
+    }
+}
+
+impl<'a, T> FromRead<'a, Vec<T>> for &'a [T] {
+    fn from_read(value: &'a Vec<T>) -> Self {
+        value
+    }
+}
+
+/// The error of a stage call whose resource is missing.
+pub fn missing_resource(stage: &'static str, type_name: &'static str) -> StageError {
+    StageError::new(crate::Error::MissingResource { stage, type_name })
 }
 
 /// Compile-time check of two stages of one `parallel` block (called in a `const` item

@@ -10,7 +10,7 @@ use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageOutput};
 /// input, its writes are returned in the output context.
 ///
 /// ```
-/// # use fluxio_core::{Ctx, Key, Stage, StageMeta, StageKind, StageEnv, StageFuture, StageOutput, Writes, access::Access};
+/// # use fluxio_core::{Ctx, Key, Stage, StageMeta, StageKind, StageEnv, StageOutput, Writes, access::Access};
 /// # use fluxio_core::testing::StepHarness;
 /// # #[allow(non_camel_case_types)] #[derive(Clone, Copy)] struct n {}
 /// # impl Key for n { type Value = u64; const NAME: &'static str = "n"; }
@@ -19,9 +19,10 @@ use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageOutput};
 /// # impl Stage for double {
 /// #     const META: StageMeta = StageMeta { name: "double", kind: StageKind::Async,
 /// #         access: Access::new(&[n::DESC], &[n::DESC]), timeout: None, resources: &[] };
-/// #     fn call(&self, ctx: &Ctx, _: &StageEnv) -> StageFuture {
+/// #     fn call(&self, ctx: &Ctx, _: &StageEnv)
+/// #         -> impl std::future::Future<Output = Result<StageOutput, fluxio_core::StageError>> + Send + 'static + use<> {
 /// #         let v = ctx[n];
-/// #         Box::pin(async move { let mut w = Writes::none(); w.push::<n>(v * 2); Ok(StageOutput::Writes(w)) })
+/// #         async move { let mut w = Writes::none(); w.push::<n>(v * 2); Ok(StageOutput::Writes(w)) }
 /// #     }
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -70,7 +71,12 @@ impl<S: Stage> StepHarness<S> {
             resources: Arc::new(self.resources.clone()),
             chunks,
         };
-        let task = crate::run::Task::new(0, meta.name, self.stage.call(input, &env), meta.timeout);
+        let task = crate::run::Task::new(
+            0,
+            meta.name,
+            Box::pin(self.stage.call(input, &env)),
+            meta.timeout,
+        );
         task.await.1
     }
 

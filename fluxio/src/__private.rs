@@ -4,6 +4,7 @@ pub use core::time::Duration;
 
 pub use fluxio_core::access::{Access, ConstMsg};
 pub use fluxio_core::plan::{NodeDesc, NodeSpec, dep_matrix};
+pub use fluxio_core::run::{Op, RunFuture, Scheduler, drive};
 pub use fluxio_core::support::{
     FromRead, IntoPipeline, boxed, check_parallel, check_route_use, drive_stream, lift,
     missing_resource, run_blocking,

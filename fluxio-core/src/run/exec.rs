@@ -1,10 +1,15 @@
 //! The executor: runs a plan's nodes as soon as their dependencies finish.
 //!
-//! Stage futures are polled on the run's own task (no spawn per stage): a newly ready stage
-//! is polled once inline, and only stages that are still pending go into a
-//! `FuturesUnordered`. Sync stages move to tokio's blocking pool inside their own future.
+//! A run is one future, polled on the caller's task: no task is spawned per stage. The
+//! bookkeeping (what is ready, what runs, what a finished stage releases) lives in
+//! [`Scheduler`]; the stage futures live in *slots* that a driver owns. `pipeline!`
+//! generates a driver whose slots are typed `Option<F>` values pinned inside the run's
+//! future, so a stage call costs no allocation; pipelines built at run time use
+//! [`drive_dyn`], whose slots are boxed futures. Both go through [`drive`].
+//!
+//! A stage that becomes ready is polled at once, so a chain of stages that never wait
+//! runs straight through. Sync stages move to tokio's blocking pool inside their future.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -13,40 +18,57 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use smallvec::SmallVec;
 
 use super::Pipeline;
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::plan::{Exec, Plan};
-use crate::stage::{ChunkSink, RawChunk, StageEnv, StageFuture, StageOutput, Writes};
+use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
+
+/// The future of a whole run.
+pub type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 
 /// Starts a run of `pipe` on `input`; chunks go to `chunks` when someone streams them.
-pub(crate) async fn run(
+///
+/// Without callbacks the run is exactly the driver's future: one allocation per run.
+pub(crate) fn start_run(
     pipe: &Pipeline,
     input: Ctx,
     run_id: Option<String>,
     chunks: Option<tokio::sync::mpsc::Sender<RawChunk>>,
-) -> Result<Ctx> {
+) -> RunFuture {
     let env = StageEnv {
         resources: pipe.resources.clone(),
         chunks: ChunkSink::new(chunks),
     };
     if pipe.callbacks.is_empty() {
-        return execute(&pipe.plan, input, &env, None).await;
+        return match Scheduler::new(pipe.plan.clone(), input, env, None) {
+            Ok(sched) => pipe.start(sched),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        };
     }
-    let run_id = run_id.unwrap_or_else(fresh_run_id);
-    let obs = Observers {
-        callbacks: &pipe.callbacks,
-        run_id: &run_id,
-    };
-    let started = Instant::now();
-    obs.each(|c| c.on_run_start(&run_id));
-    let result = execute(&pipe.plan, input, &env, Some(&obs)).await;
-    obs.each(|c| c.on_run_end(&run_id, result.as_ref(), started.elapsed()));
-    result
+    let pipe = pipe.clone();
+    Box::pin(async move {
+        let obs = Observers {
+            callbacks: pipe.callbacks.clone(),
+            run_id: run_id.unwrap_or_else(fresh_run_id).into(),
+            started_at: Vec::new(),
+        };
+        let callbacks = obs.callbacks.clone();
+        let run_id = obs.run_id.clone();
+        let started = Instant::now();
+        callbacks.iter().for_each(|c| c.on_run_start(&run_id));
+        let result = match Scheduler::new(pipe.plan.clone(), input, env, Some(obs)) {
+            Ok(sched) => pipe.start(sched).await,
+            Err(e) => Err(e),
+        };
+        callbacks
+            .iter()
+            .for_each(|c| c.on_run_end(&run_id, result.as_ref(), started.elapsed()));
+        result
+    })
 }
 
 fn fresh_run_id() -> String {
@@ -58,26 +80,36 @@ fn fresh_run_id() -> String {
     )
 }
 
-struct Observers<'a> {
-    callbacks: &'a [Arc<dyn Callback>],
-    run_id: &'a str,
+struct Observers {
+    callbacks: Arc<[Arc<dyn Callback>]>,
+    run_id: Arc<str>,
+    started_at: Vec<Option<Instant>>,
 }
 
-impl Observers<'_> {
+impl Observers {
     fn each(&self, f: impl Fn(&dyn Callback)) {
-        for c in self.callbacks {
+        for c in self.callbacks.iter() {
             f(&**c);
         }
     }
 
-    fn event(&self, plan: &Plan, i: usize) -> StageEvent<'_> {
+    fn event<'a>(&'a self, plan: &Plan, i: usize) -> StageEvent<'a> {
         let meta = &plan.nodes[i].meta;
         StageEvent {
-            run_id: self.run_id,
+            run_id: &self.run_id,
             stage: meta.name,
             kind: meta.kind,
             attempt: 1,
         }
+    }
+
+    fn elapsed(&self, i: usize) -> Duration {
+        self.started_at
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 }
 
@@ -88,7 +120,8 @@ fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
             return Err(Error::MissingInput { key: key.name });
         }
     }
-    for node in &plan.nodes {
+    for &i in &plan.needs_resources {
+        let node = &plan.nodes[i as usize];
         for res in node.meta.resources {
             if !env.resources.contains((res.type_id)()) {
                 return Err(Error::MissingResource {
@@ -101,7 +134,8 @@ fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
     Ok(())
 }
 
-/// One stage call in flight: catches panics and enforces the stage's timeout.
+/// One stage call in flight on its own (the step harness): catches panics and enforces
+/// the stage's timeout.
 pub(crate) struct Task {
     idx: u32,
     stage: &'static str,
@@ -159,9 +193,7 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
         .unwrap_or_else(|| "a non-string panic payload".to_string());
     Error::Stage {
         stage,
-        source: Arc::from(
-            crate::stage::StageError::msg(format!("stage panicked: {text}")).into_inner(),
-        ),
+        source: Arc::from(StageError::msg(format!("stage panicked: {text}")).into_inner()),
     }
 }
 
@@ -170,17 +202,273 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const SKIPPED: u8 = 3;
 
-fn start(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> Task {
-    let node = &plan.nodes[i];
-    let fut: StageFuture = match &node.exec {
+/// The bookkeeping of one run: the context so far, which nodes wait, run, or are done.
+///
+/// Boxed, so the run's future stays small (and cheap to allocate) however it moves.
+pub struct Scheduler(Box<SchedState>);
+
+struct SchedState {
+    plan: Arc<Plan>,
+    env: StageEnv,
+    ctx: Ctx,
+    // Per-run state lives inline for pipelines of up to 16 nodes.
+    remaining: SmallVec<[u32; 16]>,
+    state: SmallVec<[u8; 16]>,
+    ready: SmallVec<[u32; 16]>,
+    running: SmallVec<[u32; 16]>,
+    /// Timeouts of running stages that have one.
+    deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>)>,
+    obs: Option<Observers>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("running", &self.0.running)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, mut obs: Option<Observers>) -> Result<Self> {
+        preflight(&plan, &input, &env)?;
+        let n = plan.nodes.len();
+        if let Some(obs) = &mut obs {
+            obs.started_at = vec![None; n];
+        }
+        Ok(Scheduler(Box::new(SchedState {
+            remaining: SmallVec::from_slice(&plan.dep_counts),
+            state: SmallVec::from_elem(PENDING, n),
+            ready: plan.roots.iter().rev().copied().collect(),
+            running: SmallVec::new(),
+            deadlines: Vec::new(),
+            ctx: input,
+            env,
+            obs,
+            plan,
+        })))
+    }
+
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.0.plan
+    }
+}
+
+impl SchedState {
+    /// Takes the next ready node and marks it running.
+    fn pop_ready(&mut self) -> Option<usize> {
+        while let Some(i) = self.ready.pop() {
+            let i = i as usize;
+            if self.state[i] != PENDING {
+                continue;
+            }
+            self.state[i] = RUNNING;
+            if let Some(obs) = &mut self.obs {
+                obs.started_at[i] = Some(Instant::now());
+                let ev = obs.event(&self.plan, i);
+                obs.each(|c| c.on_stage_start(&ev));
+            }
+            return Some(i);
+        }
+        None
+    }
+
+    /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
+    fn park(&mut self, i: usize) {
+        self.running.push(i as u32);
+        // A stage that finishes on its first poll never needs its timer.
+        if let Some(after) = self.plan.nodes[i].meta.timeout {
+            self.deadlines
+                .push((i as u32, Box::pin(tokio::time::sleep(after))));
+        }
+    }
+
+    /// Takes the `k`th running node out of `running`.
+    fn unpark(&mut self, k: usize) -> usize {
+        let i = self.running.swap_remove(k) as usize;
+        if !self.deadlines.is_empty() {
+            self.deadlines.retain(|(d, _)| *d as usize != i);
+        }
+        i
+    }
+
+    fn report_error(&self, i: usize, e: &Error) {
+        if let Some(obs) = &self.obs {
+            let ev = obs.event(&self.plan, i);
+            obs.each(|c| c.on_stage_error(&ev, e, obs.elapsed(i)));
+        }
+    }
+
+    /// Records the outcome of running node `i`.
+    fn complete(
+        &mut self,
+        i: usize,
+        out: std::result::Result<StageOutput, StageError>,
+    ) -> Result<()> {
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let e = e.into_run_error(self.plan.nodes[i].meta.name);
+                self.report_error(i, &e);
+                return Err(e);
+            }
+        };
+        match out {
+            StageOutput::Writes(w) => w.apply(&mut self.ctx),
+            StageOutput::Route(route) => self.take_route(i, route.label())?,
+        }
+        self.state[i] = DONE;
+        if let Some(obs) = &self.obs {
+            let ev = obs.event(&self.plan, i);
+            obs.each(|c| c.on_stage_end(&ev, obs.elapsed(i)));
+        }
+        self.release(i);
+        Ok(())
+    }
+
+    fn take_route(&mut self, i: usize, label: &str) -> Result<()> {
+        let plan = self.plan.clone();
+        let node = &plan.nodes[i];
+        let Some(chosen) = node.labels.iter().position(|l| *l == label) else {
+            let e = Error::UnknownRoute {
+                stage: node.meta.name,
+                label: label.to_string(),
+            };
+            self.report_error(i, &e);
+            return Err(e);
+        };
+        let members = &plan.branch_members[i];
+        for (l, nodes) in members.iter().enumerate() {
+            if l != chosen {
+                for &k in nodes {
+                    self.state[k as usize] = SKIPPED;
+                }
+            }
+        }
+        for (l, nodes) in members.iter().enumerate() {
+            if l != chosen {
+                for &k in nodes {
+                    if let Some(obs) = &self.obs {
+                        let ev = obs.event(&plan, k as usize);
+                        let reason = format!("route `{}` chose `{label}`", node.meta.name);
+                        obs.each(|c| c.on_stage_skip(&ev, &reason));
+                    }
+                    self.release(k as usize);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, i: usize) {
+        let (from, to) = (
+            self.plan.dep_offsets[i] as usize,
+            self.plan.dep_offsets[i + 1] as usize,
+        );
+        for &d in &self.plan.dependents[from..to] {
+            let r = &mut self.remaining[d as usize];
+            *r -= 1;
+            if *r == 0 && self.state[d as usize] == PENDING {
+                self.ready.push(d);
+            }
+        }
+    }
+
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
+        let expired = self
+            .deadlines
+            .iter_mut()
+            .find_map(|(i, sleep)| sleep.as_mut().poll(cx).is_ready().then_some(*i));
+        match expired {
+            Some(i) => {
+                let node = &self.plan.nodes[i as usize];
+                let e = Error::Timeout {
+                    stage: node.meta.name,
+                    after: node.meta.timeout.unwrap_or_default(),
+                };
+                self.report_error(i as usize, &e);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the driver asks of a slot: start node `i`'s stage, or poll it.
+pub struct Op<'a> {
+    node: usize,
+    start: bool,
+    ctx: &'a Ctx,
+    env: &'a StageEnv,
+    plan: &'a Plan,
+}
+
+impl std::fmt::Debug for Op<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op")
+            .field("node", &self.node)
+            .field("start", &self.start)
+            .finish()
+    }
+}
+
+impl Op<'_> {
+    /// The node this operation is about.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// Starts (when asked) and polls the stage future held in `slot`; `make` creates it
+    /// from the context and environment.
+    pub fn run<F>(
+        self,
+        mut slot: Pin<&mut Option<F>>,
+        cx: &mut Context<'_>,
+        make: impl FnOnce(&Ctx, &StageEnv) -> F,
+    ) -> Poll<std::result::Result<StageOutput, StageError>>
+    where
+        F: Future<Output = std::result::Result<StageOutput, StageError>>,
+    {
+        if self.start {
+            slot.set(Some(make(self.ctx, self.env)));
+        }
+        let Some(fut) = slot.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        match fut.poll(cx) {
+            Poll::Ready(out) => {
+                slot.set(None);
+                Poll::Ready(out)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Like [`run`](Self::run) for a node the plan holds as a value (a nested pipeline).
+    pub fn run_dyn(
+        self,
+        slot: Pin<&mut Option<StageFuture>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<StageOutput, StageError>> {
+        let plan = self.plan;
+        let node = self.node;
+        self.run(slot, cx, |ctx, env| start_dyn(plan, node, ctx, env))
+    }
+}
+
+/// Creates node `i`'s future through the plan's type-erased view of it.
+fn start_dyn(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> StageFuture {
+    match &plan.nodes[i].exec {
         Exec::Stage(stage) => stage.call(ctx, env),
         Exec::Pipeline(sub) => {
             let sub = sub.clone();
             let input = ctx.clone();
             let env = env.clone();
-            let writes = node.writes.clone();
+            let writes = plan.nodes[i].writes.clone();
             Box::pin(async move {
-                let out = Box::pin(execute(&sub.plan, input.clone(), &env, None)).await?;
+                let sched = Scheduler::new(sub.plan.clone(), input.clone(), env, None)
+                    .map_err(StageError::new)?;
+                let out = sub.start(sched).await.map_err(StageError::new)?;
                 let mut w = Writes::with_capacity(writes.len());
                 for name in out.written_since(&input) {
                     if writes.iter().any(|k| k.name == name) {
@@ -193,166 +481,114 @@ fn start(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> Task {
                 Ok(StageOutput::Writes(w))
             })
         }
-    };
-    Task::new(i as u32, node.meta.name, fut, node.meta.timeout)
+    }
 }
 
-/// Runs `plan` on `input` to completion.
-async fn execute(
-    plan: &Plan,
-    input: Ctx,
-    env: &StageEnv,
-    obs: Option<&Observers<'_>>,
-) -> Result<Ctx> {
-    preflight(plan, &input, env)?;
-    let n = plan.nodes.len();
-    let mut ctx = input;
-    let mut remaining = plan.dep_counts.clone();
-    let mut state = vec![PENDING; n];
-    let mut ready: VecDeque<u32> = plan.roots.iter().copied().collect();
-    let mut running: FuturesUnordered<Task> = FuturesUnordered::new();
-    let mut started_at: Vec<Option<Instant>> = if obs.is_some() {
-        vec![None; n]
-    } else {
-        Vec::new()
-    };
+/// Runs a scheduler to the end. `slots(op, cx)` starts or polls the stage future of node
+/// `op.node()`; it is how a driver keeps the futures wherever it likes.
+///
+/// # Errors
+///
+/// The first error of a stage (its siblings are dropped, which cancels them), a timeout,
+/// or an unknown route label.
+pub fn drive<S>(sched: Scheduler, mut slots: S) -> impl Future<Output = Result<Ctx>> + Send
+where
+    S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>> + Send,
+{
+    let mut sched = sched.0;
+    poll_fn(move |cx| {
+        // One unwind guard per wake-up, not per stage call; `current` names the stage a
+        // panic came from.
+        let mut current = usize::MAX;
+        let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            step(&mut sched, &mut slots, cx, &mut current)
+        }));
+        match stepped {
+            Ok(poll) => poll,
+            Err(payload) => {
+                let stage = sched
+                    .plan
+                    .nodes
+                    .get(current)
+                    .map_or("<fluxio runtime>", |n| n.meta.name);
+                let e = panic_error(stage, payload);
+                if current != usize::MAX {
+                    sched.report_error(current, &e);
+                }
+                Poll::Ready(Err(e))
+            }
+        }
+    })
+}
 
+/// Advances a run as far as it goes without waiting.
+fn step<S>(
+    sched: &mut SchedState,
+    slots: &mut S,
+    cx: &mut Context<'_>,
+    current: &mut usize,
+) -> Poll<Result<Ctx>>
+where
+    S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
+{
     loop {
-        while let Some(i) = ready.pop_front() {
-            let i = i as usize;
-            if state[i] != PENDING {
-                continue;
-            }
-            state[i] = RUNNING;
-            if let Some(obs) = obs {
-                started_at[i] = Some(Instant::now());
-                let ev = obs.event(plan, i);
-                obs.each(|c| c.on_stage_start(&ev));
-            }
-            let mut task = start(plan, i, &ctx, env);
-            match poll_fn(|cx| Poll::Ready(Pin::new(&mut task).poll(cx))).await {
-                Poll::Ready((i, out)) => complete(
-                    plan,
-                    i as usize,
-                    out,
-                    &mut ctx,
-                    &mut state,
-                    &mut remaining,
-                    &mut ready,
-                    obs,
-                    &started_at,
-                )?,
-                Poll::Pending => running.push(task),
-            }
-        }
-        match running.next().await {
-            Some((i, out)) => complete(
-                plan,
-                i as usize,
-                out,
-                &mut ctx,
-                &mut state,
-                &mut remaining,
-                &mut ready,
-                obs,
-                &started_at,
-            )?,
-            None => break,
-        }
-    }
-    debug_assert!(
-        state.iter().all(|&s| s == DONE || s == SKIPPED),
-        "every node ran or was skipped"
-    );
-    Ok(ctx)
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the executor's state, passed apart to keep borrows simple"
-)]
-fn complete(
-    plan: &Plan,
-    i: usize,
-    out: Result<StageOutput>,
-    ctx: &mut Ctx,
-    state: &mut [u8],
-    remaining: &mut [u32],
-    ready: &mut VecDeque<u32>,
-    obs: Option<&Observers<'_>>,
-    started_at: &[Option<Instant>],
-) -> Result<()> {
-    let elapsed = || {
-        started_at
-            .get(i)
-            .copied()
-            .flatten()
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    };
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => {
-            if let Some(obs) = obs {
-                let ev = obs.event(plan, i);
-                obs.each(|c| c.on_stage_error(&ev, &e, elapsed()));
-            }
-            return Err(e);
-        }
-    };
-    match out {
-        StageOutput::Writes(w) => w.apply(ctx),
-        StageOutput::Route(route) => {
-            let node = &plan.nodes[i];
-            let Some(chosen) = node.labels.iter().position(|l| *l == route.label()) else {
-                let e = Error::UnknownRoute {
-                    stage: node.meta.name,
-                    label: route.label().to_string(),
-                };
-                if let Some(obs) = obs {
-                    let ev = obs.event(plan, i);
-                    obs.each(|c| c.on_stage_error(&ev, &e, elapsed()));
-                }
-                return Err(e);
+        // Start everything that is ready, polling each once right away.
+        while let Some(i) = sched.pop_ready() {
+            *current = i;
+            let op = Op {
+                node: i,
+                start: true,
+                ctx: &sched.ctx,
+                env: &sched.env,
+                plan: &sched.plan,
             };
-            let members = &plan.branch_members[i];
-            for (l, nodes) in members.iter().enumerate() {
-                if l != chosen {
-                    for &k in nodes {
-                        state[k as usize] = SKIPPED;
-                    }
-                }
-            }
-            for (l, nodes) in members.iter().enumerate() {
-                if l != chosen {
-                    for &k in nodes {
-                        if let Some(obs) = obs {
-                            let ev = obs.event(plan, k as usize);
-                            let reason =
-                                format!("route `{}` chose `{}`", node.meta.name, route.label());
-                            obs.each(|c| c.on_stage_skip(&ev, &reason));
-                        }
-                        release(plan, k as usize, state, remaining, ready);
-                    }
-                }
+            match slots(op, cx) {
+                Poll::Ready(out) => sched.complete(i, out)?,
+                Poll::Pending => sched.park(i),
             }
         }
+        if sched.running.is_empty() {
+            // A clone is an atomic increment; the scheduler is dropped right after.
+            return Poll::Ready(Ok(sched.ctx.clone()));
+        }
+        let mut progressed = false;
+        let mut k = 0;
+        while k < sched.running.len() {
+            let i = sched.running[k] as usize;
+            *current = i;
+            let op = Op {
+                node: i,
+                start: false,
+                ctx: &sched.ctx,
+                env: &sched.env,
+                plan: &sched.plan,
+            };
+            match slots(op, cx) {
+                Poll::Ready(out) => {
+                    sched.unpark(k);
+                    sched.complete(i, out)?;
+                    progressed = true;
+                }
+                Poll::Pending => k += 1,
+            }
+        }
+        *current = usize::MAX;
+        sched.poll_deadlines(cx)?;
+        if !progressed && sched.ready.is_empty() {
+            return Poll::Pending;
+        }
     }
-    state[i] = DONE;
-    if let Some(obs) = obs {
-        let ev = obs.event(plan, i);
-        obs.each(|c| c.on_stage_end(&ev, elapsed()));
-    }
-    release(plan, i, state, remaining, ready);
-    Ok(())
 }
 
-fn release(plan: &Plan, i: usize, state: &[u8], remaining: &mut [u32], ready: &mut VecDeque<u32>) {
-    for &d in &plan.dependents[i] {
-        let r = &mut remaining[d as usize];
-        *r -= 1;
-        if *r == 0 && state[d as usize] == PENDING {
-            ready.push_back(d);
-        }
-    }
+/// The driver of pipelines built at run time: each node's future is boxed.
+pub(crate) fn drive_dyn(sched: Scheduler) -> RunFuture {
+    let n = sched.plan().nodes.len();
+    Box::pin(async move {
+        let mut slots: Vec<Option<StageFuture>> = (0..n).map(|_| None).collect();
+        drive(sched, |op, cx| {
+            let i = op.node();
+            op.run_dyn(Pin::new(&mut slots[i]), cx)
+        })
+        .await
+    })
 }

@@ -45,7 +45,7 @@ impl<C> std::fmt::Debug for StreamHandle<C> {
 impl<C: Send + 'static> StreamHandle<C> {
     pub(crate) fn start(pipe: Pipeline, input: Ctx) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
-        let run = Box::pin(async move { super::exec::run(&pipe, input, None, Some(tx)).await });
+        let run = super::exec::start_run(&pipe, input, None, Some(tx));
         StreamHandle {
             run: Some(run),
             rx: Some(rx),

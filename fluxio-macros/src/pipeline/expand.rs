@@ -34,7 +34,22 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
 
     let mut specs = Vec::new();
     let mut descs = Vec::new();
-    for node in &a.nodes {
+    let mut slots = Vec::new();
+    let mut arms = Vec::new();
+    for (i, node) in a.nodes.iter().enumerate() {
+        let slot = quote::format_ident!("__fluxio_slot{}", i);
+        slots.push(quote!(let mut #slot = ::core::pin::pin!(::core::option::Option::None);));
+        arms.push(match &node.kind {
+            FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => {
+                let call = respan(quote!(#private::Stage::call(&#path, c, e)), path.span());
+                quote! {
+                    #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |c, e| #call),
+                }
+            }
+            FlatKind::Sub(_) => quote! {
+                #i => __fluxio_op.run_dyn(#slot.as_mut(), __fluxio_cx),
+            },
+        });
         let branch = branch_tokens(node.branch);
         let group = node.group;
         match &node.kind {
@@ -73,10 +88,21 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
             #private::Pipeline::from_const(::std::vec![#(#specs),*], &__FLUXIO_DEPS)
         }
     };
+    // The driver keeps each stage's future in its own pinned slot inside the run's future:
+    // no allocation per stage call.
     quote! {
         {
             #(#checks)*
-            #build
+            #build.with_driver(|__fluxio_sched: #private::Scheduler| -> #private::RunFuture {
+                ::std::boxed::Box::pin(async move {
+                    #(#slots)*
+                    #private::drive(__fluxio_sched, |__fluxio_op, __fluxio_cx| match __fluxio_op.node() {
+                        #(#arms)*
+                        _ => ::core::task::Poll::Pending,
+                    })
+                    .await
+                })
+            })
         }
     }
 }

@@ -50,15 +50,27 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         _ => None,
     });
 
-    // Resources are looked up before the future starts, so a call never holds the map.
+    // Resources are looked up before the future starts (the future must not borrow the
+    // environment); a missing one is reported from inside the future.
     let take_resources = def.params.iter().filter_map(|p| match &p.role {
         ParamRole::Resource(ty) => {
             let id = &p.ident;
             Some(quote! {
-                let #id: #private::Res<#ty> = match __fluxio_env.resources.get::<#ty>() {
+                let #id: ::core::option::Option<#private::Res<#ty>> = __fluxio_env.resources.get::<#ty>();
+            })
+        }
+        _ => None,
+    });
+    let unwrap_resources = def.params.iter().filter_map(|p| match &p.role {
+        ParamRole::Resource(ty) => {
+            let id = &p.ident;
+            Some(quote! {
+                let #id: #private::Res<#ty> = match #id {
                     ::core::option::Option::Some(r) => r,
                     ::core::option::Option::None => {
-                        return #private::missing_resource(#name, ::core::any::type_name::<#ty>());
+                        return ::core::result::Result::Err(
+                            #private::missing_resource(#name, ::core::any::type_name::<#ty>()),
+                        );
                     }
                 };
             })
@@ -133,12 +145,14 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     };
     let body = match def.exec {
         Exec::Blocking => quote! {
+            #(#unwrap_resources)*
             #private::run_blocking(#name, move || {
                 #(#bind_reads)*
                 #produce
             }).await
         },
         _ => quote! {
+            #(#unwrap_resources)*
             #(#bind_reads)*
             #produce
         },
@@ -154,7 +168,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
 
         impl #ident {
             /// The stage's function as written, callable directly (for unit tests).
-            #[allow(dead_code)]
+            #[allow(dead_code, clippy::ptr_arg)]
             #run_fn
         }
 
@@ -168,15 +182,18 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 resources: &[#(#resource_descs),*],
             };
 
+            #[allow(clippy::manual_async_fn)]
             fn call(
                 &self,
                 __fluxio_ctx: &#private::Ctx,
                 __fluxio_env: &#private::StageEnv,
-            ) -> #private::StageFuture {
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<#private::StageOutput, #private::StageError>,
+            > + ::core::marker::Send + 'static + use<> {
                 #(#take_resources)*
                 let __fluxio_ctx = ::core::clone::Clone::clone(__fluxio_ctx);
                 #chunks
-                #private::boxed(async move { #body })
+                async move { #body }
             }
         }
     }
@@ -207,8 +224,16 @@ pub(crate) fn fallback(
                 timeout: ::core::option::Option::None,
                 resources: &[],
             };
-            fn call(&self, _: &#private::Ctx, _: &#private::StageEnv) -> #private::StageFuture {
-                #private::missing_resource(#name, "<invalid stage>")
+            fn call(
+                &self,
+                _: &#private::Ctx,
+                _: &#private::StageEnv,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<#private::StageOutput, #private::StageError>,
+            > + ::core::marker::Send + 'static + use<> {
+                ::core::future::ready(::core::result::Result::Err(
+                    #private::StageError::msg(::core::concat!("stage `", #name, "` did not compile")),
+                ))
             }
         }
     }

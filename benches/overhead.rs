@@ -1,0 +1,155 @@
+//! Compares fluxio's runtime with hand-written tokio code doing the same context updates,
+//! measured side by side in one process, and prints medians and ratios.
+//!
+//! Run it with `cargo run --release --example overhead` (add `-- --quick` for a short run).
+//! The machine is noisy: samples of both sides are interleaved and the medians compared.
+
+use std::future::Future;
+use std::time::Instant;
+
+use fluxio::Ctx;
+
+/// Keeps the compiler from optimizing a result away.
+fn sink<T>(v: T) {
+    std::hint::black_box(v);
+}
+use fluxio::prelude::input;
+use fluxio_benches::*;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median nanoseconds per call of `f` over `samples` samples of `iters` calls each, for two
+/// workloads measured alternately.
+fn compare<A, FA, OA, B, FB>(
+    rt: &tokio::runtime::Runtime,
+    samples: usize,
+    iters: usize,
+    mut a: A,
+    mut b: B,
+) -> (f64, f64)
+where
+    A: FnMut() -> FA,
+    FA: Future<Output = OA>,
+    B: FnMut() -> FB,
+    FB: Future<Output = Ctx>,
+{
+    let mut ta = Vec::with_capacity(samples);
+    let mut tb = Vec::with_capacity(samples);
+    // Warm up both.
+    rt.block_on(async {
+        for _ in 0..iters {
+            sink(a().await);
+            sink::<Ctx>(b().await);
+        }
+    });
+    for _ in 0..samples {
+        rt.block_on(async {
+            let t = Instant::now();
+            for _ in 0..iters {
+                sink(a().await);
+            }
+            ta.push(t.elapsed().as_nanos() as f64 / iters as f64);
+            let t = Instant::now();
+            for _ in 0..iters {
+                sink::<Ctx>(b().await);
+            }
+            tb.push(t.elapsed().as_nanos() as f64 / iters as f64);
+        });
+    }
+    (median(ta), median(tb))
+}
+
+fn report(name: &str, fluxio_ns: f64, base_ns: f64, target: f64) {
+    let ratio = fluxio_ns / base_ns;
+    println!(
+        "{name:<28} fluxio {fluxio_ns:>9.0} ns   baseline {base_ns:>9.0} ns   ratio {ratio:>5.2}x   target <= {target:.1}x   {}",
+        if ratio <= target { "ok" } else { "OVER" }
+    );
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, n: usize, rounds: usize, fluxio: bool) -> f64 {
+    let pipe = chain_pipeline();
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        rt.block_on(async {
+            let mut handles = Vec::with_capacity(n);
+            for i in 0..n as u64 {
+                let pipe = pipe.clone();
+                handles.push(tokio::spawn(async move {
+                    if fluxio {
+                        pipe.invoke(input! { c0: i }).await.unwrap()
+                    } else {
+                        chain_baseline(input! { c0: i }).await
+                    }
+                }));
+            }
+            for h in handles {
+                std::hint::black_box(h.await.unwrap());
+            }
+        });
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    median(rates)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (samples, iters) = if quick { (11, 2_000) } else { (41, 10_000) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let chain = chain_pipeline();
+    let (f, b) = compare(
+        &rt,
+        samples,
+        iters,
+        || chain.invoke(input! { c0: 1 }).into_future(),
+        || chain_baseline(input! { c0: 1 }),
+    );
+    assert_eq!(
+        rt.block_on(chain.invoke(input! { c0: 1 }).into_future())
+            .unwrap()[c10],
+        11
+    );
+    report("chain of 10 stages", f, b, 1.5);
+    println!(
+        "{:<28} {:.0} ns per stage over the baseline",
+        "",
+        (f - b) / 10.0
+    );
+
+    let fan = fanout_pipeline();
+    let (f, b) = compare(
+        &rt,
+        samples,
+        iters,
+        || fan.invoke(input! { f_in: 1 }).into_future(),
+        || fanout_baseline(input! { f_in: 1 }),
+    );
+    assert_eq!(
+        rt.block_on(fan.invoke(input! { f_in: 1 }).into_future())
+            .unwrap()[f_total],
+        24
+    );
+    report("fan-out 8 + join", f, b, 2.0);
+
+    let mt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rounds = if quick { 5 } else { 21 };
+    let fx = throughput(&mt, 1_000, rounds, true);
+    let bx = throughput(&mt, 1_000, rounds, false);
+    println!(
+        "1,000 concurrent chain invokes: fluxio {fx:.0} invokes/s, baseline {bx:.0} invokes/s (ratio {:.2}x time)",
+        bx / fx
+    );
+}
+
+use std::future::IntoFuture;

@@ -1,0 +1,48 @@
+//! Runs the 10-stage chain in a loop, for profilers (`perf record`, `valgrind --tool=callgrind`).
+//!
+//! `cargo run --release --example profile_chain -- [fluxio|baseline] [iterations]`
+
+use std::future::IntoFuture;
+
+use fluxio::prelude::input;
+use fluxio_benches::*;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_else(|| "fluxio".into());
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pipe = chain_pipeline();
+    if which == "size" {
+        let fut = pipe.invoke(input! { c0: 1 }).into_future();
+        println!("invoke future: {} bytes", std::mem::size_of_val(&*fut));
+        let sched_fut = chain_baseline(input! { c0: 1 });
+        println!(
+            "baseline future: {} bytes",
+            std::mem::size_of_val(&sched_fut)
+        );
+        let stage_fut = fluxio::Stage::call(
+            &s1,
+            &input! { c0: 1 },
+            &fluxio::__private::StageEnv::default(),
+        );
+        println!(
+            "one stage future: {} bytes",
+            std::mem::size_of_val(&stage_fut)
+        );
+        return;
+    }
+    rt.block_on(async {
+        for i in 0..n as u64 {
+            let out = if which == "baseline" {
+                chain_baseline(input! { c0: i }).await
+            } else {
+                pipe.invoke(input! { c0: i }).into_future().await.unwrap()
+            };
+            std::hint::black_box(out);
+        }
+    });
+}

@@ -1,0 +1,160 @@
+//! The workloads fluxio is measured on, each as a fluxio pipeline and as the hand-written
+//! tokio code doing the same context updates, so benches and the `overhead` comparison
+//! program time exactly the same thing.
+
+use fluxio::prelude::*;
+
+fluxio::keys! {
+    /// Chain input.
+    pub c0: u64;
+    /// Chain step 1.
+    pub c1: u64;
+    /// Chain step 2.
+    pub c2: u64;
+    /// Chain step 3.
+    pub c3: u64;
+    /// Chain step 4.
+    pub c4: u64;
+    /// Chain step 5.
+    pub c5: u64;
+    /// Chain step 6.
+    pub c6: u64;
+    /// Chain step 7.
+    pub c7: u64;
+    /// Chain step 8.
+    pub c8: u64;
+    /// Chain step 9.
+    pub c9: u64;
+    /// Chain output.
+    pub c10: u64;
+    /// Fan-out input.
+    pub f_in: u64;
+    /// Written by the fan-out's first stage.
+    pub f_seed: u64;
+    /// Branch 0.
+    pub f0: u64;
+    /// Branch 1.
+    pub f1: u64;
+    /// Branch 2.
+    pub f2: u64;
+    /// Branch 3.
+    pub f3: u64;
+    /// Branch 4.
+    pub f4: u64;
+    /// Branch 5.
+    pub f5: u64;
+    /// Branch 6.
+    pub f6: u64;
+    /// Branch 7.
+    pub f7: u64;
+    /// The join's output.
+    pub f_total: u64;
+}
+
+/// The trivial work every stage does.
+#[inline(never)]
+pub async fn step(v: u64) -> u64 {
+    std::hint::black_box(v.wrapping_add(1))
+}
+
+macro_rules! chain_stage {
+    ($name:ident, $from:ident, $to:ident) => {
+        #[doc = concat!("Chain stage `", stringify!($name), "`.")]
+        #[stage(reads = [$from], writes = [$to])]
+        pub async fn $name($from: &u64) -> u64 {
+            step(*$from).await
+        }
+    };
+}
+
+chain_stage!(s1, c0, c1);
+chain_stage!(s2, c1, c2);
+chain_stage!(s3, c2, c3);
+chain_stage!(s4, c3, c4);
+chain_stage!(s5, c4, c5);
+chain_stage!(s6, c5, c6);
+chain_stage!(s7, c6, c7);
+chain_stage!(s8, c7, c8);
+chain_stage!(s9, c8, c9);
+chain_stage!(s10, c9, c10);
+
+chain_stage!(seed, f_in, f_seed);
+chain_stage!(b0, f_seed, f0);
+chain_stage!(b1, f_seed, f1);
+chain_stage!(b2, f_seed, f2);
+chain_stage!(b3, f_seed, f3);
+chain_stage!(b4, f_seed, f4);
+chain_stage!(b5, f_seed, f5);
+chain_stage!(b6, f_seed, f6);
+chain_stage!(b7, f_seed, f7);
+
+/// The fan-out's join: reads every branch.
+#[stage(reads = [f0, f1, f2, f3, f4, f5, f6, f7], writes = [f_total])]
+#[allow(clippy::too_many_arguments, reason = "one parameter per key read")]
+pub async fn join(
+    f0: &u64,
+    f1: &u64,
+    f2: &u64,
+    f3: &u64,
+    f4: &u64,
+    f5: &u64,
+    f6: &u64,
+    f7: &u64,
+) -> u64 {
+    f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7
+}
+
+/// Ten trivial stages, each reading what the previous one wrote.
+pub fn chain_pipeline() -> Pipeline {
+    pipeline! { s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 }
+}
+
+/// One stage, an 8-wide parallel fan-out, and a join.
+pub fn fanout_pipeline() -> Pipeline {
+    pipeline! { seed, parallel { b0, b1, b2, b3, b4, b5, b6, b7 }, join }
+}
+
+/// The chain, hand-written: the same ten awaits and context updates, no runtime.
+pub async fn chain_baseline(input: Ctx) -> Ctx {
+    let mut ctx = input;
+    let v = step(ctx[c0]).await;
+    ctx = ctx.with(c1, v);
+    let v = step(ctx[c1]).await;
+    ctx = ctx.with(c2, v);
+    let v = step(ctx[c2]).await;
+    ctx = ctx.with(c3, v);
+    let v = step(ctx[c3]).await;
+    ctx = ctx.with(c4, v);
+    let v = step(ctx[c4]).await;
+    ctx = ctx.with(c5, v);
+    let v = step(ctx[c5]).await;
+    ctx = ctx.with(c6, v);
+    let v = step(ctx[c6]).await;
+    ctx = ctx.with(c7, v);
+    let v = step(ctx[c7]).await;
+    ctx = ctx.with(c8, v);
+    let v = step(ctx[c8]).await;
+    ctx = ctx.with(c9, v);
+    let v = step(ctx[c9]).await;
+    ctx.with(c10, v)
+}
+
+/// The fan-out, hand-written with `join_all`: the same awaits and context updates.
+pub async fn fanout_baseline(input: Ctx) -> Ctx {
+    let mut ctx = input;
+    let v = step(ctx[f_in]).await;
+    ctx = ctx.with(f_seed, v);
+    let s = ctx[f_seed];
+    let outs = futures::future::join_all((0..8).map(|_| step(s))).await;
+    ctx = ctx
+        .with(f0, outs[0])
+        .with(f1, outs[1])
+        .with(f2, outs[2])
+        .with(f3, outs[3])
+        .with(f4, outs[4])
+        .with(f5, outs[5])
+        .with(f6, outs[6])
+        .with(f7, outs[7]);
+    let total = ctx[f0] + ctx[f1] + ctx[f2] + ctx[f3] + ctx[f4] + ctx[f5] + ctx[f6] + ctx[f7];
+    ctx.with(f_total, total)
+}
