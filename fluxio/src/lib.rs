@@ -64,6 +64,11 @@
 #[doc(hidden)]
 pub mod __private;
 
+// The README's example is compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 pub use fluxio_core::{
     AsKey, Callback, Chunk, Ctx, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline, Res,
     Resources, Result, Route, Stage, StageError, StageEvent, StageKind, StageMeta, StreamHandle,

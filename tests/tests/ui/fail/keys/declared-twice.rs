@@ -1,0 +1,6 @@
+fluxio::keys! {
+    pub user_id: u64;
+    pub user_id: String;
+}
+
+fn main() {}
