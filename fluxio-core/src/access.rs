@@ -205,10 +205,7 @@ mod tests {
     use super::*;
 
     const fn k(name: &'static str) -> KeyDesc {
-        KeyDesc {
-            name,
-            type_name: core::any::type_name::<u8>,
-        }
+        KeyDesc::new::<u8>(name)
     }
     const A: KeyDesc = k("a");
     const B: KeyDesc = k("b");

@@ -107,6 +107,10 @@ impl Ctx {
         self.map.insert_mut(name, slot);
     }
 
+    pub(crate) fn iter_slots(&self) -> impl Iterator<Item = (&'static str, &Slot)> + '_ {
+        self.map.iter().map(|(k, v)| (*k, v))
+    }
+
     /// The number of keys the context holds.
     pub fn len(&self) -> usize {
         self.map.size()

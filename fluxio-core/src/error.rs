@@ -89,4 +89,87 @@ pub enum Error {
     /// The run's task was cancelled or aborted before it finished.
     #[error("run cancelled")]
     Cancelled,
+    /// `resume`, `replay` or `diff` found no checkpoint for the run.
+    #[error("no checkpoint for run `{run_id}`")]
+    NoCheckpoint {
+        /// The run.
+        run_id: String,
+    },
+    /// The checkpoint was written by another version of the pipeline.
+    #[error(
+        "run `{run_id}` was checkpointed by pipeline version {stored}, this pipeline is version {current}; \
+         start it fresh, or resume with `.allow_version_change()` if the change is compatible"
+    )]
+    CheckpointVersion {
+        /// The run.
+        run_id: String,
+        /// The version in the checkpoint.
+        stored: String,
+        /// This pipeline's version.
+        current: String,
+    },
+    /// Another invoke holds the run id (in this process or another sharing the store).
+    #[error("run id `{run_id}` is in use by another invoke")]
+    RunIdInUse {
+        /// The run.
+        run_id: String,
+    },
+    /// The checkpoint's bytes do not decode.
+    #[error("checkpoint of run `{run_id}` is corrupt: {reason}")]
+    CorruptCheckpoint {
+        /// The run.
+        run_id: String,
+        /// What did not decode.
+        reason: String,
+    },
+    /// A value could not be encoded for a checkpoint.
+    #[error("run `{run_id}`: the value of `{key}` does not encode: {reason}")]
+    Encode {
+        /// The run.
+        run_id: String,
+        /// The key.
+        key: &'static str,
+        /// The serializer's message.
+        reason: String,
+    },
+    /// The checkpoint store failed.
+    #[error("run `{run_id}`: checkpoint store {operation} failed: {source}")]
+    Store {
+        /// The run.
+        run_id: String,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The store's error.
+        #[source]
+        source: SharedError,
+    },
+    /// A durable operation was asked of a pipeline without a store.
+    #[error("`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline")]
+    NoStore {
+        /// The operation.
+        operation: &'static str,
+    },
+}
+
+impl Error {
+    /// Maps a store error for run `run_id` during `operation`.
+    pub(crate) fn from_store(
+        run_id: &str,
+        operation: &'static str,
+        e: crate::store::StoreError,
+    ) -> Error {
+        match e {
+            crate::store::StoreError::LockLost { .. } => Error::RunIdInUse {
+                run_id: run_id.to_string(),
+            },
+            crate::store::StoreError::Backend {
+                operation: op,
+                source,
+            } => Error::Store {
+                run_id: run_id.to_string(),
+                operation: if op.is_empty() { operation } else { op },
+                source: Arc::from(source),
+            },
+        }
+    }
 }

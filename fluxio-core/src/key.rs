@@ -10,6 +10,9 @@
 //! parameter called `user` simply shadows it, exactly like any local variable would; a unit
 //! struct or a constant would turn the parameter into a pattern and fail to compile.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,19 +27,39 @@ pub trait Key: Copy + Send + Sync + 'static {
     /// The key's name as written in `keys!`.
     const NAME: &'static str;
     /// The key's constant description, used in stage metadata.
-    const DESC: KeyDesc = KeyDesc {
-        name: Self::NAME,
-        type_name: core::any::type_name::<Self::Value>,
-    };
+    const DESC: KeyDesc = KeyDesc::new::<Self::Value>(Self::NAME);
 }
 
-/// Constant description of a key: what the compile-time graph and the runtime know about it.
+/// A value as stored in a context.
+pub(crate) type AnyValue = dyn Any + Send + Sync;
+
+/// Constant description of a key: what the compile-time graph and the runtime know about it,
+/// including how to encode its value into a checkpoint and back.
 #[derive(Clone, Copy)]
 pub struct KeyDesc {
     /// The key's name.
     pub name: &'static str,
     /// The name of the value type (for messages).
     pub type_name: fn() -> &'static str,
+    /// Encodes a value of this key (which must be of the key's type).
+    pub encode: fn(&AnyValue) -> Result<Vec<u8>, String>,
+    /// Decodes bytes made by `encode`.
+    pub decode: fn(&[u8]) -> Result<Arc<AnyValue>, String>,
+}
+
+impl KeyDesc {
+    /// The description of a key named `name` holding `V`s.
+    pub const fn new<V>(name: &'static str) -> Self
+    where
+        V: Send + Sync + Serialize + DeserializeOwned + 'static,
+    {
+        KeyDesc {
+            name,
+            type_name: core::any::type_name::<V>,
+            encode: crate::store::format::encode_value::<V>,
+            decode: crate::store::format::decode_value::<V>,
+        }
+    }
 }
 
 impl core::fmt::Debug for KeyDesc {

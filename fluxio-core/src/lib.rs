@@ -15,6 +15,7 @@ pub mod plan;
 #[doc(hidden)]
 pub mod run;
 mod stage;
+pub mod store;
 #[doc(hidden)]
 pub mod support;
 pub mod testing;
@@ -24,8 +25,9 @@ pub use ctx::Ctx;
 pub use error::{Error, Result, SharedError};
 pub use key::{AsKey, Key, KeyDesc};
 pub use plan::{Graph, GraphNode};
-pub use run::{Invoke, Pipeline, StreamHandle};
+pub use run::{CtxDiff, Invoke, Pipeline, StreamHandle};
 pub use stage::{
     Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, Stage, StageEnv, StageError,
     StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,
 };
+pub use store::{CheckpointStore, InMemoryStore};

@@ -202,6 +202,8 @@ pub(crate) struct Plan {
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
+    /// Every key any node reads or writes (how checkpoints decode values).
+    pub(crate) key_descs: Vec<KeyDesc>,
     /// Nodes that need resources (checked before a run starts).
     pub(crate) needs_resources: Vec<u32>,
     pub(crate) graph: Graph,
@@ -267,7 +269,16 @@ impl Plan {
             .collect();
         let graph = Graph::new(&nodes, &edges_full);
         let version = version_of(&nodes, &edges_full);
+        let mut key_descs: Vec<KeyDesc> = Vec::new();
+        for node in &nodes {
+            for k in node.reads.iter().chain(&node.writes) {
+                if !key_descs.iter().any(|d| d.name == k.name) {
+                    key_descs.push(*k);
+                }
+            }
+        }
         Plan {
+            key_descs,
             dep_offsets,
             needs_resources,
             nodes,
@@ -463,10 +474,7 @@ mod tests {
     use super::*;
 
     const fn k(name: &'static str) -> KeyDesc {
-        KeyDesc {
-            name,
-            type_name: core::any::type_name::<u8>,
-        }
+        KeyDesc::new::<u8>(name)
     }
     const A: KeyDesc = k("a");
     const B: KeyDesc = k("b");

@@ -390,6 +390,15 @@ impl Writes {
         }
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, &Slot)> + '_ {
+        let (one, many) = match &self.items {
+            WriteList::None => (None, &[][..]),
+            WriteList::One(k, v) => (Some((*k, v)), &[][..]),
+            WriteList::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(k, v)| (*k, v)))
+    }
+
     /// The names written, in order.
     pub fn names(&self) -> Vec<&'static str> {
         match &self.items {

@@ -70,13 +70,25 @@ pub mod __private;
 struct ReadmeDoctests;
 
 pub use fluxio_core::{
-    AsKey, Callback, Chunk, Ctx, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline, Res,
-    Resources, Result, Route, Stage, StageError, StageEvent, StageKind, StageMeta, StreamHandle,
+    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline,
+    Res, Resources, Result, Route, Stage, StageError, StageEvent, StageKind, StageMeta,
+    StreamHandle,
 };
 
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use fluxio_macros::{keys, pipeline, stage};
+
+/// Checkpoint stores: where durable pipelines keep their runs.
+///
+/// [`InMemoryStore`](store::InMemoryStore) is always here; `SqliteStore` (feature `sqlite`)
+/// and `RedisStore` (feature `redis`) join it when their feature is on.
+pub mod store {
+    pub use fluxio_core::store::{
+        BoxError, BoxFuture, CheckpointStore, InMemoryStore, RunStatus, Save, StoreError,
+        StoreResult, StoredRun, format,
+    };
+}
 
 /// Test one stage at a time.
 pub mod testing {
@@ -104,7 +116,9 @@ macro_rules! input {
 /// Everything a pipeline author needs: `use fluxio::prelude::*;`.
 pub mod prelude {
     pub use crate::input;
-    pub use fluxio_core::{Callback, Chunk, Ctx, Key, Pipeline, Res, Route, StageError};
+    pub use fluxio_core::{
+        Callback, CheckpointStore, Chunk, Ctx, InMemoryStore, Key, Pipeline, Res, Route, StageError,
+    };
     #[cfg(feature = "macros")]
     pub use fluxio_macros::{keys, pipeline, stage};
     pub use futures_core::Stream;

@@ -26,24 +26,39 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::plan::{Exec, Plan};
 use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
+use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
 
 /// The future of a whole run.
 pub type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 
+/// How a run was asked for.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RunOptions {
+    pub(crate) run_id: Option<String>,
+    pub(crate) resume: bool,
+    pub(crate) allow_version_change: bool,
+}
+
 /// Starts a run of `pipe` on `input`; chunks go to `chunks` when someone streams them.
 ///
-/// Without callbacks the run is exactly the driver's future: one allocation per run.
+/// Without callbacks or a store the run is exactly the driver's future: one allocation per
+/// run.
 pub(crate) fn start_run(
     pipe: &Pipeline,
     input: Ctx,
-    run_id: Option<String>,
+    opts: RunOptions,
     chunks: Option<tokio::sync::mpsc::Sender<RawChunk>>,
 ) -> RunFuture {
     let env = StageEnv {
         resources: pipe.resources.clone(),
         chunks: ChunkSink::new(chunks),
     };
-    if pipe.callbacks.is_empty() {
+    if pipe.callbacks.is_empty() && pipe.store.is_none() {
+        if opts.resume {
+            return Box::pin(std::future::ready(Err(Error::NoStore {
+                operation: "resume",
+            })));
+        }
         return match Scheduler::new(pipe.plan.clone(), input, env, None) {
             Ok(sched) => pipe.start(sched),
             Err(e) => Box::pin(std::future::ready(Err(e))),
@@ -51,18 +66,27 @@ pub(crate) fn start_run(
     }
     let pipe = pipe.clone();
     Box::pin(async move {
-        let obs = Observers {
+        let run_id: Arc<str> = opts.run_id.clone().unwrap_or_else(fresh_run_id).into();
+        let obs = (!pipe.callbacks.is_empty()).then(|| Observers {
             callbacks: pipe.callbacks.clone(),
-            run_id: run_id.unwrap_or_else(fresh_run_id).into(),
+            run_id: run_id.clone(),
             started_at: Vec::new(),
-        };
-        let callbacks = obs.callbacks.clone();
-        let run_id = obs.run_id.clone();
+        });
+        let callbacks = pipe.callbacks.clone();
         let started = Instant::now();
         callbacks.iter().for_each(|c| c.on_run_start(&run_id));
-        let result = match Scheduler::new(pipe.plan.clone(), input, env, Some(obs)) {
-            Ok(sched) => pipe.start(sched).await,
-            Err(e) => Err(e),
+        let result = match &pipe.store {
+            Some(store) => {
+                super::durable::run(&pipe, store.clone(), run_id.clone(), input, &opts, env, obs)
+                    .await
+            }
+            None if opts.resume => Err(Error::NoStore {
+                operation: "resume",
+            }),
+            None => match Scheduler::new(pipe.plan.clone(), input, env, obs) {
+                Ok(sched) => pipe.start(sched).await,
+                Err(e) => Err(e),
+            },
         };
         callbacks
             .iter()
@@ -71,7 +95,7 @@ pub(crate) fn start_run(
     })
 }
 
-fn fresh_run_id() -> String {
+pub(crate) fn fresh_run_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
         "run-{}-{}",
@@ -80,7 +104,7 @@ fn fresh_run_id() -> String {
     )
 }
 
-struct Observers {
+pub(crate) struct Observers {
     callbacks: Arc<[Arc<dyn Callback>]>,
     run_id: Arc<str>,
     started_at: Vec<Option<Instant>>,
@@ -201,6 +225,45 @@ const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const SKIPPED: u8 = 3;
+/// Finished, its entry being written: dependents wait until it is durable.
+const PERSISTING: u8 = 4;
+
+/// A durable run's connection to its store.
+pub(crate) struct Durability {
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) run_id: Arc<str>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) lease: Duration,
+    /// Entries being written: (node, chosen route label, the write).
+    pending: Vec<(u32, Option<u32>, BoxFuture<'static, StoreResult<()>>)>,
+    renew_at: Pin<Box<tokio::time::Sleep>>,
+    renewing: Option<BoxFuture<'static, StoreResult<bool>>>,
+}
+
+impl Durability {
+    pub(crate) fn new(
+        store: Arc<dyn CheckpointStore>,
+        run_id: Arc<str>,
+        owner: Arc<str>,
+        lease: Duration,
+    ) -> Self {
+        Durability {
+            store,
+            run_id,
+            owner,
+            lease,
+            pending: Vec::new(),
+            renew_at: Box::pin(tokio::time::sleep(lease / 3)),
+            renewing: None,
+        }
+    }
+}
+
+/// What a resumed run already did: finished nodes, with the label a route node chose.
+#[derive(Debug, Default)]
+pub(crate) struct Restored {
+    pub(crate) done: Vec<(u32, Option<u32>)>,
+}
 
 /// The bookkeeping of one run: the context so far, which nodes wait, run, or are done.
 ///
@@ -219,6 +282,7 @@ struct SchedState {
     /// Timeouts of running stages that have one.
     deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>)>,
     obs: Option<Observers>,
+    durable: Option<Box<Durability>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -230,23 +294,61 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, mut obs: Option<Observers>) -> Result<Self> {
+    fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, obs: Option<Observers>) -> Result<Self> {
+        Self::with_state(plan, input, env, obs, None, None)
+    }
+
+    pub(crate) fn with_state(
+        plan: Arc<Plan>,
+        input: Ctx,
+        env: StageEnv,
+        mut obs: Option<Observers>,
+        durable: Option<Durability>,
+        restored: Option<Restored>,
+    ) -> Result<Self> {
         preflight(&plan, &input, &env)?;
         let n = plan.nodes.len();
         if let Some(obs) = &mut obs {
             obs.started_at = vec![None; n];
         }
-        Ok(Scheduler(Box::new(SchedState {
+        let mut sched = SchedState {
             remaining: SmallVec::from_slice(&plan.dep_counts),
             state: SmallVec::from_elem(PENDING, n),
-            ready: plan.roots.iter().rev().copied().collect(),
+            ready: SmallVec::new(),
             running: SmallVec::new(),
             deadlines: Vec::new(),
             ctx: input,
             env,
             obs,
+            durable: durable.map(Box::new),
             plan,
-        })))
+        };
+        match restored {
+            None => sched.ready = sched.plan.roots.iter().rev().copied().collect(),
+            Some(restored) => {
+                // Replay the finished nodes' releases; whatever is left at zero is the
+                // frontier, including unfinished members of a half-done parallel block.
+                for &(i, route) in &restored.done {
+                    sched.state[i as usize] = DONE;
+                    if let Some(l) = route {
+                        sched.mark_skipped(i as usize, l as usize);
+                    }
+                }
+                for &(i, route) in &restored.done {
+                    sched.release(i as usize);
+                    if let Some(l) = route {
+                        sched.release_skipped(i as usize, l as usize, false);
+                    }
+                }
+                sched.ready = (0..n as u32)
+                    .rev()
+                    .filter(|&i| {
+                        sched.state[i as usize] == PENDING && sched.remaining[i as usize] == 0
+                    })
+                    .collect();
+            }
+        }
+        Ok(Scheduler(Box::new(sched)))
     }
 
     pub(crate) fn plan(&self) -> &Plan {
@@ -299,6 +401,10 @@ impl SchedState {
         }
     }
 
+    fn run_id(&self) -> &str {
+        self.durable.as_ref().map_or("", |d| &d.run_id)
+    }
+
     /// Records the outcome of running node `i`.
     fn complete(
         &mut self,
@@ -313,51 +419,114 @@ impl SchedState {
                 return Err(e);
             }
         };
-        match out {
-            StageOutput::Writes(w) => w.apply(&mut self.ctx),
-            StageOutput::Route(route) => self.take_route(i, route.label())?,
+        let (writes, route) = match out {
+            StageOutput::Writes(w) => (w, None),
+            StageOutput::Route(route) => {
+                let node = &self.plan.nodes[i];
+                let Some(chosen) = node.labels.iter().position(|l| *l == route.label()) else {
+                    let e = Error::UnknownRoute {
+                        stage: node.meta.name,
+                        label: route.label().to_string(),
+                    };
+                    self.report_error(i, &e);
+                    return Err(e);
+                };
+                (Writes::none(), Some(chosen as u32))
+            }
+        };
+        if self.durable.is_some() {
+            let entry = self.entry(i, &writes, route)?;
+            writes.apply(&mut self.ctx);
+            if let Some(l) = route {
+                self.mark_skipped(i, l as usize);
+            }
+            self.state[i] = PERSISTING;
+            let d = self.durable.as_mut().expect("checked above");
+            let save = d.store.save(&d.run_id, &d.owner, Save::Entry(entry));
+            d.pending.push((i as u32, route, save));
+            return Ok(());
         }
+        writes.apply(&mut self.ctx);
+        if let Some(l) = route {
+            self.mark_skipped(i, l as usize);
+        }
+        self.finish_node(i, route);
+        Ok(())
+    }
+
+    /// The checkpoint entry of node `i`: its writes, encoded, and its route choice.
+    fn entry(&self, i: usize, writes: &Writes, route: Option<u32>) -> Result<Vec<u8>> {
+        let node = &self.plan.nodes[i];
+        let mut encoded = Vec::new();
+        for (name, value) in writes.iter() {
+            let desc = node.writes.iter().find(|k| k.name == name).ok_or_else(|| {
+                Error::UndeclaredWrite {
+                    stage: node.meta.name,
+                    key: name,
+                }
+            })?;
+            let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
+                run_id: self.run_id().to_string(),
+                key: name,
+                reason,
+            })?;
+            encoded.push((name.to_string(), bytes));
+        }
+        let entry = format::Entry {
+            node: i as u32,
+            stage: node.meta.name.to_string(),
+            route: route.map(|l| node.labels[l as usize].to_string()),
+            writes: encoded,
+        };
+        format::encode_entry(&entry).map_err(|reason| Error::Encode {
+            run_id: self.run_id().to_string(),
+            key: node.meta.name,
+            reason,
+        })
+    }
+
+    /// Node `i` is done (and durable, in a durable run): its dependents may start.
+    fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
         if let Some(obs) = &self.obs {
             let ev = obs.event(&self.plan, i);
             obs.each(|c| c.on_stage_end(&ev, obs.elapsed(i)));
         }
         self.release(i);
-        Ok(())
+        if let Some(l) = route {
+            self.release_skipped(i, l as usize, true);
+        }
     }
 
-    fn take_route(&mut self, i: usize, label: &str) -> Result<()> {
+    /// Marks every node of route `i`'s other branches skipped.
+    fn mark_skipped(&mut self, i: usize, chosen: usize) {
         let plan = self.plan.clone();
-        let node = &plan.nodes[i];
-        let Some(chosen) = node.labels.iter().position(|l| *l == label) else {
-            let e = Error::UnknownRoute {
-                stage: node.meta.name,
-                label: label.to_string(),
-            };
-            self.report_error(i, &e);
-            return Err(e);
-        };
-        let members = &plan.branch_members[i];
-        for (l, nodes) in members.iter().enumerate() {
+        for (l, nodes) in plan.branch_members[i].iter().enumerate() {
             if l != chosen {
                 for &k in nodes {
                     self.state[k as usize] = SKIPPED;
                 }
             }
         }
-        for (l, nodes) in members.iter().enumerate() {
+    }
+
+    /// Releases the dependents of route `i`'s skipped nodes, reporting them skipped.
+    fn release_skipped(&mut self, i: usize, chosen: usize, report: bool) {
+        let plan = self.plan.clone();
+        let node = &plan.nodes[i];
+        for (l, nodes) in plan.branch_members[i].iter().enumerate() {
             if l != chosen {
                 for &k in nodes {
-                    if let Some(obs) = &self.obs {
+                    if let (true, Some(obs)) = (report, &self.obs) {
                         let ev = obs.event(&plan, k as usize);
-                        let reason = format!("route `{}` chose `{label}`", node.meta.name);
+                        let reason =
+                            format!("route `{}` chose `{}`", node.meta.name, node.labels[chosen]);
                         obs.each(|c| c.on_stage_skip(&ev, &reason));
                     }
                     self.release(k as usize);
                 }
             }
         }
-        Ok(())
     }
 
     fn release(&mut self, i: usize) {
@@ -372,6 +541,57 @@ impl SchedState {
                 self.ready.push(d);
             }
         }
+    }
+
+    /// Advances entry writes and the lease; returns whether a node became durable.
+    fn poll_durable(&mut self, cx: &mut Context<'_>) -> Result<bool> {
+        let Some(d) = self.durable.as_mut() else {
+            return Ok(false);
+        };
+        let mut finished: SmallVec<[(u32, Option<u32>); 8]> = SmallVec::new();
+        let mut k = 0;
+        while k < d.pending.len() {
+            match d.pending[k].2.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    let (i, route, _) = d.pending.swap_remove(k);
+                    finished.push((i, route));
+                }
+                Poll::Ready(Err(e)) => return Err(Error::from_store(&d.run_id, "save", e)),
+                Poll::Pending => k += 1,
+            }
+        }
+        // Keep the lease while the run lives.
+        if d.renewing.is_none() && d.renew_at.as_mut().poll(cx).is_ready() {
+            d.renewing = Some(d.store.renew(&d.run_id, &d.owner, d.lease));
+        }
+        if let Some(renewing) = &mut d.renewing {
+            if let Poll::Ready(r) = renewing.as_mut().poll(cx) {
+                d.renewing = None;
+                match r {
+                    Ok(true) => {
+                        let next = tokio::time::Instant::now() + d.lease / 3;
+                        d.renew_at.as_mut().reset(next);
+                        // Register the new deadline with this task.
+                        let _ = d.renew_at.as_mut().poll(cx);
+                    }
+                    Ok(false) => {
+                        return Err(Error::RunIdInUse {
+                            run_id: d.run_id.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(Error::from_store(&d.run_id, "renew", e)),
+                }
+            }
+        }
+        let progressed = !finished.is_empty();
+        for (i, route) in finished {
+            self.finish_node(i as usize, route);
+        }
+        Ok(progressed)
+    }
+
+    fn persisting(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| !d.pending.is_empty())
     }
 
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
@@ -547,11 +767,17 @@ where
                 Poll::Pending => sched.park(i),
             }
         }
-        if sched.running.is_empty() {
+        let mut progressed = false;
+        if sched.durable.is_some() {
+            progressed = sched.poll_durable(cx)?;
+            if progressed {
+                continue;
+            }
+        }
+        if sched.running.is_empty() && !sched.persisting() && sched.ready.is_empty() {
             // A clone is an atomic increment; the scheduler is dropped right after.
             return Poll::Ready(Ok(sched.ctx.clone()));
         }
-        let mut progressed = false;
         let mut k = 0;
         while k < sched.running.len() {
             let i = sched.running[k] as usize;

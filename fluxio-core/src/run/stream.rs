@@ -45,7 +45,7 @@ impl<C> std::fmt::Debug for StreamHandle<C> {
 impl<C: Send + 'static> StreamHandle<C> {
     pub(crate) fn start(pipe: Pipeline, input: Ctx) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
-        let run = super::exec::start_run(&pipe, input, None, Some(tx));
+        let run = super::exec::start_run(&pipe, input, Default::default(), Some(tx));
         StreamHandle {
             run: Some(run),
             rx: Some(rx),

@@ -1,0 +1,391 @@
+//! Durable runs: the lock, the start record, resume from a checkpoint, replay and diff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Pipeline;
+use super::exec::{Durability, Observers, Restored, RunOptions, Scheduler};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::key::KeyDesc;
+use crate::plan::Plan;
+use crate::stage::StageEnv;
+use crate::store::{CheckpointStore, RunStatus, Save, StoredRun, format};
+
+/// How long a run's lock lives without renewal; it is renewed every third of that.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Node index of the entry that records keys added by a resume's input.
+const INPUT_ENTRY: u32 = u32::MAX;
+
+/// A token naming this lock holder, unique across processes and time.
+fn fresh_owner() -> Arc<str> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+    .into()
+}
+
+/// Releases the run's lock when the run ends or is dropped.
+struct LockGuard {
+    store: Arc<dyn CheckpointStore>,
+    run_id: Arc<str>,
+    owner: Arc<str>,
+    released: bool,
+}
+
+impl LockGuard {
+    async fn release(mut self) {
+        self.released = true;
+        // A failed release only delays the next owner until the lease runs out.
+        let _ = self.store.release(&self.run_id, &self.owner).await;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            // Dropped mid-run (cancelled): give the lock back in the background if we can;
+            // otherwise the lease runs out on its own.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(self.store.release(&self.run_id, &self.owner));
+            }
+        }
+    }
+}
+
+fn store_err<'a>(
+    run_id: &'a str,
+    operation: &'static str,
+) -> impl FnOnce(crate::store::StoreError) -> Error + 'a {
+    move |e| Error::from_store(run_id, operation, e)
+}
+
+fn corrupt(run_id: &str, reason: impl Into<String>) -> Error {
+    Error::CorruptCheckpoint {
+        run_id: run_id.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn find_key(plan: &Plan, name: &str) -> Option<KeyDesc> {
+    plan.key_descs.iter().find(|k| k.name == name).copied()
+}
+
+/// Encodes the keys of `input` the pipeline knows (keys no stage reads or writes cannot be
+/// decoded later, so they are not stored).
+fn encode_input(plan: &Plan, input: &Ctx, run_id: &str) -> Result<Vec<u8>> {
+    let mut values = Vec::new();
+    for (name, value) in input.iter_slots() {
+        if let Some(desc) = find_key(plan, name) {
+            let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
+                run_id: run_id.to_string(),
+                key: desc.name,
+                reason,
+            })?;
+            values.push((name.to_string(), bytes));
+        }
+    }
+    values.sort();
+    format::encode_header(&format::Header { values }).map_err(|reason| Error::Encode {
+        run_id: run_id.to_string(),
+        key: "<input>",
+        reason,
+    })
+}
+
+fn decode_into(plan: &Plan, run_id: &str, ctx: &mut Ctx, name: &str, bytes: &[u8]) -> Result<()> {
+    let desc = find_key(plan, name).ok_or_else(|| {
+        corrupt(
+            run_id,
+            format!("key `{name}` is not read or written by any stage of this pipeline"),
+        )
+    })?;
+    let value =
+        (desc.decode)(bytes).map_err(|e| corrupt(run_id, format!("value of `{name}`: {e}")))?;
+    ctx.insert_slot(desc.name, value);
+    Ok(())
+}
+
+/// Rebuilds a stored run: its context and the nodes it finished.
+fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restored)> {
+    let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
+    let mut ctx = Ctx::new();
+    for (name, bytes) in &header.values {
+        decode_into(plan, run_id, &mut ctx, name, bytes)?;
+    }
+    let mut restored = Restored::default();
+    let mut seen = vec![false; plan.nodes.len()];
+    for bytes in &stored.entries {
+        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+        for (name, value) in &entry.writes {
+            decode_into(plan, run_id, &mut ctx, name, value)?;
+        }
+        if entry.node == INPUT_ENTRY {
+            continue;
+        }
+        let i = entry.node as usize;
+        let node = plan.nodes.get(i).ok_or_else(|| {
+            corrupt(
+                run_id,
+                format!(
+                    "entry for node {i}, but the pipeline has {} nodes",
+                    plan.nodes.len()
+                ),
+            )
+        })?;
+        if node.meta.name != entry.stage {
+            return Err(corrupt(
+                run_id,
+                format!(
+                    "node {i} is `{}`, the entry is for `{}`",
+                    node.meta.name, entry.stage
+                ),
+            ));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(corrupt(
+                run_id,
+                format!("stage `{}` (node {i}) finished twice", entry.stage),
+            ));
+        }
+        let route = match &entry.route {
+            Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
+                corrupt(
+                    run_id,
+                    format!("route `{}` has no branch `{label}`", entry.stage),
+                )
+            })? as u32),
+            None => None,
+        };
+        restored.done.push((i as u32, route));
+    }
+    Ok((ctx, restored))
+}
+
+/// Runs `pipe` durably in `store`.
+pub(crate) async fn run(
+    pipe: &Pipeline,
+    store: Arc<dyn CheckpointStore>,
+    run_id: Arc<str>,
+    input: Ctx,
+    opts: &RunOptions,
+    env: StageEnv,
+    obs: Option<Observers>,
+) -> Result<Ctx> {
+    let plan = pipe.plan.clone();
+    let owner = fresh_owner();
+    if !store
+        .acquire(&run_id, &owner, LEASE)
+        .await
+        .map_err(store_err(&run_id, "acquire"))?
+    {
+        return Err(Error::RunIdInUse {
+            run_id: run_id.to_string(),
+        });
+    }
+    let guard = LockGuard {
+        store: store.clone(),
+        run_id: run_id.clone(),
+        owner: owner.clone(),
+        released: false,
+    };
+
+    let (ctx, restored) = if opts.resume {
+        let stored = store
+            .load(&run_id)
+            .await
+            .map_err(store_err(&run_id, "load"))?
+            .ok_or_else(|| Error::NoCheckpoint {
+                run_id: run_id.to_string(),
+            })?;
+        if stored.version != plan.version {
+            if !opts.allow_version_change {
+                return Err(Error::CheckpointVersion {
+                    run_id: run_id.to_string(),
+                    stored: stored.version,
+                    current: plan.version.clone(),
+                });
+            }
+            tracing::warn!(
+                run_id = %run_id,
+                stored = %stored.version,
+                current = %plan.version,
+                "resuming a checkpoint written by another pipeline version (allow_version_change)"
+            );
+        }
+        let (mut ctx, restored) = restore(&plan, &run_id, &stored)?;
+        if stored.status == RunStatus::Completed && input.is_empty() {
+            guard.release().await;
+            return Ok(ctx);
+        }
+        // The resume's input adds keys; it never overrides what the run already holds.
+        let mut added = Vec::new();
+        for (name, value) in input.iter_slots() {
+            if ctx.contains_name(name) {
+                return Err(Error::MergeConflict {
+                    key: name,
+                    stages: ["checkpoint".into(), "resume input".into()],
+                });
+            }
+            ctx.insert_slot(name, value.clone());
+            if let Some(desc) = find_key(&plan, name) {
+                let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
+                    run_id: run_id.to_string(),
+                    key: desc.name,
+                    reason,
+                })?;
+                added.push((name.to_string(), bytes));
+            }
+        }
+        if stored.status == RunStatus::Completed {
+            guard.release().await;
+            return Ok(ctx);
+        }
+        if !added.is_empty() {
+            let entry = format::Entry {
+                node: INPUT_ENTRY,
+                stage: "<input>".into(),
+                route: None,
+                writes: added,
+            };
+            let bytes = format::encode_entry(&entry).map_err(|reason| Error::Encode {
+                run_id: run_id.to_string(),
+                key: "<input>",
+                reason,
+            })?;
+            store
+                .save(&run_id, &owner, Save::Entry(bytes))
+                .await
+                .map_err(store_err(&run_id, "save"))?;
+        }
+        (ctx, Some(restored))
+    } else {
+        let header = encode_input(&plan, &input, &run_id)?;
+        let start = Save::Start {
+            version: plan.version.clone(),
+            header,
+        };
+        store
+            .save(&run_id, &owner, start)
+            .await
+            .map_err(store_err(&run_id, "save"))?;
+        (input, None)
+    };
+
+    let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), LEASE);
+    let result = match Scheduler::with_state(plan, ctx, env, obs, Some(durability), restored) {
+        Ok(sched) => pipe.start(sched).await,
+        Err(e) => Err(e),
+    };
+    let finish = match &result {
+        Ok(_) => Save::Finish {
+            status: RunStatus::Completed,
+            error: None,
+        },
+        Err(e) => Save::Finish {
+            status: RunStatus::Failed,
+            error: Some(e.to_string()),
+        },
+    };
+    let finished = match &result {
+        // A run whose lock was taken over must not write its end over the new owner's run.
+        Err(Error::RunIdInUse { .. }) => Ok(()),
+        _ => store.save(&run_id, &owner, finish).await,
+    };
+    guard.release().await;
+    match (result, finished) {
+        (Ok(ctx), Ok(())) => Ok(ctx),
+        (Ok(_), Err(e)) => Err(Error::from_store(&run_id, "save", e)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn load(store: &dyn CheckpointStore, run_id: &str) -> Result<StoredRun> {
+    store
+        .load(run_id)
+        .await
+        .map_err(store_err(run_id, "load"))?
+        .ok_or_else(|| Error::NoCheckpoint {
+            run_id: run_id.to_string(),
+        })
+}
+
+/// The input a stored run started with.
+pub(crate) async fn stored_input(
+    plan: &Plan,
+    store: &dyn CheckpointStore,
+    run_id: &str,
+) -> Result<Ctx> {
+    let stored = load(store, run_id).await?;
+    let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
+    let mut ctx = Ctx::new();
+    for (name, bytes) in &header.values {
+        decode_into(plan, run_id, &mut ctx, name, bytes)?;
+    }
+    Ok(ctx)
+}
+
+/// A stored run's final keys and their encoded values.
+fn final_values(run_id: &str, stored: &StoredRun) -> Result<BTreeMap<String, Vec<u8>>> {
+    let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
+    let mut values: BTreeMap<String, Vec<u8>> = header.values.into_iter().collect();
+    for bytes in &stored.entries {
+        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+        values.extend(entry.writes);
+    }
+    Ok(values)
+}
+
+/// How two runs' contexts differ, key by key.
+///
+/// ```
+/// # use fluxio_core::CtxDiff;
+/// let d = CtxDiff::default();
+/// assert!(d.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CtxDiff {
+    /// Keys only the second run holds, sorted.
+    pub added: Vec<String>,
+    /// Keys only the first run holds, sorted.
+    pub removed: Vec<String>,
+    /// Keys both hold with different values, sorted.
+    pub changed: Vec<String>,
+}
+
+impl CtxDiff {
+    /// Whether the two contexts hold the same keys and values.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+pub(crate) async fn diff(store: &dyn CheckpointStore, a: &str, b: &str) -> Result<CtxDiff> {
+    let va = final_values(a, &load(store, a).await?)?;
+    let vb = final_values(b, &load(store, b).await?)?;
+    let mut d = CtxDiff::default();
+    for (k, v) in &vb {
+        match va.get(k) {
+            None => d.added.push(k.clone()),
+            Some(old) if old != v => d.changed.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    d.removed = va
+        .keys()
+        .filter(|k| !vb.contains_key(*k))
+        .cloned()
+        .collect();
+    Ok(d)
+}

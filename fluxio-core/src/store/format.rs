@@ -1,0 +1,192 @@
+//! The checkpoint format: how values, the input context and stage entries become bytes.
+//!
+//! Every record starts with a format version byte, so the encoding can change without
+//! misreading old checkpoints. Values are encoded with bincode 2 (serde), with a size limit
+//! so that corrupt length prefixes cannot make a decoder allocate without bound. Decoding
+//! never panics: any byte string gives a value or an error.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::key::AnyValue;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// The largest single record a decoder accepts (1 GiB).
+const LIMIT: usize = 1 << 30;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+/// Encodes a context value (the `encode` of a [`KeyDesc`](crate::KeyDesc)).
+///
+/// # Errors
+///
+/// When the value is not a `V`, or serialization fails.
+pub fn encode_value<V: Serialize + 'static>(value: &AnyValue) -> Result<Vec<u8>, String> {
+    let value: &V = (value as &dyn Any)
+        .downcast_ref::<V>()
+        .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))?;
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())
+}
+
+/// Decodes a context value (the `decode` of a [`KeyDesc`](crate::KeyDesc)).
+///
+/// # Errors
+///
+/// When the bytes are not a `V` or have bytes left over.
+pub fn decode_value<V: DeserializeOwned + Send + Sync + 'static>(
+    bytes: &[u8],
+) -> Result<Arc<AnyValue>, String> {
+    let (value, read): (V, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    if read != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after a `{}`",
+            bytes.len() - read,
+            core::any::type_name::<V>()
+        ));
+    }
+    Ok(Arc::new(value))
+}
+
+/// The input context of a run: key names and encoded values, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// `(key, encoded value)`, sorted by key.
+    pub values: Vec<(String, Vec<u8>)>,
+}
+
+/// One finished stage: which node, what it wrote, which branch it chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The node's index in the pipeline's graph.
+    pub node: u32,
+    /// The stage's name (checked on resume, for a clear error if the graph moved).
+    pub stage: String,
+    /// For a route stage, the label it chose.
+    pub route: Option<String>,
+    /// `(key, encoded value)` for every key the stage wrote.
+    pub writes: Vec<(String, Vec<u8>)>,
+}
+
+fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, String> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(bincode::serde::encode_to_vec(record, config()).map_err(|e| e.to_string())?);
+    Ok(out)
+}
+
+fn decode_record<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(format!("empty {what}"));
+    };
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "{what} has format version {version}, this build reads version {FORMAT_VERSION}"
+        ));
+    }
+    let (record, read): (T, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| format!("{what}: {e}"))?;
+    if read != body.len() {
+        return Err(format!("{what}: {} trailing bytes", body.len() - read));
+    }
+    Ok(record)
+}
+
+/// Encodes a run's input.
+///
+/// # Errors
+///
+/// When serialization fails.
+pub fn encode_header(header: &Header) -> Result<Vec<u8>, String> {
+    encode_record(header)
+}
+
+/// Decodes a run's input.
+///
+/// # Errors
+///
+/// When the bytes are not a header of this format version.
+pub fn decode_header(bytes: &[u8]) -> Result<Header, String> {
+    decode_record(bytes, "checkpoint header")
+}
+
+/// Encodes a stage entry.
+///
+/// # Errors
+///
+/// When serialization fails.
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, String> {
+    encode_record(entry)
+}
+
+/// Decodes a stage entry.
+///
+/// # Errors
+///
+/// When the bytes are not an entry of this format version.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    decode_record(bytes, "checkpoint entry")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let v: Arc<AnyValue> = Arc::new(vec!["a".to_string(), "b".to_string()]);
+        let bytes = encode_value::<Vec<String>>(&*v).unwrap();
+        let back = decode_value::<Vec<String>>(&bytes).unwrap();
+        assert_eq!(
+            back.downcast_ref::<Vec<String>>().unwrap(),
+            &vec!["a".to_string(), "b".to_string()]
+        );
+        assert!(encode_value::<u8>(&*v).is_err(), "wrong type is an error");
+        assert!(decode_value::<u64>(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_check_their_version() {
+        let e = Entry {
+            node: 3,
+            stage: "s".into(),
+            route: Some("x".into()),
+            writes: vec![("k".into(), vec![1, 2])],
+        };
+        let bytes = encode_entry(&e).unwrap();
+        assert_eq!(decode_entry(&bytes).unwrap(), e);
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert!(
+            decode_entry(&wrong)
+                .unwrap_err()
+                .contains("format version 9")
+        );
+        assert!(decode_entry(&[]).is_err());
+        assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn huge_length_prefixes_do_not_allocate() {
+        // A header claiming a vector of 2^62 elements.
+        let mut bytes = vec![FORMAT_VERSION, 0xff];
+        bytes.extend((1u64 << 62).to_le_bytes());
+        assert!(decode_header(&bytes).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_header(&bytes);
+            let _ = decode_entry(&bytes);
+            let _ = decode_value::<Vec<String>>(&bytes);
+            let _ = decode_value::<(u64, Option<String>)>(&bytes);
+        }
+    }
+}

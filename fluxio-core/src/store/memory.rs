@@ -1,0 +1,162 @@
+//! `InMemoryStore`: checkpoints in this process's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun};
+
+#[derive(Default)]
+struct Inner {
+    runs: HashMap<String, StoredRun>,
+    locks: HashMap<String, (String, Instant)>,
+}
+
+/// A checkpoint store in this process's memory: for tests, and for services that want
+/// resume-after-failure within one process. Checkpoints are lost when the process exits.
+///
+/// Cloning gives another handle to the same store.
+#[derive(Clone, Default)]
+pub struct InMemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runs = self.inner.lock().map(|i| i.runs.len()).unwrap_or(0);
+        f.debug_struct("InMemoryStore")
+            .field("runs", &runs)
+            .finish()
+    }
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-operation; every
+        // operation leaves the maps consistent, so go on.
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn holds(inner: &Inner, run_id: &str, owner: &str) -> bool {
+        matches!(inner.locks.get(run_id), Some((o, until)) if o == owner && *until > Instant::now())
+    }
+}
+
+fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl CheckpointStore for InMemoryStore {
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        ready(self.with(|inner| {
+            if !Self::holds(inner, run_id, owner) {
+                return Err(StoreError::LockLost {
+                    run_id: run_id.to_string(),
+                });
+            }
+            match save {
+                Save::Start { version, header } => {
+                    inner.runs.insert(
+                        run_id.to_string(),
+                        StoredRun {
+                            version,
+                            status: RunStatus::Running,
+                            error: None,
+                            header,
+                            entries: Vec::new(),
+                        },
+                    );
+                }
+                Save::Entry(bytes) => match inner.runs.get_mut(run_id) {
+                    Some(run) => run.entries.push(bytes),
+                    None => {
+                        return Err(StoreError::backend(
+                            "save",
+                            format!("run `{run_id}` was never started"),
+                        ));
+                    }
+                },
+                Save::Finish { status, error } => match inner.runs.get_mut(run_id) {
+                    Some(run) => {
+                        run.status = status;
+                        run.error = error;
+                    }
+                    None => {
+                        return Err(StoreError::backend(
+                            "save",
+                            format!("run `{run_id}` was never started"),
+                        ));
+                    }
+                },
+            }
+            Ok(())
+        }))
+    }
+
+    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
+        ready(Ok(self.with(|inner| inner.runs.get(run_id).cloned())))
+    }
+
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        self.with(|inner| inner.runs.remove(run_id));
+        ready(Ok(()))
+    }
+
+    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
+        ready(Ok(self.with(|inner| inner.runs.contains_key(run_id))))
+    }
+
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        ready(Ok(self.with(|inner| {
+            let now = Instant::now();
+            match inner.locks.get(run_id) {
+                Some((o, until)) if *until > now && o != owner => false,
+                _ => {
+                    inner
+                        .locks
+                        .insert(run_id.to_string(), (owner.to_string(), now + lease));
+                    true
+                }
+            }
+        })))
+    }
+
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        ready(Ok(self.with(|inner| {
+            if Self::holds(inner, run_id, owner) {
+                inner.locks.insert(
+                    run_id.to_string(),
+                    (owner.to_string(), Instant::now() + lease),
+                );
+                true
+            } else {
+                false
+            }
+        })))
+    }
+
+    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
+        self.with(|inner| {
+            if matches!(inner.locks.get(run_id), Some((o, _)) if o == owner) {
+                inner.locks.remove(run_id);
+            }
+        });
+        ready(Ok(()))
+    }
+}

@@ -1,0 +1,174 @@
+//! Durable execution: the checkpoint store interface, the checkpoint format, and the
+//! in-memory store.
+//!
+//! A durable run writes, in order: a *start* record (the pipeline version and the input
+//! context), one *entry* per finished stage (the keys it wrote and its done mark, in one
+//! atomic append), and a *finish* record (completed, or failed with the error text). An
+//! entry holds only what its stage wrote, so the bytes a run writes grow with what its stages
+//! produce, not with the size of the whole context at every step.
+//!
+//! Stores keep these records as opaque bytes; [`format`] encodes and decodes them.
+
+pub mod format;
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use memory::InMemoryStore;
+
+/// A boxed, sendable future, as store methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `Result` of store operations.
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// A type-erased error of a store's backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The run's lock belongs to another owner (or expired and was taken): this holder must
+    /// stop writing. This is the fencing that keeps a stale process from overwriting.
+    #[error("the lock on run `{run_id}` is held by another owner")]
+    LockLost {
+        /// The run.
+        run_id: String,
+    },
+    /// The backend failed.
+    #[error("{operation} failed: {source}")]
+    Backend {
+        /// What the store was doing (`save`, `load`, `acquire`, ...).
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// A backend error during `operation`.
+    pub fn backend(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        StoreError::Backend {
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Started and not finished (or its process died).
+    Running,
+    /// Ended with an error; resuming runs the failed stage again.
+    Failed,
+    /// Ended successfully; resuming returns the final context at once.
+    Completed,
+}
+
+impl RunStatus {
+    /// The status as stored: `running`, `failed` or `completed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Failed => "failed",
+            RunStatus::Completed => "completed",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(RunStatus::Running),
+            "failed" => Some(RunStatus::Failed),
+            "completed" => Some(RunStatus::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// One write to a run's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Save {
+    /// A fresh start: replaces anything stored for the run.
+    Start {
+        /// The pipeline's version.
+        version: String,
+        /// The encoded input context ([`format::encode_header`]).
+        header: Vec<u8>,
+    },
+    /// One finished stage: its writes and its done mark ([`format::encode_entry`]). Stores
+    /// append it in one atomic step.
+    Entry(Vec<u8>),
+    /// The run ended.
+    Finish {
+        /// How it ended.
+        status: RunStatus,
+        /// The error text when it failed.
+        error: Option<String>,
+    },
+}
+
+/// A run's checkpoint as a store returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRun {
+    /// The pipeline version the run started with.
+    pub version: String,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// The error text of a failed run.
+    pub error: Option<String>,
+    /// The encoded input context.
+    pub header: Vec<u8>,
+    /// The encoded stage entries, in the order they were saved.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// Where durable runs keep their checkpoints.
+///
+/// Implementations: [`InMemoryStore`] (this crate), `SqliteStore` (crate
+/// `fluxio-store-sqlite`), `RedisStore` (crate `fluxio-store-redis`). All methods return
+/// `'static` futures: copy what you need from the arguments before the `async` block.
+///
+/// Locking: a run is written only by the holder of its lock. [`acquire`](Self::acquire)
+/// takes it for a lease, [`renew`](Self::renew) extends it while the run lives,
+/// [`release`](Self::release) gives it back. A lock whose lease ran out can be taken by
+/// another owner, and from then on every `save` of the old owner fails with
+/// [`StoreError::LockLost`]: stores check the owner in the same atomic step as the write.
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// Writes `save` for `run_id`, if `owner` holds the run's lock.
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// The run's checkpoint, if there is one.
+    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>>;
+
+    /// Deletes the run's checkpoint (not its lock).
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// Whether the run has a checkpoint.
+    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>>;
+
+    /// Takes the run's lock for `lease` if it is free or expired; `false` if another owner
+    /// holds it.
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>>;
+
+    /// Extends `owner`'s lock; `false` if `owner` no longer holds it.
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>>;
+
+    /// Releases `owner`'s lock (nothing happens if another owner holds it).
+    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>>;
+}

@@ -1,0 +1,1 @@
+//! Redis checkpoint store for fluxio (work in progress).

@@ -1,0 +1,1 @@
+//! SQLite checkpoint store for fluxio (work in progress).
