@@ -27,7 +27,7 @@ pub use key::{AsKey, Key, KeyDesc};
 pub use plan::{Graph, GraphNode};
 pub use run::{CtxDiff, Invoke, Pipeline, StreamHandle};
 pub use stage::{
-    Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, Stage, StageEnv, StageError,
+    Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, RunInfo, Stage, StageEnv, StageError,
     StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,
 };
 pub use store::{CheckpointStore, InMemoryStore};

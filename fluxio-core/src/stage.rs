@@ -326,6 +326,48 @@ pub struct StageEnv {
     pub resources: Arc<Resources>,
     /// Where stream stages send chunks.
     pub chunks: ChunkSink,
+    /// The run's id, when it has one (durable runs, runs with callbacks, `.run_id(..)`).
+    pub run_id: Option<Arc<str>>,
+}
+
+/// Which run and stage a call belongs to: take it as a `RunInfo` parameter.
+///
+/// In a durable run a stage that was in flight when its process died runs again on resume
+/// (at-least-once). Use [`idempotency_key`](RunInfo::idempotency_key) — the run id and the
+/// stage name — to make its side effects happen once (e.g. as a payment provider's
+/// idempotency key, or a unique key in your own table).
+///
+/// ```
+/// # use fluxio_core::RunInfo;
+/// let info = RunInfo::new(Some("req-1".into()), "charge");
+/// assert_eq!(info.idempotency_key(), "req-1:charge");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    run_id: Option<Arc<str>>,
+    stage: &'static str,
+}
+
+impl RunInfo {
+    /// Information for `stage` in run `run_id`.
+    pub fn new(run_id: Option<Arc<str>>, stage: &'static str) -> Self {
+        RunInfo { run_id, stage }
+    }
+
+    /// The run's id (`None` for an anonymous run without store or callbacks).
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// The stage's name.
+    pub fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    /// `"<run id>:<stage>"`, stable across retries and resumes of the same run.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.run_id.as_deref().unwrap_or(""), self.stage)
+    }
 }
 
 /// The keys a stage wrote, in the order of its `writes`.

@@ -70,6 +70,7 @@ impl<S: Stage> StepHarness<S> {
         let env = StageEnv {
             resources: Arc::new(self.resources.clone()),
             chunks,
+            run_id: Some("step-harness".into()),
         };
         let task = crate::run::Task::new(
             0,

@@ -10,6 +10,6 @@ pub use fluxio_core::support::{
     missing_resource, run_blocking,
 };
 pub use fluxio_core::{
-    Ctx, Key, Pipeline, Res, ResourceDesc, Route, Stage, StageEnv, StageError, StageFuture,
-    StageKind, StageMeta, StageOutput, Writes, read_key,
+    Ctx, Key, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,
+    StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,
 };

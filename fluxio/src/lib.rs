@@ -52,11 +52,38 @@
 //! [`Pipeline::invoke`] or [`Pipeline::stream`]; inspect it with [`Pipeline::graph`],
 //! [`Pipeline::to_mermaid`], [`Pipeline::inputs`] and [`Pipeline::version`].
 //!
+//! # Durability
+//!
+//! [`Pipeline::with_store`] makes a pipeline durable: each stage's writes and its done mark
+//! are checkpointed in one atomic step, and [`Pipeline::resume`] continues a crashed run in
+//! any process without re-running finished stages. Stores: [`store::InMemoryStore`],
+//! `store::SqliteStore` (feature `sqlite`), `store::RedisStore` (feature `redis`).
+//!
+//! ```
+//! use fluxio::prelude::*;
+//!
+//! fluxio::keys! { pub n: u64; pub doubled: u64; }
+//!
+//! #[stage(reads = [n], writes = [doubled])]
+//! async fn double(n: &u64) -> u64 { n * 2 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), fluxio::Error> {
+//! let store = InMemoryStore::new();
+//! let pipe = pipeline! { double }.with_store(store.clone());
+//! pipe.invoke(input! { n: 21 }).run_id("job-1").await?;
+//! // Resuming a completed run returns its result without running anything.
+//! assert_eq!(pipe.resume("job-1").await?[doubled], 42);
+//! # Ok(()) }
+//! ```
+//!
 //! # Feature flags
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `macros` | `keys!`, `#[stage]` and `pipeline!` | yes |
+//! | `sqlite` | `store::SqliteStore`: durable runs in one SQLite file | no |
+//! | `redis` | `store::RedisStore`: durable runs shared by many processes | no |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
@@ -71,7 +98,7 @@ struct ReadmeDoctests;
 
 pub use fluxio_core::{
     AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline,
-    Res, Resources, Result, Route, Stage, StageError, StageEvent, StageKind, StageMeta,
+    Res, Resources, Result, Route, RunInfo, Stage, StageError, StageEvent, StageKind, StageMeta,
     StreamHandle,
 };
 
@@ -88,6 +115,14 @@ pub mod store {
         BoxError, BoxFuture, CheckpointStore, InMemoryStore, RunStatus, Save, StoreError,
         StoreResult, StoredRun, format,
     };
+
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    pub use fluxio_store_sqlite::SqliteStore;
+
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub use fluxio_store_redis::RedisStore;
 }
 
 /// Test one stage at a time.

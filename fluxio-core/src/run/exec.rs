@@ -49,11 +49,13 @@ pub(crate) fn start_run(
     opts: RunOptions,
     chunks: Option<tokio::sync::mpsc::Sender<RawChunk>>,
 ) -> RunFuture {
-    let env = StageEnv {
+    let mut env = StageEnv {
         resources: pipe.resources.clone(),
         chunks: ChunkSink::new(chunks),
+        run_id: None,
     };
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
+        env.run_id = opts.run_id.map(Into::into);
         if opts.resume {
             return Box::pin(std::future::ready(Err(Error::NoStore {
                 operation: "resume",
@@ -67,6 +69,7 @@ pub(crate) fn start_run(
     let pipe = pipe.clone();
     Box::pin(async move {
         let run_id: Arc<str> = opts.run_id.clone().unwrap_or_else(fresh_run_id).into();
+        env.run_id = Some(run_id.clone());
         let obs = (!pipe.callbacks.is_empty()).then(|| Observers {
             callbacks: pipe.callbacks.clone(),
             run_id: run_id.clone(),

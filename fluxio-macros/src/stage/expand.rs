@@ -59,6 +59,13 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 let #id: ::core::option::Option<#private::Res<#ty>> = __fluxio_env.resources.get::<#ty>();
             })
         }
+        ParamRole::RunInfo => {
+            let id = &p.ident;
+            Some(quote! {
+                let #id: #private::RunInfo =
+                    #private::RunInfo::new(::core::clone::Clone::clone(&__fluxio_env.run_id), #name);
+            })
+        }
         _ => None,
     });
     let unwrap_resources = def.params.iter().filter_map(|p| match &p.role {
@@ -89,7 +96,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 })
             }
             ParamRole::Ctx => Some(quote!(let #id: #private::Ctx = ::core::clone::Clone::clone(&__fluxio_ctx);)),
-            ParamRole::Resource(_) => None,
+            ParamRole::Resource(_) | ParamRole::RunInfo => None,
         }
     });
     let args = def.params.iter().map(|p| &p.ident);

@@ -39,6 +39,8 @@ pub(crate) enum ParamRole {
     Resource(Box<Type>),
     /// The whole context (ctx-style).
     Ctx,
+    /// The run's id and the stage's name (`RunInfo`).
+    RunInfo,
 }
 
 /// One parameter of the stage function.

@@ -234,12 +234,14 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
             }
         } else if is_named(&arg.ty, "Ctx") {
             ParamRole::Ctx
+        } else if is_named(&arg.ty, "RunInfo") {
+            ParamRole::RunInfo
         } else if let Some(key) = reads.iter().find(|k| *k.ident() == ident) {
             ParamRole::Read(key.clone())
         } else {
             cx.error_spanned_by(
                 &arg.pat,
-                format!("parameter `{ident}` is not in `reads`; add it (`reads = [{ident}]`) or take a shared value as `Res<T>`"),
+                format!("parameter `{ident}` is not in `reads`; add it (`reads = [{ident}]`), or take a shared value as `Res<T>` or the run's identity as `RunInfo`"),
             );
             continue;
         };
@@ -253,10 +255,14 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
         .iter()
         .filter(|p| matches!(p.role, ParamRole::Ctx))
         .collect();
-    if !ctx_params.is_empty() && params.len() != 1 {
+    let n_reads = params
+        .iter()
+        .filter(|p| matches!(p.role, ParamRole::Read(_)))
+        .count();
+    if !ctx_params.is_empty() && (ctx_params.len() > 1 || n_reads > 0) {
         cx.error_spanned_by(
             &item.sig.inputs,
-            "a ctx-style stage takes exactly one parameter, `ctx: Ctx`; read other keys from it",
+            "a ctx-style stage takes one `ctx: Ctx` parameter (besides `Res<T>` and `RunInfo`); read keys from it",
         );
     }
     if ctx_params.is_empty() {
