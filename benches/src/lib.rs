@@ -49,6 +49,26 @@ fluxio::keys! {
     pub f7: u64;
     /// The join's output.
     pub f_total: u64;
+    /// Second chain, step 1.
+    pub d1: u64;
+    /// Second chain, step 2.
+    pub d2: u64;
+    /// Second chain, step 3.
+    pub d3: u64;
+    /// Second chain, step 4.
+    pub d4: u64;
+    /// Second chain, step 5.
+    pub d5: u64;
+    /// Second chain, step 6.
+    pub d6: u64;
+    /// Second chain, step 7.
+    pub d7: u64;
+    /// Second chain, step 8.
+    pub d8: u64;
+    /// Second chain, step 9.
+    pub d9: u64;
+    /// Second chain, step 10.
+    pub d10: u64;
 }
 
 /// The trivial work every stage does.
@@ -77,6 +97,17 @@ chain_stage!(s7, c6, c7);
 chain_stage!(s8, c7, c8);
 chain_stage!(s9, c8, c9);
 chain_stage!(s10, c9, c10);
+
+chain_stage!(t1, c10, d1);
+chain_stage!(t2, d1, d2);
+chain_stage!(t3, d2, d3);
+chain_stage!(t4, d3, d4);
+chain_stage!(t5, d4, d5);
+chain_stage!(t6, d5, d6);
+chain_stage!(t7, d6, d7);
+chain_stage!(t8, d7, d8);
+chain_stage!(t9, d8, d9);
+chain_stage!(t10, d9, d10);
 
 chain_stage!(seed, f_in, f_seed);
 chain_stage!(b0, f_seed, f0);
@@ -107,6 +138,12 @@ pub async fn join(
 /// Ten trivial stages, each reading what the previous one wrote.
 pub fn chain_pipeline() -> Pipeline {
     pipeline! { s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 }
+}
+
+/// Twenty trivial stages in a chain (the ten of [`chain_pipeline`], then ten more): the
+/// difference with the ten-stage chain is the cost of ten stages.
+pub fn chain20_pipeline() -> Pipeline {
+    pipeline! { s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10 }
 }
 
 /// One stage, an 8-wide parallel fan-out, and a join.

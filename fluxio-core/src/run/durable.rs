@@ -14,8 +14,9 @@ use crate::plan::Plan;
 use crate::stage::StageEnv;
 use crate::store::{CheckpointStore, RunStatus, Save, StoredRun, format};
 
-/// How long a run's lock lives without renewal; it is renewed every third of that.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a run's lock lives without renewal, unless `with_lease` says otherwise; it is
+/// renewed every third of that.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Node index of the entry that records keys added by a resume's input.
 const INPUT_ENTRY: u32 = u32::MAX;
@@ -186,7 +187,7 @@ pub(crate) async fn run(
     let plan = pipe.plan.clone();
     let owner = fresh_owner();
     if !store
-        .acquire(&run_id, &owner, LEASE)
+        .acquire(&run_id, &owner, pipe.lease)
         .await
         .map_err(store_err(&run_id, "acquire"))?
     {
@@ -252,6 +253,17 @@ pub(crate) async fn run(
             guard.release().await;
             return Ok(ctx);
         }
+        // The run is live again: a failed or interrupted checkpoint says so until it ends.
+        if stored.status != RunStatus::Running {
+            let running = Save::Finish {
+                status: RunStatus::Running,
+                error: None,
+            };
+            store
+                .save(&run_id, &owner, running)
+                .await
+                .map_err(store_err(&run_id, "save"))?;
+        }
         if !added.is_empty() {
             let entry = format::Entry {
                 node: INPUT_ENTRY,
@@ -283,7 +295,7 @@ pub(crate) async fn run(
         (input, None)
     };
 
-    let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), LEASE);
+    let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
     let result = match Scheduler::with_state(plan, ctx, env, obs, Some(durability), restored) {
         Ok(sched) => pipe.start(sched).await,
         Err(e) => Err(e),

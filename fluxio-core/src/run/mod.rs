@@ -37,6 +37,7 @@ pub struct Pipeline {
     callbacks: Arc<[Arc<dyn Callback>]>,
     driver: Option<Driver>,
     store: Option<Arc<dyn CheckpointStore>>,
+    lease: std::time::Duration,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -65,7 +66,26 @@ impl Pipeline {
             callbacks: Arc::from(Vec::new()),
             driver: None,
             store: None,
+            lease: durable::DEFAULT_LEASE,
         }
+    }
+
+    /// How long a durable run's lock on its id lasts without renewal (default 30 s; it is
+    /// renewed every third of that while the run lives). After a process dies, another
+    /// may take its runs over once the lease has run out: a shorter lease fails over
+    /// sooner, at the price of more renewals.
+    ///
+    /// # Panics
+    ///
+    /// When `lease` is under 300 ms, too short to be renewed reliably.
+    #[must_use]
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        assert!(
+            lease >= std::time::Duration::from_millis(300),
+            "a lease under 300 ms cannot be renewed reliably"
+        );
+        self.lease = lease;
+        self
     }
 
     /// Makes the pipeline durable: every run checkpoints into `store` (see the durability

@@ -7,7 +7,7 @@
 //! entry holds only what its stage wrote, so the bytes a run writes grow with what its stages
 //! produce, not with the size of the whole context at every step.
 //!
-//! Stores keep these records as opaque bytes; [`format`] encodes and decodes them.
+//! Stores keep these records as opaque bytes; [`format`](mod@format) encodes and decodes them.
 
 pub mod format;
 mod memory;
@@ -104,7 +104,7 @@ pub enum Save {
     /// One finished stage: its writes and its done mark ([`format::encode_entry`]). Stores
     /// append it in one atomic step.
     Entry(Vec<u8>),
-    /// The run ended.
+    /// The run ended (or, with `RunStatus::Running`, a resume brought it back to life).
     Finish {
         /// How it ended.
         status: RunStatus,
@@ -133,6 +133,9 @@ pub struct StoredRun {
 /// Implementations: [`InMemoryStore`] (this crate), `SqliteStore` (crate
 /// `fluxio-store-sqlite`), `RedisStore` (crate `fluxio-store-redis`). All methods return
 /// `'static` futures: copy what you need from the arguments before the `async` block.
+///
+/// The runtime polls every future it gets to completion; a store may do its work when the
+/// method is called or when the future is first polled.
 ///
 /// Locking: a run is written only by the holder of its lock. [`acquire`](Self::acquire)
 /// takes it for a lease, [`renew`](Self::renew) extends it while the run lives,

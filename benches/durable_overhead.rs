@@ -1,0 +1,292 @@
+//! What durability costs per stage, against raw drivers writing the same bytes with the same
+//! durability settings, measured side by side in one process.
+//!
+//! `cargo run --release --example durable_overhead` (add `-- --quick` for a short run; the
+//! Redis part needs a server at `FLUXIO_REDIS_URL`, default `redis://127.0.0.1:6379`, and is
+//! skipped, saying so, without one).
+//!
+//! Per-stage cost is marginal: (time of a 20-stage durable run - time of a 10-stage durable
+//! run) / 10, so the per-run work (lock, start and finish records) is reported apart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fluxio::prelude::*;
+use fluxio::store::{RedisStore, SqliteStore};
+use fluxio_benches::*;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fluxio-durable-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+/// Median microseconds per call of `f`, over `samples` samples of `iters` calls.
+async fn time_us<F, Fut>(samples: usize, iters: usize, mut f: F) -> f64
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut out = Vec::new();
+    let mut n = 0;
+    for _ in 0..samples {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f(n).await;
+            n += 1;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    }
+    median(out)
+}
+
+/// An entry of a chain stage (a u64 write) as the store receives it: its size in bytes.
+async fn entry_size(store: &SqliteStore) -> usize {
+    let pipe = chain_pipeline().with_store(store.clone());
+    pipe.invoke(input! { c0: 1 })
+        .run_id("size-probe")
+        .await
+        .unwrap();
+    let run = store.load("size-probe").await.unwrap().unwrap();
+    run.entries.iter().map(Vec::len).sum::<usize>() / run.entries.len()
+}
+
+async fn sqlx_pool(path: &Path) -> sqlx::SqlitePool {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS entries (run_id TEXT NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (run_id, seq))")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+async fn sqlite(samples: usize, iters: usize) {
+    println!("== SQLite (WAL, synchronous=NORMAL, one commit per write) ==");
+    let store = SqliteStore::open(scratch("store.db")).await.unwrap();
+    let bytes = entry_size(&store).await;
+    let blob = vec![7u8; bytes];
+
+    let pool = sqlx_pool(&scratch("raw-sqlx.db")).await;
+    let raw_sqlx = time_us(samples, iters, |n| {
+        let (pool, blob) = (pool.clone(), blob.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO entries (run_id, seq, bytes) VALUES (?, ?, ?)")
+                .bind("raw")
+                .bind(n as i64)
+                .bind(blob)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
+
+    let raw_rusqlite = {
+        let conn = rusqlite::Connection::open(scratch("raw-rusqlite.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.execute("CREATE TABLE entries (run_id TEXT NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (run_id, seq))", []).unwrap();
+        let mut out = Vec::new();
+        let mut n = 0i64;
+        for _ in 0..samples {
+            let t = Instant::now();
+            for _ in 0..iters {
+                conn.execute_batch("BEGIN").unwrap();
+                conn.prepare_cached("INSERT INTO entries (run_id, seq, bytes) VALUES (?1, ?2, ?3)")
+                    .unwrap()
+                    .execute(rusqlite::params!["raw", n, &blob])
+                    .unwrap();
+                conn.execute_batch("COMMIT").unwrap();
+                n += 1;
+            }
+            out.push(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+        }
+        median(out)
+    };
+
+    let p10 = chain_pipeline().with_store(store.clone());
+    let p20 = chain20_pipeline().with_store(store.clone());
+    let runs = (iters / 10).max(5);
+    let time10 = time_us(samples, runs, |n| {
+        let p = p10.clone();
+        async move {
+            p.invoke(input! { c0: 1 })
+                .run_id(format!("b10-{n}"))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let time20 = time_us(samples, runs, |n| {
+        let p = p20.clone();
+        async move {
+            p.invoke(input! { c0: 1 })
+                .run_id(format!("b20-{n}"))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let per_stage = (time20 - time10) / 10.0;
+    println!("entry size                    {bytes} bytes (a stage writing one u64)");
+    println!("raw sqlx insert+commit        {raw_sqlx:>8.1} µs");
+    println!("raw rusqlite insert+commit    {raw_rusqlite:>8.1} µs   (the engine's own floor)");
+    println!(
+        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio to sqlx {:.2}x (target <= 1.3x), to rusqlite {:.2}x",
+        per_stage / raw_sqlx,
+        per_stage / raw_rusqlite
+    );
+    println!(
+        "fluxio per run, fixed part    {:>8.1} µs   (lock, start and finish records, release)",
+        time10 - 10.0 * per_stage
+    );
+
+    // Group commit: 100 runs at once; their checkpoints share commits.
+    let concurrent = 100;
+    let rounds = if samples > 11 { 5 } else { 2 };
+    let mut rates = Vec::new();
+    for r in 0..rounds {
+        let t = Instant::now();
+        let mut handles = Vec::new();
+        for i in 0..concurrent {
+            let p = p10.clone();
+            handles.push(tokio::spawn(async move {
+                p.invoke(input! { c0: 1 })
+                    .run_id(format!("gc-{r}-{i}"))
+                    .await
+                    .unwrap();
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        // 10 entries + start + finish per run.
+        rates.push((concurrent * 12) as f64 / t.elapsed().as_secs_f64());
+    }
+    let grouped = median(rates);
+    println!(
+        "100 concurrent runs           {grouped:>8.0} checkpoints/s   single-commit rate (raw sqlx) {:.0}/s   {:.1}x",
+        1e6 / raw_sqlx,
+        grouped / (1e6 / raw_sqlx)
+    );
+}
+
+async fn redis(samples: usize, iters: usize) {
+    let url = std::env::var("FLUXIO_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    println!("\n== Redis ({url}) ==");
+    let client = match redis::Client::open(url.as_str()) {
+        Ok(c) => c,
+        Err(e) => return println!("SKIPPED: {e}"),
+    };
+    let mut conn = match client.get_connection_manager().await {
+        Ok(c) => c,
+        Err(e) => return println!("SKIPPED: redis unreachable ({e})"),
+    };
+    let prefix = format!("fluxio-bench:{}", std::process::id());
+    let store = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .key_prefix(prefix.clone());
+    let probe = chain_pipeline().with_store(store.clone());
+    probe
+        .invoke(input! { c0: 1 })
+        .run_id("size-probe")
+        .await
+        .unwrap();
+    let run = store.load("size-probe").await.unwrap().unwrap();
+    let bytes = run.entries.iter().map(Vec::len).sum::<usize>() / run.entries.len();
+    let blob = vec![7u8; bytes];
+
+    let key = format!("{prefix}:raw");
+    let raw = time_us(samples, iters, |_| {
+        let (mut conn, key, blob) = (conn.clone(), key.clone(), blob.clone());
+        async move {
+            let _: i64 = redis::cmd("RPUSH")
+                .arg(&key)
+                .arg(blob)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let p10 = chain_pipeline().with_store(store.clone());
+    let p20 = chain20_pipeline().with_store(store.clone());
+    let runs = (iters / 10).max(5);
+    let time10 = time_us(samples, runs, |n| {
+        let p = p10.clone();
+        async move {
+            p.invoke(input! { c0: 1 })
+                .run_id(format!("b10-{n}"))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let time20 = time_us(samples, runs, |n| {
+        let p = p20.clone();
+        async move {
+            p.invoke(input! { c0: 1 })
+                .run_id(format!("b20-{n}"))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let per_stage = (time20 - time10) / 10.0;
+    println!("raw RPUSH round trip          {raw:>8.1} µs   ({bytes} bytes)");
+    println!(
+        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio {:.2}x (target <= 1.3x)",
+        per_stage / raw
+    );
+    println!(
+        "fluxio per run, fixed part    {:>8.1} µs",
+        time10 - 10.0 * per_stage
+    );
+
+    // Clean up this benchmark's keys.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (samples, iters) = if quick { (5, 100) } else { (21, 400) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        sqlite(samples, iters).await;
+        redis(samples, iters).await;
+    });
+}

@@ -1,0 +1,573 @@
+//! [`RedisStore`]: checkpoints in Redis.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxio_core::store::{
+    BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Script};
+
+use crate::error::{Error, Result, redact_url};
+use crate::keys::{DEFAULT_KEY_PREFIX, RunKeys, escape};
+use crate::scripts::{self, SCRIPTS};
+
+/// How long one attempt to open a connection may take, in [`RedisStore::default_config`].
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the server may take to answer a command, in [`RedisStore::default_config`].
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a lost connection is retried before an operation fails, in
+/// [`RedisStore::default_config`].
+pub const DEFAULT_CONNECTION_RETRIES: usize = 2;
+
+/// The longest lease or TTL sent to Redis, in milliseconds (about 35,000 years): Redis
+/// rejects expiry times that overflow when added to the current time.
+const MAX_MILLIS: u64 = 1 << 50;
+
+/// A [`CheckpointStore`] in Redis, shared by every process that connects to the same
+/// server: runs started by one process can be resumed by another, and a run id is locked
+/// across all of them.
+///
+/// Each write is one Lua script that checks the run's lock and writes in one atomic step,
+/// and a stage's entry costs one round trip (`EVALSHA` of a preloaded script). All keys of
+/// a run share the hash tag `{run_id}` (see [`RunKeys`]), so every script and transaction
+/// stays within one slot, as a Redis Cluster requires.
+///
+/// Cloning is cheap and gives another handle to the same connection. The connection
+/// reconnects on its own after Redis restarts or the network drops: operations fail with
+/// [`StoreError::Backend`] while Redis is unreachable (within the timeouts of
+/// [`default_config`](Self::default_config)), and work again once it is back. Operations
+/// that can safely run twice (all but appending a stage's entry) are retried once when the
+/// connection turns out to be broken.
+///
+/// Redis keeps checkpoints only as durably as it is configured to: use AOF persistence if
+/// checkpoints must survive a Redis restart.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use fluxio_core::store::{CheckpointStore, RunStatus, Save};
+/// use fluxio_store_redis::RedisStore;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379")
+///     .await?
+///     .key_prefix("billing:checkpoint")
+///     // Finished runs are deleted a week after they end.
+///     .ttl(Duration::from_secs(7 * 24 * 3600));
+///
+/// // Durable pipelines take it with `pipe.with_store(store)`; used directly:
+/// assert!(store.acquire("invoice-42", "worker-1", Duration::from_secs(30)).await?);
+/// store
+///     .save("invoice-42", "worker-1", Save::Start { version: "v1".into(), header: vec![] })
+///     .await?;
+/// store.save("invoice-42", "worker-1", Save::Entry(b"stage 1".to_vec())).await?;
+/// store
+///     .save("invoice-42", "worker-1", Save::Finish { status: RunStatus::Completed, error: None })
+///     .await?;
+/// store.release("invoice-42", "worker-1").await?;
+///
+/// let run = store.load("invoice-42").await?.expect("the run was saved");
+/// assert_eq!(run.entries, vec![b"stage 1".to_vec()]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// The URL, password redacted.
+    url: Arc<str>,
+    /// The key prefix as the user gave it.
+    prefix: Arc<str>,
+    /// The key prefix as written in keys (escaped).
+    key_prefix: Arc<str>,
+    /// How long finished runs are kept; `None`: forever.
+    ttl: Option<Duration>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("key_prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://` with TLS if the `redis` crate was built with it) with
+    /// [`default_config`](Self::default_config), and loads the store's scripts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] if the URL is invalid or the server cannot be reached;
+    /// [`Error::Redis`] if it refuses to load the scripts.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_config(url, Self::default_config()).await
+    }
+
+    /// [`connect`](Self::connect) with your own connection settings (timeouts,
+    /// reconnection backoff); start from [`default_config`](Self::default_config).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with_config(url: &str, config: ConnectionManagerConfig) -> Result<Self> {
+        let redacted = redact_url(url);
+        let connect_err = |source| Error::Connect {
+            url: redacted.clone(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(connect_err)?;
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(connect_err)?;
+        preload_scripts(&mut conn).await?;
+        Ok(RedisStore {
+            conn,
+            url: redacted.into(),
+            prefix: DEFAULT_KEY_PREFIX.into(),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            ttl: None,
+        })
+    }
+
+    /// The connection settings [`connect`](Self::connect) uses: a connection attempt times
+    /// out after [`DEFAULT_CONNECTION_TIMEOUT`], a command after
+    /// [`DEFAULT_RESPONSE_TIMEOUT`], and a lost connection is retried
+    /// [`DEFAULT_CONNECTION_RETRIES`] times (100 ms, then 200 ms apart, with jitter) before
+    /// the operation fails. So an operation fails within seconds, not minutes, when Redis is
+    /// down.
+    pub fn default_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
+            .set_number_of_retries(DEFAULT_CONNECTION_RETRIES)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    /// Keeps a finished run (completed or failed) for `ttl` after it finished, then Redis
+    /// deletes it. Applied when the run's finish record is saved; a finished run that is
+    /// resumed loses its TTL until it finishes again. Without this, finished runs are kept
+    /// until [`delete`](CheckpointStore::delete)d. Durations are rounded up to whole
+    /// milliseconds.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Puts this store's keys under `prefix` (default [`DEFAULT_KEY_PREFIX`],
+    /// `fluxio:checkpoint`), to keep applications sharing a Redis apart. Braces and `%` in
+    /// the prefix are escaped (see [`RunKeys`]), so the prefix never changes a key's hash
+    /// tag.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let prefix: String = prefix.into();
+        self.key_prefix = escape(&prefix).into();
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The keys holding `run_id` in this store.
+    pub fn run_keys(&self, run_id: &str) -> RunKeys {
+        RunKeys::new(&self.key_prefix, run_id)
+    }
+
+    /// The TTL as sent to the finish script: milliseconds, `0` for none.
+    fn ttl_millis(&self) -> u64 {
+        self.ttl.map_or(0, millis)
+    }
+}
+
+/// `d` in whole milliseconds, rounded up, between 1 and [`MAX_MILLIS`] (Redis refuses an
+/// expiry of 0).
+fn millis(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(MAX_MILLIS).clamp(1, MAX_MILLIS)
+}
+
+/// Loads every script, so that the first `EVALSHA` of each already hits.
+async fn preload_scripts(conn: &mut ConnectionManager) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for (code, _) in SCRIPTS.all() {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+    }
+    let hashes: Vec<String> = pipe
+        .query_async(conn)
+        .await
+        .map_err(Error::redis("connect"))?;
+    for (hash, (_, script)) in hashes.iter().zip(SCRIPTS.all()) {
+        if hash != script.get_hash() {
+            return Err(Error::UnexpectedReply {
+                operation: "connect",
+                reply: format!(
+                    "SCRIPT LOAD returned {hash}, expected {}",
+                    script.get_hash()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One request to the server.
+enum Request {
+    /// `EVALSHA` of `script`: loaded and sent again if the server does not know it (after a
+    /// restart or `SCRIPT FLUSH`).
+    Script(&'static Script, Cmd),
+    /// A plain command.
+    Cmd(Cmd),
+    /// A pipeline (here always `MULTI`/`EXEC`).
+    Pipe(Pipeline),
+}
+
+/// Whether a request may be sent again when its first attempt failed on a broken
+/// connection (it might have run on the server before the connection broke).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Running it twice is the same as running it once.
+    Once,
+    /// Running it twice would write twice.
+    Never,
+}
+
+impl Request {
+    /// `EVALSHA <script> <keys>`; add the `ARGV` with `arg`.
+    fn script(script: &'static Script, keys: &[&str]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+        cmd
+    }
+
+    async fn send_once<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T> {
+        match self {
+            Request::Script(script, cmd) => match cmd.query_async(conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(conn).await?;
+                    cmd.query_async(conn).await
+                }
+                other => other,
+            },
+            Request::Cmd(cmd) => cmd.query_async(conn).await,
+            Request::Pipe(pipe) => pipe.query_async(conn).await,
+        }
+    }
+
+    async fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+        retry: Retry,
+    ) -> RedisResult<T> {
+        match self.send_once(conn).await {
+            // The connection manager reconnects after such an error; the second attempt
+            // waits for the new connection.
+            Err(e) if retry == Retry::Once && is_broken_connection(&e) => {
+                self.send_once(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether `e` means the connection is gone (not a timeout: waiting for a second timeout
+/// would only double the wait).
+fn is_broken_connection(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+}
+
+/// Maps a Redis error during `operation` to the trait's error.
+fn backend(operation: &'static str) -> impl FnOnce(RedisError) -> StoreError {
+    move |source| Error::Redis { operation, source }.into_store(operation)
+}
+
+fn unexpected(operation: &'static str, reply: i64) -> StoreError {
+    Error::UnexpectedReply {
+        operation,
+        reply: reply.to_string(),
+    }
+    .into_store(operation)
+}
+
+/// Builds a [`StoredRun`] from the meta hash and the entries; `None` without meta.
+fn parse_run(
+    run_id: &str,
+    mut meta: HashMap<String, Vec<u8>>,
+    entries: Vec<Vec<u8>>,
+) -> Result<Option<StoredRun>> {
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| Error::Corrupt {
+        run_id: run_id.to_string(),
+        reason,
+    };
+    let mut field = |name: &str| {
+        meta.remove(name)
+            .ok_or_else(|| corrupt(format!("its meta has no field `{name}`")))
+    };
+    let text = |name: &str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| corrupt(format!("field `{name}` is not UTF-8")))
+    };
+    let version = text("version", field("version")?)?;
+    let status = text("status", field("status")?)?;
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| corrupt(format!("unknown status `{}`", status.escape_debug())))?;
+    let header = field("header")?;
+    let error = match meta.remove("error") {
+        Some(bytes) => Some(text("error", bytes)?),
+        None => None,
+    };
+    Ok(Some(StoredRun {
+        version,
+        status,
+        error,
+        header,
+        entries,
+    }))
+}
+
+impl CheckpointStore for RedisStore {
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        let keys = self.run_keys(run_id);
+        let script_keys = [
+            keys.lock.as_str(),
+            keys.meta.as_str(),
+            keys.entries.as_str(),
+        ];
+        let (request, retry) = match save {
+            Save::Start { version, header } => {
+                let script = &SCRIPTS.save_start;
+                let mut cmd = Request::script(script, &script_keys);
+                cmd.arg(owner).arg(version).arg(header.as_slice());
+                (Request::Script(script, cmd), Retry::Once)
+            }
+            Save::Entry(entry) => {
+                let script = &SCRIPTS.save_entry;
+                let mut cmd = Request::script(script, &script_keys);
+                cmd.arg(owner).arg(entry.as_slice());
+                // Appending twice would store the stage twice.
+                (Request::Script(script, cmd), Retry::Never)
+            }
+            Save::Finish { status, error } => {
+                let script = &SCRIPTS.save_finish;
+                let mut cmd = Request::script(script, &script_keys);
+                cmd.arg(owner)
+                    .arg(status.as_str())
+                    .arg(if error.is_some() { "1" } else { "0" })
+                    .arg(error.as_deref().unwrap_or(""))
+                    .arg(self.ttl_millis());
+                (Request::Script(script, cmd), Retry::Once)
+            }
+        };
+        let mut conn = self.conn.clone();
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            let reply: i64 = request
+                .send(&mut conn, retry)
+                .await
+                .map_err(backend("save"))?;
+            match reply {
+                scripts::OK => Ok(()),
+                scripts::LOCK_LOST => Err(StoreError::LockLost { run_id }),
+                scripts::NOT_STARTED => Err(Error::NotStarted { run_id }.into_store("save")),
+                other => Err(unexpected("save", other)),
+            }
+        })
+    }
+
+    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
+        let keys = self.run_keys(run_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HGETALL")
+            .arg(&keys.meta)
+            .cmd("LRANGE")
+            .arg(&keys.entries)
+            .arg(0)
+            .arg(-1);
+        let request = Request::Pipe(pipe);
+        let mut conn = self.conn.clone();
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = request
+                .send(&mut conn, Retry::Once)
+                .await
+                .map_err(backend("load"))?;
+            parse_run(&run_id, meta, entries).map_err(|e| e.into_store("load"))
+        })
+    }
+
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let keys = self.run_keys(run_id);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&keys.meta).arg(&keys.entries);
+        let request = Request::Cmd(cmd);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let _deleted: i64 = request
+                .send(&mut conn, Retry::Once)
+                .await
+                .map_err(backend("delete"))?;
+            Ok(())
+        })
+    }
+
+    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
+        let keys = self.run_keys(run_id);
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&keys.meta);
+        let request = Request::Cmd(cmd);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let n: i64 = request
+                .send(&mut conn, Retry::Once)
+                .await
+                .map_err(backend("exists"))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        let keys = self.run_keys(run_id);
+        let script = &SCRIPTS.acquire;
+        let mut cmd = Request::script(script, &[&keys.lock]);
+        cmd.arg(owner).arg(millis(lease));
+        lock_call("acquire", Request::Script(script, cmd), self.conn.clone())
+    }
+
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        let keys = self.run_keys(run_id);
+        let script = &SCRIPTS.renew;
+        let mut cmd = Request::script(script, &[&keys.lock]);
+        cmd.arg(owner).arg(millis(lease));
+        lock_call("renew", Request::Script(script, cmd), self.conn.clone())
+    }
+
+    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let keys = self.run_keys(run_id);
+        let script = &SCRIPTS.release;
+        let mut cmd = Request::script(script, &[&keys.lock]);
+        cmd.arg(owner);
+        let released = lock_call("release", Request::Script(script, cmd), self.conn.clone());
+        Box::pin(async move { released.await.map(|_| ()) })
+    }
+}
+
+/// Runs a lock script answering 1 (true) or 0 (false).
+fn lock_call(
+    operation: &'static str,
+    request: Request,
+    mut conn: ConnectionManager,
+) -> BoxFuture<'static, StoreResult<bool>> {
+    Box::pin(async move {
+        let reply: i64 = request
+            .send(&mut conn, Retry::Once)
+            .await
+            .map_err(backend(operation))?;
+        match reply {
+            1 => Ok(true),
+            0 => Ok(false),
+            other => Err(unexpected(operation, other)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_rounds_up_and_clamps() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_micros(1500)), 2);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+        assert_eq!(millis(Duration::MAX), MAX_MILLIS);
+    }
+
+    fn meta(fields: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn parse_run_reads_every_field() {
+        let run = parse_run(
+            "r",
+            meta(&[
+                ("version", b"v1"),
+                ("status", b"failed"),
+                ("error", b"boom"),
+                ("header", b"\x00\xff"),
+            ]),
+            vec![b"e1".to_vec()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(run.version, "v1");
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(run.error.as_deref(), Some("boom"));
+        assert_eq!(run.header, b"\x00\xff");
+        assert_eq!(run.entries, vec![b"e1".to_vec()]);
+    }
+
+    #[test]
+    fn parse_run_without_meta_is_none() {
+        assert!(
+            parse_run("r", HashMap::new(), vec![b"orphan".to_vec()])
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn parse_run_rejects_bad_meta() {
+        let unknown = parse_run(
+            "r",
+            meta(&[("version", b"v1"), ("status", b"paused"), ("header", b"")]),
+            vec![],
+        );
+        let msg = unknown.unwrap_err().to_string();
+        assert!(msg.contains("unknown status `paused`"), "{msg}");
+
+        let missing = parse_run("r", meta(&[("status", b"running")]), vec![]);
+        let msg = missing.unwrap_err().to_string();
+        assert!(msg.contains("no field `version`"), "{msg}");
+
+        let not_utf8 = parse_run(
+            "r",
+            meta(&[
+                ("version", b"\xff"),
+                ("status", b"running"),
+                ("header", b""),
+            ]),
+            vec![],
+        );
+        assert!(matches!(not_utf8, Err(Error::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,376 @@
+//! `SqliteStore`: the handle, reads, and the `CheckpointStore` implementation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fluxio_core::store::{
+    BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer};
+use crate::{Error, SqliteOptions, schema};
+
+/// How many writes may wait for the writer task before callers wait to queue theirs.
+const QUEUE: usize = 4096;
+
+/// A [`CheckpointStore`] in one SQLite file, shared by every process that opens it.
+///
+/// Writes (saves, lock changes, deletes) go through the store's writer task, which owns the
+/// one write connection and commits the writes queued at the same time in one transaction
+/// (group commit: with many concurrent runs, one commit carries many runs' stages;
+/// [`stats`](Self::stats) shows it). A stage's entry is one `INSERT` whose condition is the
+/// lock check, so each save checks, in the same atomic step, that its owner still holds an
+/// unexpired lock on the run, and writes nothing otherwise ([`StoreError::LockLost`]); a
+/// refused save fails alone, the others of its batch commit. Reads (`load`, `exists`) use a
+/// small pool of read connections; the file is in WAL journal mode, so reads never wait for
+/// writes.
+///
+/// Lock leases are measured in wall-clock time (milliseconds since the UNIX epoch), which
+/// all processes sharing the file agree on as long as their clocks do.
+///
+/// Durability: by default a committed write survives a crash of the process, and a power
+/// loss may drop the last commits but never corrupts the file; see [`Synchronous`] to choose
+/// `FULL` instead.
+///
+/// Cloning is cheap: clones share the writer and the read pool. The writer task ends when
+/// the last clone is dropped. Open the store inside a tokio runtime, and keep that runtime
+/// running while the store is used.
+///
+/// [`Synchronous`]: crate::Synchronous
+///
+/// ```
+/// use std::time::Duration;
+/// use fluxio_core::store::{CheckpointStore, RunStatus, Save};
+/// use fluxio_store_sqlite::SqliteStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let path = std::env::temp_dir().join(format!("fluxio-doc-{}.db", std::process::id()));
+/// let store = SqliteStore::open(&path).await?;
+///
+/// // A run is written by the holder of its lock.
+/// assert!(store.acquire("run-1", "worker-a", Duration::from_secs(30)).await?);
+/// store.save("run-1", "worker-a", Save::Start { version: "v1".into(), header: vec![] }).await?;
+/// store.save("run-1", "worker-a", Save::Entry(vec![1, 2, 3])).await?;
+/// store.save("run-1", "worker-a", Save::Finish { status: RunStatus::Completed, error: None }).await?;
+/// store.release("run-1", "worker-a").await?;
+///
+/// let run = store.load("run-1").await?.expect("saved above");
+/// assert_eq!(run.status, RunStatus::Completed);
+/// assert_eq!(run.entries, vec![vec![1, 2, 3]]);
+/// # drop(store);
+/// # for suffix in ["", "-wal", "-shm"] {
+/// #     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+/// # }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<Request>,
+    reads: SqlitePool,
+    counters: Arc<Counters>,
+}
+
+/// What a store's writer has done since it was opened (shared by its clones), as
+/// [`SqliteStore::stats`] returns it.
+///
+/// `commits` below `saves` means group commit is at work: several saves shared one
+/// transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Transactions the writer committed (a lone write of a single statement, such as one
+    /// stage's entry, commits on its own and counts as one).
+    pub commits: u64,
+    /// `save` calls the writer took (including refused and failed ones).
+    pub saves: u64,
+    /// All writes the writer took: saves, `delete`, `acquire`, `renew`, `release` and
+    /// [`purge_finished`](SqliteStore::purge_finished).
+    pub writes: u64,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `path` with the default
+    /// [`SqliteOptions`]: WAL journal, `synchronous = NORMAL`, a 5 second busy timeout.
+    /// Creates or upgrades the schema.
+    ///
+    /// Must be called inside a tokio runtime (it spawns the writer task).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Open`] when the file cannot be opened as a database (missing directory, a
+    /// directory, not a database, no permission), [`Error::Migrate`] or
+    /// [`Error::SchemaTooNew`] when the schema cannot be brought to this version,
+    /// [`Error::NoRuntime`] outside a tokio runtime.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); [`Error::JournalMode`] when the file cannot be switched to
+    /// WAL journal mode.
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let connect = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(!options.read_only)
+            .read_only(options.read_only)
+            .busy_timeout(options.busy_timeout)
+            .synchronous(options.synchronous.to_sqlx())
+            // The schema has no foreign keys; skip the pragma.
+            .foreign_keys(false);
+        let mut conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
+        if !options.read_only {
+            schema::ensure_wal(&mut conn, &path, options.busy_timeout).await?;
+        }
+        schema::migrate(&mut conn, &path).await?;
+
+        // From now on the file exists with its schema: a later connection that finds no file
+        // (deleted under the store) fails instead of creating an empty database.
+        let connect = connect.create_if_missing(false);
+        let reads = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .min_connections(0)
+            .test_before_acquire(false)
+            .connect_lazy_with(connect.clone());
+        let counters = Arc::new(Counters::default());
+        let (writer, queue) = mpsc::channel(QUEUE);
+        runtime.spawn(Writer::new(conn, connect, counters.clone(), options.max_batch).run(queue));
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                reads,
+                counters,
+            }),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// What the writer has done so far; see [`StoreStats`].
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            saves: c.saves.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes the checkpoints of finished runs (completed or failed) not updated for
+    /// `older_than`, and returns how many runs it deleted. Runs whose lock is held are kept
+    /// (a failed run being resumed keeps its `failed` status until it finishes again).
+    /// Expired lock rows are deleted too; an expired lock already counts as free.
+    ///
+    /// The store never deletes finished runs by itself: call this periodically.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite error ([`Error::Sqlx`], or [`Error::Shared`] when the group commit it was
+    /// part of failed).
+    pub async fn purge_finished(&self, older_than: Duration) -> Result<u64, Error> {
+        let op = Op::Purge {
+            older_than_ms: millis(older_than),
+        };
+        match self.inner.call(op).await {
+            Ok(Outcome::Count(n)) => Ok(n),
+            Ok(_) | Err(Failure::LockLost(_)) => Ok(0),
+            Err(Failure::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn store_error(operation: &'static str, failure: Failure) -> StoreError {
+    match failure {
+        Failure::LockLost(run_id) => StoreError::LockLost { run_id },
+        Failure::Error(e) => StoreError::backend(operation, e),
+    }
+}
+
+impl Inner {
+    /// Sends `op` to the writer and waits for its answer.
+    async fn call(&self, op: Op) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| Failure::Error(Error::WriterStopped))?;
+        answer
+            .await
+            .map_err(|_| Failure::Error(Error::WriterStopped))?
+    }
+
+    async fn write_flag(&self, operation: &'static str, op: Op) -> StoreResult<bool> {
+        match self.call(op).await {
+            Ok(Outcome::Flag(held)) => Ok(held),
+            Ok(_) => Ok(false),
+            Err(f) => Err(store_error(operation, f)),
+        }
+    }
+
+    async fn write(&self, operation: &'static str, op: Op) -> StoreResult<()> {
+        self.call(op)
+            .await
+            .map(|_| ())
+            .map_err(|f| store_error(operation, f))
+    }
+
+    /// The run's row and entries, read in one transaction (one snapshot of the file).
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let mut tx = self.reads.begin().await?;
+        let row: Option<(String, String, Option<String>, Vec<u8>)> =
+            sqlx::query_as("SELECT version, status, error, header FROM runs WHERE run_id = ?1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((version, status, error, header)) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let entries: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM entries WHERE run_id = ?1 ORDER BY seq")
+                .bind(run_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
+            run_id: run_id.to_string(),
+            status,
+        })?;
+        Ok(Some(StoredRun {
+            version,
+            status,
+            error,
+            header,
+            entries,
+        }))
+    }
+
+    async fn exists(&self, run_id: &str) -> Result<bool, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)")
+                .bind(run_id)
+                .fetch_one(&self.reads)
+                .await?,
+        )
+    }
+}
+
+impl CheckpointStore for SqliteStore {
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        let inner = self.inner.clone();
+        let op = Op::Save {
+            run_id: run_id.to_string(),
+            owner: owner.to_string(),
+            save,
+        };
+        Box::pin(async move { inner.write("save", op).await })
+    }
+
+    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
+        let inner = self.inner.clone();
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            inner
+                .load(&run_id)
+                .await
+                .map_err(|e| StoreError::backend("load", e))
+        })
+    }
+
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let inner = self.inner.clone();
+        let op = Op::Delete {
+            run_id: run_id.to_string(),
+        };
+        Box::pin(async move { inner.write("delete", op).await })
+    }
+
+    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
+        let inner = self.inner.clone();
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            inner
+                .exists(&run_id)
+                .await
+                .map_err(|e| StoreError::backend("exists", e))
+        })
+    }
+
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        let inner = self.inner.clone();
+        let op = Op::Acquire {
+            run_id: run_id.to_string(),
+            owner: owner.to_string(),
+            lease_ms: millis(lease),
+        };
+        Box::pin(async move { inner.write_flag("acquire", op).await })
+    }
+
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        let inner = self.inner.clone();
+        let op = Op::Renew {
+            run_id: run_id.to_string(),
+            owner: owner.to_string(),
+            lease_ms: millis(lease),
+        };
+        Box::pin(async move { inner.write_flag("renew", op).await })
+    }
+
+    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let inner = self.inner.clone();
+        let op = Op::Release {
+            run_id: run_id.to_string(),
+            owner: owner.to_string(),
+        };
+        Box::pin(async move { inner.write("release", op).await })
+    }
+}

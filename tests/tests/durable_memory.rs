@@ -1,0 +1,545 @@
+//! Durable execution semantics, on the in-memory store (the same runtime code drives the
+//! SQLite and Redis stores; their own tests cover the stores, and `crash_resume.rs` covers
+//! real processes killed mid-run).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fluxio::prelude::*;
+use fluxio::store::{RunStatus, Save};
+use fluxio::{Error, RunInfo};
+
+fluxio::keys! {
+    pub seed: u64;
+    pub a_out: u64;
+    pub b_out: u64;
+    pub c_out: u64;
+    pub extra: String;
+    pub label: String;
+    pub picked: String;
+    pub key_seen: String;
+}
+
+/// Counts stage executions and decides which stages fail.
+#[derive(Default)]
+struct Probe {
+    runs: Mutex<HashMap<&'static str, u32>>,
+    fail: Mutex<Vec<&'static str>>,
+    gate: Option<tokio::sync::Semaphore>,
+    started: tokio::sync::Notify,
+}
+
+impl Probe {
+    fn hit(&self, stage: &'static str) -> Result<(), StageError> {
+        *self.runs.lock().unwrap().entry(stage).or_default() += 1;
+        if self.fail.lock().unwrap().contains(&stage) {
+            return Err(StageError::msg(format!("{stage} is told to fail")));
+        }
+        Ok(())
+    }
+    fn count(&self, stage: &str) -> u32 {
+        self.runs.lock().unwrap().get(stage).copied().unwrap_or(0)
+    }
+    fn set_failing(&self, stages: &[&'static str]) {
+        *self.fail.lock().unwrap() = stages.to_vec();
+    }
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn sa(seed: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("sa")?;
+    Ok(seed + 1)
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn sb(a_out: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("sb")?;
+    Ok(a_out * 10)
+}
+
+#[stage(reads = [b_out], writes = [c_out])]
+async fn sc(b_out: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("sc")?;
+    Ok(b_out + 5)
+}
+
+fn chain(probe: &Arc<Probe>, store: &InMemoryStore) -> Pipeline {
+    pipeline! { sa, sb, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+}
+
+async fn stored(store: &InMemoryStore, run_id: &str) -> fluxio::store::StoredRun {
+    store.load(run_id).await.unwrap().expect("a checkpoint")
+}
+
+#[tokio::test]
+async fn a_failing_stage_leaves_a_failed_checkpoint_and_resume_skips_finished_stages() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    probe.set_failing(&["sb"]);
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("r1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Stage { stage: "sb", .. }), "{err:?}");
+    let cp = stored(&store, "r1").await;
+    assert_eq!(cp.status, RunStatus::Failed);
+    assert!(
+        cp.error.as_deref().unwrap().contains("sb is told to fail"),
+        "{:?}",
+        cp.error
+    );
+    assert_eq!(cp.entries.len(), 1, "only `sa` finished");
+
+    probe.set_failing(&[]);
+    let out = pipe.resume("r1").await.unwrap();
+    assert_eq!(out[c_out], (1 + 1) * 10 + 5);
+    assert_eq!(
+        (probe.count("sa"), probe.count("sb"), probe.count("sc")),
+        (1, 2, 1)
+    );
+    assert_eq!(stored(&store, "r1").await.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn runs_are_fresh_by_default() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    pipe.invoke(input! { seed: 1 }).run_id("r").await.unwrap();
+    let out = pipe.invoke(input! { seed: 2 }).run_id("r").await.unwrap();
+    assert_eq!(out[c_out], 35);
+    assert_eq!(
+        probe.count("sa"),
+        2,
+        "the second invoke ran everything again"
+    );
+    assert_eq!(
+        stored(&store, "r").await.entries.len(),
+        3,
+        "the old checkpoint was replaced"
+    );
+}
+
+#[tokio::test]
+async fn resuming_a_completed_run_returns_its_context_without_running_anything() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    let first = pipe
+        .invoke(input! { seed: 3 })
+        .run_id("done")
+        .await
+        .unwrap();
+    let again = pipe.resume("done").await.unwrap();
+    assert_eq!(again[c_out], first[c_out]);
+    assert_eq!(again.keys(), first.keys());
+    assert_eq!(probe.count("sa") + probe.count("sb") + probe.count("sc"), 3);
+}
+
+#[tokio::test]
+async fn resume_without_a_checkpoint_or_without_a_store_is_an_error() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let err = chain(&probe, &store).resume("never").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoCheckpoint { run_id } if run_id == "never"),
+        "{err:?}"
+    );
+    let err = pipeline! { sa }.resume("x").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NoStore {
+                operation: "resume"
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[stage(reads = [c_out], writes = [extra])]
+async fn sd(c_out: &u64) -> String {
+    format!("#{c_out}")
+}
+
+#[tokio::test]
+async fn another_pipeline_version_is_refused_unless_allowed() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("v")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+
+    // The same stages plus one at the end: a new version, compatible with the old run.
+    let v2 = pipeline! { sa, sb, sc, sd }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let err = v2.resume("v").await.unwrap_err();
+    match &err {
+        Error::CheckpointVersion {
+            run_id,
+            stored,
+            current,
+        } => {
+            assert_eq!(run_id, "v");
+            assert_eq!(current, v2.version());
+            assert_ne!(stored, current);
+        }
+        other => panic!("expected CheckpointVersion, got {other:?}"),
+    }
+    assert!(err.to_string().contains("allow_version_change"), "{err}");
+
+    let out = v2
+        .invoke(Ctx::new())
+        .run_id("v")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[extra], "#25");
+    assert_eq!(
+        (probe.count("sa"), probe.count("sb"), probe.count("sc")),
+        (1, 1, 2)
+    );
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn held(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
+    probe.started.notify_one();
+    let _permit = probe.gate.as_ref().unwrap().acquire().await.unwrap();
+    *seed
+}
+
+#[tokio::test]
+async fn a_second_invoke_with_a_live_run_id_is_refused_and_other_ids_do_not_wait() {
+    let probe = Arc::new(Probe {
+        gate: Some(tokio::sync::Semaphore::new(0)),
+        ..Default::default()
+    });
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { held }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let started = probe.started.notified();
+    let first = tokio::spawn({
+        let pipe = pipe.clone();
+        async move { pipe.invoke(input! { seed: 1 }).run_id("busy").await }
+    });
+    started.await;
+
+    let err = pipe
+        .invoke(input! { seed: 2 })
+        .run_id("busy")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::RunIdInUse { run_id } if run_id == "busy"),
+        "{err:?}"
+    );
+
+    // Another id runs to the end while "busy" is still held open.
+    let other = pipeline! { sa }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    assert_eq!(
+        other
+            .invoke(input! { seed: 5 })
+            .run_id("free")
+            .await
+            .unwrap()[a_out],
+        6
+    );
+
+    probe.gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap()[a_out], 1);
+    // The lock was released: the id can be used again.
+    probe.gate.as_ref().unwrap().add_permits(1);
+    pipe.invoke(input! { seed: 3 })
+        .run_id("busy")
+        .await
+        .unwrap();
+}
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn left(seed: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("left")?;
+    Ok(seed + 100)
+}
+
+#[stage(reads = [seed], writes = [b_out])]
+async fn right(seed: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("right")?;
+    Ok(seed + 200)
+}
+
+#[tokio::test]
+async fn resume_continues_from_the_frontier_of_a_half_done_parallel_block() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = pipeline! { parallel { left, right } }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    probe.set_failing(&["right"]);
+    pipe.invoke(input! { seed: 1 })
+        .run_id("par")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let out = pipe.resume("par").await.unwrap();
+    assert_eq!((out[a_out], out[b_out]), (101, 201));
+    assert_eq!((probe.count("left"), probe.count("right")), (1, 2));
+}
+
+#[stage(reads = [label])]
+async fn choose(label: &String, probe: Res<Arc<Probe>>) -> Result<Route, StageError> {
+    probe.hit("choose")?;
+    Ok(Route::to(label.clone()))
+}
+
+#[stage(reads = [seed], writes = [picked])]
+async fn gold(seed: &u64, probe: Res<Arc<Probe>>) -> Result<String, StageError> {
+    probe.hit("gold")?;
+    Ok(format!("gold {seed}"))
+}
+
+#[stage(reads = [seed], writes = [picked])]
+async fn basic(seed: &u64, probe: Res<Arc<Probe>>) -> Result<String, StageError> {
+    probe.hit("basic")?;
+    Ok(format!("basic {seed}"))
+}
+
+#[tokio::test]
+async fn a_route_decided_before_a_failure_is_kept_on_resume() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = pipeline! { choose => { "gold" => [gold], "basic" => [basic] } }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    probe.set_failing(&["gold"]);
+    pipe.invoke(input! { seed: 7, label: "gold".into() })
+        .run_id("route")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let out = pipe.resume("route").await.unwrap();
+    assert_eq!(out[picked], "gold 7");
+    assert_eq!(
+        (
+            probe.count("choose"),
+            probe.count("gold"),
+            probe.count("basic")
+        ),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn resume_input_adds_keys_and_refuses_to_override() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    probe.set_failing(&["sb"]);
+    pipe.invoke(input! { seed: 1 })
+        .run_id("m")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let err = pipe
+        .invoke(input! { seed: 9 })
+        .run_id("m")
+        .resume()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MergeConflict { key: "seed", .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn replay_reruns_from_the_stored_input_and_diff_compares_runs() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    let first = pipe.invoke(input! { seed: 1 }).run_id("one").await.unwrap();
+    pipe.invoke(input! { seed: 2 }).run_id("two").await.unwrap();
+
+    let replayed = pipe.replay("one").await.unwrap();
+    assert_eq!(replayed[c_out], first[c_out]);
+    assert_eq!(probe.count("sa"), 3);
+
+    let d = pipe.diff("one", "two").await.unwrap();
+    assert_eq!(d.changed, ["a_out", "b_out", "c_out", "seed"]);
+    assert!(d.added.is_empty() && d.removed.is_empty());
+    assert!(pipe.diff("one", "one").await.unwrap().is_empty());
+    assert!(matches!(
+        pipe.diff("one", "nope").await,
+        Err(Error::NoCheckpoint { .. })
+    ));
+}
+
+#[tokio::test]
+async fn corrupt_checkpoints_are_errors_not_panics() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    let version = pipe.version().to_string();
+    assert!(
+        store
+            .acquire("bad", "tester", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let start = Save::Start {
+        version: version.clone(),
+        header: vec![1, 0xff, 0xff, 0xff],
+    };
+    store.save("bad", "tester", start).await.unwrap();
+    store.release("bad", "tester").await.unwrap();
+    let err = pipe.resume("bad").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptCheckpoint { run_id, .. } if run_id == "bad"),
+        "{err:?}"
+    );
+
+    // A valid run with a garbage entry appended.
+    pipe.invoke(input! { seed: 1 })
+        .run_id("bad2")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .acquire("bad2", "tester", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    store
+        .save("bad2", "tester", Save::Entry(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    store
+        .save(
+            "bad2",
+            "tester",
+            Save::Finish {
+                status: RunStatus::Failed,
+                error: None,
+            },
+        )
+        .await
+        .unwrap();
+    store.release("bad2", "tester").await.unwrap();
+    let err = pipe.resume("bad2").await.unwrap_err();
+    assert!(matches!(err, Error::CorruptCheckpoint { .. }), "{err:?}");
+}
+
+#[stage(writes = [key_seen])]
+async fn idem(info: RunInfo) -> String {
+    info.idempotency_key()
+}
+
+#[tokio::test]
+async fn stages_get_an_idempotency_key_from_run_id_and_stage() {
+    let out = pipeline! { idem }
+        .with_store(InMemoryStore::new())
+        .invoke(Ctx::new())
+        .run_id("pay-42")
+        .await
+        .unwrap();
+    assert_eq!(out[key_seen], "pay-42:idem");
+}
+
+/// Wraps the in-memory store; once `lost` is set, writes fail as if another process had
+/// taken the run's lock over (the stores' own tests cover how they detect that).
+#[derive(Clone)]
+struct Fenced {
+    inner: InMemoryStore,
+    lost: Arc<AtomicBool>,
+}
+
+impl CheckpointStore for Fenced {
+    fn save(
+        &self,
+        run_id: &str,
+        owner: &str,
+        save: Save,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        if self.lost.load(Ordering::SeqCst) {
+            let run_id = run_id.to_string();
+            return Box::pin(async move { Err(fluxio::store::StoreError::LockLost { run_id }) });
+        }
+        self.inner.save(run_id, owner, save)
+    }
+    fn load(
+        &self,
+        run_id: &str,
+    ) -> fluxio::store::BoxFuture<
+        'static,
+        fluxio::store::StoreResult<Option<fluxio::store::StoredRun>>,
+    > {
+        self.inner.load(run_id)
+    }
+    fn delete(
+        &self,
+        run_id: &str,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        self.inner.delete(run_id)
+    }
+    fn exists(
+        &self,
+        run_id: &str,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
+        self.inner.exists(run_id)
+    }
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
+        self.inner.acquire(run_id, owner, lease)
+    }
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
+        self.inner.renew(run_id, owner, lease)
+    }
+    fn release(
+        &self,
+        run_id: &str,
+        owner: &str,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        self.inner.release(run_id, owner)
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
+    let probe = Arc::new(Probe {
+        gate: Some(tokio::sync::Semaphore::new(0)),
+        ..Default::default()
+    });
+    let store = Fenced {
+        inner: InMemoryStore::new(),
+        lost: Arc::new(AtomicBool::new(false)),
+    };
+    let pipe = pipeline! { held, sb }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let started = probe.started.notified();
+    let run = tokio::spawn({
+        let pipe = pipe.clone();
+        async move { pipe.invoke(input! { seed: 1 }).run_id("fence").await }
+    });
+    started.await;
+    store.lost.store(true, Ordering::SeqCst);
+    probe.gate.as_ref().unwrap().add_permits(1);
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::RunIdInUse { run_id } if run_id == "fence"),
+        "{err:?}"
+    );
+    assert_eq!(probe.count("sb"), 0, "no stage ran after the lock was lost");
+}
