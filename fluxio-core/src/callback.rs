@@ -59,3 +59,81 @@ pub trait Callback: Send + Sync + 'static {
     /// A stage will not run (a branch its route did not take).
     fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {}
 }
+
+/// Logs every run and stage through `tracing`: run start and end, stage end and skip at
+/// `info`, stage start at `debug`, errors at `warn`. Install a subscriber (for example
+/// `tracing_subscriber::fmt::init()`) to see them.
+///
+/// ```
+/// # use fluxio_core::LoggingCallback;
+/// let quiet = LoggingCallback::default().stage_starts(false);
+/// # let _ = quiet;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct LoggingCallback {
+    stage_starts: bool,
+}
+
+impl Default for LoggingCallback {
+    fn default() -> Self {
+        LoggingCallback { stage_starts: true }
+    }
+}
+
+impl LoggingCallback {
+    /// Whether stage starts are logged (at `debug`); on by default.
+    #[must_use]
+    pub fn stage_starts(mut self, on: bool) -> Self {
+        self.stage_starts = on;
+        self
+    }
+}
+
+impl Callback for LoggingCallback {
+    fn on_run_start(&self, run_id: &str) {
+        tracing::info!(run_id, "run started");
+    }
+    fn on_run_end(&self, run_id: &str, outcome: Result<&Ctx, &Error>, elapsed: Duration) {
+        match outcome {
+            Ok(ctx) => tracing::info!(
+                run_id,
+                elapsed_ms = elapsed.as_millis() as u64,
+                keys = ctx.len(),
+                "run completed"
+            ),
+            Err(e) => {
+                tracing::warn!(run_id, elapsed_ms = elapsed.as_millis() as u64, error = %e, "run failed")
+            }
+        }
+    }
+    fn on_stage_start(&self, event: &StageEvent<'_>) {
+        if !self.stage_starts {
+            return;
+        }
+        tracing::debug!(
+            run_id = event.run_id,
+            stage = event.stage,
+            kind = event.kind.as_str(),
+            "stage started"
+        );
+    }
+    fn on_stage_end(&self, event: &StageEvent<'_>, elapsed: Duration) {
+        tracing::info!(
+            run_id = event.run_id,
+            stage = event.stage,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "stage completed"
+        );
+    }
+    fn on_stage_error(&self, event: &StageEvent<'_>, error: &Error, elapsed: Duration) {
+        tracing::warn!(run_id = event.run_id, stage = event.stage, elapsed_ms = elapsed.as_millis() as u64, error = %error, "stage failed");
+    }
+    fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {
+        tracing::info!(
+            run_id = event.run_id,
+            stage = event.stage,
+            reason,
+            "stage skipped"
+        );
+    }
+}

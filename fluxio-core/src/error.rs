@@ -143,6 +143,15 @@ pub enum Error {
         #[source]
         source: SharedError,
     },
+    /// A `CircuitBreaker` is open for the stage: it failed too often and is not called
+    /// until the breaker's reset timeout has passed.
+    #[error(
+        "circuit open for stage `{stage}`: it failed too often; calls resume after the reset timeout"
+    )]
+    CircuitOpen {
+        /// The stage.
+        stage: &'static str,
+    },
     /// A durable operation was asked of a pipeline without a store.
     #[error("`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline")]
     NoStore {

@@ -11,6 +11,7 @@ mod callback;
 mod ctx;
 mod error;
 mod key;
+pub mod middleware;
 pub mod plan;
 #[doc(hidden)]
 pub mod run;
@@ -20,7 +21,7 @@ pub mod store;
 pub mod support;
 pub mod testing;
 
-pub use callback::{Callback, StageEvent};
+pub use callback::{Callback, LoggingCallback, StageEvent};
 pub use ctx::Ctx;
 pub use error::{Error, Result, SharedError};
 pub use key::{AsKey, Key, KeyDesc};

@@ -371,13 +371,15 @@ impl RunInfo {
 }
 
 /// The keys a stage wrote, in the order of its `writes`.
-#[derive(Default)]
+///
+/// Cloning shares the values (they are reference-counted).
+#[derive(Default, Clone)]
 pub struct Writes {
     items: WriteList,
 }
 
 /// Most stages write one key: that case needs no allocation.
-#[derive(Default)]
+#[derive(Default, Clone)]
 enum WriteList {
     #[default]
     None,
@@ -489,7 +491,7 @@ impl Writes {
 }
 
 /// What a stage call produces.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StageOutput {
     /// The stage's writes.
     Writes(Writes),

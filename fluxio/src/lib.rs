@@ -96,10 +96,11 @@ pub mod __private;
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+pub use fluxio_core::middleware;
 pub use fluxio_core::{
-    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc, Pipeline,
-    Res, Resources, Result, Route, RunInfo, Stage, StageError, StageEvent, StageKind, StageMeta,
-    StreamHandle,
+    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc,
+    LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo, Stage, StageError,
+    StageEvent, StageKind, StageMeta, StageOutput, StreamHandle, Writes,
 };
 
 #[cfg(feature = "macros")]
@@ -151,8 +152,12 @@ macro_rules! input {
 /// Everything a pipeline author needs: `use fluxio::prelude::*;`.
 pub mod prelude {
     pub use crate::input;
+    pub use fluxio_core::middleware::{
+        Cache, CircuitBreaker, Middleware, RateLimit, Retry, Timeout,
+    };
     pub use fluxio_core::{
-        Callback, CheckpointStore, Chunk, Ctx, InMemoryStore, Key, Pipeline, Res, Route, StageError,
+        Callback, CheckpointStore, Chunk, Ctx, InMemoryStore, Key, LoggingCallback, Pipeline, Res,
+        Route, RunInfo, StageError,
     };
     #[cfg(feature = "macros")]
     pub use fluxio_macros::{keys, pipeline, stage};

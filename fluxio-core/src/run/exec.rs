@@ -24,6 +24,7 @@ use super::Pipeline;
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::middleware::Middleware;
 use crate::plan::{Exec, Plan};
 use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
 use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
@@ -807,6 +808,31 @@ where
             return Poll::Pending;
         }
     }
+}
+
+/// The driver of pipelines with middleware: each stage call goes through the chain.
+pub(crate) fn drive_middleware(sched: Scheduler, chain: Arc<[Arc<dyn Middleware>]>) -> RunFuture {
+    let n = sched.plan().nodes.len();
+    Box::pin(async move {
+        let mut slots: Vec<Option<StageFuture>> = (0..n).map(|_| None).collect();
+        drive(sched, |op, cx| {
+            let i = op.node();
+            let plan = op.plan;
+            op.run(Pin::new(&mut slots[i]), cx, |ctx, env| {
+                match &plan.nodes[i].exec {
+                    Exec::Stage(stage) => crate::middleware::call_through(
+                        chain.clone(),
+                        stage.clone(),
+                        plan.nodes[i].meta,
+                        ctx.clone(),
+                        env.clone(),
+                    ),
+                    Exec::Pipeline(_) => start_dyn(plan, i, ctx, env),
+                }
+            })
+        })
+        .await
+    })
 }
 
 /// The driver of pipelines built at run time: each node's future is boxed.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::callback::Callback;
 use crate::ctx::Ctx;
 use crate::error::Result;
+use crate::middleware::Middleware;
 use crate::plan::{Graph, NodeSpec, Plan};
 use crate::stage::Resources;
 use crate::store::CheckpointStore;
@@ -38,6 +39,7 @@ pub struct Pipeline {
     driver: Option<Driver>,
     store: Option<Arc<dyn CheckpointStore>>,
     lease: std::time::Duration,
+    middleware: Arc<[Arc<dyn Middleware>]>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -67,7 +69,19 @@ impl Pipeline {
             driver: None,
             store: None,
             lease: durable::DEFAULT_LEASE,
+            middleware: Arc::from(Vec::new()),
         }
+    }
+
+    /// Adds a middleware around every stage call. The first added is the outermost:
+    /// `.with_middleware(CircuitBreaker::new(5)).with_middleware(Retry::exponential(3))`
+    /// retries inside the breaker.
+    #[must_use]
+    pub fn with_middleware(mut self, middleware: impl Middleware) -> Self {
+        let mut all: Vec<Arc<dyn Middleware>> = self.middleware.iter().cloned().collect();
+        all.push(Arc::new(middleware));
+        self.middleware = Arc::from(all);
+        self
     }
 
     /// How long a durable run's lock on its id lasts without renewal (default 30 s; it is
@@ -151,6 +165,9 @@ impl Pipeline {
     }
 
     pub(crate) fn start(&self, sched: Scheduler) -> RunFuture {
+        if !self.middleware.is_empty() {
+            return exec::drive_middleware(sched, self.middleware.clone());
+        }
         match &self.driver {
             Some(driver) => driver(sched),
             None => exec::drive_dyn(sched),

@@ -1,0 +1,134 @@
+//! Middleware: code that wraps every stage call.
+//!
+//! `pipe.with_middleware(m)` adds `m` to the pipeline's chain; the first added is the
+//! outermost. Each middleware receives the call ([`StageCall`]: the stage's metadata, the
+//! run id, the attempt, the context) and [`Next`], the rest of the chain ending in the stage.
+//! It may call `next.run(call)` once (observe), several times (retry), or not at all
+//! (short-circuit) — and then it must return an explicit result or error: there is no
+//! silent success with empty writes.
+//!
+//! Built-ins: [`Retry`], [`Cache`], [`CircuitBreaker`], [`RateLimit`], [`Timeout`]. Stream
+//! stages bypass `Retry` and `Cache` (a re-run would repeat chunks already delivered; cached
+//! chunks would never reach the consumer).
+
+mod cache;
+mod circuit;
+mod rate_limit;
+mod retry;
+mod timeout;
+
+use std::sync::Arc;
+
+pub use cache::Cache;
+pub use circuit::CircuitBreaker;
+pub use rate_limit::RateLimit;
+pub use retry::{RetriesExhausted, Retry};
+pub use timeout::Timeout;
+
+use crate::ctx::Ctx;
+use crate::stage::{DynStage, StageEnv, StageError, StageMeta, StageOutput};
+use crate::store::BoxFuture;
+
+/// One stage call, as middleware sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct StageCall<'a> {
+    /// The stage's metadata: name, kind, reads, writes, timeout.
+    pub meta: &'a StageMeta,
+    /// The run's id, when it has one.
+    pub run_id: Option<&'a str>,
+    /// The attempt, from 1 (`Retry` raises it for the calls it repeats).
+    pub attempt: u32,
+    /// The context the stage reads from.
+    pub ctx: &'a Ctx,
+}
+
+/// The rest of the chain after a middleware, ending in the stage itself.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Middleware>],
+    stage: &'a dyn DynStage,
+    env: &'a StageEnv,
+}
+
+impl std::fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Next")
+            .field("middleware_left", &self.rest.len())
+            .finish()
+    }
+}
+
+impl<'a> Next<'a> {
+    /// Calls the rest of the chain (and so, eventually, the stage). Can be called again for
+    /// another attempt.
+    pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.handle(
+                call,
+                Next {
+                    rest,
+                    stage: self.stage,
+                    env: self.env,
+                },
+            ),
+            None => self.stage.call(call.ctx, self.env),
+        }
+    }
+}
+
+/// Wraps every stage call of a pipeline. See the [module docs](self).
+///
+/// ```
+/// use fluxio_core::middleware::{Middleware, Next, StageCall};
+/// use fluxio_core::store::BoxFuture;
+/// use fluxio_core::{StageError, StageOutput};
+///
+/// /// Logs each call and how long it took.
+/// struct Timing;
+///
+/// impl Middleware for Timing {
+///     fn handle<'a>(&'a self, call: StageCall<'a>, next: Next<'a>)
+///         -> BoxFuture<'a, Result<StageOutput, StageError>>
+///     {
+///         Box::pin(async move {
+///             let started = std::time::Instant::now();
+///             let out = next.run(call).await;
+///             println!("{} took {:?}", call.meta.name, started.elapsed());
+///             out
+///         })
+///     }
+/// }
+/// ```
+pub trait Middleware: Send + Sync + 'static {
+    /// Handles one stage call; `next.run(call)` continues down the chain.
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>>;
+}
+
+/// Runs `stage` through `chain` (owned, so the future is `'static`).
+pub(crate) fn call_through(
+    chain: Arc<[Arc<dyn Middleware>]>,
+    stage: Arc<dyn DynStage>,
+    meta: StageMeta,
+    ctx: Ctx,
+    env: StageEnv,
+) -> crate::stage::StageFuture {
+    Box::pin(async move {
+        let call = StageCall {
+            meta: &meta,
+            run_id: env.run_id.as_deref(),
+            attempt: 1,
+            ctx: &ctx,
+        };
+        Next {
+            rest: &chain,
+            stage: &*stage,
+            env: &env,
+        }
+        .run(call)
+        .await
+    })
+}

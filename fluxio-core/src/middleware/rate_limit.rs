@@ -1,0 +1,106 @@
+//! `RateLimit`: a token bucket in front of stage calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Middleware, Next, StageCall};
+use crate::stage::{StageError, StageOutput};
+use crate::store::BoxFuture;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Limits how often stages are called: a token bucket refilled at `rate` calls per second,
+/// holding at most `burst` tokens. A call without a token waits for one (it does not fail).
+/// One bucket for the whole pipeline by default, or one per stage with
+/// [`per_stage`](RateLimit::per_stage).
+///
+/// The clock is tokio's, so tests can drive it with `tokio::time::pause()`.
+///
+/// ```
+/// # use fluxio_core::middleware::RateLimit;
+/// let limit = RateLimit::per_second(20.0).burst(5).per_stage();
+/// # let _ = limit;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    per_stage: bool,
+    buckets: Arc<Mutex<HashMap<&'static str, Bucket>>>,
+}
+
+impl RateLimit {
+    /// At most `rate` calls per second on average, bursts of up to `rate` (at least 1).
+    ///
+    /// # Panics
+    ///
+    /// When `rate` is not a positive number.
+    pub fn per_second(rate: f64) -> Self {
+        assert!(
+            rate.is_finite() && rate > 0.0,
+            "a rate limit needs a positive rate, got {rate}"
+        );
+        RateLimit {
+            rate,
+            burst: rate.max(1.0),
+            per_stage: false,
+            buckets: Default::default(),
+        }
+    }
+
+    /// How many calls may go at once after a quiet period.
+    #[must_use]
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = f64::from(burst.max(1));
+        self
+    }
+
+    /// One bucket per stage instead of one for the pipeline.
+    #[must_use]
+    pub fn per_stage(mut self) -> Self {
+        self.per_stage = true;
+        self
+    }
+
+    /// Takes a token, or says how long to wait for one.
+    fn take(&self, stage: &'static str) -> Option<Duration> {
+        let key = if self.per_stage { stage } else { "" };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        let refill = now.saturating_duration_since(bucket.last).as_secs_f64() * self.rate;
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+}
+
+impl Middleware for RateLimit {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        Box::pin(async move {
+            while let Some(wait) = self.take(call.meta.name) {
+                tokio::time::sleep(wait).await;
+            }
+            next.run(call).await
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! The middleware chain and the built-ins, on tokio's paused clock (no test sleeps in real
+//! time: the clock advances only when every task waits).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fluxio::Error;
+use fluxio::middleware::{Middleware, Next, StageCall};
+use fluxio::prelude::*;
+use fluxio::store::BoxFuture;
+use tokio::time::Instant;
+
+fluxio::keys! {
+    pub n: u64;
+    pub out: u64;
+    pub words: String;
+}
+
+/// Counts calls, and fails the first `fail_first` of them.
+#[derive(Default)]
+struct Flaky {
+    calls: AtomicU32,
+    fail_first: AtomicU32,
+}
+
+impl Flaky {
+    fn failing(n: u32) -> Arc<Self> {
+        Arc::new(Flaky {
+            calls: AtomicU32::new(0),
+            fail_first: AtomicU32::new(n),
+        })
+    }
+    fn call(&self) -> Result<(), StageError> {
+        let i = self.calls.fetch_add(1, Ordering::SeqCst);
+        if i < self.fail_first.load(Ordering::SeqCst) {
+            return Err(StageError::msg(format!("transient failure {}", i + 1)));
+        }
+        Ok(())
+    }
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn work(n: &u64, flaky: Res<Arc<Flaky>>) -> Result<u64, StageError> {
+    flaky.call()?;
+    Ok(n * 2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_calls_again_until_success_within_its_attempts() {
+    let flaky = Flaky::failing(2);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::exponential(3));
+    let started = Instant::now();
+    let res = pipe.invoke(input! { n: 4 }).await.unwrap();
+    assert_eq!(res[out], 8);
+    assert_eq!(flaky.calls(), 3);
+    // Two waits of at least half of 100 ms and 200 ms (jitter), on the paused clock.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_gives_up_saying_how_many_attempts_ran() {
+    let flaky = Flaky::failing(10);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::exponential(3));
+    let err = pipe.invoke(input! { n: 4 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 3);
+    assert_eq!(
+        err.to_string(),
+        "stage `work` failed: failed after 3 attempts: transient failure 3"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_only_retries_what_its_predicate_accepts() {
+    let flaky = Flaky::failing(10);
+    let retry = Retry::constant(5, Duration::from_millis(10))
+        .when(|e| !e.to_string().contains("transient"));
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(retry);
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 1);
+}
+
+#[stage(reads = [words])]
+fn stream_fails(
+    words: &String,
+    flaky: Res<Arc<Flaky>>,
+) -> impl Stream<Item = Result<String, StageError>> {
+    let first = words.clone();
+    let second = flaky.call().map(|()| "second".to_string());
+    futures::stream::iter(vec![Ok(first), second])
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_stages_are_never_retried_nor_cached() {
+    let flaky = Flaky::failing(1);
+    let pipe = pipeline! { stream_fails }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::exponential(5))
+        .with_middleware(Cache::ttl(Duration::from_secs(60)));
+    pipe.invoke(input! { words: "w".into() }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 1, "a failing stream stage is not retried");
+    pipe.invoke(input! { words: "w".into() }).await.unwrap();
+    pipe.invoke(input! { words: "w".into() }).await.unwrap();
+    assert_eq!(flaky.calls(), 3, "stream stages are not cached");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_reuses_results_for_the_same_reads_until_the_ttl() {
+    let flaky = Flaky::failing(0);
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(cache.clone());
+    assert_eq!(pipe.invoke(input! { n: 1 }).await.unwrap()[out], 2);
+    assert_eq!(pipe.invoke(input! { n: 1 }).await.unwrap()[out], 2);
+    assert_eq!(flaky.calls(), 1, "the second call was a hit");
+    assert_eq!(pipe.invoke(input! { n: 2 }).await.unwrap()[out], 4);
+    assert_eq!(flaky.calls(), 2, "other reads, other key");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert_eq!(flaky.calls(), 3, "expired after the TTL");
+    assert_eq!(cache.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_is_bounded() {
+    let flaky = Flaky::failing(0);
+    let cache = Cache::ttl(Duration::from_secs(60)).max_entries(3);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(cache.clone());
+    for i in 0..10 {
+        pipe.invoke(input! { n: i }).await.unwrap();
+    }
+    assert_eq!(cache.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
+    let flaky = Flaky::failing(2);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(CircuitBreaker::new(2).reset_after(Duration::from_secs(30)));
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::CircuitOpen { stage: "work" }),
+        "{err:?}"
+    );
+    assert_eq!(flaky.calls(), 2, "an open circuit does not call the stage");
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        pipe.invoke(input! { n: 1 }).await.unwrap()[out],
+        2,
+        "the half-open trial passes"
+    );
+    assert_eq!(
+        pipe.invoke(input! { n: 3 }).await.unwrap()[out],
+        6,
+        "and the circuit is closed"
+    );
+    assert_eq!(flaky.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_half_open_trial_opens_the_circuit_again() {
+    let flaky = Flaky::failing(3);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(CircuitBreaker::new(2).reset_after(Duration::from_secs(30)));
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 3);
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { .. }), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_waits_for_tokens() {
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(RateLimit::per_second(10.0).burst(1));
+    let started = Instant::now();
+    for i in 0..4 {
+        pipe.invoke(input! { n: i }).await.unwrap();
+    }
+    // One token at once, then one every 100 ms of the (paused) clock.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+    assert_eq!(flaky.calls(), 4);
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn sleepy(n: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    *n
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_middleware_limits_stages_without_their_own() {
+    let pipe = pipeline! { sleepy }.with_middleware(Timeout::new(Duration::from_millis(50)));
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    match err {
+        Error::Timeout { stage, after } => {
+            assert_eq!((stage, after), ("sleepy", Duration::from_millis(50)))
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+}
+
+/// Records the order in which middleware run.
+struct Tag(&'static str, Arc<Mutex<Vec<String>>>);
+
+impl Middleware for Tag {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(async move {
+            self.1.lock().unwrap().push(format!(
+                "{} before {} (attempt {})",
+                self.0, call.meta.name, call.attempt
+            ));
+            let out = next.run(call).await;
+            self.1.lock().unwrap().push(format!("{} after", self.0));
+            out
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_first_middleware_added_is_the_outermost() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pipe = pipeline! { work }
+        .with_resource(Flaky::failing(0))
+        .with_middleware(Tag("outer", log.clone()))
+        .with_middleware(Tag("inner", log.clone()));
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "outer before work (attempt 1)",
+            "inner before work (attempt 1)",
+            "inner after",
+            "outer after"
+        ]
+    );
+}
+
+/// Refuses every call with an explicit error, without calling the stage.
+struct Deny;
+
+impl Middleware for Deny {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        _next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(std::future::ready(Err(StageError::msg(format!(
+            "{} is not allowed here",
+            call.meta.name
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn middleware_can_short_circuit_with_an_explicit_error() {
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Deny);
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `work` failed: work is not allowed here"
+    );
+    assert_eq!(flaky.calls(), 0);
+}
