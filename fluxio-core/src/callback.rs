@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::stage::StageKind;
+use crate::stage::{StageError, StageKind};
 
 /// What a stage event is about.
 #[derive(Debug, Clone, Copy)]
@@ -56,8 +56,17 @@ pub trait Callback: Send + Sync + 'static {
     fn on_stage_end(&self, event: &StageEvent<'_>, elapsed: Duration) {}
     /// A stage failed.
     fn on_stage_error(&self, event: &StageEvent<'_>, error: &Error, elapsed: Duration) {}
-    /// A stage will not run (a branch its route did not take).
+    /// A stage will not run (a branch its route did not take, or a middleware skipped it).
     fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {}
+    /// A stage failed and `Retry` will call it again after `delay`; `event.attempt` is the
+    /// attempt that failed.
+    fn on_retry(&self, event: &StageEvent<'_>, error: &StageError, delay: Duration) {}
+    /// A stream stage produced a chunk.
+    fn on_chunk(&self, event: &StageEvent<'_>) {}
+    /// A durable run stored a stage's entry (`bytes` long).
+    fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {}
+    /// A run was dropped (cancelled) before it ended.
+    fn on_run_cancelled(&self, run_id: &str) {}
 }
 
 /// Logs every run and stage through `tracing`: run start and end, stage end and skip at

@@ -10,6 +10,7 @@ pub mod access;
 mod callback;
 mod ctx;
 mod error;
+pub mod events;
 mod key;
 pub mod middleware;
 pub mod plan;

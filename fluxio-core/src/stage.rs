@@ -289,6 +289,13 @@ pub(crate) struct RawChunk {
 #[derive(Clone, Default)]
 pub struct ChunkSink {
     tx: Option<tokio::sync::mpsc::Sender<RawChunk>>,
+    hooks: Option<Arc<ChunkHooks>>,
+}
+
+/// Who hears about chunks: the run's callbacks.
+pub(crate) struct ChunkHooks {
+    pub(crate) callbacks: Arc<[Arc<dyn crate::Callback>]>,
+    pub(crate) run_id: Arc<str>,
 }
 
 impl fmt::Debug for ChunkSink {
@@ -301,12 +308,26 @@ impl fmt::Debug for ChunkSink {
 
 impl ChunkSink {
     pub(crate) fn new(tx: Option<tokio::sync::mpsc::Sender<RawChunk>>) -> Self {
-        ChunkSink { tx }
+        ChunkSink { tx, hooks: None }
+    }
+
+    pub(crate) fn with_hooks(mut self, hooks: Option<Arc<ChunkHooks>>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Delivers one chunk; waits while the consumer is behind. Chunks of a run nobody
     /// streams are dropped.
     pub async fn send<C: Any + Send>(&self, stage: &'static str, data: C) {
+        if let Some(hooks) = &self.hooks {
+            let event = crate::StageEvent {
+                run_id: &hooks.run_id,
+                stage,
+                kind: StageKind::Stream,
+                attempt: 1,
+            };
+            hooks.callbacks.iter().for_each(|c| c.on_chunk(&event));
+        }
         if let Some(tx) = &self.tx {
             let chunk = RawChunk {
                 stage,
@@ -320,7 +341,7 @@ impl ChunkSink {
 }
 
 /// What a stage call receives besides the context.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct StageEnv {
     /// The pipeline's resources.
     pub resources: Arc<Resources>,
@@ -328,6 +349,19 @@ pub struct StageEnv {
     pub chunks: ChunkSink,
     /// The run's id, when it has one (durable runs, runs with callbacks, `.run_id(..)`).
     pub run_id: Option<Arc<str>>,
+    /// The pipeline's callbacks (middleware reports retries to them).
+    pub callbacks: Option<Arc<[Arc<dyn crate::Callback>]>>,
+}
+
+impl fmt::Debug for StageEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageEnv")
+            .field("resources", &self.resources)
+            .field("chunks", &self.chunks)
+            .field("run_id", &self.run_id)
+            .field("callbacks", &self.callbacks.as_ref().map_or(0, |c| c.len()))
+            .finish()
+    }
 }
 
 /// Which run and stage a call belongs to: take it as a `RunInfo` parameter.
@@ -497,6 +531,9 @@ pub enum StageOutput {
     Writes(Writes),
     /// A route stage's decision.
     Route(Route),
+    /// The stage did not run, for this reason (a middleware short-circuited it). Its
+    /// writes are absent: a later stage reading them fails naming the key.
+    Skip(String),
 }
 
 /// The future of one stage call.

@@ -71,6 +71,7 @@ impl<S: Stage> StepHarness<S> {
             resources: Arc::new(self.resources.clone()),
             chunks,
             run_id: Some("step-harness".into()),
+            callbacks: None,
         };
         let task = crate::run::Task::new(
             0,
@@ -91,7 +92,7 @@ impl<S: Stage> StepHarness<S> {
         let mut ctx = input.clone();
         match self.call(&input, ChunkSink::new(None)).await? {
             StageOutput::Writes(w) => w.apply(&mut ctx),
-            StageOutput::Route(_) => {}
+            StageOutput::Route(_) | StageOutput::Skip(_) => {}
         }
         Ok(ctx)
     }
@@ -124,7 +125,7 @@ impl<S: Stage> StepHarness<S> {
     pub async fn route(&self, input: Ctx) -> Result<Route> {
         match self.call(&input, ChunkSink::new(None)).await? {
             StageOutput::Route(r) => Ok(r),
-            StageOutput::Writes(_) => Err(Error::Stage {
+            StageOutput::Writes(_) | StageOutput::Skip(_) => Err(Error::Stage {
                 stage: S::META.name,
                 source: Arc::from(crate::StageError::msg("not a route stage").into_inner()),
             }),

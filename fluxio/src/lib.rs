@@ -96,6 +96,7 @@ pub mod __private;
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+pub use fluxio_core::events;
 pub use fluxio_core::middleware;
 pub use fluxio_core::{
     AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc,

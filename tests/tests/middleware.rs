@@ -297,3 +297,69 @@ async fn middleware_can_short_circuit_with_an_explicit_error() {
     );
     assert_eq!(flaky.calls(), 0);
 }
+
+/// Skips one stage by name, with a reason.
+struct SkipStage(&'static str);
+
+impl Middleware for SkipStage {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        if call.meta.name == self.0 {
+            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
+                "skipped during maintenance".into(),
+            ))));
+        }
+        next.run(call)
+    }
+}
+
+#[stage(reads = [out], writes = [words])]
+async fn after_work(out: &u64) -> String {
+    out.to_string()
+}
+
+#[tokio::test]
+async fn middleware_can_skip_a_stage_with_a_reason() {
+    let skipped = Arc::new(Mutex::new(Vec::new()));
+    #[derive(Clone)]
+    struct Skips(Arc<Mutex<Vec<String>>>);
+    impl fluxio::Callback for Skips {
+        fn on_stage_skip(&self, e: &fluxio::StageEvent<'_>, reason: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}: {reason}", e.stage));
+        }
+    }
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(SkipStage("work"))
+        .with_callback(Skips(skipped.clone()));
+    let res = pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert!(!res.contains(out), "a skipped stage writes nothing");
+    assert_eq!(flaky.calls(), 0);
+    assert_eq!(
+        *skipped.lock().unwrap(),
+        ["work: skipped during maintenance"]
+    );
+
+    // A stage reading what the skipped one would have written fails, naming the key.
+    let pipe = pipeline! { work, after_work }
+        .with_resource(flaky.clone())
+        .with_middleware(SkipStage("work"));
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingKey {
+                stage: "after_work",
+                key: "out"
+            }
+        ),
+        "{err:?}"
+    );
+}

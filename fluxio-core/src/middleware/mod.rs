@@ -25,12 +25,13 @@ pub use rate_limit::RateLimit;
 pub use retry::{RetriesExhausted, Retry};
 pub use timeout::Timeout;
 
+use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::stage::{DynStage, StageEnv, StageError, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
 /// One stage call, as middleware sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct StageCall<'a> {
     /// The stage's metadata: name, kind, reads, writes, timeout.
     pub meta: &'a StageMeta,
@@ -40,6 +41,31 @@ pub struct StageCall<'a> {
     pub attempt: u32,
     /// The context the stage reads from.
     pub ctx: &'a Ctx,
+    /// The pipeline's callbacks, for middleware that report events (as `Retry` reports
+    /// retries).
+    pub callbacks: &'a [Arc<dyn Callback>],
+}
+
+impl std::fmt::Debug for StageCall<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageCall")
+            .field("stage", &self.meta.name)
+            .field("run_id", &self.run_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StageCall<'_> {
+    /// The callback event describing this call.
+    pub fn event(&self) -> StageEvent<'_> {
+        StageEvent {
+            run_id: self.run_id.unwrap_or(""),
+            stage: self.meta.name,
+            kind: self.meta.kind,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// The rest of the chain after a middleware, ending in the stage itself.
@@ -117,11 +143,16 @@ pub(crate) fn call_through(
     env: StageEnv,
 ) -> crate::stage::StageFuture {
     Box::pin(async move {
+        let callbacks = env
+            .callbacks
+            .clone()
+            .unwrap_or_else(|| Arc::from(Vec::new()));
         let call = StageCall {
             meta: &meta,
             run_id: env.run_id.as_deref(),
             attempt: 1,
             ctx: &ctx,
+            callbacks: &callbacks,
         };
         Next {
             rest: &chain,

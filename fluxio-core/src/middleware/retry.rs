@@ -155,7 +155,9 @@ impl Middleware for Retry {
         Box::pin(async move {
             let mut attempt = 1;
             loop {
-                let err = match next.run(StageCall { attempt, ..call }).await {
+                let this = StageCall { attempt, ..call };
+                let span = tracing::info_span!("fluxio.attempt", stage = call.meta.name, attempt);
+                let err = match tracing::Instrument::instrument(next.run(this), span).await {
                     Ok(out) => return Ok(out),
                     Err(e) => e,
                 };
@@ -172,8 +174,13 @@ impl Middleware for Retry {
                         last: err.into_inner(),
                     }));
                 }
-                tracing::debug!(stage = call.meta.name, attempt, error = %err, "stage failed; retrying");
-                tokio::time::sleep(self.delay(attempt)).await;
+                let delay = self.delay(attempt);
+                tracing::debug!(stage = call.meta.name, attempt, error = %err, ?delay, "stage failed; retrying");
+                let event = this.event();
+                call.callbacks
+                    .iter()
+                    .for_each(|c| c.on_retry(&event, &err, delay));
+                tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         })

@@ -161,6 +161,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restor
             ));
         }
         let route = match &entry.route {
+            None if entry.skipped && !node.labels.is_empty() => Some(u32::MAX),
             Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
                 corrupt(
                     run_id,
@@ -269,6 +270,7 @@ pub(crate) async fn run(
                 node: INPUT_ENTRY,
                 stage: "<input>".into(),
                 route: None,
+                skipped: false,
                 writes: added,
             };
             let bytes = format::encode_entry(&entry).map_err(|reason| Error::Encode {

@@ -54,6 +54,12 @@ pub(crate) fn start_run(
         resources: pipe.resources.clone(),
         chunks: ChunkSink::new(chunks),
         run_id: None,
+        callbacks: None,
+    };
+    let span = if tracing::dispatcher::has_been_set() {
+        tracing::info_span!("fluxio.run", run_id = tracing::field::Empty, version = %pipe.plan.version)
+    } else {
+        tracing::Span::none()
     };
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
         env.run_id = opts.run_id.map(Into::into);
@@ -62,23 +68,42 @@ pub(crate) fn start_run(
                 operation: "resume",
             })));
         }
-        return match Scheduler::new(pipe.plan.clone(), input, env, None) {
+        let run = match Scheduler::new(pipe.plan.clone(), input, env, None) {
             Ok(sched) => pipe.start(sched),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        // With no subscriber listening, the run stays a single allocation.
+        if span.is_disabled() {
+            return run;
+        }
+        return Box::pin(tracing::Instrument::instrument(run, span));
     }
     let pipe = pipe.clone();
-    Box::pin(async move {
+    let run = async move {
         let run_id: Arc<str> = opts.run_id.clone().unwrap_or_else(fresh_run_id).into();
+        tracing::Span::current().record("run_id", &*run_id);
         env.run_id = Some(run_id.clone());
-        let obs = (!pipe.callbacks.is_empty()).then(|| Observers {
-            callbacks: pipe.callbacks.clone(),
+        let callbacks = pipe.callbacks.clone();
+        if !callbacks.is_empty() {
+            env.callbacks = Some(callbacks.clone());
+            let hooks = Arc::new(crate::stage::ChunkHooks {
+                callbacks: callbacks.clone(),
+                run_id: run_id.clone(),
+            });
+            env.chunks = env.chunks.with_hooks(Some(hooks));
+        }
+        let obs = (!callbacks.is_empty()).then(|| Observers {
+            callbacks: callbacks.clone(),
             run_id: run_id.clone(),
             started_at: Vec::new(),
         });
-        let callbacks = pipe.callbacks.clone();
         let started = Instant::now();
         callbacks.iter().for_each(|c| c.on_run_start(&run_id));
+        let mut cancelled = CancelGuard {
+            callbacks: callbacks.clone(),
+            run_id: run_id.clone(),
+            armed: true,
+        };
         let result = match &pipe.store {
             Some(store) => {
                 super::durable::run(&pipe, store.clone(), run_id.clone(), input, &opts, env, obs)
@@ -92,11 +117,30 @@ pub(crate) fn start_run(
                 Err(e) => Err(e),
             },
         };
+        cancelled.armed = false;
         callbacks
             .iter()
             .for_each(|c| c.on_run_end(&run_id, result.as_ref(), started.elapsed()));
         result
-    })
+    };
+    Box::pin(tracing::Instrument::instrument(run, span))
+}
+
+/// Tells the callbacks when a run is dropped before it ends.
+struct CancelGuard {
+    callbacks: Arc<[Arc<dyn Callback>]>,
+    run_id: Arc<str>,
+    armed: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.callbacks
+                .iter()
+                .for_each(|c| c.on_run_cancelled(&self.run_id));
+        }
+    }
 }
 
 pub(crate) fn fresh_run_id() -> String {
@@ -232,6 +276,9 @@ const SKIPPED: u8 = 3;
 /// Finished, its entry being written: dependents wait until it is durable.
 const PERSISTING: u8 = 4;
 
+/// An entry being written: (node, chosen route label, size in bytes, the write).
+type PendingEntry = (u32, Option<u32>, usize, BoxFuture<'static, StoreResult<()>>);
+
 /// A durable run's connection to its store.
 pub(crate) struct Durability {
     pub(crate) store: Arc<dyn CheckpointStore>,
@@ -239,7 +286,7 @@ pub(crate) struct Durability {
     pub(crate) owner: Arc<str>,
     pub(crate) lease: Duration,
     /// Entries being written: (node, chosen route label, the write).
-    pending: Vec<(u32, Option<u32>, BoxFuture<'static, StoreResult<()>>)>,
+    pending: Vec<PendingEntry>,
     renew_at: Pin<Box<tokio::time::Sleep>>,
     renewing: Option<BoxFuture<'static, StoreResult<bool>>>,
 }
@@ -287,6 +334,8 @@ struct SchedState {
     deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>)>,
     obs: Option<Observers>,
     durable: Option<Box<Durability>>,
+    /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
+    spans: Option<Vec<tracing::Span>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -325,6 +374,7 @@ impl Scheduler {
             env,
             obs,
             durable: durable.map(Box::new),
+            spans: None,
             plan,
         };
         match restored {
@@ -369,6 +419,22 @@ impl SchedState {
                 continue;
             }
             self.state[i] = RUNNING;
+            // Spans only when a subscriber was ever installed: without one, making a disabled
+            // span still costs (through tracing's `log` fallback) more than a trivial stage.
+            if tracing::dispatcher::has_been_set() {
+                let meta = &self.plan.nodes[i].meta;
+                let span = tracing::info_span!(
+                    "fluxio.stage",
+                    stage = meta.name,
+                    kind = meta.kind.as_str(),
+                    run_id = self.env.run_id.as_deref().unwrap_or(""),
+                );
+                if !span.is_disabled() {
+                    let n = self.plan.nodes.len();
+                    self.spans
+                        .get_or_insert_with(|| vec![tracing::Span::none(); n])[i] = span;
+                }
+            }
             if let Some(obs) = &mut self.obs {
                 obs.started_at[i] = Some(Instant::now());
                 let ev = obs.event(&self.plan, i);
@@ -425,6 +491,15 @@ impl SchedState {
         };
         let (writes, route) = match out {
             StageOutput::Writes(w) => (w, None),
+            StageOutput::Skip(reason) => {
+                if let Some(obs) = &self.obs {
+                    let ev = obs.event(&self.plan, i);
+                    obs.each(|c| c.on_stage_skip(&ev, &reason));
+                }
+                // A skipped route stage takes no branch.
+                let route = (!self.plan.nodes[i].labels.is_empty()).then_some(u32::MAX);
+                (Writes::none(), route)
+            }
             StageOutput::Route(route) => {
                 let node = &self.plan.nodes[i];
                 let Some(chosen) = node.labels.iter().position(|l| *l == route.label()) else {
@@ -446,8 +521,9 @@ impl SchedState {
             }
             self.state[i] = PERSISTING;
             let d = self.durable.as_mut().expect("checked above");
+            let size = entry.len();
             let save = d.store.save(&d.run_id, &d.owner, Save::Entry(entry));
-            d.pending.push((i as u32, route, save));
+            d.pending.push((i as u32, route, size, save));
             return Ok(());
         }
         writes.apply(&mut self.ctx);
@@ -479,7 +555,10 @@ impl SchedState {
         let entry = format::Entry {
             node: i as u32,
             stage: node.meta.name.to_string(),
-            route: route.map(|l| node.labels[l as usize].to_string()),
+            route: route
+                .and_then(|l| node.labels.get(l as usize))
+                .map(|l| l.to_string()),
+            skipped: route == Some(u32::MAX),
             writes: encoded,
         };
         format::encode_entry(&entry).map_err(|reason| Error::Encode {
@@ -490,6 +569,7 @@ impl SchedState {
     }
 
     /// Node `i` is done (and durable, in a durable run): its dependents may start.
+    #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
         if let Some(obs) = &self.obs {
@@ -523,8 +603,10 @@ impl SchedState {
                 for &k in nodes {
                     if let (true, Some(obs)) = (report, &self.obs) {
                         let ev = obs.event(&plan, k as usize);
-                        let reason =
-                            format!("route `{}` chose `{}`", node.meta.name, node.labels[chosen]);
+                        let reason = match node.labels.get(chosen) {
+                            Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
+                            None => format!("route `{}` was skipped", node.meta.name),
+                        };
                         obs.each(|c| c.on_stage_skip(&ev, &reason));
                     }
                     self.release(k as usize);
@@ -533,6 +615,7 @@ impl SchedState {
         }
     }
 
+    #[inline]
     fn release(&mut self, i: usize) {
         let (from, to) = (
             self.plan.dep_offsets[i] as usize,
@@ -552,13 +635,13 @@ impl SchedState {
         let Some(d) = self.durable.as_mut() else {
             return Ok(false);
         };
-        let mut finished: SmallVec<[(u32, Option<u32>); 8]> = SmallVec::new();
+        let mut finished: SmallVec<[(u32, Option<u32>, usize); 8]> = SmallVec::new();
         let mut k = 0;
         while k < d.pending.len() {
-            match d.pending[k].2.as_mut().poll(cx) {
+            match d.pending[k].3.as_mut().poll(cx) {
                 Poll::Ready(Ok(())) => {
-                    let (i, route, _) = d.pending.swap_remove(k);
-                    finished.push((i, route));
+                    let (i, route, size, _) = d.pending.swap_remove(k);
+                    finished.push((i, route, size));
                 }
                 Poll::Ready(Err(e)) => return Err(Error::from_store(&d.run_id, "save", e)),
                 Poll::Pending => k += 1,
@@ -588,7 +671,11 @@ impl SchedState {
             }
         }
         let progressed = !finished.is_empty();
-        for (i, route) in finished {
+        for (i, route, size) in finished {
+            if let Some(obs) = &self.obs {
+                let ev = obs.event(&self.plan, i as usize);
+                obs.each(|c| c.on_checkpoint(&ev, size));
+            }
             self.finish_node(i as usize, route);
         }
         Ok(progressed)

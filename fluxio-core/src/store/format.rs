@@ -71,6 +71,8 @@ pub struct Entry {
     pub stage: String,
     /// For a route stage, the label it chose.
     pub route: Option<String>,
+    /// The stage was skipped (a skipped route stage takes no branch).
+    pub skipped: bool,
     /// `(key, encoded value)` for every key the stage wrote.
     pub writes: Vec<(String, Vec<u8>)>,
 }
@@ -157,6 +159,7 @@ mod tests {
             node: 3,
             stage: "s".into(),
             route: Some("x".into()),
+            skipped: false,
             writes: vec![("k".into(), vec![1, 2])],
         };
         let bytes = encode_entry(&e).unwrap();

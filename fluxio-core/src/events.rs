@@ -1,0 +1,212 @@
+//! Structured run events, for users who persist or forward them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::callback::{Callback, StageEvent};
+use crate::ctx::Ctx;
+use crate::error::Error;
+
+/// One thing that happened in a run, named with the taxonomy of event-driven pipeline
+/// systems: `pipeline.started`, `pipeline.completed`, `pipeline.failed`,
+/// `pipeline.cancelled`, `stage.started`, `stage.completed`, `stage.failed`,
+/// `stage.skipped`. Serializable, so it can be stored or sent as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum Event {
+    /// `pipeline.started`
+    #[serde(rename = "pipeline.started")]
+    PipelineStarted {
+        /// The run.
+        run_id: String,
+    },
+    /// `pipeline.completed`
+    #[serde(rename = "pipeline.completed")]
+    PipelineCompleted {
+        /// The run.
+        run_id: String,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// `pipeline.failed`
+    #[serde(rename = "pipeline.failed")]
+    PipelineFailed {
+        /// The run.
+        run_id: String,
+        /// The error's message.
+        error: String,
+        /// How long it ran.
+        duration: Duration,
+    },
+    /// `pipeline.cancelled`: the run was dropped before it ended.
+    #[serde(rename = "pipeline.cancelled")]
+    PipelineCancelled {
+        /// The run.
+        run_id: String,
+    },
+    /// `stage.started`
+    #[serde(rename = "stage.started")]
+    StageStarted {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// `stage.completed`
+    #[serde(rename = "stage.completed")]
+    StageCompleted {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The attempt, from 1.
+        attempt: u32,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// `stage.failed`
+    #[serde(rename = "stage.failed")]
+    StageFailed {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The attempt, from 1.
+        attempt: u32,
+        /// The error's message.
+        error: String,
+        /// How long it ran.
+        duration: Duration,
+    },
+    /// `stage.skipped`
+    #[serde(rename = "stage.skipped")]
+    StageSkipped {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event's name: `pipeline.started`, `stage.completed`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::PipelineStarted { .. } => "pipeline.started",
+            Event::PipelineCompleted { .. } => "pipeline.completed",
+            Event::PipelineFailed { .. } => "pipeline.failed",
+            Event::PipelineCancelled { .. } => "pipeline.cancelled",
+            Event::StageStarted { .. } => "stage.started",
+            Event::StageCompleted { .. } => "stage.completed",
+            Event::StageFailed { .. } => "stage.failed",
+            Event::StageSkipped { .. } => "stage.skipped",
+        }
+    }
+
+    /// The run the event belongs to.
+    pub fn run_id(&self) -> &str {
+        match self {
+            Event::PipelineStarted { run_id }
+            | Event::PipelineCompleted { run_id, .. }
+            | Event::PipelineFailed { run_id, .. }
+            | Event::PipelineCancelled { run_id }
+            | Event::StageStarted { run_id, .. }
+            | Event::StageCompleted { run_id, .. }
+            | Event::StageFailed { run_id, .. }
+            | Event::StageSkipped { run_id, .. } => run_id,
+        }
+    }
+}
+
+/// A callback that turns a run's lifecycle into [`Event`]s and hands each to a function —
+/// to store them, publish them, or keep them for a test.
+///
+/// ```
+/// # use fluxio_core::events::{Event, EventSink};
+/// # use std::sync::{Arc, Mutex};
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let sink = EventSink::new({
+///     let seen = seen.clone();
+///     move |event: Event| seen.lock().unwrap().push(event.name())
+/// });
+/// # let _ = sink;
+/// ```
+pub struct EventSink<F> {
+    emit: F,
+}
+
+impl<F> std::fmt::Debug for EventSink<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink").finish_non_exhaustive()
+    }
+}
+
+impl<F: Fn(Event) + Send + Sync + 'static> EventSink<F> {
+    /// A sink that calls `emit` for every event.
+    pub fn new(emit: F) -> Self {
+        EventSink { emit }
+    }
+}
+
+impl<F: Fn(Event) + Send + Sync + 'static> Callback for EventSink<F> {
+    fn on_run_start(&self, run_id: &str) {
+        (self.emit)(Event::PipelineStarted {
+            run_id: run_id.into(),
+        });
+    }
+    fn on_run_end(&self, run_id: &str, outcome: Result<&Ctx, &Error>, elapsed: Duration) {
+        (self.emit)(match outcome {
+            Ok(_) => Event::PipelineCompleted {
+                run_id: run_id.into(),
+                duration: elapsed,
+            },
+            Err(e) => Event::PipelineFailed {
+                run_id: run_id.into(),
+                error: e.to_string(),
+                duration: elapsed,
+            },
+        });
+    }
+    fn on_run_cancelled(&self, run_id: &str) {
+        (self.emit)(Event::PipelineCancelled {
+            run_id: run_id.into(),
+        });
+    }
+    fn on_stage_start(&self, e: &StageEvent<'_>) {
+        (self.emit)(Event::StageStarted {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+        });
+    }
+    fn on_stage_end(&self, e: &StageEvent<'_>, elapsed: Duration) {
+        (self.emit)(Event::StageCompleted {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+            duration: elapsed,
+        });
+    }
+    fn on_stage_error(&self, e: &StageEvent<'_>, error: &Error, elapsed: Duration) {
+        (self.emit)(Event::StageFailed {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+            error: error.to_string(),
+            duration: elapsed,
+        });
+    }
+    fn on_stage_skip(&self, e: &StageEvent<'_>, reason: &str) {
+        (self.emit)(Event::StageSkipped {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            reason: reason.into(),
+        });
+    }
+}

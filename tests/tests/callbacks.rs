@@ -1,0 +1,295 @@
+//! Callbacks, the event stream and `tracing` spans: what a run reports, and in which order.
+
+use std::sync::{Arc, Mutex};
+
+use fluxio::events::{Event, EventSink};
+use fluxio::prelude::*;
+use fluxio::{Error, StageEvent};
+
+fluxio::keys! {
+    pub n: u64;
+    pub a: u64;
+    pub b: u64;
+    pub label: String;
+    pub words: String;
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn first(n: &u64) -> u64 {
+    n + 1
+}
+
+#[stage(reads = [a], writes = [b])]
+async fn second(a: &u64) -> Result<u64, StageError> {
+    if *a > 100 {
+        return Err(StageError::msg("too big"));
+    }
+    Ok(a * 2)
+}
+
+type Events = Arc<Mutex<Vec<Event>>>;
+
+fn sink() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    (EventSink::new(move |e| log.lock().unwrap().push(e)), events)
+}
+
+fn names(events: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            Event::StageStarted { stage, .. }
+            | Event::StageCompleted { stage, .. }
+            | Event::StageFailed { stage, .. }
+            | Event::StageSkipped { stage, .. } => format!("{} {stage}", e.name()),
+            other => other.name().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_reports_its_lifecycle_in_order() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { first, second }.with_callback(sink);
+    pipe.invoke(input! { n: 1 }).run_id("ok-run").await.unwrap();
+    assert_eq!(
+        names(&events),
+        [
+            "pipeline.started",
+            "stage.started first",
+            "stage.completed first",
+            "stage.started second",
+            "stage.completed second",
+            "pipeline.completed",
+        ]
+    );
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|e| e.run_id() == "ok-run")
+    );
+}
+
+#[tokio::test]
+async fn a_failure_reports_the_stage_then_the_pipeline() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { first, second }.with_callback(sink);
+    pipe.invoke(input! { n: 500 }).await.unwrap_err();
+    let names = names(&events);
+    assert_eq!(
+        &names[names.len() - 2..],
+        ["stage.failed second", "pipeline.failed"]
+    );
+    let last = events.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        matches!(&last, Event::PipelineFailed { error, .. } if error.contains("too big")),
+        "{last:?}"
+    );
+}
+
+#[stage(reads = [label])]
+async fn choose(label: &String) -> Route {
+    Route::to(label.clone())
+}
+
+#[stage(writes = [a])]
+async fn left() -> u64 {
+    1
+}
+
+#[stage(writes = [a])]
+async fn right() -> u64 {
+    2
+}
+
+#[tokio::test]
+async fn branches_not_taken_are_reported_skipped() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } }.with_callback(sink);
+    pipe.invoke(input! { label: "l".into() }).await.unwrap();
+    assert!(
+        names(&events).contains(&"stage.skipped right".to_string()),
+        "{:?}",
+        names(&events)
+    );
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn forever(n: &u64) -> u64 {
+    std::future::pending::<()>().await;
+    *n
+}
+
+#[tokio::test]
+async fn a_dropped_run_is_reported_cancelled() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { forever }.with_callback(sink);
+    let run = tokio::spawn({
+        let pipe = pipe.clone();
+        async move { pipe.invoke(input! { n: 1 }).run_id("dropped").await }
+    });
+    // Wait for the stage to start, then cancel the run.
+    while !names(&events).iter().any(|n| n == "stage.started forever") {
+        tokio::task::yield_now().await;
+    }
+    run.abort();
+    let _ = run.await;
+    assert_eq!(
+        names(&events).last().map(String::as_str),
+        Some("pipeline.cancelled")
+    );
+}
+
+/// Counts the events that have no `Event` variant.
+#[derive(Default, Clone)]
+struct Extra(Arc<Mutex<Vec<String>>>);
+
+impl fluxio::Callback for Extra {
+    fn on_retry(&self, e: &StageEvent<'_>, error: &StageError, delay: Duration) {
+        self.0.lock().unwrap().push(format!(
+            "retry {} attempt {} ({error}) after {delay:?}",
+            e.stage, e.attempt
+        ));
+    }
+    fn on_chunk(&self, e: &StageEvent<'_>) {
+        self.0.lock().unwrap().push(format!("chunk {}", e.stage));
+    }
+    fn on_checkpoint(&self, e: &StageEvent<'_>, bytes: usize) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("checkpoint {} {}", e.stage, bytes > 0));
+    }
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn flaky(n: &u64, calls: Res<std::sync::atomic::AtomicU32>) -> Result<u64, StageError> {
+    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Err(StageError::msg("first call fails"));
+    }
+    Ok(*n)
+}
+
+#[stage(reads = [words])]
+fn say(words: &String) -> impl Stream<Item = Result<String, StageError>> {
+    futures::stream::iter(
+        words
+            .split(' ')
+            .map(|w| Ok(w.to_string()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_chunks_and_checkpoints_are_reported() {
+    let extra = Extra::default();
+    let pipe = pipeline! { flaky, say }
+        .with_resource(std::sync::atomic::AtomicU32::new(0))
+        .with_middleware(Retry::constant(2, Duration::from_millis(5)))
+        .with_callback(extra.clone())
+        .with_store(InMemoryStore::new());
+    pipe.invoke(input! { n: 1, words: "x y".into() })
+        .run_id("extra")
+        .await
+        .unwrap();
+    let log = extra.0.lock().unwrap().clone();
+    assert!(
+        log.contains(&"retry flaky attempt 1 (first call fails) after 5ms".to_string()),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| *l == "chunk say").count(),
+        2,
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"checkpoint flaky true".to_string())
+            && log.contains(&"checkpoint say true".to_string()),
+        "{log:?}"
+    );
+}
+
+/// Records the spans a run opens, with their fields.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={:?}", field.name(), value));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push_str(&format!(" {}={value}", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        attrs.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}{}", attrs.metadata().name(), fields.0));
+    }
+}
+
+#[tokio::test]
+async fn every_run_and_stage_is_a_tracing_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanLog::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pipe = pipeline! { first, second }.with_store(InMemoryStore::new());
+    pipe.invoke(input! { n: 1 }).run_id("traced").await.unwrap();
+    let pipe = pipeline! { flaky }
+        .with_resource(std::sync::atomic::AtomicU32::new(0))
+        .with_middleware(Retry::constant(2, Duration::from_millis(1)));
+    pipe.invoke(input! { n: 1 })
+        .run_id("retried")
+        .await
+        .unwrap();
+
+    let spans = spans.0.lock().unwrap().clone();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.starts_with("fluxio.run") && s.contains("version=")),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.stage stage=first kind=async run_id=traced".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.stage stage=second kind=async run_id=traced".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.attempt stage=flaky attempt=1".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.attempt stage=flaky attempt=2".to_string()),
+        "{spans:?}"
+    );
+}
+
+#[tokio::test]
+async fn callback_errors_for_missing_inputs_come_before_any_stage() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { first }.with_callback(sink);
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    assert!(matches!(err, Error::MissingInput { .. }));
+    assert_eq!(names(&events), ["pipeline.started", "pipeline.failed"]);
+}
