@@ -67,6 +67,10 @@ pub trait Callback: Send + Sync + 'static {
     fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {}
     /// A run was dropped (cancelled) before it ended.
     fn on_run_cancelled(&self, run_id: &str) {}
+    /// A stage failed and its fallback is producing its writes instead.
+    fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {}
+    /// The run failed and a finished stage's rollback ran (`error` if the rollback failed).
+    fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {}
 }
 
 /// Logs every run and stage through `tracing`: run start and end, stage end and skip at

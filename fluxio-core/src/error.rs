@@ -152,6 +152,12 @@ pub enum Error {
         /// The stage.
         stage: &'static str,
     },
+    /// The run failed and its rollbacks ran: it cannot be resumed.
+    #[error("run `{run_id}` was rolled back after it failed; start it fresh")]
+    RolledBack {
+        /// The run.
+        run_id: String,
+    },
     /// A durable operation was asked of a pipeline without a store.
     #[error("`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline")]
     NoStore {

@@ -562,11 +562,34 @@ pub trait Stage: Send + Sync + 'static {
         ctx: &Ctx,
         env: &StageEnv,
     ) -> impl Future<Output = Result<StageOutput, StageError>> + Send + 'static + use<Self>;
+
+    /// Whether the stage has a fallback (`#[stage(fallback = ..)]`).
+    const HAS_FALLBACK: bool = false;
+    /// Whether the stage has a rollback (`#[stage(rollback = ..)]`).
+    const HAS_ROLLBACK: bool = false;
+
+    /// Produces the stage's writes another way after the stage failed (after its retries).
+    fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
+        let _ = (ctx, env);
+        Box::pin(std::future::ready(Err(StageError::msg(
+            "the stage has no fallback",
+        ))))
+    }
+
+    /// Undoes the stage's effects when the run fails after the stage finished.
+    fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
+        let _ = (ctx, env);
+        Box::pin(std::future::ready(Ok(StageOutput::Writes(Writes::none()))))
+    }
 }
 
 /// Object-safe view of a [`Stage`], how the runtime stores stages.
 pub(crate) trait DynStage: Send + Sync + 'static {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
+    fn has_fallback(&self) -> bool;
+    fn has_rollback(&self) -> bool;
+    fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
+    fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
 }
 
 pub(crate) struct StageBox<S: Stage> {
@@ -582,6 +605,18 @@ impl<S: Stage> StageBox<S> {
 impl<S: Stage> DynStage for StageBox<S> {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
         Box::pin(Stage::call(&self.stage, ctx, env))
+    }
+    fn has_fallback(&self) -> bool {
+        S::HAS_FALLBACK
+    }
+    fn has_rollback(&self) -> bool {
+        S::HAS_ROLLBACK
+    }
+    fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
+        Stage::fallback(&self.stage, ctx, env)
+    }
+    fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
+        Stage::rollback(&self.stage, ctx, env)
     }
 }
 

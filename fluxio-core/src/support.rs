@@ -160,3 +160,21 @@ impl IntoPipeline for &crate::Pipeline {
         self.clone()
     }
 }
+
+/// What a rollback function may return: `()` or `Result<(), E>`.
+pub trait RollbackResult {
+    /// Converts into the rollback's outcome.
+    fn into_rollback(self) -> Result<(), StageError>;
+}
+
+impl RollbackResult for () {
+    fn into_rollback(self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<StageError>> RollbackResult for Result<(), E> {
+    fn into_rollback(self) -> Result<(), StageError> {
+        self.map_err(Into::into)
+    }
+}

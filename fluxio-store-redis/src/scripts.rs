@@ -58,7 +58,7 @@ else
   redis.call('HSET', KEYS[2], 'status', ARGV[2])
   redis.call('HDEL', KEYS[2], 'error')
 end
-if ARGV[5] ~= '0' then
+if ARGV[5] ~= '0' and ARGV[2] ~= 'running' then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 else

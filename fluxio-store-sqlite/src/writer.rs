@@ -306,7 +306,7 @@ const RELEASE: &str = "DELETE FROM locks WHERE run_id = ?1 AND owner = ?2";
 /// is not held at ?2 (a failed run being resumed stays `failed` until it finishes again).
 macro_rules! purgeable {
     () => {
-        "status IN ('completed', 'failed') AND updated_at_ms <= ?1
+        "status IN ('completed', 'failed', 'rolled_back') AND updated_at_ms <= ?1
          AND NOT EXISTS (SELECT 1 FROM locks
                          WHERE locks.run_id = runs.run_id AND locks.expires_at_ms > ?2)"
     };

@@ -226,6 +226,11 @@ pub(crate) async fn run(
                 "resuming a checkpoint written by another pipeline version (allow_version_change)"
             );
         }
+        if stored.status == RunStatus::RolledBack {
+            return Err(Error::RolledBack {
+                run_id: run_id.to_string(),
+            });
+        }
         let (mut ctx, restored) = restore(&plan, &run_id, &stored)?;
         if stored.status == RunStatus::Completed && input.is_empty() {
             guard.release().await;
@@ -298,6 +303,7 @@ pub(crate) async fn run(
     };
 
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
+    let rolled_back = durability.rolled_back.clone();
     let result = match Scheduler::with_state(plan, ctx, env, obs, Some(durability), restored) {
         Ok(sched) => pipe.start(sched).await,
         Err(e) => Err(e),
@@ -308,7 +314,11 @@ pub(crate) async fn run(
             error: None,
         },
         Err(e) => Save::Finish {
-            status: RunStatus::Failed,
+            status: if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
+                RunStatus::RolledBack
+            } else {
+                RunStatus::Failed
+            },
             error: Some(e.to_string()),
         },
     };

@@ -275,6 +275,8 @@ const DONE: u8 = 2;
 const SKIPPED: u8 = 3;
 /// Finished, its entry being written: dependents wait until it is durable.
 const PERSISTING: u8 = 4;
+/// Failed; its fallback is running.
+const FALLBACK: u8 = 5;
 
 /// An entry being written: (node, chosen route label, size in bytes, the write).
 type PendingEntry = (u32, Option<u32>, usize, BoxFuture<'static, StoreResult<()>>);
@@ -289,6 +291,8 @@ pub(crate) struct Durability {
     pending: Vec<PendingEntry>,
     renew_at: Pin<Box<tokio::time::Sleep>>,
     renewing: Option<BoxFuture<'static, StoreResult<bool>>>,
+    /// Set when the run's rollbacks ran (the run's end is then `rolled_back`).
+    pub(crate) rolled_back: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Durability {
@@ -306,6 +310,7 @@ impl Durability {
             pending: Vec::new(),
             renew_at: Box::pin(tokio::time::sleep(lease / 3)),
             renewing: None,
+            rolled_back: Arc::default(),
         }
     }
 }
@@ -336,6 +341,18 @@ struct SchedState {
     durable: Option<Box<Durability>>,
     /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
     spans: Option<Vec<tracing::Span>>,
+    /// Fallbacks running in place of failed stages.
+    fallbacks: Vec<(u32, StageFuture)>,
+    /// Finished nodes that have a rollback, in the order they finished.
+    rollback_order: Vec<u32>,
+    /// Set once the run failed and its rollbacks run.
+    rolling_back: Option<RollingBack>,
+}
+
+/// A failed run undoing its finished stages, last finished first.
+struct RollingBack {
+    error: Option<Error>,
+    current: Option<(u32, StageFuture)>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -375,6 +392,9 @@ impl Scheduler {
             obs,
             durable: durable.map(Box::new),
             spans: None,
+            fallbacks: Vec::new(),
+            rollback_order: Vec::new(),
+            rolling_back: None,
             plan,
         };
         match restored {
@@ -384,6 +404,12 @@ impl Scheduler {
                 // frontier, including unfinished members of a half-done parallel block.
                 for &(i, route) in &restored.done {
                     sched.state[i as usize] = DONE;
+                    if sched
+                        .stage_of(i as usize)
+                        .is_some_and(|st| st.has_rollback())
+                    {
+                        sched.rollback_order.push(i);
+                    }
                     if let Some(l) = route {
                         sched.mark_skipped(i as usize, l as usize);
                     }
@@ -485,6 +511,20 @@ impl SchedState {
             Ok(out) => out,
             Err(e) => {
                 let e = e.into_run_error(self.plan.nodes[i].meta.name);
+                if self.state[i] == RUNNING {
+                    if let Some(stage) = self.stage_of(i).filter(|st| st.has_fallback()) {
+                        // The stage failed (after its retries): its fallback writes instead.
+                        if let Some(obs) = &self.obs {
+                            let ev = obs.event(&self.plan, i);
+                            obs.each(|c| c.on_fallback(&ev, &e));
+                        }
+                        tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
+                        let fut = stage.fallback(&self.ctx, &self.env);
+                        self.state[i] = FALLBACK;
+                        self.fallbacks.push((i as u32, fut));
+                        return Ok(());
+                    }
+                }
                 self.report_error(i, &e);
                 return Err(e);
             }
@@ -572,6 +612,9 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
+        if self.stage_of(i).is_some_and(|st| st.has_rollback()) {
+            self.rollback_order.push(i as u32);
+        }
         if let Some(obs) = &self.obs {
             let ev = obs.event(&self.plan, i);
             obs.each(|c| c.on_stage_end(&ev, obs.elapsed(i)));
@@ -679,6 +722,82 @@ impl SchedState {
             self.finish_node(i as usize, route);
         }
         Ok(progressed)
+    }
+
+    fn stage_of(&self, i: usize) -> Option<Arc<dyn crate::stage::DynStage>> {
+        match &self.plan.nodes[i].exec {
+            Exec::Stage(stage) => Some(stage.clone()),
+            Exec::Pipeline(_) => None,
+        }
+    }
+
+    /// Polls the fallbacks running in place of failed stages.
+    fn poll_fallbacks(&mut self, cx: &mut Context<'_>, current: &mut usize) -> Result<bool> {
+        let mut progressed = false;
+        let mut k = 0;
+        while k < self.fallbacks.len() {
+            *current = self.fallbacks[k].0 as usize;
+            match self.fallbacks[k].1.as_mut().poll(cx) {
+                Poll::Ready(out) => {
+                    let (i, _) = self.fallbacks.swap_remove(k);
+                    self.complete(i as usize, out)?;
+                    progressed = true;
+                }
+                Poll::Pending => k += 1,
+            }
+        }
+        *current = usize::MAX;
+        Ok(progressed)
+    }
+
+    fn start_rollback(&mut self, error: Error) {
+        tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
+        self.running.clear();
+        self.fallbacks.clear();
+        self.rolling_back = Some(RollingBack {
+            error: Some(error),
+            current: None,
+        });
+    }
+
+    /// Runs the rollbacks one at a time, last finished first; then fails the run.
+    fn poll_rollback(&mut self, cx: &mut Context<'_>, current: &mut usize) -> Poll<Result<Ctx>> {
+        loop {
+            let rb = self.rolling_back.as_mut().expect("rolling back");
+            if rb.current.is_none() {
+                let Some(i) = self.rollback_order.pop() else {
+                    if let Some(d) = &self.durable {
+                        d.rolled_back.store(true, Ordering::SeqCst);
+                    }
+                    let error = rb.error.take().unwrap_or(Error::Cancelled);
+                    return Poll::Ready(Err(error));
+                };
+                let stage = self
+                    .stage_of(i as usize)
+                    .expect("only stages have rollbacks");
+                let fut = stage.rollback(&self.ctx, &self.env);
+                self.rolling_back.as_mut().expect("rolling back").current = Some((i, fut));
+                continue;
+            }
+            let (i, fut) = rb.current.as_mut().expect("checked above");
+            *current = *i as usize;
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(out) => {
+                    let i = *i as usize;
+                    rb.current = None;
+                    let name = self.plan.nodes[i].meta.name;
+                    let error = out.err().map(|e| e.into_run_error(name));
+                    if let Some(e) = &error {
+                        tracing::warn!(stage = name, error = %e, "rollback failed");
+                    }
+                    if let Some(obs) = &self.obs {
+                        let ev = obs.event(&self.plan, i);
+                        obs.each(|c| c.on_rollback(&ev, error.as_ref()));
+                    }
+                }
+            }
+        }
     }
 
     fn persisting(&self) -> bool {
@@ -810,23 +929,43 @@ where
     poll_fn(move |cx| {
         // One unwind guard per wake-up, not per stage call; `current` names the stage a
         // panic came from.
-        let mut current = usize::MAX;
-        let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            step(&mut sched, &mut slots, cx, &mut current)
-        }));
-        match stepped {
-            Ok(poll) => poll,
-            Err(payload) => {
-                let stage = sched
-                    .plan
-                    .nodes
-                    .get(current)
-                    .map_or("<fluxio runtime>", |n| n.meta.name);
-                let e = panic_error(stage, payload);
-                if current != usize::MAX {
-                    sched.report_error(current, &e);
+        loop {
+            let mut current = usize::MAX;
+            let advanced = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if sched.rolling_back.is_none() {
+                    match step(&mut sched, &mut slots, cx, &mut current) {
+                        Poll::Ready(Err(e)) if !sched.rollback_order.is_empty() => {
+                            sched.start_rollback(e)
+                        }
+                        other => return other,
+                    }
                 }
-                Poll::Ready(Err(e))
+                sched.poll_rollback(cx, &mut current)
+            }));
+            match advanced {
+                Ok(poll) => return poll,
+                Err(payload) => {
+                    let stage = sched
+                        .plan
+                        .nodes
+                        .get(current)
+                        .map_or("<fluxio runtime>", |n| n.meta.name);
+                    let e = panic_error(stage, payload);
+                    if current != usize::MAX {
+                        sched.report_error(current, &e);
+                    }
+                    if sched.rolling_back.is_none() && !sched.rollback_order.is_empty() {
+                        // Undo what finished, then report the panic.
+                        sched.start_rollback(e);
+                        continue;
+                    }
+                    if let Some(rb) = &mut sched.rolling_back {
+                        // A rollback panicked: go on with the others.
+                        rb.current = None;
+                        continue;
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     })
@@ -865,7 +1004,14 @@ where
                 continue;
             }
         }
-        if sched.running.is_empty() && !sched.persisting() && sched.ready.is_empty() {
+        if !sched.fallbacks.is_empty() && sched.poll_fallbacks(cx, current)? {
+            continue;
+        }
+        if sched.running.is_empty()
+            && sched.fallbacks.is_empty()
+            && !sched.persisting()
+            && sched.ready.is_empty()
+        {
             // A clone is an atomic increment; the scheduler is dropped right after.
             return Poll::Ready(Ok(sched.ctx.clone()));
         }

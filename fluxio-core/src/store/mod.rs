@@ -68,15 +68,19 @@ pub enum RunStatus {
     Failed,
     /// Ended successfully; resuming returns the final context at once.
     Completed,
+    /// Failed, and the rollbacks of its finished stages ran: it cannot be resumed (its
+    /// checkpoint still records the compensated stages as done); start it fresh.
+    RolledBack,
 }
 
 impl RunStatus {
-    /// The status as stored: `running`, `failed` or `completed`.
+    /// The status as stored: `running`, `failed`, `completed` or `rolled_back`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Failed => "failed",
             RunStatus::Completed => "completed",
+            RunStatus::RolledBack => "rolled_back",
         }
     }
 
@@ -86,6 +90,7 @@ impl RunStatus {
             "running" => Some(RunStatus::Running),
             "failed" => Some(RunStatus::Failed),
             "completed" => Some(RunStatus::Completed),
+            "rolled_back" => Some(RunStatus::RolledBack),
             _ => None,
         }
     }

@@ -52,7 +52,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
 
     // Resources are looked up before the future starts (the future must not borrow the
     // environment); a missing one is reported from inside the future.
-    let take_resources = def.params.iter().filter_map(|p| match &p.role {
+    let take_resources: Vec<TokenStream> = def.params.iter().filter_map(|p| match &p.role {
         ParamRole::Resource(ty) => {
             let id = &p.ident;
             Some(quote! {
@@ -67,24 +67,28 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             })
         }
         _ => None,
-    });
-    let unwrap_resources = def.params.iter().filter_map(|p| match &p.role {
-        ParamRole::Resource(ty) => {
-            let id = &p.ident;
-            Some(quote! {
-                let #id: #private::Res<#ty> = match #id {
-                    ::core::option::Option::Some(r) => r,
-                    ::core::option::Option::None => {
-                        return ::core::result::Result::Err(
-                            #private::missing_resource(#name, ::core::any::type_name::<#ty>()),
-                        );
-                    }
-                };
-            })
-        }
-        _ => None,
-    });
-    let bind_reads = def.params.iter().filter_map(|p| {
+    }).collect();
+    let unwrap_resources: Vec<TokenStream> = def
+        .params
+        .iter()
+        .filter_map(|p| match &p.role {
+            ParamRole::Resource(ty) => {
+                let id = &p.ident;
+                Some(quote! {
+                    let #id: #private::Res<#ty> = match #id {
+                        ::core::option::Option::Some(r) => r,
+                        ::core::option::Option::None => {
+                            return ::core::result::Result::Err(
+                                #private::missing_resource(#name, ::core::any::type_name::<#ty>()),
+                            );
+                        }
+                    };
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let bind_reads: Vec<TokenStream> = def.params.iter().filter_map(|p| {
         let (id, ty) = (&p.ident, &p.ty);
         match &p.role {
             ParamRole::Read(key) => {
@@ -98,74 +102,126 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             ParamRole::Ctx => Some(quote!(let #id: #private::Ctx = ::core::clone::Clone::clone(&__fluxio_ctx);)),
             ParamRole::Resource(_) | ParamRole::RunInfo => None,
         }
-    });
-    let args = def.params.iter().map(|p| &p.ident);
-    let mut call = quote!(Self::run(#(#args),*));
-    if def.exec == Exec::Async {
-        call = quote!(#call.await);
-    }
-    if def.fallible {
-        call = quote!(#private::lift(#call)?);
-    }
-    let ret = def.ret_span;
-    let produce = match &def.output {
-        Output::Unit => quote! {
-            let () = #call;
-            ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
-        },
-        Output::Values => {
-            let n = def.writes.len();
-            let temps: Vec<_> = (0..n).map(|i| format_ident!("__fluxio_w{}", i)).collect();
-            let bind = if n == 1 {
-                let t = &temps[0];
-                quote!(let #t = #call;)
-            } else {
-                quote!(let (#(#temps),*) = #call;)
-            };
-            // Spanned at the return type, so a value of the wrong type is reported there.
-            let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
-                let p = &k.0;
-                crate::paths::respan(quote!(__fluxio_writes.push::<#p>(#t);), ret)
-            });
-            quote! {
-                #bind
-                let mut __fluxio_writes = #private::Writes::with_capacity(#n);
-                #(#pushes)*
-                ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
-            }
+    }).collect();
+    let args: Vec<&syn::Ident> = def.params.iter().map(|p| &p.ident).collect();
+    // The body of a call of `target` (the stage's own function, or its fallback).
+    let body_for = |target: TokenStream| -> TokenStream {
+        let mut call = quote!(#target(#(#args),*));
+        if def.exec == Exec::Async {
+            call = quote!(#call.await);
         }
-        Output::Route => quote! {
-            let __fluxio_route: #private::Route = #call;
-            ::core::result::Result::Ok(#private::StageOutput::Route(__fluxio_route))
-        },
-        Output::Ctx => quote! {
-            let __fluxio_out: #private::Ctx = #call;
-            let __fluxio_writes = #private::Writes::from_ctx_diff(
-                &<Self as #private::Stage>::META, &__fluxio_ctx, &__fluxio_out,
-            ).map_err(#private::StageError::new)?;
-            ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
-        },
-        Output::Stream => quote! {
-            #private::drive_stream(#name, #call, __fluxio_chunks).await?;
-            ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
-        },
-    };
-    let body = match def.exec {
-        Exec::Blocking => quote! {
-            #(#unwrap_resources)*
-            #private::run_blocking(#name, move || {
+        if def.fallible {
+            call = quote!(#private::lift(#call)?);
+        }
+        let ret = def.ret_span;
+        let produce = match &def.output {
+            Output::Unit => quote! {
+                let () = #call;
+                ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
+            },
+            Output::Values => {
+                let n = def.writes.len();
+                let temps: Vec<_> = (0..n).map(|i| format_ident!("__fluxio_w{}", i)).collect();
+                let bind = if n == 1 {
+                    let t = &temps[0];
+                    quote!(let #t = #call;)
+                } else {
+                    quote!(let (#(#temps),*) = #call;)
+                };
+                // Spanned at the return type, so a value of the wrong type is reported there.
+                let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
+                    let p = &k.0;
+                    crate::paths::respan(quote!(__fluxio_writes.push::<#p>(#t);), ret)
+                });
+                quote! {
+                    #bind
+                    let mut __fluxio_writes = #private::Writes::with_capacity(#n);
+                    #(#pushes)*
+                    ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
+                }
+            }
+            Output::Route => quote! {
+                let __fluxio_route: #private::Route = #call;
+                ::core::result::Result::Ok(#private::StageOutput::Route(__fluxio_route))
+            },
+            Output::Ctx => quote! {
+                let __fluxio_out: #private::Ctx = #call;
+                let __fluxio_writes = #private::Writes::from_ctx_diff(
+                    &<Self as #private::Stage>::META, &__fluxio_ctx, &__fluxio_out,
+                ).map_err(#private::StageError::new)?;
+                ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
+            },
+            Output::Stream => quote! {
+                #private::drive_stream(#name, #call, __fluxio_chunks).await?;
+                ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
+            },
+        };
+        match def.exec {
+            Exec::Blocking => quote! {
+                #(#unwrap_resources)*
+                #private::run_blocking(#name, move || {
+                    #(#bind_reads)*
+                    #produce
+                }).await
+            },
+            _ => quote! {
+                #(#unwrap_resources)*
                 #(#bind_reads)*
                 #produce
-            }).await
-        },
-        _ => quote! {
-            #(#unwrap_resources)*
-            #(#bind_reads)*
-            #produce
-        },
+            },
+        }
     };
+    let body = body_for(quote!(Self::run));
+
     let chunks = (def.exec == Exec::Stream)
         .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
+
+    let prologue = quote! {
+        #(#take_resources)*
+        let __fluxio_ctx = ::core::clone::Clone::clone(__fluxio_ctx);
+        #chunks
+    };
+    let fallback = def.fallback.as_ref().map(|path| {
+        let body = body_for(quote!(#path));
+        quote! {
+            const HAS_FALLBACK: bool = true;
+            fn fallback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
+                #prologue
+                ::std::boxed::Box::pin(async move { #body })
+            }
+        }
+    });
+    let rollback = def.rollback.as_ref().map(|path| {
+        let mut call = quote!(#path(#(#args),*));
+        if def.exec == Exec::Async {
+            call = quote!(#call.await);
+        }
+        let undo = quote! {
+            #private::RollbackResult::into_rollback(#call)?;
+            ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
+        };
+        let body = match def.exec {
+            Exec::Blocking => quote! {
+                #(#unwrap_resources)*
+                #private::run_blocking(#name, move || {
+                    #(#bind_reads)*
+                    #undo
+                }).await
+            },
+            _ => quote! {
+                #(#unwrap_resources)*
+                #(#bind_reads)*
+                #undo
+            },
+        };
+        quote! {
+            const HAS_ROLLBACK: bool = true;
+            fn rollback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
+                #prologue
+                ::std::boxed::Box::pin(async move { #body })
+            }
+        }
+    });
 
     quote! {
         #(#docs)*
@@ -197,11 +253,12 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<#private::StageOutput, #private::StageError>,
             > + ::core::marker::Send + 'static + use<> {
-                #(#take_resources)*
-                let __fluxio_ctx = ::core::clone::Clone::clone(__fluxio_ctx);
-                #chunks
+                #prologue
                 async move { #body }
             }
+
+            #fallback
+            #rollback
         }
     }
 }

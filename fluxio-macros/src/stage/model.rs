@@ -60,6 +60,10 @@ pub(crate) struct StageDef {
     pub(crate) writes: Vec<KeyRef>,
     pub(crate) timeout_nanos: Option<u128>,
     pub(crate) krate: Option<syn::Path>,
+    /// `fallback = path`: produces the writes when the stage failed.
+    pub(crate) fallback: Option<syn::Path>,
+    /// `rollback = path`: undoes the stage when the run fails later.
+    pub(crate) rollback: Option<syn::Path>,
     pub(crate) exec: Exec,
     pub(crate) output: Output,
     /// Whether the function returns a `Result`.

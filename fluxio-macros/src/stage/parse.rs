@@ -5,7 +5,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, LitStr, Token, bracketed};
 
-use crate::symbol::{CRATE, NAME, READS, STAGE_OPTIONS, TIMEOUT, WRITES};
+use crate::symbol::{CRATE, FALLBACK, NAME, READS, ROLLBACK, STAGE_OPTIONS, TIMEOUT, WRITES};
 
 /// A key named in `reads` or `writes`, with the span of the user's token.
 #[derive(Clone)]
@@ -30,6 +30,8 @@ pub(crate) enum StageOption {
     Timeout(Ident, LitStr),
     Name(Ident, LitStr),
     Crate(Ident, syn::Path),
+    Fallback(Ident, syn::Path),
+    Rollback(Ident, syn::Path),
 }
 
 /// Every option of one `#[stage(...)]`.
@@ -96,6 +98,24 @@ impl Parse for StageArgs {
                         syn::Error::new(
                             e.span(),
                             "`name` must be a string literal, e.g. `name = \"fetch\"`",
+                        )
+                    })?,
+                ),
+                FALLBACK => StageOption::Fallback(
+                    ident,
+                    input.parse().map_err(|e| {
+                        syn::Error::new(
+                            e.span(),
+                            "`fallback` names a function: `fallback = use_cached_user`",
+                        )
+                    })?,
+                ),
+                ROLLBACK => StageOption::Rollback(
+                    ident,
+                    input.parse().map_err(|e| {
+                        syn::Error::new(
+                            e.span(),
+                            "`rollback` names a function: `rollback = refund_payment`",
                         )
                     })?,
                 ),

@@ -49,6 +49,8 @@ fn check_options(cx: &mut Ctxt, args: StageArgs) -> Options {
             StageOption::Timeout(i, _) => (i.clone(), o.timeout.is_some()),
             StageOption::Name(i, _) => (i.clone(), o.name.is_some()),
             StageOption::Crate(i, _) => (i.clone(), o.krate.is_some()),
+            StageOption::Fallback(i, _) => (i.clone(), o.fallback.is_some()),
+            StageOption::Rollback(i, _) => (i.clone(), o.rollback.is_some()),
         };
         if dup {
             cx.error_spanned_by(&ident, format!("duplicate `{ident}` in #[stage]"));
@@ -70,6 +72,8 @@ fn check_options(cx: &mut Ctxt, args: StageArgs) -> Options {
                 o.name = Some(lit)
             }
             StageOption::Crate(_, path) => o.krate = Some(path),
+            StageOption::Fallback(_, path) => o.fallback = Some(path),
+            StageOption::Rollback(_, path) => o.rollback = Some(path),
         }
     }
     o
@@ -82,6 +86,8 @@ struct Options {
     timeout: Option<u128>,
     name: Option<LitStr>,
     krate: Option<syn::Path>,
+    fallback: Option<syn::Path>,
+    rollback: Option<syn::Path>,
 }
 
 fn check_key_list(cx: &mut Ctxt, option: &str, keys: Vec<KeyRef>) -> Vec<KeyRef> {
@@ -181,6 +187,16 @@ pub(crate) fn stage_from_ast(cx: &mut Ctxt, args: StageArgs, item: ItemFn) -> Op
     };
 
     let params = check_params(cx, &item, &reads);
+    // Rule: a stream stage's chunks are already delivered when it fails, so there is
+    // nothing a fallback could replace, and nothing to roll back that the stage owns.
+    if exec == Exec::Stream {
+        for path in o.fallback.iter().chain(&o.rollback) {
+            cx.error_spanned_by(
+                path,
+                "stream stages cannot have a `fallback` or a `rollback`",
+            );
+        }
+    }
     let ctx_style = params.iter().any(|p| matches!(p.role, ParamRole::Ctx));
     check_output(cx, &output, ok.as_ref(), &writes, ctx_style, ret_span);
 
@@ -194,6 +210,8 @@ pub(crate) fn stage_from_ast(cx: &mut Ctxt, args: StageArgs, item: ItemFn) -> Op
         writes,
         timeout_nanos: o.timeout,
         krate: o.krate,
+        fallback: o.fallback,
+        rollback: o.rollback,
         exec,
         output,
         fallible,

@@ -1,0 +1,164 @@
+//! Per-stage recovery: `#[stage(fallback = ..)]` replaces a failed stage's writes;
+//! `#[stage(rollback = ..)]` undoes finished stages, last first, when the run fails later.
+
+use std::sync::{Arc, Mutex};
+
+use fluxio::Error;
+use fluxio::prelude::*;
+use fluxio::store::RunStatus;
+
+fluxio::keys! {
+    pub order_id: u64;
+    pub price: u64;
+    pub charged: bool;
+    pub shipped: bool;
+}
+
+/// What happened, in order.
+#[derive(Default)]
+struct Journal(Mutex<Vec<String>>);
+
+impl Journal {
+    fn note(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[stage(reads = [order_id], writes = [price], fallback = cached_price)]
+async fn fetch_price(order_id: &u64, journal: Res<Arc<Journal>>) -> Result<u64, StageError> {
+    journal.note(format!("fetch_price {order_id}"));
+    Err(StageError::msg("pricing service down"))
+}
+
+async fn cached_price(order_id: &u64, journal: Res<Arc<Journal>>) -> Result<u64, StageError> {
+    journal.note("cached_price");
+    if *order_id == 0 {
+        return Err(StageError::msg("no cached price either"));
+    }
+    Ok(99)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_produces_the_writes_after_the_retries_gave_up() {
+    let journal = Arc::new(Journal::default());
+    let pipe = pipeline! { fetch_price }
+        .with_resource(journal.clone())
+        .with_middleware(Retry::constant(2, Duration::from_millis(10)));
+    let out = pipe.invoke(input! { order_id: 7 }).await.unwrap();
+    assert_eq!(out[price], 99);
+    assert_eq!(
+        journal.entries(),
+        ["fetch_price 7", "fetch_price 7", "cached_price"]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_fallback_fails_the_run_with_its_own_error() {
+    let journal = Arc::new(Journal::default());
+    let pipe = pipeline! { fetch_price }.with_resource(journal.clone());
+    let err = pipe.invoke(input! { order_id: 0 }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `fetch_price` failed: no cached price either"
+    );
+}
+
+#[stage(reads = [order_id], writes = [charged], rollback = refund)]
+async fn charge(order_id: &u64, journal: Res<Arc<Journal>>) -> bool {
+    journal.note(format!("charge {order_id}"));
+    true
+}
+
+async fn refund(order_id: &u64, journal: Res<Arc<Journal>>) {
+    journal.note(format!("refund {order_id}"));
+}
+
+#[stage(reads = [charged], writes = [shipped], rollback = cancel_shipment)]
+fn ship(charged: &bool, journal: Res<Arc<Journal>>) -> bool {
+    journal.note("ship");
+    *charged
+}
+
+fn cancel_shipment(charged: &bool, journal: Res<Arc<Journal>>) -> Result<(), StageError> {
+    journal.note(format!("cancel shipment (charged: {charged})"));
+    Ok(())
+}
+
+#[stage(reads = [shipped])]
+async fn notify(shipped: &bool, journal: Res<Arc<Journal>>) -> Result<(), StageError> {
+    journal.note("notify");
+    if *shipped {
+        return Err(StageError::msg("mail server down"));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Default)]
+struct Rollbacks(Arc<Mutex<Vec<String>>>);
+
+impl fluxio::Callback for Rollbacks {
+    fn on_rollback(&self, e: &fluxio::StageEvent<'_>, error: Option<&Error>) {
+        self.0.lock().unwrap().push(format!(
+            "{} {}",
+            e.stage,
+            if error.is_some() { "failed" } else { "undone" }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn when_a_later_stage_fails_finished_stages_roll_back_last_first() {
+    let journal = Arc::new(Journal::default());
+    let seen = Rollbacks::default();
+    let pipe = pipeline! { charge, ship, notify }
+        .with_resource(journal.clone())
+        .with_callback(seen.clone());
+    let err = pipe.invoke(input! { order_id: 5 }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `notify` failed: mail server down",
+        "the original error propagates"
+    );
+    assert_eq!(
+        journal.entries(),
+        [
+            "charge 5",
+            "ship",
+            "notify",
+            "cancel shipment (charged: true)",
+            "refund 5"
+        ]
+    );
+    assert_eq!(*seen.0.lock().unwrap(), ["ship undone", "charge undone"]);
+}
+
+#[tokio::test]
+async fn a_successful_run_rolls_nothing_back() {
+    let journal = Arc::new(Journal::default());
+    let pipe = pipeline! { charge, ship }.with_resource(journal.clone());
+    pipe.invoke(input! { order_id: 1 }).await.unwrap();
+    assert_eq!(journal.entries(), ["charge 1", "ship"]);
+}
+
+#[tokio::test]
+async fn a_rolled_back_durable_run_cannot_be_resumed() {
+    let journal = Arc::new(Journal::default());
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { charge, ship, notify }
+        .with_resource(journal.clone())
+        .with_store(store.clone());
+    pipe.invoke(input! { order_id: 9 })
+        .run_id("order-9")
+        .await
+        .unwrap_err();
+    let run = store.load("order-9").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::RolledBack);
+    let err = pipe.resume("order-9").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::RolledBack { run_id } if run_id == "order-9"),
+        "{err:?}"
+    );
+}
