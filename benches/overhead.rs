@@ -7,8 +7,6 @@
 use std::future::Future;
 use std::time::Instant;
 
-use fluxio::Ctx;
-
 /// Keeps the compiler from optimizing a result away.
 fn sink<T>(v: T) {
     std::hint::black_box(v);
@@ -23,7 +21,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median nanoseconds per call of `f` over `samples` samples of `iters` calls each, for two
 /// workloads measured alternately.
-fn compare<A, FA, OA, B, FB>(
+fn compare<A, FA, OA, B, FB, OB>(
     rt: &tokio::runtime::Runtime,
     samples: usize,
     iters: usize,
@@ -34,7 +32,7 @@ where
     A: FnMut() -> FA,
     FA: Future<Output = OA>,
     B: FnMut() -> FB,
-    FB: Future<Output = Ctx>,
+    FB: Future<Output = OB>,
 {
     let mut ta = Vec::with_capacity(samples);
     let mut tb = Vec::with_capacity(samples);
@@ -42,7 +40,7 @@ where
     rt.block_on(async {
         for _ in 0..iters {
             sink(a().await);
-            sink::<Ctx>(b().await);
+            sink(b().await);
         }
     });
     for _ in 0..samples {
@@ -54,7 +52,7 @@ where
             ta.push(t.elapsed().as_nanos() as f64 / iters as f64);
             let t = Instant::now();
             for _ in 0..iters {
-                sink::<Ctx>(b().await);
+                sink(b().await);
             }
             tb.push(t.elapsed().as_nanos() as f64 / iters as f64);
         });
@@ -138,6 +136,37 @@ fn main() {
         24
     );
     report("fan-out 8 + join", f, b, 2.0);
+
+    // Middleware: Retry + Cache (always a miss: every input differs) + CircuitBreaker,
+    // against the bare runtime, per stage.
+    let bare = chain_pipeline();
+    let wrapped = chain_pipeline()
+        .with_middleware(fluxio::prelude::CircuitBreaker::new(5))
+        .with_middleware(fluxio::prelude::Retry::exponential(3))
+        .with_middleware(
+            fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
+        );
+    let counter = std::cell::Cell::new(0u64);
+    let (w, b) = compare(
+        &rt,
+        samples,
+        iters,
+        || {
+            counter.set(counter.get() + 1);
+            wrapped.invoke(input! { c0: counter.get() }).into_future()
+        },
+        || bare.invoke(input! { c0: 1 }).into_future(),
+    );
+    let overhead = (w - b) / 10.0;
+    println!(
+        "{:<28} {:.0} ns per stage with Retry + Cache (miss) + CircuitBreaker, bare runtime {:.0} ns per stage: {:.2}x   target <= 1.5x   {}",
+        "middleware",
+        w / 10.0,
+        b / 10.0,
+        w / b,
+        if w / b <= 1.5 { "ok" } else { "OVER" }
+    );
+    let _ = overhead;
 
     let mt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -114,6 +114,10 @@ pub struct NodeSpec {
     pub(crate) group: u32,
     pub(crate) branch: Option<(u32, u32)>,
     pub(crate) labels: Vec<&'static str>,
+    /// The stage has a fallback.
+    pub(crate) has_fallback: bool,
+    /// The stage has a rollback.
+    pub(crate) has_rollback: bool,
 }
 
 impl std::fmt::Debug for NodeSpec {
@@ -136,6 +140,8 @@ impl NodeSpec {
             group,
             branch,
             labels: Vec::new(),
+            has_fallback: S::HAS_FALLBACK,
+            has_rollback: S::HAS_ROLLBACK,
         }
     }
 
@@ -175,6 +181,8 @@ impl NodeSpec {
             group: 0,
             branch,
             labels: Vec::new(),
+            has_fallback: false,
+            has_rollback: false,
         }
     }
 

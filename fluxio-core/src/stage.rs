@@ -255,6 +255,12 @@ impl Resources {
         self.map.insert(TypeId::of::<T>(), Arc::new(value));
     }
 
+    /// Registers a value already shared behind an `Arc`: stages taking `Res<T>` get this
+    /// very `Arc`, and the caller keeps its own handle.
+    pub fn insert_arc<T: Any + Send + Sync>(&mut self, value: Arc<T>) {
+        self.map.insert(TypeId::of::<T>(), value);
+    }
+
     /// Whether a resource of this type id is registered.
     pub fn contains(&self, id: TypeId) -> bool {
         self.map.contains_key(&id)
@@ -586,8 +592,6 @@ pub trait Stage: Send + Sync + 'static {
 /// Object-safe view of a [`Stage`], how the runtime stores stages.
 pub(crate) trait DynStage: Send + Sync + 'static {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
-    fn has_fallback(&self) -> bool;
-    fn has_rollback(&self) -> bool;
     fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
     fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
 }
@@ -605,12 +609,6 @@ impl<S: Stage> StageBox<S> {
 impl<S: Stage> DynStage for StageBox<S> {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
         Box::pin(Stage::call(&self.stage, ctx, env))
-    }
-    fn has_fallback(&self) -> bool {
-        S::HAS_FALLBACK
-    }
-    fn has_rollback(&self) -> bool {
-        S::HAS_ROLLBACK
     }
     fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
         Stage::fallback(&self.stage, ctx, env)

@@ -1,6 +1,6 @@
 //! `Cache`: reuse a stage's result for the same inputs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +10,15 @@ use super::{Middleware, Next, StageCall};
 use crate::stage::{StageError, StageKind, StageOutput};
 use crate::store::BoxFuture;
 
-type Entries = HashMap<(&'static str, Vec<u8>), (Instant, StageOutput)>;
+type CacheKey = (&'static str, Vec<u8>);
+
+/// Results by key, and keys in insertion order: with one TTL for every entry, insertion
+/// order is expiry order, so the front of `order` is always what to evict first.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<CacheKey, (Instant, StageOutput)>,
+    order: VecDeque<(CacheKey, Instant)>,
+}
 
 /// Caches stage results: the key is the stage and the encoded values of the keys it reads,
 /// so a stage called again with the same inputs within the TTL is not called — its cached
@@ -25,11 +33,21 @@ type Entries = HashMap<(&'static str, Vec<u8>), (Instant, StageOutput)>;
 /// let cache = Cache::ttl(Duration::from_secs(60)).max_entries(1_000);
 /// # let _ = cache;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Cache {
     ttl: Duration,
     max_entries: usize,
     entries: Arc<Mutex<Entries>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 impl Cache {
@@ -51,7 +69,7 @@ impl Cache {
 
     /// How many results are cached (expired ones included until they are evicted).
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.lock().map(|e| e.map.len()).unwrap_or(0)
     }
 
     /// Whether nothing is cached.
@@ -73,29 +91,31 @@ impl Cache {
         Some(key)
     }
 
-    fn lookup(&self, stage: &'static str, key: &[u8]) -> Option<StageOutput> {
+    fn lookup(&self, key: &CacheKey) -> Option<StageOutput> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (expires, out) = entries.get(&(stage, key.to_vec()))?;
+        let (expires, out) = entries.map.get(key)?;
         (Instant::now() < *expires).then(|| out.clone())
     }
 
-    fn insert(&self, stage: &'static str, key: Vec<u8>, out: StageOutput) {
+    fn insert(&self, key: CacheKey, out: StageOutput) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if entries.len() >= self.max_entries {
-            entries.retain(|_, (expires, _)| *expires > now);
+        // Drop what expired, then the oldest while full. A key re-inserted later has a newer
+        // expiry in the map than its old place in `order`: that place is stale and skipped.
+        while let Some((front, expires)) = entries.order.front() {
+            let full = entries.map.len() >= self.max_entries;
+            if *expires > now && !full {
+                break;
+            }
+            let (front, expires) = (front.clone(), *expires);
+            entries.order.pop_front();
+            if entries.map.get(&front).is_some_and(|(e, _)| *e == expires) {
+                entries.map.remove(&front);
+            }
         }
-        while entries.len() >= self.max_entries {
-            let oldest = entries
-                .iter()
-                .min_by_key(|(_, (expires, _))| *expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => entries.remove(&k),
-                None => break,
-            };
-        }
-        entries.insert((stage, key), (now + self.ttl, out));
+        let expires = now + self.ttl;
+        entries.order.push_back((key.clone(), expires));
+        entries.map.insert(key, (expires, out));
     }
 }
 
@@ -108,16 +128,16 @@ impl Middleware for Cache {
         if call.meta.kind == StageKind::Stream {
             return next.run(call);
         }
-        let Some(key) = Self::key(&call) else {
+        let Some(bytes) = Self::key(&call) else {
             return next.run(call);
         };
-        let stage = call.meta.name;
-        if let Some(hit) = self.lookup(stage, &key) {
+        let key = (call.meta.name, bytes);
+        if let Some(hit) = self.lookup(&key) {
             return Box::pin(std::future::ready(Ok(hit)));
         }
         Box::pin(async move {
             let out = next.run(call).await?;
-            self.insert(stage, key, out.clone());
+            self.insert(key, out.clone());
             Ok(out)
         })
     }

@@ -143,16 +143,13 @@ pub(crate) fn call_through(
     env: StageEnv,
 ) -> crate::stage::StageFuture {
     Box::pin(async move {
-        let callbacks = env
-            .callbacks
-            .clone()
-            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let callbacks = env.callbacks.clone();
         let call = StageCall {
             meta: &meta,
             run_id: env.run_id.as_deref(),
             attempt: 1,
             ctx: &ctx,
-            callbacks: &callbacks,
+            callbacks: callbacks.as_deref().unwrap_or(&[]),
         };
         Next {
             rest: &chain,

@@ -156,7 +156,12 @@ impl Middleware for Retry {
             let mut attempt = 1;
             loop {
                 let this = StageCall { attempt, ..call };
-                let span = tracing::info_span!("fluxio.attempt", stage = call.meta.name, attempt);
+                // A span per attempt, only when a subscriber exists (see the executor).
+                let span = if tracing::dispatcher::has_been_set() {
+                    tracing::info_span!("fluxio.attempt", stage = call.meta.name, attempt)
+                } else {
+                    tracing::Span::none()
+                };
                 let err = match tracing::Instrument::instrument(next.run(this), span).await {
                     Ok(out) => return Ok(out),
                     Err(e) => e,

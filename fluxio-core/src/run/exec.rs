@@ -341,12 +341,14 @@ struct SchedState {
     durable: Option<Box<Durability>>,
     /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
     spans: Option<Vec<tracing::Span>>,
+    /// Whether a `tracing` subscriber was ever installed when the run started.
+    traced: bool,
     /// Fallbacks running in place of failed stages.
     fallbacks: Vec<(u32, StageFuture)>,
     /// Finished nodes that have a rollback, in the order they finished.
     rollback_order: Vec<u32>,
     /// Set once the run failed and its rollbacks run.
-    rolling_back: Option<RollingBack>,
+    rolling_back: Option<Box<RollingBack>>,
 }
 
 /// A failed run undoing its finished stages, last finished first.
@@ -392,6 +394,7 @@ impl Scheduler {
             obs,
             durable: durable.map(Box::new),
             spans: None,
+            traced: tracing::dispatcher::has_been_set(),
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
             rolling_back: None,
@@ -404,10 +407,7 @@ impl Scheduler {
                 // frontier, including unfinished members of a half-done parallel block.
                 for &(i, route) in &restored.done {
                     sched.state[i as usize] = DONE;
-                    if sched
-                        .stage_of(i as usize)
-                        .is_some_and(|st| st.has_rollback())
-                    {
+                    if sched.plan.nodes[i as usize].has_rollback {
                         sched.rollback_order.push(i);
                     }
                     if let Some(l) = route {
@@ -447,7 +447,7 @@ impl SchedState {
             self.state[i] = RUNNING;
             // Spans only when a subscriber was ever installed: without one, making a disabled
             // span still costs (through tracing's `log` fallback) more than a trivial stage.
-            if tracing::dispatcher::has_been_set() {
+            if self.traced {
                 let meta = &self.plan.nodes[i].meta;
                 let span = tracing::info_span!(
                     "fluxio.stage",
@@ -501,8 +501,25 @@ impl SchedState {
         self.durable.as_ref().map_or("", |d| &d.run_id)
     }
 
-    /// Records the outcome of running node `i`.
+    /// Records the outcome of running node `i`. The common case — a stage's writes, no
+    /// store — is kept short; everything else goes to `complete_slow`.
+    #[inline(always)]
     fn complete(
+        &mut self,
+        i: usize,
+        out: std::result::Result<StageOutput, StageError>,
+    ) -> Result<()> {
+        match out {
+            Ok(StageOutput::Writes(w)) if self.durable.is_none() => {
+                w.apply(&mut self.ctx);
+                self.finish_node(i, None);
+                Ok(())
+            }
+            other => self.complete_slow(i, other),
+        }
+    }
+
+    fn complete_slow(
         &mut self,
         i: usize,
         out: std::result::Result<StageOutput, StageError>,
@@ -512,7 +529,11 @@ impl SchedState {
             Err(e) => {
                 let e = e.into_run_error(self.plan.nodes[i].meta.name);
                 if self.state[i] == RUNNING {
-                    if let Some(stage) = self.stage_of(i).filter(|st| st.has_fallback()) {
+                    if let Some(stage) = self.plan.nodes[i]
+                        .has_fallback
+                        .then(|| self.stage_of(i))
+                        .flatten()
+                    {
                         // The stage failed (after its retries): its fallback writes instead.
                         if let Some(obs) = &self.obs {
                             let ev = obs.event(&self.plan, i);
@@ -612,7 +633,7 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
-        if self.stage_of(i).is_some_and(|st| st.has_rollback()) {
+        if self.plan.nodes[i].has_rollback {
             self.rollback_order.push(i as u32);
         }
         if let Some(obs) = &self.obs {
@@ -754,10 +775,10 @@ impl SchedState {
         tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
         self.running.clear();
         self.fallbacks.clear();
-        self.rolling_back = Some(RollingBack {
+        self.rolling_back = Some(Box::new(RollingBack {
             error: Some(error),
             current: None,
-        });
+        }));
     }
 
     /// Runs the rollbacks one at a time, last finished first; then fails the run.
@@ -992,7 +1013,14 @@ where
                 env: &sched.env,
                 plan: &sched.plan,
             };
-            match slots(op, cx) {
+            let entered = if sched.traced {
+                sched.spans.as_ref().map(|s| s[i].enter())
+            } else {
+                None
+            };
+            let polled = slots(op, cx);
+            drop(entered);
+            match polled {
                 Poll::Ready(out) => sched.complete(i, out)?,
                 Poll::Pending => sched.park(i),
             }
@@ -1026,7 +1054,14 @@ where
                 env: &sched.env,
                 plan: &sched.plan,
             };
-            match slots(op, cx) {
+            let entered = if sched.traced {
+                sched.spans.as_ref().map(|s| s[i].enter())
+            } else {
+                None
+            };
+            let polled = slots(op, cx);
+            drop(entered);
+            match polled {
                 Poll::Ready(out) => {
                     sched.unpark(k);
                     sched.complete(i, out)?;

@@ -206,6 +206,14 @@ impl Pipeline {
         self
     }
 
+    /// Registers a resource already shared behind an `Arc`: stages taking `Res<T>` receive
+    /// this same `Arc`, and you keep your handle to it (no `Res<Arc<T>>` needed).
+    #[must_use]
+    pub fn with_shared_resource<T: std::any::Any + Send + Sync>(mut self, value: Arc<T>) -> Self {
+        Arc::make_mut(&mut self.resources).insert_arc(value);
+        self
+    }
+
     /// Adds a callback that observes every run of this pipeline.
     #[must_use]
     pub fn with_callback(mut self, callback: impl Callback) -> Self {

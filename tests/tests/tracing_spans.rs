@@ -1,0 +1,128 @@
+//! Every run, stage and retry attempt is a `tracing` span, and stage code runs inside its
+//! stage's span. A global subscriber is installed once for this test binary: `tracing`
+//! caches per-callsite interest across threads, so scoped subscribers in parallel tests
+//! would see each other's caching.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use fluxio::prelude::*;
+
+fluxio::keys! {
+    pub n: u64;
+    pub a: u64;
+    pub b: u64;
+}
+
+/// Records the spans runs open, with their fields.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={:?}", field.name(), value));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push_str(&format!(" {}={value}", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        attrs.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}{}", attrs.metadata().name(), fields.0));
+    }
+}
+
+fn spans() -> &'static SpanLog {
+    static LOG: OnceLock<SpanLog> = OnceLock::new();
+    LOG.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let log = SpanLog::default();
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(log.clone()))
+            .expect("the only global subscriber of this test binary");
+        log
+    })
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn first(n: &u64) -> u64 {
+    n + 1
+}
+
+#[stage(reads = [a], writes = [b])]
+async fn second(a: &u64) -> u64 {
+    a * 2
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn flaky(n: &u64, calls: Res<std::sync::atomic::AtomicU32>) -> Result<u64, StageError> {
+    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Err(StageError::msg("first call fails"));
+    }
+    Ok(*n)
+}
+
+#[tokio::test]
+async fn every_run_stage_and_attempt_is_a_span() {
+    let log = spans();
+    let pipe = pipeline! { first, second }.with_store(InMemoryStore::new());
+    pipe.invoke(input! { n: 1 }).run_id("traced").await.unwrap();
+    let pipe = pipeline! { flaky }
+        .with_resource(std::sync::atomic::AtomicU32::new(0))
+        .with_middleware(Retry::constant(2, Duration::from_millis(1)));
+    pipe.invoke(input! { n: 1 })
+        .run_id("retried")
+        .await
+        .unwrap();
+
+    let spans = log.0.lock().unwrap().clone();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.starts_with("fluxio.run") && s.contains("version=")),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.stage stage=first kind=async run_id=traced".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.stage stage=second kind=async run_id=traced".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.attempt stage=flaky attempt=1".to_string()),
+        "{spans:?}"
+    );
+    assert!(
+        spans.contains(&"fluxio.attempt stage=flaky attempt=2".to_string()),
+        "{spans:?}"
+    );
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn where_am_i(n: &u64, seen: Res<Mutex<Vec<String>>>) -> u64 {
+    let span = tracing::Span::current();
+    seen.lock()
+        .unwrap()
+        .push(span.metadata().map_or("none", |m| m.name()).to_string());
+    *n
+}
+
+#[tokio::test]
+async fn stage_code_runs_inside_its_stage_span() {
+    spans();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let pipe = pipeline! { where_am_i }.with_shared_resource(seen.clone());
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["fluxio.stage"]);
+}
