@@ -210,6 +210,9 @@ pub(crate) struct Plan {
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
+    /// Per node: whether its stage has a rollback, kept apart from the nodes so the hot path
+    /// reads one byte instead of touching a whole node.
+    pub(crate) has_rollback: Vec<bool>,
     /// Every key any node reads or writes (how checkpoints decode values).
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Nodes that need resources (checked before a run starts).
@@ -285,7 +288,9 @@ impl Plan {
                 }
             }
         }
+        let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
         Plan {
+            has_rollback,
             key_descs,
             dep_offsets,
             needs_resources,

@@ -274,3 +274,45 @@ async fn a_run_with_an_unknown_status_is_a_load_error() {
         other => panic!("expected a load error, got {other:?}"),
     }
 }
+
+/// Another connection holds the database locked (an exclusive transaction) for longer than
+/// the store's busy timeout: the write fails with an error naming the operation and
+/// SQLite's "locked" message, and succeeds once the lock is gone.
+#[tokio::test]
+async fn a_locked_database_is_a_clear_error_and_writes_resume_once_unlocked() {
+    let db = TempDb::new("locked");
+    let store = SqliteStore::open_with(
+        db.path(),
+        SqliteOptions::new().busy_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    assert!(store.acquire("run", "me", LONG).await.unwrap());
+
+    let mut other = raw(db.path()).await;
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let start = Save::Start {
+        version: "v".into(),
+        header: vec![1],
+    };
+    let err = store.save("run", "me", start.clone()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StoreError::Backend {
+                operation: "save",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("locked") || msg.contains("busy"), "{msg}");
+
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    store.save("run", "me", start).await.unwrap();
+    assert!(store.exists("run").await.unwrap());
+}

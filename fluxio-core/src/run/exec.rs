@@ -633,7 +633,7 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
-        if self.plan.nodes[i].has_rollback {
+        if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
         if let Some(obs) = &self.obs {
