@@ -124,6 +124,8 @@ impl<'a> Next<'a> {
 ///         })
 ///     }
 /// }
+/// let chain: Vec<Box<dyn Middleware>> = vec![Box::new(Timing)];
+/// assert_eq!(chain.len(), 1);
 /// ```
 pub trait Middleware: Send + Sync + 'static {
     /// Handles one stage call; `next.run(call)` continues down the chain.
