@@ -445,30 +445,40 @@ impl SchedState {
                 continue;
             }
             self.state[i] = RUNNING;
-            // Spans only when a subscriber was ever installed: without one, making a disabled
-            // span still costs (through tracing's `log` fallback) more than a trivial stage.
-            if self.traced {
-                let meta = &self.plan.nodes[i].meta;
-                let span = tracing::info_span!(
-                    "fluxio.stage",
-                    stage = meta.name,
-                    kind = meta.kind.as_str(),
-                    run_id = self.env.run_id.as_deref().unwrap_or(""),
-                );
-                if !span.is_disabled() {
-                    let n = self.plan.nodes.len();
-                    self.spans
-                        .get_or_insert_with(|| vec![tracing::Span::none(); n])[i] = span;
-                }
-            }
-            if let Some(obs) = &mut self.obs {
-                obs.started_at[i] = Some(Instant::now());
-                let ev = obs.event(&self.plan, i);
-                obs.each(|c| c.on_stage_start(&ev));
+            if self.traced || self.obs.is_some() {
+                self.announce_start(i);
             }
             return Some(i);
         }
         None
+    }
+
+    /// Opens the stage's span and tells the callbacks; kept out of line so the plain path
+    /// of `pop_ready` stays small.
+    #[cold]
+    #[inline(never)]
+    fn announce_start(&mut self, i: usize) {
+        // Spans only when a subscriber was ever installed: without one, making a disabled
+        // span still costs (through tracing's `log` fallback) more than a trivial stage.
+        if self.traced {
+            let meta = &self.plan.nodes[i].meta;
+            let span = tracing::info_span!(
+                "fluxio.stage",
+                stage = meta.name,
+                kind = meta.kind.as_str(),
+                run_id = self.env.run_id.as_deref().unwrap_or(""),
+            );
+            if !span.is_disabled() {
+                let n = self.plan.nodes.len();
+                self.spans
+                    .get_or_insert_with(|| vec![tracing::Span::none(); n])[i] = span;
+            }
+        }
+        if let Some(obs) = &mut self.obs {
+            obs.started_at[i] = Some(Instant::now());
+            let ev = obs.event(&self.plan, i);
+            obs.each(|c| c.on_stage_start(&ev));
+        }
     }
 
     /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
@@ -633,16 +643,25 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
+        if self.plan.has_rollback[i] || self.obs.is_some() {
+            self.note_finished(i);
+        }
+        self.release(i);
+        if let Some(l) = route {
+            self.release_skipped(i, l as usize, true);
+        }
+    }
+
+    /// Remembers a finished stage's rollback and tells the callbacks; out of line.
+    #[cold]
+    #[inline(never)]
+    fn note_finished(&mut self, i: usize) {
         if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
         if let Some(obs) = &self.obs {
             let ev = obs.event(&self.plan, i);
             obs.each(|c| c.on_stage_end(&ev, obs.elapsed(i)));
-        }
-        self.release(i);
-        if let Some(l) = route {
-            self.release_skipped(i, l as usize, true);
         }
     }
 
