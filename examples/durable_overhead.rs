@@ -49,6 +49,32 @@ where
     median(out)
 }
 
+/// Times durable 10- and 20-stage runs on `store`: the 10-stage time, and the marginal
+/// cost of one stage ((20-stage − 10-stage) / 10), in microseconds.
+async fn marginal<S: CheckpointStore + Clone>(
+    store: S,
+    samples: usize,
+    iters: usize,
+) -> (f64, f64) {
+    let runs = (iters / 10).max(5);
+    let mut times = Vec::new();
+    for (len, pipe) in [(10, chain_pipeline()), (20, chain20_pipeline())] {
+        let pipe = pipe.with_store(store.clone());
+        let t = time_us(samples, runs, |n| {
+            let p = pipe.clone();
+            async move {
+                p.invoke(input! { c0: 1 })
+                    .run_id(format!("b{len}-{n}"))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        times.push(t);
+    }
+    (times[0], (times[1] - times[0]) / 10.0)
+}
+
 /// An entry of a chain stage (a u64 write) as the store receives it: its size in bytes.
 async fn entry_size(store: &SqliteStore) -> usize {
     let pipe = chain_pipeline().with_store(store.clone());
@@ -124,30 +150,7 @@ async fn sqlite(samples: usize, iters: usize) {
         median(out)
     };
 
-    let p10 = chain_pipeline().with_store(store.clone());
-    let p20 = chain20_pipeline().with_store(store.clone());
-    let runs = (iters / 10).max(5);
-    let time10 = time_us(samples, runs, |n| {
-        let p = p10.clone();
-        async move {
-            p.invoke(input! { c0: 1 })
-                .run_id(format!("b10-{n}"))
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-    let time20 = time_us(samples, runs, |n| {
-        let p = p20.clone();
-        async move {
-            p.invoke(input! { c0: 1 })
-                .run_id(format!("b20-{n}"))
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-    let per_stage = (time20 - time10) / 10.0;
+    let (time10, per_stage) = marginal(store.clone(), samples, iters).await;
     println!("entry size                    {bytes} bytes (a stage writing one u64)");
     println!("raw sqlx insert (autocommit)   {raw_sqlx:>8.1} µs");
     println!("raw rusqlite insert           {raw_rusqlite:>8.1} µs   (the engine's own floor)");
@@ -163,6 +166,7 @@ async fn sqlite(samples: usize, iters: usize) {
 
     // Group commit: 100 runs at once; their checkpoints share commits.
     let concurrent = 100;
+    let p10 = chain_pipeline().with_store(store.clone());
     let rounds = if samples > 11 { 5 } else { 2 };
     let mut rates = Vec::new();
     for r in 0..rounds {
@@ -230,30 +234,7 @@ async fn redis(samples: usize, iters: usize) {
         }
     })
     .await;
-    let p10 = chain_pipeline().with_store(store.clone());
-    let p20 = chain20_pipeline().with_store(store.clone());
-    let runs = (iters / 10).max(5);
-    let time10 = time_us(samples, runs, |n| {
-        let p = p10.clone();
-        async move {
-            p.invoke(input! { c0: 1 })
-                .run_id(format!("b10-{n}"))
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-    let time20 = time_us(samples, runs, |n| {
-        let p = p20.clone();
-        async move {
-            p.invoke(input! { c0: 1 })
-                .run_id(format!("b20-{n}"))
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-    let per_stage = (time20 - time10) / 10.0;
+    let (time10, per_stage) = marginal(store.clone(), samples, iters).await;
     println!("raw RPUSH round trip          {raw:>8.1} µs   ({bytes} bytes)");
     println!(
         "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio {:.2}x (target <= 1.3x)",

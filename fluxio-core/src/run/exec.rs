@@ -1011,6 +1011,34 @@ where
     })
 }
 
+/// Starts (when `start`) or polls node `i`'s future through the driver's slots, inside the
+/// stage's span when there is one.
+#[inline(always)]
+fn slot_op<S>(
+    sched: &SchedState,
+    slots: &mut S,
+    i: usize,
+    start: bool,
+    cx: &mut Context<'_>,
+) -> Poll<std::result::Result<StageOutput, StageError>>
+where
+    S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
+{
+    let op = Op {
+        node: i,
+        start,
+        ctx: &sched.ctx,
+        env: &sched.env,
+        plan: &sched.plan,
+    };
+    let _entered = if sched.traced {
+        sched.spans.as_ref().map(|s| s[i].enter())
+    } else {
+        None
+    };
+    slots(op, cx)
+}
+
 /// Advances a run as far as it goes without waiting.
 fn step<S>(
     sched: &mut SchedState,
@@ -1025,21 +1053,7 @@ where
         // Start everything that is ready, polling each once right away.
         while let Some(i) = sched.pop_ready() {
             *current = i;
-            let op = Op {
-                node: i,
-                start: true,
-                ctx: &sched.ctx,
-                env: &sched.env,
-                plan: &sched.plan,
-            };
-            let entered = if sched.traced {
-                sched.spans.as_ref().map(|s| s[i].enter())
-            } else {
-                None
-            };
-            let polled = slots(op, cx);
-            drop(entered);
-            match polled {
+            match slot_op(sched, slots, i, true, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
                 Poll::Pending => sched.park(i),
             }
@@ -1066,21 +1080,7 @@ where
         while k < sched.running.len() {
             let i = sched.running[k] as usize;
             *current = i;
-            let op = Op {
-                node: i,
-                start: false,
-                ctx: &sched.ctx,
-                env: &sched.env,
-                plan: &sched.plan,
-            };
-            let entered = if sched.traced {
-                sched.spans.as_ref().map(|s| s[i].enter())
-            } else {
-                None
-            };
-            let polled = slots(op, cx);
-            drop(entered);
-            match polled {
+            match slot_op(sched, slots, i, false, cx) {
                 Poll::Ready(out) => {
                     sched.unpark(k);
                     sched.complete(i, out)?;
