@@ -30,49 +30,53 @@ fn scratch(name: &str) -> PathBuf {
     path
 }
 
-/// Median microseconds per call of `f`, over `samples` samples of `iters` calls.
-async fn time_us<F, Fut>(samples: usize, iters: usize, mut f: F) -> f64
+/// What one store comparison found (medians, microseconds).
+struct Figures {
+    /// The raw baseline, per write.
+    raw: f64,
+    /// A 10-stage durable run.
+    run10: f64,
+    /// The marginal cost of one stage: (20-stage run − 10-stage run) / 10.
+    per_stage: f64,
+    /// The median over samples of per-sample `per_stage / raw`.
+    ratio: f64,
+}
+
+/// Times, sample after sample and interleaved so the machine's drift hits all three
+/// alike: `iters` raw writes, then 10-stage and 20-stage durable runs on `store`.
+async fn compare_store<S, F, Fut>(store: S, samples: usize, iters: usize, mut raw: F) -> Figures
 where
+    S: CheckpointStore + Clone,
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut out = Vec::new();
+    let runs = (iters / 10).max(5);
+    let p10 = chain_pipeline().with_store(store.clone());
+    let p20 = chain20_pipeline().with_store(store);
+    let (mut raws, mut run10s, mut per_stages, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut n = 0;
-    for _ in 0..samples {
+    for sample in 0..samples {
         let t = Instant::now();
         for _ in 0..iters {
-            f(n).await;
+            raw(n).await;
             n += 1;
         }
-        out.push(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
-    }
-    median(out)
-}
-
-/// Times durable 10- and 20-stage runs on `store`: the 10-stage time, and the marginal
-/// cost of one stage ((20-stage − 10-stage) / 10), in microseconds.
-async fn marginal<S: CheckpointStore + Clone>(
-    store: S,
-    samples: usize,
-    iters: usize,
-) -> (f64, f64) {
-    let runs = (iters / 10).max(5);
-    let mut times = Vec::new();
-    for (len, pipe) in [(10, chain_pipeline()), (20, chain20_pipeline())] {
-        let pipe = pipe.with_store(store.clone());
-        let t = time_us(samples, runs, |n| {
-            let p = pipe.clone();
-            async move {
-                p.invoke(input! { c0: 1 })
-                    .run_id(format!("b{len}-{n}"))
-                    .await
-                    .unwrap();
+        let r = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        let mut per_run = [0.0; 2];
+        for (k, pipe) in [&p10, &p20].into_iter().enumerate() {
+            let t = Instant::now();
+            for i in 0..runs {
+                pipe.invoke(input! { c0: 1 }).run_id(format!("b{k}-{sample}-{i}")).await.unwrap();
             }
-        })
-        .await;
-        times.push(t);
+            per_run[k] = t.elapsed().as_secs_f64() * 1e6 / runs as f64;
+        }
+        let per_stage = (per_run[1] - per_run[0]) / 10.0;
+        raws.push(r);
+        run10s.push(per_run[0]);
+        per_stages.push(per_stage);
+        ratios.push(per_stage / r);
     }
-    (times[0], (times[1] - times[0]) / 10.0)
+    Figures { raw: median(raws), run10: median(run10s), per_stage: median(per_stages), ratio: median(ratios) }
 }
 
 /// An entry of a chain stage (a u64 write) as the store receives it: its size in bytes.
@@ -112,23 +116,6 @@ async fn sqlite(samples: usize, iters: usize) {
     let bytes = entry_size(&store).await;
     let blob = vec![7u8; bytes];
 
-    // The raw baseline: one INSERT of the same bytes, committed on its own (autocommit),
-    // on a single connection with the same pragmas.
-    let pool = sqlx_pool(&scratch("raw-sqlx.db")).await;
-    let raw_sqlx = time_us(samples, iters, |n| {
-        let (pool, blob) = (pool.clone(), blob.clone());
-        async move {
-            sqlx::query("INSERT INTO entries (run_id, seq, bytes) VALUES (?, ?, ?)")
-                .bind("raw")
-                .bind(n as i64)
-                .bind(blob)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-
     let raw_rusqlite = {
         let conn = rusqlite::Connection::open(scratch("raw-rusqlite.db")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
@@ -150,13 +137,29 @@ async fn sqlite(samples: usize, iters: usize) {
         median(out)
     };
 
-    let (time10, per_stage) = marginal(store.clone(), samples, iters).await;
+    // The raw baseline: one INSERT of the same bytes, committed on its own (autocommit),
+    // on a single connection with the same pragmas.
+    let pool = sqlx_pool(&scratch("raw-sqlx.db")).await;
+    let f = compare_store(store.clone(), samples, iters, |n| {
+        let (pool, blob) = (pool.clone(), blob.clone());
+        async move {
+            sqlx::query("INSERT INTO entries (run_id, seq, bytes) VALUES (?, ?, ?)")
+                .bind("raw")
+                .bind(n as i64)
+                .bind(blob)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let (raw_sqlx, time10, per_stage) = (f.raw, f.run10, f.per_stage);
     println!("entry size                    {bytes} bytes (a stage writing one u64)");
     println!("raw sqlx insert (autocommit)   {raw_sqlx:>8.1} µs");
     println!("raw rusqlite insert           {raw_rusqlite:>8.1} µs   (the engine's own floor)");
     println!(
-        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio to sqlx {:.2}x (target <= 1.3x), to rusqlite {:.2}x",
-        per_stage / raw_sqlx,
+        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio to sqlx {:.2}x (median of per-sample ratios; target <= 1.3x), to rusqlite {:.2}x",
+        f.ratio,
         per_stage / raw_rusqlite
     );
     println!(
@@ -222,7 +225,7 @@ async fn redis(samples: usize, iters: usize) {
     let blob = vec![7u8; bytes];
 
     let key = format!("{prefix}:raw");
-    let raw = time_us(samples, iters, |_| {
+    let f = compare_store(store.clone(), samples, iters, |_| {
         let (mut conn, key, blob) = (conn.clone(), key.clone(), blob.clone());
         async move {
             let _: i64 = redis::cmd("RPUSH")
@@ -234,11 +237,11 @@ async fn redis(samples: usize, iters: usize) {
         }
     })
     .await;
-    let (time10, per_stage) = marginal(store.clone(), samples, iters).await;
+    let (raw, time10, per_stage) = (f.raw, f.run10, f.per_stage);
     println!("raw RPUSH round trip          {raw:>8.1} µs   ({bytes} bytes)");
     println!(
-        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio {:.2}x (target <= 1.3x)",
-        per_stage / raw
+        "fluxio per stage (marginal)   {per_stage:>8.1} µs   ratio {:.2}x (median of per-sample ratios; target <= 1.3x)",
+        f.ratio
     );
     println!(
         "fluxio per run, fixed part    {:>8.1} µs",
