@@ -53,7 +53,8 @@ where
     let runs = (iters / 10).max(5);
     let p10 = chain_pipeline().with_store(store.clone());
     let p20 = chain20_pipeline().with_store(store);
-    let (mut raws, mut run10s, mut per_stages, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raws, mut run10s, mut per_stages, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut n = 0;
     for sample in 0..samples {
         let t = Instant::now();
@@ -66,7 +67,10 @@ where
         for (k, pipe) in [&p10, &p20].into_iter().enumerate() {
             let t = Instant::now();
             for i in 0..runs {
-                pipe.invoke(input! { c0: 1 }).run_id(format!("b{k}-{sample}-{i}")).await.unwrap();
+                pipe.invoke(input! { c0: 1 })
+                    .run_id(format!("b{k}-{sample}-{i}"))
+                    .await
+                    .unwrap();
             }
             per_run[k] = t.elapsed().as_secs_f64() * 1e6 / runs as f64;
         }
@@ -76,7 +80,12 @@ where
         per_stages.push(per_stage);
         ratios.push(per_stage / r);
     }
-    Figures { raw: median(raws), run10: median(run10s), per_stage: median(per_stages), ratio: median(ratios) }
+    Figures {
+        raw: median(raws),
+        run10: median(run10s),
+        per_stage: median(per_stages),
+        ratio: median(ratios),
+    }
 }
 
 /// An entry of a chain stage (a u64 write) as the store receives it: its size in bytes.
