@@ -56,11 +56,7 @@ pub(crate) fn start_run(
         run_id: None,
         callbacks: None,
     };
-    let span = if tracing::dispatcher::has_been_set() {
-        tracing::info_span!("fluxio.run", run_id = tracing::field::Empty, version = %pipe.plan.version)
-    } else {
-        tracing::Span::none()
-    };
+    let traced = tracing::dispatcher::has_been_set();
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
         env.run_id = opts.run_id.map(Into::into);
         if opts.resume {
@@ -72,12 +68,18 @@ pub(crate) fn start_run(
             Ok(sched) => pipe.start(sched),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        // With no subscriber listening, the run stays a single allocation.
-        if span.is_disabled() {
-            return run;
-        }
-        return Box::pin(tracing::Instrument::instrument(run, span));
+        // With no subscriber ever installed, the run stays a single allocation.
+        return if traced {
+            instrument_run(run, &pipe.plan.version)
+        } else {
+            run
+        };
     }
+    let span = if traced {
+        run_span(&pipe.plan.version)
+    } else {
+        tracing::Span::none()
+    };
     let pipe = pipe.clone();
     let run = async move {
         let run_id: Arc<str> = opts.run_id.clone().unwrap_or_else(fresh_run_id).into();
@@ -124,6 +126,23 @@ pub(crate) fn start_run(
         result
     };
     Box::pin(tracing::Instrument::instrument(run, span))
+}
+
+#[cold]
+#[inline(never)]
+fn run_span(version: &str) -> tracing::Span {
+    tracing::info_span!("fluxio.run", run_id = tracing::field::Empty, version = %version)
+}
+
+#[cold]
+#[inline(never)]
+fn instrument_run(run: RunFuture, version: &str) -> RunFuture {
+    let span = run_span(version);
+    if span.is_disabled() {
+        run
+    } else {
+        Box::pin(tracing::Instrument::instrument(run, span))
+    }
 }
 
 /// Tells the callbacks when a run is dropped before it ends.
