@@ -2,12 +2,12 @@
 
 pub use core::time::Duration;
 
-pub use fluxio_core::access::{Access, ConstMsg};
+pub use fluxio_core::access::Access;
 pub use fluxio_core::plan::{NodeDesc, NodeSpec, dep_matrix};
-pub use fluxio_core::run::{Op, RunFuture, Scheduler, drive};
+pub use fluxio_core::run::{RunFuture, Scheduler, drive};
 pub use fluxio_core::support::{
-    FromRead, IntoPipeline, RollbackResult, boxed, check_parallel, check_route_use, drive_stream,
-    lift, missing_resource, run_blocking,
+    FromRead, IntoPipeline, RollbackResult, check_parallel, check_route_use, drive_stream, lift,
+    missing_resource, run_blocking,
 };
 pub use fluxio_core::{
     Ctx, Key, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,

@@ -145,13 +145,12 @@ pub(crate) fn call_through(
     env: StageEnv,
 ) -> crate::stage::StageFuture {
     Box::pin(async move {
-        let callbacks = env.callbacks.clone();
         let call = StageCall {
             meta: &meta,
             run_id: env.run_id.as_deref(),
             attempt: 1,
             ctx: &ctx,
-            callbacks: callbacks.as_deref().unwrap_or(&[]),
+            callbacks: env.callbacks.as_deref().unwrap_or(&[]),
         };
         Next {
             rest: &chain,

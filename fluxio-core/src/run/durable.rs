@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Pipeline;
 use super::exec::{Durability, Observers, Restored, RunOptions, Scheduler};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Slot};
 use crate::error::{Error, Result};
 use crate::key::KeyDesc;
 use crate::plan::Plan;
@@ -83,26 +83,54 @@ fn find_key(plan: &Plan, name: &str) -> Option<KeyDesc> {
     plan.key_descs.iter().find(|k| k.name == name).copied()
 }
 
+/// Encodes one context value for a checkpoint: `(key name, bytes)`.
+pub(crate) fn encode_slot(desc: &KeyDesc, value: &Slot, run_id: &str) -> Result<(String, Vec<u8>)> {
+    let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
+        run_id: run_id.to_string(),
+        key: desc.name,
+        reason,
+    })?;
+    Ok((desc.name.to_string(), bytes))
+}
+
+/// Maps the failure of encoding a whole record (`what` names it in the error).
+pub(crate) fn encoded(
+    record: std::result::Result<Vec<u8>, String>,
+    run_id: &str,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    record.map_err(|reason| Error::Encode {
+        run_id: run_id.to_string(),
+        key: what,
+        reason,
+    })
+}
+
 /// Encodes the keys of `input` the pipeline knows (keys no stage reads or writes cannot be
 /// decoded later, so they are not stored).
 fn encode_input(plan: &Plan, input: &Ctx, run_id: &str) -> Result<Vec<u8>> {
     let mut values = Vec::new();
     for (name, value) in input.iter_slots() {
         if let Some(desc) = find_key(plan, name) {
-            let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
-                run_id: run_id.to_string(),
-                key: desc.name,
-                reason,
-            })?;
-            values.push((name.to_string(), bytes));
+            values.push(encode_slot(&desc, value, run_id)?);
         }
     }
     values.sort();
-    format::encode_header(&format::Header { values }).map_err(|reason| Error::Encode {
-        run_id: run_id.to_string(),
-        key: "<input>",
-        reason,
-    })
+    encoded(
+        format::encode_header(&format::Header { values }),
+        run_id,
+        "<input>",
+    )
+}
+
+/// The context a stored header holds.
+fn header_ctx(plan: &Plan, run_id: &str, header: &[u8]) -> Result<Ctx> {
+    let header = format::decode_header(header).map_err(|e| corrupt(run_id, e))?;
+    let mut ctx = Ctx::new();
+    for (name, bytes) in &header.values {
+        decode_into(plan, run_id, &mut ctx, name, bytes)?;
+    }
+    Ok(ctx)
 }
 
 fn decode_into(plan: &Plan, run_id: &str, ctx: &mut Ctx, name: &str, bytes: &[u8]) -> Result<()> {
@@ -120,11 +148,7 @@ fn decode_into(plan: &Plan, run_id: &str, ctx: &mut Ctx, name: &str, bytes: &[u8
 
 /// Rebuilds a stored run: its context and the nodes it finished.
 fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restored)> {
-    let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
-    let mut ctx = Ctx::new();
-    for (name, bytes) in &header.values {
-        decode_into(plan, run_id, &mut ctx, name, bytes)?;
-    }
+    let mut ctx = header_ctx(plan, run_id, &stored.header)?;
     let mut restored = Restored::default();
     let mut seen = vec![false; plan.nodes.len()];
     for bytes in &stored.entries {
@@ -232,10 +256,6 @@ pub(crate) async fn run(
             });
         }
         let (mut ctx, restored) = restore(&plan, &run_id, &stored)?;
-        if stored.status == RunStatus::Completed && input.is_empty() {
-            guard.release().await;
-            return Ok(ctx);
-        }
         // The resume's input adds keys; it never overrides what the run already holds.
         let mut added = Vec::new();
         for (name, value) in input.iter_slots() {
@@ -247,12 +267,7 @@ pub(crate) async fn run(
             }
             ctx.insert_slot(name, value.clone());
             if let Some(desc) = find_key(&plan, name) {
-                let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
-                    run_id: run_id.to_string(),
-                    key: desc.name,
-                    reason,
-                })?;
-                added.push((name.to_string(), bytes));
+                added.push(encode_slot(&desc, value, &run_id)?);
             }
         }
         if stored.status == RunStatus::Completed {
@@ -278,11 +293,7 @@ pub(crate) async fn run(
                 skipped: false,
                 writes: added,
             };
-            let bytes = format::encode_entry(&entry).map_err(|reason| Error::Encode {
-                run_id: run_id.to_string(),
-                key: "<input>",
-                reason,
-            })?;
+            let bytes = encoded(format::encode_entry(&entry), &run_id, "<input>")?;
             store
                 .save(&run_id, &owner, Save::Entry(bytes))
                 .await
@@ -352,12 +363,7 @@ pub(crate) async fn stored_input(
     run_id: &str,
 ) -> Result<Ctx> {
     let stored = load(store, run_id).await?;
-    let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
-    let mut ctx = Ctx::new();
-    for (name, bytes) in &header.values {
-        decode_into(plan, run_id, &mut ctx, name, bytes)?;
-    }
-    Ok(ctx)
+    header_ctx(plan, run_id, &stored.header)
 }
 
 /// A stored run's final keys and their encoded values.

@@ -495,9 +495,8 @@ impl SchedState {
         }
         if let Some(obs) = &mut self.obs {
             obs.started_at[i] = Some(Instant::now());
-            let ev = obs.event(&self.plan, i);
-            obs.each(|c| c.on_stage_start(&ev));
         }
+        self.notify(i, |c, ev, _| c.on_stage_start(ev));
     }
 
     /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
@@ -519,11 +518,18 @@ impl SchedState {
         i
     }
 
-    fn report_error(&self, i: usize, e: &Error) {
+    /// Tells every callback about node `i`: `f` gets the callback, the node's event and
+    /// how long ago the node started.
+    fn notify(&self, i: usize, f: impl Fn(&dyn Callback, &StageEvent<'_>, Duration)) {
         if let Some(obs) = &self.obs {
             let ev = obs.event(&self.plan, i);
-            obs.each(|c| c.on_stage_error(&ev, e, obs.elapsed(i)));
+            let elapsed = obs.elapsed(i);
+            obs.each(|c| f(c, &ev, elapsed));
         }
+    }
+
+    fn report_error(&self, i: usize, e: &Error) {
+        self.notify(i, |c, ev, elapsed| c.on_stage_error(ev, e, elapsed));
     }
 
     fn run_id(&self) -> &str {
@@ -564,10 +570,7 @@ impl SchedState {
                         .flatten()
                     {
                         // The stage failed (after its retries): its fallback writes instead.
-                        if let Some(obs) = &self.obs {
-                            let ev = obs.event(&self.plan, i);
-                            obs.each(|c| c.on_fallback(&ev, &e));
-                        }
+                        self.notify(i, |c, ev, _| c.on_fallback(ev, &e));
                         tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
                         let fut = stage.fallback(&self.ctx, &self.env);
                         self.state[i] = FALLBACK;
@@ -582,10 +585,7 @@ impl SchedState {
         let (writes, route) = match out {
             StageOutput::Writes(w) => (w, None),
             StageOutput::Skip(reason) => {
-                if let Some(obs) = &self.obs {
-                    let ev = obs.event(&self.plan, i);
-                    obs.each(|c| c.on_stage_skip(&ev, &reason));
-                }
+                self.notify(i, |c, ev, _| c.on_stage_skip(ev, &reason));
                 // A skipped route stage takes no branch.
                 let route = (!self.plan.nodes[i].labels.is_empty()).then_some(u32::MAX);
                 (Writes::none(), route)
@@ -635,12 +635,7 @@ impl SchedState {
                     key: name,
                 }
             })?;
-            let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
-                run_id: self.run_id().to_string(),
-                key: name,
-                reason,
-            })?;
-            encoded.push((name.to_string(), bytes));
+            encoded.push(super::durable::encode_slot(desc, value, self.run_id())?);
         }
         let entry = format::Entry {
             node: i as u32,
@@ -651,11 +646,7 @@ impl SchedState {
             skipped: route == Some(u32::MAX),
             writes: encoded,
         };
-        format::encode_entry(&entry).map_err(|reason| Error::Encode {
-            run_id: self.run_id().to_string(),
-            key: node.meta.name,
-            reason,
-        })
+        super::durable::encoded(format::encode_entry(&entry), self.run_id(), node.meta.name)
     }
 
     /// Node `i` is done (and durable, in a durable run): its dependents may start.
@@ -678,10 +669,7 @@ impl SchedState {
         if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
-        if let Some(obs) = &self.obs {
-            let ev = obs.event(&self.plan, i);
-            obs.each(|c| c.on_stage_end(&ev, obs.elapsed(i)));
-        }
+        self.notify(i, |c, ev, elapsed| c.on_stage_end(ev, elapsed));
     }
 
     /// Marks every node of route `i`'s other branches skipped.
@@ -703,13 +691,12 @@ impl SchedState {
         for (l, nodes) in plan.branch_members[i].iter().enumerate() {
             if l != chosen {
                 for &k in nodes {
-                    if let (true, Some(obs)) = (report, &self.obs) {
-                        let ev = obs.event(&plan, k as usize);
+                    if report && self.obs.is_some() {
                         let reason = match node.labels.get(chosen) {
                             Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
                             None => format!("route `{}` was skipped", node.meta.name),
                         };
-                        obs.each(|c| c.on_stage_skip(&ev, &reason));
+                        self.notify(k as usize, |c, ev, _| c.on_stage_skip(ev, &reason));
                     }
                     self.release(k as usize);
                 }
@@ -774,10 +761,7 @@ impl SchedState {
         }
         let progressed = !finished.is_empty();
         for (i, route, size) in finished {
-            if let Some(obs) = &self.obs {
-                let ev = obs.event(&self.plan, i as usize);
-                obs.each(|c| c.on_checkpoint(&ev, size));
-            }
+            self.notify(i as usize, |c, ev, _| c.on_checkpoint(ev, size));
             self.finish_node(i as usize, route);
         }
         Ok(progressed)
@@ -850,10 +834,7 @@ impl SchedState {
                     if let Some(e) = &error {
                         tracing::warn!(stage = name, error = %e, "rollback failed");
                     }
-                    if let Some(obs) = &self.obs {
-                        let ev = obs.event(&self.plan, i);
-                        obs.each(|c| c.on_rollback(&ev, error.as_ref()));
-                    }
+                    self.notify(i, |c, ev, _| c.on_rollback(ev, error.as_ref()));
                 }
             }
         }

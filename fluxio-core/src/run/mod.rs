@@ -78,9 +78,7 @@ impl Pipeline {
     /// retries inside the breaker.
     #[must_use]
     pub fn with_middleware(mut self, middleware: impl Middleware) -> Self {
-        let mut all: Vec<Arc<dyn Middleware>> = self.middleware.iter().cloned().collect();
-        all.push(Arc::new(middleware));
-        self.middleware = Arc::from(all);
+        self.middleware = appended(&self.middleware, Arc::new(middleware));
         self
     }
 
@@ -217,9 +215,7 @@ impl Pipeline {
     /// Adds a callback that observes every run of this pipeline.
     #[must_use]
     pub fn with_callback(mut self, callback: impl Callback) -> Self {
-        let mut all: Vec<Arc<dyn Callback>> = self.callbacks.iter().cloned().collect();
-        all.push(Arc::new(callback));
-        self.callbacks = Arc::from(all);
+        self.callbacks = appended(&self.callbacks, Arc::new(callback));
         self
     }
 
@@ -267,6 +263,12 @@ impl Pipeline {
     pub fn stream<C: Send + 'static>(&self, input: Ctx) -> StreamHandle<C> {
         StreamHandle::start(self.clone(), input)
     }
+}
+
+/// `list` with `item` added at the end (the pipeline's lists are shared, so a builder call
+/// makes a new one).
+fn appended<T: ?Sized>(list: &Arc<[Arc<T>]>, item: Arc<T>) -> Arc<[Arc<T>]> {
+    list.iter().cloned().chain(std::iter::once(item)).collect()
 }
 
 /// A run being configured: `.run_id(..)`, then `.await`.
