@@ -1,7 +1,7 @@
 //! Compares fluxio's runtime with hand-written tokio code doing the same context updates,
 //! measured side by side in one process, and prints medians and ratios.
 //!
-//! Run it with `cargo run --release --example overhead` (add `-- --quick` for a short run).
+//! Run it with `cargo run --release -p fluxio-benches --example overhead` (add `-- --quick` for a short run).
 //! The machine is noisy: samples of both sides are interleaved and the medians compared.
 
 use std::future::Future;

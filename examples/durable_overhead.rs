@@ -1,7 +1,7 @@
 //! What durability costs per stage, against raw drivers writing the same bytes with the same
 //! durability settings, measured side by side in one process.
 //!
-//! `cargo run --release --example durable_overhead` (add `-- --quick` for a short run; the
+//! `cargo run --release -p fluxio-examples --example durable_overhead` (add `-- --quick` for a short run; the
 //! Redis part needs a server at `FLUXIO_REDIS_URL`, default `redis://127.0.0.1:6379`, and is
 //! skipped, saying so, without one).
 //!

@@ -1,7 +1,7 @@
 //! Criterion benches of the runtime's overhead against hand-written baselines.
 //!
 //! `cargo bench -p fluxio-benches`. For the side-by-side ratios, run the comparison
-//! program: `cargo run --release --example overhead`.
+//! program: `cargo run --release -p fluxio-benches --example overhead`.
 
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
