@@ -1,6 +1,7 @@
 //! Runs the 10-stage chain in a loop, for profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
-//! `cargo run --release --example profile_chain -- [fluxio|baseline] [iterations]`
+//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|size] [iterations]`
+//! (`middleware`: the chain with CircuitBreaker + Retry + Cache, every input different).
 
 use std::future::IntoFuture;
 
@@ -15,10 +16,27 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let pipe = chain_pipeline();
+    let pipe = if which == "middleware" {
+        chain_pipeline()
+            .with_middleware(fluxio::prelude::CircuitBreaker::new(5))
+            .with_middleware(fluxio::prelude::Retry::exponential(3))
+            .with_middleware(
+                fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
+            )
+    } else if which == "cb" {
+        chain_pipeline().with_middleware(fluxio::prelude::CircuitBreaker::new(5))
+    } else {
+        chain_pipeline()
+    };
     if which == "size" {
         let fut = pipe.invoke(input! { c0: 1 }).into_future();
         println!("invoke future: {} bytes", std::mem::size_of_val(&*fut));
+        let layered = chain_pipeline().with_middleware(fluxio::prelude::CircuitBreaker::new(5));
+        let fut = layered.invoke(input! { c0: 1 }).into_future();
+        println!(
+            "invoke future through middleware: {} bytes",
+            std::mem::size_of_val(&*fut)
+        );
         let sched_fut = chain_baseline(input! { c0: 1 });
         println!(
             "baseline future: {} bytes",

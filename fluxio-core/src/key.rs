@@ -41,8 +41,9 @@ pub struct KeyDesc {
     pub name: &'static str,
     /// The name of the value type (for messages).
     pub type_name: fn() -> &'static str,
-    /// Encodes a value of this key (which must be of the key's type).
-    pub encode: fn(&AnyValue) -> Result<Vec<u8>, String>,
+    /// Encodes a value of this key (which must be of the key's type), appending the bytes
+    /// to the buffer.
+    pub encode: fn(&AnyValue, &mut Vec<u8>) -> Result<(), String>,
     /// Decodes bytes made by `encode`.
     pub decode: fn(&[u8]) -> Result<Arc<AnyValue>, String>,
 }

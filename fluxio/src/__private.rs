@@ -3,6 +3,7 @@
 pub use core::time::Duration;
 
 pub use fluxio_core::access::Access;
+pub use fluxio_core::middleware::Engine;
 pub use fluxio_core::plan::{NodeDesc, NodeSpec, dep_matrix};
 pub use fluxio_core::run::{RunFuture, Scheduler, drive};
 pub use fluxio_core::support::{

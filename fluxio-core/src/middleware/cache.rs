@@ -1,23 +1,63 @@
 //! `Cache`: reuse a stage's result for the same inputs.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
-use crate::stage::{StageError, StageKind, StageOutput};
+use crate::ctx::Ctx;
+use crate::stage::{StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
-type CacheKey = (&'static str, Vec<u8>);
+/// What a cached result is found by: the stage and its encoded read values (bincode
+/// encodings are self-delimiting, so the concatenation is unambiguous for one stage), with
+/// their hash computed once per call.
+pub(crate) struct CacheKey {
+    hash: u64,
+    stage: &'static str,
+    bytes: KeyBytes,
+}
 
-/// Results by key, and keys in insertion order: with one TTL for every entry, insertion
-/// order is expiry order, so the front of `order` is always what to evict first.
+/// Most keys are a few numbers or a short string: those need no allocation.
+type KeyBytes = SmallVec<[u8; 24]>;
+
+thread_local! {
+    /// Where a key is encoded before it is copied to its own storage.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Cached {
+    hash: u64,
+    /// Which insertion this is: `order` refers to entries by it.
+    seq: u64,
+    stage: &'static str,
+    bytes: KeyBytes,
+    expires: Instant,
+    out: StageOutput,
+}
+
+/// Results, and their insertions in order: with one TTL for every entry, insertion order is
+/// expiry order, so the front of `order` is always what to evict first. An entry replaced
+/// by a newer result leaves its old place in `order` stale (its `seq` no longer matches).
 #[derive(Default)]
 struct Entries {
-    map: HashMap<CacheKey, (Instant, StageOutput)>,
-    order: VecDeque<(CacheKey, Instant)>,
+    table: HashTable<Cached>,
+    order: VecDeque<(u64, u64, Instant)>,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Randomly seeded per cache (foldhash, hashbrown's default): read values may come
+    /// from users, who must not be able to aim at collisions.
+    hasher: foldhash::fast::RandomState,
+    entries: Mutex<Entries>,
 }
 
 /// Caches stage results: the key is the stage and the encoded values of the keys it reads,
@@ -37,7 +77,7 @@ struct Entries {
 pub struct Cache {
     ttl: Duration,
     max_entries: usize,
-    entries: Arc<Mutex<Entries>>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -56,7 +96,7 @@ impl Cache {
         Cache {
             ttl,
             max_entries: 10_000,
-            entries: Default::default(),
+            shared: Default::default(),
         }
     }
 
@@ -69,7 +109,7 @@ impl Cache {
 
     /// How many results are cached (expired ones included until they are evicted).
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.map.len()).unwrap_or(0)
+        self.entries().table.len()
     }
 
     /// Whether nothing is cached.
@@ -77,45 +117,110 @@ impl Cache {
         self.len() == 0
     }
 
-    /// The stage's read values, encoded; `None` if one is missing or does not encode.
-    fn key(call: &StageCall<'_>) -> Option<Vec<u8>> {
-        let mut key = Vec::new();
-        for desc in call.meta.access.reads {
-            let value = call.ctx.slot(desc.name)?;
-            let bytes = (desc.encode)(&**value).ok()?;
-            key.extend((desc.name.len() as u64).to_le_bytes());
-            key.extend(desc.name.as_bytes());
-            key.extend((bytes.len() as u64).to_le_bytes());
-            key.extend(bytes);
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.shared
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key of a call of stage `meta` on `ctx`: `None` for stream stages, and when a
+    /// read is missing or does not encode (such calls are not cached).
+    pub(crate) fn key(&self, meta: &StageMeta, ctx: &Ctx) -> Option<CacheKey> {
+        if meta.kind == StageKind::Stream {
+            return None;
         }
-        Some(key)
+        let bytes = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            scratch.clear();
+            let mut encoded = true;
+            for desc in meta.access.reads {
+                let Some(value) = ctx.slot(desc.name) else {
+                    encoded = false;
+                    break;
+                };
+                if (desc.encode)(&**value, &mut scratch).is_err() {
+                    encoded = false;
+                    break;
+                }
+            }
+            let bytes = encoded.then(|| KeyBytes::from_slice(&scratch));
+            if scratch.capacity() > 1 << 16 {
+                // Do not keep a huge key's buffer for the thread's lifetime.
+                *scratch = Vec::new();
+            }
+            bytes
+        })?;
+        let mut h = self.shared.hasher.build_hasher();
+        h.write(meta.name.as_bytes());
+        h.write_u8(0xff);
+        h.write(&bytes);
+        Some(CacheKey {
+            hash: h.finish(),
+            stage: meta.name,
+            bytes,
+        })
     }
 
-    fn lookup(&self, key: &CacheKey) -> Option<StageOutput> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (expires, out) = entries.map.get(key)?;
-        (Instant::now() < *expires).then(|| out.clone())
+    /// The cached result for `key`, if there is one that has not expired.
+    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<StageOutput> {
+        let entries = self.entries();
+        let hit = entries
+            .table
+            .find(key.hash, |c| c.stage == key.stage && c.bytes == key.bytes)?;
+        (Instant::now() < hit.expires).then(|| hit.out.clone())
     }
 
-    fn insert(&self, key: CacheKey, out: StageOutput) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+    /// Keeps `out` as the result for `key`.
+    pub(crate) fn insert(&self, key: CacheKey, out: StageOutput) {
         let now = Instant::now();
-        // Drop what expired, then the oldest while full. A key re-inserted later has a newer
-        // expiry in the map than its old place in `order`: that place is stale and skipped.
-        while let Some((front, expires)) = entries.order.front() {
-            let full = entries.map.len() >= self.max_entries;
-            if *expires > now && !full {
+        let expires = now + self.ttl;
+        let mut guard = self.entries();
+        let entries = &mut *guard;
+        // Drop what expired, then the oldest while full. The dropped results are freed
+        // after the lock is released.
+        let mut evicted: SmallVec<[Cached; 1]> = SmallVec::new();
+        while let Some(&(hash, seq, at)) = entries.order.front() {
+            if at > now && entries.table.len() < self.max_entries {
                 break;
             }
-            let (front, expires) = (front.clone(), *expires);
             entries.order.pop_front();
-            if entries.map.get(&front).is_some_and(|(e, _)| *e == expires) {
-                entries.map.remove(&front);
+            if let Ok(old) = entries.table.find_entry(hash, |c| c.seq == seq) {
+                evicted.push(old.remove().0);
             }
         }
-        let expires = now + self.ttl;
-        entries.order.push_back((key.clone(), expires));
-        entries.map.insert(key, (expires, out));
+        entries.seq += 1;
+        let seq = entries.seq;
+        entries.order.push_back((key.hash, seq, expires));
+        let cached = Cached {
+            hash: key.hash,
+            seq,
+            stage: key.stage,
+            bytes: key.bytes,
+            expires,
+            out,
+        };
+        match entries
+            .table
+            .entry(key.hash, |c| c.matches(&cached), |c| c.hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                // The same inputs again (after expiry, or two calls at once): the newer
+                // result wins, and the older place in `order` becomes stale.
+                evicted.push(std::mem::replace(slot.get_mut(), cached));
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(cached);
+            }
+        }
+        drop(guard);
+        drop(evicted);
+    }
+}
+
+impl Cached {
+    fn matches(&self, other: &Cached) -> bool {
+        self.stage == other.stage && self.bytes == other.bytes
     }
 }
 
@@ -125,13 +230,9 @@ impl Middleware for Cache {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        if call.meta.kind == StageKind::Stream {
-            return next.run(call);
-        }
-        let Some(bytes) = Self::key(&call) else {
+        let Some(key) = self.key(call.meta, call.ctx) else {
             return next.run(call);
         };
-        let key = (call.meta.name, bytes);
         if let Some(hit) = self.lookup(&key) {
             return Box::pin(std::future::ready(Ok(hit)));
         }

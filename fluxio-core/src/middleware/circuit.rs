@@ -1,9 +1,10 @@
 //! `CircuitBreaker`: stop calling a stage that keeps failing.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
@@ -11,7 +12,7 @@ use crate::error::Error;
 use crate::stage::{StageError, StageOutput};
 use crate::store::BoxFuture;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Closed {
         failures: u32,
@@ -19,8 +20,24 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One trial call is in flight; others are refused until it ends.
-    HalfOpen,
+    /// A trial call is in flight; others are refused until it ends, or until another reset
+    /// timeout has passed (a trial that was cancelled never reports).
+    HalfOpen {
+        since: Instant,
+    },
+}
+
+impl State {
+    const CLEAN: State = State::Closed { failures: 0 };
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// How many stages are not cleanly closed. While it is zero (the usual case) a call
+    /// needs no lock: every circuit is closed, and a success changes nothing.
+    troubled: AtomicUsize,
+    /// Stage names are compile-time constants, so a fast non-keyed hash is fine.
+    states: Mutex<FxHashMap<&'static str, State>>,
 }
 
 /// A circuit breaker per stage: after `threshold` consecutive failures the stage's circuit
@@ -41,7 +58,7 @@ enum State {
 pub struct CircuitBreaker {
     threshold: u32,
     reset: Duration,
-    states: Arc<Mutex<HashMap<&'static str, State>>>,
+    shared: Arc<Shared>,
 }
 
 impl CircuitBreaker {
@@ -50,7 +67,7 @@ impl CircuitBreaker {
         CircuitBreaker {
             threshold: threshold.max(1),
             reset: Duration::from_secs(30),
-            states: Default::default(),
+            shared: Default::default(),
         }
     }
 
@@ -61,33 +78,59 @@ impl CircuitBreaker {
         self
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<&'static str, State>) -> T) -> T {
-        let mut guard = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+    /// Runs `f` on `stage`'s state under the lock, keeping the count of troubled stages.
+    fn update<T>(&self, stage: &'static str, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut states = self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(stage).or_insert(State::CLEAN);
+        let was_clean = *state == State::CLEAN;
+        let out = f(state);
+        match (was_clean, *state == State::CLEAN) {
+            (true, false) => {
+                self.shared.troubled.fetch_add(1, Ordering::Release);
+            }
+            (false, true) => {
+                self.shared.troubled.fetch_sub(1, Ordering::Release);
+            }
+            _ => {}
+        }
+        out
     }
 
-    /// Whether a call may go through now (and, if it is the half-open trial, marks it).
-    fn admit(&self, stage: &'static str) -> bool {
-        self.with(|states| {
-            let state = states.entry(stage).or_insert(State::Closed { failures: 0 });
-            match *state {
-                State::Closed { .. } => true,
-                State::Open { until } if Instant::now() >= until => {
-                    *state = State::HalfOpen;
-                    true
-                }
-                State::Open { .. } | State::HalfOpen => false,
+    /// Whether a call of `stage` may go through now (and, if it is the half-open trial,
+    /// marks it).
+    pub(crate) fn admit(&self, stage: &'static str) -> bool {
+        if self.shared.troubled.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let reset = self.reset;
+        self.update(stage, |state| match *state {
+            State::Closed { .. } => true,
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::HalfOpen {
+                    since: Instant::now(),
+                };
+                true
             }
+            State::HalfOpen { since } if Instant::now() >= since + reset => {
+                *state = State::HalfOpen {
+                    since: Instant::now(),
+                };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         })
     }
 
-    fn record(&self, stage: &'static str, ok: bool) {
+    /// Records how a call of `stage` ended.
+    pub(crate) fn record(&self, stage: &'static str, ok: bool) {
+        if ok && self.shared.troubled.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let (threshold, reset) = (self.threshold, self.reset);
-        self.with(|states| {
-            let state = states.entry(stage).or_insert(State::Closed { failures: 0 });
+        self.update(stage, |state| {
             *state = match (*state, ok) {
-                (_, true) => State::Closed { failures: 0 },
-                (State::HalfOpen, false) => State::Open {
+                (_, true) => State::CLEAN,
+                (State::HalfOpen { .. }, false) => State::Open {
                     until: Instant::now() + reset,
                 },
                 (State::Closed { failures }, false) if failures + 1 >= threshold => {

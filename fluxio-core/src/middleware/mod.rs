@@ -13,6 +13,7 @@
 
 mod cache;
 mod circuit;
+pub(crate) mod engine;
 mod rate_limit;
 mod retry;
 mod timeout;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 
 pub use cache::Cache;
 pub use circuit::CircuitBreaker;
+#[doc(hidden)]
+pub use engine::Engine;
 pub use rate_limit::RateLimit;
 pub use retry::{RetriesExhausted, Retry};
 pub use timeout::Timeout;
@@ -71,7 +74,7 @@ impl StageCall<'_> {
 /// The rest of the chain after a middleware, ending in the stage itself.
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
-    rest: &'a [Arc<dyn Middleware>],
+    rest: &'a [Layer],
     stage: &'a dyn DynStage,
     env: &'a StageEnv,
 }
@@ -98,6 +101,66 @@ impl<'a> Next<'a> {
                 },
             ),
             None => self.stage.call(call.ctx, self.env),
+        }
+    }
+}
+
+/// One middleware of a pipeline's chain. The built-ins are kept by type, so that a chain
+/// of built-ins runs as one state machine beside the stage's future ([`engine`]) instead
+/// of a boxed future per middleware per call; anything else is a user's middleware, called
+/// through its trait object.
+#[derive(Clone)]
+pub(crate) enum Layer {
+    Retry(Retry),
+    Cache(Cache),
+    Circuit(CircuitBreaker),
+    RateLimit(RateLimit),
+    Timeout(Timeout),
+    Custom(Arc<dyn Middleware>),
+}
+
+impl Layer {
+    /// Wraps `m`, recognising the built-ins.
+    pub(crate) fn of<M: Middleware>(m: M) -> Layer {
+        let any: Box<dyn std::any::Any> = Box::new(m);
+        let any = match any.downcast::<Retry>() {
+            Ok(r) => return Layer::Retry(*r),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Cache>() {
+            Ok(c) => return Layer::Cache(*c),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<CircuitBreaker>() {
+            Ok(c) => return Layer::Circuit(*c),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<RateLimit>() {
+            Ok(r) => return Layer::RateLimit(*r),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Timeout>() {
+            Ok(t) => return Layer::Timeout(*t),
+            Err(any) => any,
+        };
+        match any.downcast::<M>() {
+            Ok(m) => Layer::Custom(Arc::new(*m)),
+            Err(_) => unreachable!("a box made from an `M` holds an `M`"),
+        }
+    }
+
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        match self {
+            Layer::Retry(m) => m.handle(call, next),
+            Layer::Cache(m) => m.handle(call, next),
+            Layer::Circuit(m) => m.handle(call, next),
+            Layer::RateLimit(m) => m.handle(call, next),
+            Layer::Timeout(m) => m.handle(call, next),
+            Layer::Custom(m) => m.handle(call, next),
         }
     }
 }
@@ -136,11 +199,14 @@ pub trait Middleware: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<StageOutput, StageError>>;
 }
 
-/// Runs `stage` through `chain` (owned, so the future is `'static`).
+/// Runs `stage` through `chain[from..]` as boxed futures (owned, so the future is
+/// `'static`): how the engine hands a call over to a user's middleware.
 pub(crate) fn call_through(
-    chain: Arc<[Arc<dyn Middleware>]>,
+    chain: Arc<[Layer]>,
+    from: usize,
     stage: Arc<dyn DynStage>,
     meta: StageMeta,
+    attempt: u32,
     ctx: Ctx,
     env: StageEnv,
 ) -> crate::stage::StageFuture {
@@ -148,12 +214,12 @@ pub(crate) fn call_through(
         let call = StageCall {
             meta: &meta,
             run_id: env.run_id.as_deref(),
-            attempt: 1,
+            attempt,
             ctx: &ctx,
             callbacks: env.callbacks.as_deref().unwrap_or(&[]),
         };
         Next {
-            rest: &chain,
+            rest: &chain[from..],
             stage: &*stage,
             env: &env,
         }

@@ -1,9 +1,9 @@
 //! `RateLimit`: a token bucket in front of stage calls.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
@@ -33,7 +33,7 @@ pub struct RateLimit {
     rate: f64,
     burst: f64,
     per_stage: bool,
-    buckets: Arc<Mutex<HashMap<&'static str, Bucket>>>,
+    buckets: Arc<Mutex<FxHashMap<&'static str, Bucket>>>,
 }
 
 impl RateLimit {
@@ -70,7 +70,7 @@ impl RateLimit {
     }
 
     /// Takes a token, or says how long to wait for one.
-    fn take(&self, stage: &'static str) -> Option<Duration> {
+    pub(crate) fn take(&self, stage: &'static str) -> Option<Duration> {
         let key = if self.per_stage { stage } else { "" };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

@@ -143,6 +143,44 @@ pub struct RetriesExhausted {
     pub last: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
+impl Retry {
+    /// After attempt `attempt` of `call` failed with `err`: `Ok(delay)` to try again after
+    /// `delay` (the retry is logged and reported to the callbacks), or the error to return.
+    pub(crate) fn after_failure(
+        &self,
+        call: &StageCall<'_>,
+        attempt: u32,
+        err: StageError,
+    ) -> Result<Duration, StageError> {
+        if !self.when.as_ref().is_none_or(|p| p(&err)) {
+            return Err(err);
+        }
+        if attempt >= self.max_attempts {
+            if attempt == 1 {
+                return Err(err);
+            }
+            return Err(StageError::new(RetriesExhausted {
+                attempts: attempt,
+                last: err.into_inner(),
+            }));
+        }
+        let delay = self.delay(attempt);
+        tracing::debug!(stage = call.meta.name, attempt, error = %err, ?delay, "stage failed; retrying");
+        let this = StageCall { attempt, ..*call };
+        let event = this.event();
+        call.callbacks
+            .iter()
+            .for_each(|c| c.on_retry(&event, &err, delay));
+        Ok(delay)
+    }
+}
+
+/// The span of one attempt, when a subscriber exists (see the executor).
+pub(crate) fn attempt_span(stage: &'static str, attempt: u32) -> Option<tracing::Span> {
+    tracing::dispatcher::has_been_set()
+        .then(|| tracing::info_span!("fluxio.attempt", stage, attempt))
+}
+
 impl Middleware for Retry {
     fn handle<'a>(
         &'a self,
@@ -156,35 +194,13 @@ impl Middleware for Retry {
             let mut attempt = 1;
             loop {
                 let this = StageCall { attempt, ..call };
-                // A span per attempt, only when a subscriber exists (see the executor).
-                let span = if tracing::dispatcher::has_been_set() {
-                    tracing::info_span!("fluxio.attempt", stage = call.meta.name, attempt)
-                } else {
-                    tracing::Span::none()
-                };
+                let span =
+                    attempt_span(call.meta.name, attempt).unwrap_or_else(tracing::Span::none);
                 let err = match tracing::Instrument::instrument(next.run(this), span).await {
                     Ok(out) => return Ok(out),
                     Err(e) => e,
                 };
-                let retryable = self.when.as_ref().is_none_or(|p| p(&err));
-                if !retryable {
-                    return Err(err);
-                }
-                if attempt >= self.max_attempts {
-                    if attempt == 1 {
-                        return Err(err);
-                    }
-                    return Err(StageError::new(RetriesExhausted {
-                        attempts: attempt,
-                        last: err.into_inner(),
-                    }));
-                }
-                let delay = self.delay(attempt);
-                tracing::debug!(stage = call.meta.name, attempt, error = %err, ?delay, "stage failed; retrying");
-                let event = this.event();
-                call.callbacks
-                    .iter()
-                    .for_each(|c| c.on_retry(&event, &err, delay));
+                let delay = self.after_failure(&call, attempt, err)?;
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }

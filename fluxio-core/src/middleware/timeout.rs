@@ -19,7 +19,7 @@ use crate::store::BoxFuture;
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Timeout {
-    after: Duration,
+    pub(crate) after: Duration,
 }
 
 impl Timeout {

@@ -85,7 +85,8 @@ fn find_key(plan: &Plan, name: &str) -> Option<KeyDesc> {
 
 /// Encodes one context value for a checkpoint: `(key name, bytes)`.
 pub(crate) fn encode_slot(desc: &KeyDesc, value: &Slot, run_id: &str) -> Result<(String, Vec<u8>)> {
-    let bytes = (desc.encode)(&**value).map_err(|reason| Error::Encode {
+    let mut bytes = Vec::new();
+    (desc.encode)(&**value, &mut bytes).map_err(|reason| Error::Encode {
         run_id: run_id.to_string(),
         key: desc.name,
         reason,

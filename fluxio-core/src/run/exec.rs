@@ -24,7 +24,8 @@ use super::Pipeline;
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::middleware::Middleware;
+use crate::middleware::Layer;
+use crate::middleware::engine::{Engine, Site};
 use crate::plan::{Exec, Plan};
 use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
 use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
@@ -362,6 +363,8 @@ struct SchedState {
     spans: Option<Vec<tracing::Span>>,
     /// Whether a `tracing` subscriber was ever installed when the run started.
     traced: bool,
+    /// The pipeline's middleware, when it has some (the driver runs stages through it).
+    layers: Option<Arc<[Layer]>>,
     /// Fallbacks running in place of failed stages.
     fallbacks: Vec<(u32, StageFuture)>,
     /// Finished nodes that have a rollback, in the order they finished.
@@ -385,6 +388,11 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
+    /// Runs every stage call through `layers`.
+    pub(crate) fn set_layers(&mut self, layers: Arc<[Layer]>) {
+        self.0.layers = (!layers.is_empty()).then_some(layers);
+    }
+
     fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, obs: Option<Observers>) -> Result<Self> {
         Self::with_state(plan, input, env, obs, None, None)
     }
@@ -414,6 +422,7 @@ impl Scheduler {
             durable: durable.map(Box::new),
             spans: None,
             traced: tracing::dispatcher::has_been_set(),
+            layers: None,
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
             rolling_back: None,
@@ -866,6 +875,7 @@ impl SchedState {
 
 /// What the driver asks of a slot: start node `i`'s stage, or poll it.
 pub struct Op<'a> {
+    layers: Option<&'a Arc<[Layer]>>,
     node: usize,
     start: bool,
     ctx: &'a Ctx,
@@ -912,6 +922,32 @@ impl Op<'_> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Like [`run`](Self::run), through the pipeline's middleware: `engine` keeps the
+    /// state of the call, and `make` is called again for each attempt.
+    pub fn run_layered<F>(
+        self,
+        slot: Pin<&mut Option<F>>,
+        engine: &mut Engine,
+        cx: &mut Context<'_>,
+        make: impl Fn(&Ctx, &StageEnv) -> F,
+    ) -> Poll<std::result::Result<StageOutput, StageError>>
+    where
+        F: Future<Output = std::result::Result<StageOutput, StageError>>,
+    {
+        let node = &self.plan.nodes[self.node];
+        let (Some(layers), Exec::Stage(stage)) = (self.layers, &node.exec) else {
+            return self.run(slot, cx, make);
+        };
+        let site = Site {
+            layers,
+            meta: &node.meta,
+            stage,
+            ctx: self.ctx,
+            env: self.env,
+        };
+        engine.poll(self.start, slot, cx, &site, &make)
     }
 
     /// Like [`run`](Self::run) for a node the plan holds as a value (a nested pipeline).
@@ -1025,6 +1061,7 @@ where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
     let op = Op {
+        layers: sched.layers.as_ref(),
         node: i,
         start,
         ctx: &sched.ctx,
@@ -1097,39 +1134,23 @@ where
     }
 }
 
-/// The driver of pipelines with middleware: each stage call goes through the chain.
-pub(crate) fn drive_middleware(sched: Scheduler, chain: Arc<[Arc<dyn Middleware>]>) -> RunFuture {
-    let n = sched.plan().nodes.len();
-    Box::pin(async move {
-        let mut slots: Vec<Option<StageFuture>> = (0..n).map(|_| None).collect();
-        drive(sched, |op, cx| {
-            let i = op.node();
-            let plan = op.plan;
-            op.run(Pin::new(&mut slots[i]), cx, |ctx, env| {
-                match &plan.nodes[i].exec {
-                    Exec::Stage(stage) => crate::middleware::call_through(
-                        chain.clone(),
-                        stage.clone(),
-                        plan.nodes[i].meta,
-                        ctx.clone(),
-                        env.clone(),
-                    ),
-                    Exec::Pipeline(_) => start_dyn(plan, i, ctx, env),
-                }
-            })
-        })
-        .await
-    })
-}
-
 /// The driver of pipelines built at run time: each node's future is boxed.
 pub(crate) fn drive_dyn(sched: Scheduler) -> RunFuture {
     let n = sched.plan().nodes.len();
     Box::pin(async move {
         let mut slots: Vec<Option<StageFuture>> = (0..n).map(|_| None).collect();
+        let mut engines: Vec<Engine> = (0..n).map(|_| Engine::default()).collect();
         drive(sched, |op, cx| {
             let i = op.node();
-            op.run_dyn(Pin::new(&mut slots[i]), cx)
+            let plan = op.plan;
+            match &plan.nodes[i].exec {
+                Exec::Stage(stage) if op.layers.is_some() => {
+                    op.run_layered(Pin::new(&mut slots[i]), &mut engines[i], cx, |c, e| {
+                        stage.call(c, e)
+                    })
+                }
+                _ => op.run_dyn(Pin::new(&mut slots[i]), cx),
+            }
         })
         .await
     })

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::callback::Callback;
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::middleware::Middleware;
+use crate::middleware::{Layer, Middleware};
 use crate::plan::{Graph, NodeSpec, Plan};
 use crate::stage::Resources;
 use crate::store::CheckpointStore;
@@ -39,7 +39,9 @@ pub struct Pipeline {
     driver: Option<Driver>,
     store: Option<Arc<dyn CheckpointStore>>,
     lease: std::time::Duration,
-    middleware: Arc<[Arc<dyn Middleware>]>,
+    middleware: Arc<[Layer]>,
+    /// The driver for runs through middleware (`pipeline!` generates one).
+    layered_driver: Option<Driver>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -70,6 +72,7 @@ impl Pipeline {
             store: None,
             lease: durable::DEFAULT_LEASE,
             middleware: Arc::from(Vec::new()),
+            layered_driver: None,
         }
     }
 
@@ -78,7 +81,7 @@ impl Pipeline {
     /// retries inside the breaker.
     #[must_use]
     pub fn with_middleware(mut self, middleware: impl Middleware) -> Self {
-        self.middleware = appended(&self.middleware, Arc::new(middleware));
+        self.middleware = appended(&self.middleware, Layer::of(middleware));
         self
     }
 
@@ -162,9 +165,26 @@ impl Pipeline {
         self
     }
 
-    pub(crate) fn start(&self, sched: Scheduler) -> RunFuture {
+    /// Sets the driver `pipeline!` generates for runs through middleware: like the one of
+    /// [`with_driver`](Self::with_driver), with an engine per stage
+    /// ([`Op::run_layered`]).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_layered_driver(
+        mut self,
+        driver: impl Fn(Scheduler) -> RunFuture + Send + Sync + 'static,
+    ) -> Self {
+        self.layered_driver = Some(Arc::new(driver));
+        self
+    }
+
+    pub(crate) fn start(&self, mut sched: Scheduler) -> RunFuture {
         if !self.middleware.is_empty() {
-            return exec::drive_middleware(sched, self.middleware.clone());
+            sched.set_layers(self.middleware.clone());
+            return match &self.layered_driver {
+                Some(driver) => driver(sched),
+                None => exec::drive_dyn(sched),
+            };
         }
         match &self.driver {
             Some(driver) => driver(sched),
@@ -267,7 +287,7 @@ impl Pipeline {
 
 /// `list` with `item` added at the end (the pipeline's lists are shared, so a builder call
 /// makes a new one).
-fn appended<T: ?Sized>(list: &Arc<[Arc<T>]>, item: Arc<T>) -> Arc<[Arc<T>]> {
+fn appended<T: Clone>(list: &Arc<[T]>, item: T) -> Arc<[T]> {
     list.iter().cloned().chain(std::iter::once(item)).collect()
 }
 

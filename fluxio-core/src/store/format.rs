@@ -23,16 +23,32 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<LIMIT>()
 }
 
-/// Encodes a context value (the `encode` of a [`KeyDesc`](crate::KeyDesc)).
+/// Encodes a context value at the end of `out` (the `encode` of a
+/// [`KeyDesc`](crate::KeyDesc)). The encoding of a value is self-delimiting: values encoded
+/// one after the other can be told apart again.
 ///
 /// # Errors
 ///
-/// When the value is not a `V`, or serialization fails.
-pub fn encode_value<V: Serialize + 'static>(value: &AnyValue) -> Result<Vec<u8>, String> {
+/// When the value is not a `V`, or serialization fails (`out` may then hold a part of it).
+pub fn encode_value<V: Serialize + 'static>(
+    value: &AnyValue,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let value: &V = (value as &dyn Any)
         .downcast_ref::<V>()
         .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))?;
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())
+    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| e.to_string())
+}
+
+/// Appends to a vector: bincode's own `std::io::Write` adapter costs a call per field.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Decodes a context value (the `decode` of a [`KeyDesc`](crate::KeyDesc)).
@@ -143,13 +159,17 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let v: Arc<AnyValue> = Arc::new(vec!["a".to_string(), "b".to_string()]);
-        let bytes = encode_value::<Vec<String>>(&*v).unwrap();
+        let mut bytes = Vec::new();
+        encode_value::<Vec<String>>(&*v, &mut bytes).unwrap();
         let back = decode_value::<Vec<String>>(&bytes).unwrap();
         assert_eq!(
             back.downcast_ref::<Vec<String>>().unwrap(),
             &vec!["a".to_string(), "b".to_string()]
         );
-        assert!(encode_value::<u8>(&*v).is_err(), "wrong type is an error");
+        assert!(
+            encode_value::<u8>(&*v, &mut Vec::new()).is_err(),
+            "wrong type is an error"
+        );
         assert!(decode_value::<u64>(&[0xff, 0xff]).is_err());
     }
 

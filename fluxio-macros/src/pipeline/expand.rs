@@ -36,20 +36,28 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     let mut descs = Vec::new();
     let mut slots = Vec::new();
     let mut arms = Vec::new();
+    let mut layered_arms = Vec::new();
     for (i, node) in a.nodes.iter().enumerate() {
         let slot = quote::format_ident!("__fluxio_slot{}", i);
         slots.push(quote!(let mut #slot = ::core::pin::pin!(::core::option::Option::None);));
-        arms.push(match &node.kind {
+        match &node.kind {
             FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => {
                 let call = respan(quote!(#private::Stage::call(&#path, c, e)), path.span());
-                quote! {
+                arms.push(quote! {
                     #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |c, e| #call),
-                }
+                });
+                layered_arms.push(quote! {
+                    #i => __fluxio_op.run_layered(#slot.as_mut(), &mut __fluxio_engines[#i], __fluxio_cx, |c, e| #call),
+                });
             }
-            FlatKind::Sub(_) => quote! {
-                #i => __fluxio_op.run_dyn(#slot.as_mut(), __fluxio_cx),
-            },
-        });
+            FlatKind::Sub(_) => {
+                let arm = quote! {
+                    #i => __fluxio_op.run_dyn(#slot.as_mut(), __fluxio_cx),
+                };
+                arms.push(arm.clone());
+                layered_arms.push(arm);
+            }
+        }
         let branch = branch_tokens(node.branch);
         let group = node.group;
         match &node.kind {
@@ -89,7 +97,9 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         }
     };
     // The driver keeps each stage's future in its own pinned slot inside the run's future:
-    // no allocation per stage call.
+    // no allocation per stage call. Runs through middleware use a second driver that keeps
+    // the middleware engine of each stage beside its slot.
+    let n_nodes = a.nodes.len();
     quote! {
         {
             #(#checks)*
@@ -98,6 +108,18 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
                     #(#slots)*
                     #private::drive(__fluxio_sched, |__fluxio_op, __fluxio_cx| match __fluxio_op.node() {
                         #(#arms)*
+                        _ => ::core::task::Poll::Pending,
+                    })
+                    .await
+                })
+            })
+            .with_layered_driver(|__fluxio_sched: #private::Scheduler| -> #private::RunFuture {
+                ::std::boxed::Box::pin(async move {
+                    #(#slots)*
+                    // One array, so that the driver's closure holds one reference to it.
+                    let mut __fluxio_engines = [const { #private::Engine::new() }; #n_nodes];
+                    #private::drive(__fluxio_sched, |__fluxio_op, __fluxio_cx| match __fluxio_op.node() {
+                        #(#layered_arms)*
                         _ => ::core::task::Poll::Pending,
                     })
                     .await

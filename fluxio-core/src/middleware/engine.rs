@@ -1,0 +1,639 @@
+//! The middleware engine: a pipeline's chain of built-in middleware run as one state
+//! machine beside the stage's future.
+//!
+//! Written as nested futures, each middleware would box its own future on every stage call
+//! and the stage's future would be boxed too. Here the built-ins are steps instead: going
+//! in, each one either answers at once (a cache hit, an open circuit), waits (a rate
+//! limit) or leaves a [`Frame`] recording what it must do on the way out (store the result,
+//! count a failure, retry). The stage's future lives in the driver's own slot.
+//!
+//! A call first runs on the fast path ([`Call::fast`]): one recursive descent with the
+//! frames on the machine stack, for calls that finish within one poll — no allocation, no
+//! state kept. Only when something must wait (the stage, a rate limit, a retry's backoff, a
+//! user's middleware) are the frames written into a [`Call`] on the heap, which the general
+//! loop ([`Call::poll`]) then drives. A user's middleware, met on the way in, takes the
+//! rest of the chain as boxed futures ([`call_through`](super::call_through)).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+use tokio::time::{Instant, Sleep};
+
+use super::cache::CacheKey;
+use super::retry::attempt_span;
+use super::{Layer, StageCall};
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::stage::{
+    DynStage, StageEnv, StageError, StageFuture, StageKind, StageMeta, StageOutput,
+};
+
+type StageResult = Result<StageOutput, StageError>;
+
+/// What the engine works on, handed in on every poll (the driver owns it all).
+pub(crate) struct Site<'a> {
+    pub(crate) layers: &'a Arc<[Layer]>,
+    pub(crate) meta: &'a StageMeta,
+    /// The stage as a trait object, for a user's middleware to call.
+    pub(crate) stage: &'a Arc<dyn DynStage>,
+    pub(crate) ctx: &'a Ctx,
+    pub(crate) env: &'a StageEnv,
+}
+
+/// What an entered middleware does on the way out (plain data: entering and leaving cost
+/// a copy).
+#[derive(Debug, Clone, Copy)]
+enum Frame {
+    /// Nothing.
+    Pass,
+    /// Retry a failure of attempt `attempt`, or give up.
+    Retry { attempt: u32 },
+    /// Store a success under the innermost of `Call::keys`.
+    Cache,
+    /// Tell the breaker how the call ended.
+    Circuit,
+    /// Nothing; meanwhile, everything inside must end by `deadline`.
+    Timeout { deadline: Instant },
+}
+
+/// What entering a middleware gives.
+enum Enter {
+    /// Go on inward; on the way out, do what the frame says (with the cache's key).
+    Frame(Frame, Option<CacheKey>),
+    /// The middleware answers without going further in.
+    Answer(StageResult),
+    /// The call must wait this long before the middleware lets it through (rate limit).
+    Wait(Duration),
+    /// A user's middleware: it and the rest of the chain go as boxed futures.
+    Delegate,
+}
+
+/// What leaving a middleware gives.
+enum Leave {
+    /// The result for the middleware outside.
+    Out(StageResult),
+    /// Go back in for attempt `attempt` after `delay`.
+    Retry { attempt: u32, delay: Duration },
+}
+
+/// How the fast path ended.
+enum Fast {
+    Done(StageResult),
+    /// Something must wait: the call's state, frames and all, to be driven by
+    /// [`Call::poll`].
+    Suspended(Box<Call>),
+}
+
+/// Enters `layer` (at the current depth) for a call of `site`.
+fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
+    let meta = site.meta;
+    let frame = match layer {
+        Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
+        Layer::Retry(_) => Frame::Retry { attempt: 1 },
+        Layer::Cache(cache) => match cache.key(meta, site.ctx) {
+            None => Frame::Pass,
+            Some(key) => {
+                return match cache.lookup(&key) {
+                    Some(hit) => Enter::Answer(Ok(hit)),
+                    None => Enter::Frame(Frame::Cache, Some(key)),
+                };
+            }
+        },
+        Layer::Circuit(breaker) => {
+            if !breaker.admit(meta.name) {
+                return Enter::Answer(Err(StageError::new(Error::CircuitOpen {
+                    stage: meta.name,
+                })));
+            }
+            Frame::Circuit
+        }
+        Layer::RateLimit(limit) => match limit.take(meta.name) {
+            None => Frame::Pass,
+            Some(wait) => return Enter::Wait(wait),
+        },
+        Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
+        Layer::Timeout(t) => Frame::Timeout {
+            deadline: Instant::now() + t.after,
+        },
+        Layer::Custom(_) => return Enter::Delegate,
+    };
+    Enter::Frame(frame, None)
+}
+
+/// Leaves `layer` with `out`, doing what its `frame` says.
+fn leave(
+    frame: Frame,
+    key: Option<CacheKey>,
+    layer: &Layer,
+    site: &Site<'_>,
+    out: StageResult,
+) -> Leave {
+    match (frame, layer) {
+        (Frame::Retry { attempt }, Layer::Retry(retry)) => match out {
+            Err(err) => match retry.after_failure(&stage_call(site, attempt), attempt, err) {
+                Ok(delay) => Leave::Retry {
+                    attempt: attempt + 1,
+                    delay,
+                },
+                Err(e) => Leave::Out(Err(e)),
+            },
+            ok => Leave::Out(ok),
+        },
+        (Frame::Cache, Layer::Cache(cache)) => {
+            if let (Some(key), Ok(done)) = (key, &out) {
+                cache.insert(key, done.clone());
+            }
+            Leave::Out(out)
+        }
+        (Frame::Circuit, Layer::Circuit(breaker)) => {
+            breaker.record(site.meta.name, out.is_ok());
+            Leave::Out(out)
+        }
+        _ => Leave::Out(out),
+    }
+}
+
+/// The rest of the chain from `depth`, as boxed futures.
+fn delegated(site: &Site<'_>, depth: usize, attempt: u32) -> StageFuture {
+    super::call_through(
+        site.layers.clone(),
+        depth,
+        site.stage.clone(),
+        *site.meta,
+        attempt,
+        site.ctx.clone(),
+        site.env.clone(),
+    )
+}
+
+fn stage_call<'a>(site: &Site<'a>, attempt: u32) -> StageCall<'a> {
+    StageCall {
+        meta: site.meta,
+        run_id: site.env.run_id.as_deref(),
+        attempt,
+        ctx: site.ctx,
+        callbacks: site.env.callbacks.as_deref().unwrap_or(&[]),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    /// Entering the middleware from the current depth on.
+    #[default]
+    Descend,
+    /// Waiting for a token of the rate limit at the current depth.
+    Limited,
+    /// The stage's future runs.
+    Stage,
+    /// A user's middleware runs, with the rest of the chain inside it.
+    Delegated,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// The middleware state of one stage's calls. A driver keeps one per stage, next to the
+/// slot of the stage's future. It holds nothing while no call waits: a call that finishes
+/// within one poll (the usual case for a cache hit, or a stage that does not wait) keeps
+/// its state on the stack, and only one that must wait moves it to the heap — so the run's
+/// future stays small.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Engine(Option<Box<Call>>);
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Engine").field(&self.0).finish()
+    }
+}
+
+impl Engine {
+    /// An engine with no call in flight.
+    pub const fn new() -> Self {
+        Engine(None)
+    }
+
+    /// Starts (when `start`) or advances the stage's call. `stage` is the slot of the
+    /// stage's future, `make` creates it (once per attempt).
+    pub(crate) fn poll<F>(
+        &mut self,
+        start: bool,
+        stage: Pin<&mut Option<F>>,
+        cx: &mut Context<'_>,
+        site: &Site<'_>,
+        make: &impl Fn(&Ctx, &StageEnv) -> F,
+    ) -> Poll<StageResult>
+    where
+        F: Future<Output = StageResult>,
+    {
+        if !start {
+            let Some(call) = self.0.as_mut() else {
+                return Poll::Pending;
+            };
+            let polled = call.poll(stage, cx, site, make);
+            if polled.is_ready() {
+                self.0 = None;
+            }
+            return polled;
+        }
+        let mut stage = stage;
+        match Call::fast(0, None, stage.as_mut(), cx, site, make) {
+            Fast::Done(out) => Poll::Ready(out),
+            Fast::Suspended(mut call) => {
+                // Arm what the suspended call waits on (the stage is polled once more).
+                let polled = call.poll(stage, cx, site, make);
+                if polled.is_pending() {
+                    self.0 = Some(call);
+                }
+                polled
+            }
+        }
+    }
+}
+
+/// How many middleware the engine enters itself; deeper chains go on as boxed futures.
+const MAX_DEPTH: usize = 8;
+
+/// The frames of the entered middleware, outermost first: a fixed stack of plain data.
+#[derive(Debug, Clone, Copy)]
+struct Frames {
+    items: [Frame; MAX_DEPTH],
+    len: usize,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Frames {
+            items: [Frame::Pass; MAX_DEPTH],
+            len: 0,
+        }
+    }
+}
+
+impl Frames {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_full(&self) -> bool {
+        self.len == MAX_DEPTH
+    }
+    /// Callers check `is_full` first.
+    fn push(&mut self, frame: Frame) {
+        self.items[self.len] = frame;
+        self.len += 1;
+    }
+    fn pop(&mut self) -> Option<Frame> {
+        self.len = self.len.checked_sub(1)?;
+        Some(self.items[self.len])
+    }
+    fn last(&self) -> Option<&Frame> {
+        self.as_slice().last()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    fn as_slice(&self) -> &[Frame] {
+        &self.items[..self.len]
+    }
+}
+
+/// The state of one stage call through the middleware.
+#[derive(Default)]
+struct Call {
+    /// One per entered middleware: `frames.len()` is the depth, and the next middleware to
+    /// enter is the one at that index.
+    frames: Frames,
+    /// The keys of the entered caches, outermost first.
+    keys: SmallVec<[CacheKey; 1]>,
+    /// The span of the innermost retry's current attempt (none without a subscriber).
+    span: Option<tracing::Span>,
+    phase: Phase,
+    delegated: Option<StageFuture>,
+    /// A rate-limit wait or a retry's backoff.
+    wait: Option<Pin<Box<Sleep>>>,
+    /// Armed at the earliest deadline of the entered `Timeout`s, once the call waits.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("depth", &self.frames.len())
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Call {
+    /// Advances the call.
+    fn poll<F>(
+        &mut self,
+        mut stage: Pin<&mut Option<F>>,
+        cx: &mut Context<'_>,
+        site: &Site<'_>,
+        make: &impl Fn(&Ctx, &StageEnv) -> F,
+    ) -> Poll<StageResult>
+    where
+        F: Future<Output = StageResult>,
+    {
+        loop {
+            // The result at depth `frames.len()`, to be carried out.
+            let out = match self.phase {
+                Phase::Descend => match self.descend(site) {
+                    Some(out) => out,
+                    None => {
+                        if self.phase == Phase::Descend {
+                            stage.set(Some(make(site.ctx, site.env)));
+                            self.phase = Phase::Stage;
+                        }
+                        continue;
+                    }
+                },
+                Phase::Stage => {
+                    let Some(fut) = stage.as_mut().as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    let polled = {
+                        let _attempt = self.span.as_ref().map(tracing::Span::enter);
+                        fut.poll(cx)
+                    };
+                    let out = match polled {
+                        Poll::Ready(out) => out,
+                        Poll::Pending => match self.poll_timeouts(cx, site) {
+                            Some(out) => out,
+                            None => return Poll::Pending,
+                        },
+                    };
+                    stage.set(None);
+                    out
+                }
+                Phase::Delegated => {
+                    let Some(fut) = self.delegated.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(out) => {
+                            self.delegated = None;
+                            out
+                        }
+                        Poll::Pending => match self.poll_timeouts(cx, site) {
+                            Some(out) => out,
+                            None => return Poll::Pending,
+                        },
+                    }
+                }
+                Phase::Limited | Phase::Backoff => {
+                    let Some(wait) = self.wait.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    if wait.as_mut().poll(cx).is_pending() {
+                        match self.poll_timeouts(cx, site) {
+                            Some(out) => out,
+                            None => return Poll::Pending,
+                        }
+                    } else {
+                        self.wait = None;
+                        self.waited(site);
+                        continue;
+                    }
+                }
+            };
+            if let Some(out) = self.ascend(site, out) {
+                return Poll::Ready(out);
+            }
+        }
+    }
+
+    /// Enters the middleware from the current depth on. `Some(out)` when one answers without going
+    /// further in; `None` when the phase changed (to a wait or a user's middleware) or,
+    /// the phase still `Descend`, when the stage itself is next.
+    fn descend(&mut self, site: &Site<'_>) -> Option<StageResult> {
+        while let Some(layer) = site.layers.get(self.frames.len()) {
+            if self.frames.is_full() {
+                self.delegate(site);
+                return None;
+            }
+            match enter(layer, site) {
+                Enter::Frame(frame, key) => {
+                    if let Frame::Retry { attempt } = frame {
+                        self.span = attempt_span(site.meta.name, attempt);
+                    }
+                    self.keys.extend(key);
+                    self.frames.push(frame);
+                }
+                Enter::Answer(out) => return Some(out),
+                Enter::Wait(wait) => {
+                    self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+                    self.phase = Phase::Limited;
+                    return None;
+                }
+                Enter::Delegate => {
+                    self.delegate(site);
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Hands the rest of the chain, from the current depth, to boxed futures.
+    fn delegate(&mut self, site: &Site<'_>) {
+        self.delegated = Some(delegated(site, self.frames.len(), self.attempt()));
+        self.phase = Phase::Delegated;
+    }
+
+    /// A wait ended: take the rate-limit token, or start the next attempt.
+    fn waited(&mut self, site: &Site<'_>) {
+        if self.phase == Phase::Limited {
+            if let Some(Layer::RateLimit(limit)) = site.layers.get(self.frames.len()) {
+                if let Some(wait) = limit.take(site.meta.name) {
+                    // Another caller took the token first.
+                    self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+                    return;
+                }
+            }
+            self.frames.push(Frame::Pass);
+        } else if let Some(Frame::Retry { attempt }) = self.frames.last() {
+            self.span = attempt_span(site.meta.name, *attempt);
+        }
+        self.phase = Phase::Descend;
+    }
+
+    /// Carries `out` out through the entered middleware, innermost first. `None` when a
+    /// retry goes back in.
+    fn ascend(&mut self, site: &Site<'_>, mut out: StageResult) -> Option<StageResult> {
+        while let Some(frame) = self.frames.pop() {
+            let depth = self.frames.len();
+            let key = match frame {
+                Frame::Cache => self.keys.pop(),
+                _ => None,
+            };
+            match leave(frame, key, &site.layers[depth], site, out) {
+                Leave::Out(o) => out = o,
+                Leave::Retry { attempt, delay } => {
+                    self.backoff(attempt, delay);
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Waits `delay`, then goes back in (from the retry at the top) for `attempt`.
+    fn backoff(&mut self, attempt: u32, delay: Duration) {
+        self.frames.push(Frame::Retry { attempt });
+        self.span = None;
+        self.wait = Some(Box::pin(tokio::time::sleep(delay)));
+        self.phase = Phase::Backoff;
+    }
+
+    /// A call suspended at `depth` in `phase`; the levels outside fill in their frames.
+    fn suspended(depth: usize, phase: Phase) -> Box<Call> {
+        let mut call = Box::<Call>::default();
+        call.frames.len = depth;
+        call.phase = phase;
+        call
+    }
+
+    /// Runs the call from `depth` inward and back within this poll, with the frames on
+    /// the machine stack. `span` is the attempt span of the innermost retry outside.
+    fn fast<F>(
+        depth: usize,
+        span: Option<&tracing::Span>,
+        mut stage: Pin<&mut Option<F>>,
+        cx: &mut Context<'_>,
+        site: &Site<'_>,
+        make: &impl Fn(&Ctx, &StageEnv) -> F,
+    ) -> Fast
+    where
+        F: Future<Output = StageResult>,
+    {
+        let Some(layer) = site.layers.get(depth) else {
+            stage.set(Some(make(site.ctx, site.env)));
+            let Some(fut) = stage.as_mut().as_pin_mut() else {
+                return Fast::Suspended(Call::suspended(depth, Phase::Stage));
+            };
+            let polled = {
+                let _attempt = span.map(tracing::Span::enter);
+                fut.poll(cx)
+            };
+            return match polled {
+                Poll::Ready(out) => {
+                    stage.set(None);
+                    Fast::Done(out)
+                }
+                Poll::Pending => {
+                    let mut call = Call::suspended(depth, Phase::Stage);
+                    call.span = span.cloned();
+                    Fast::Suspended(call)
+                }
+            };
+        };
+        let entered = if depth == MAX_DEPTH {
+            Enter::Delegate
+        } else {
+            enter(layer, site)
+        };
+        let (frame, key) = match entered {
+            Enter::Frame(frame, key) => (frame, key),
+            Enter::Answer(out) => return Fast::Done(out),
+            Enter::Wait(wait) => {
+                let mut call = Call::suspended(depth, Phase::Limited);
+                call.wait = Some(Box::pin(tokio::time::sleep(wait)));
+                call.span = span.cloned();
+                return Fast::Suspended(call);
+            }
+            Enter::Delegate => {
+                // The fast path makes first attempts only: retries go through `Call::poll`.
+                let mut fut = delegated(site, depth, 1);
+                if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                    return Fast::Done(out);
+                }
+                let mut call = Call::suspended(depth, Phase::Delegated);
+                call.delegated = Some(fut);
+                call.span = span.cloned();
+                return Fast::Suspended(call);
+            }
+        };
+        let own_span = match frame {
+            Frame::Retry { attempt } => attempt_span(site.meta.name, attempt),
+            _ => None,
+        };
+        let inner_span = own_span.as_ref().or(span);
+        match Call::fast(depth + 1, inner_span, stage, cx, site, make) {
+            Fast::Done(out) => match leave(frame, key, layer, site, out) {
+                Leave::Out(out) => Fast::Done(out),
+                Leave::Retry { attempt, delay } => {
+                    let mut call = Call::suspended(depth, Phase::Descend);
+                    call.backoff(attempt, delay);
+                    Fast::Suspended(call)
+                }
+            },
+            Fast::Suspended(mut call) => {
+                // Write this level's frame under the inner ones.
+                call.frames.items[depth] = frame;
+                if let Some(key) = key {
+                    call.keys.insert(0, key);
+                }
+                Fast::Suspended(call)
+            }
+        }
+    }
+
+    /// Checks the deadlines of the entered `Timeout`s while the call waits. `Some(error)`
+    /// when one passed: what ran inside that `Timeout` is dropped (cancelled) and the
+    /// error is its answer.
+    fn poll_timeouts(&mut self, cx: &mut Context<'_>, site: &Site<'_>) -> Option<StageResult> {
+        // The earliest deadline; of equal ones the innermost, as nested timers would fire.
+        let mut earliest: Option<(usize, Instant)> = None;
+        for (depth, frame) in self.frames.as_slice().iter().enumerate() {
+            if let Frame::Timeout { deadline } = *frame {
+                if earliest.is_none_or(|(_, d)| deadline <= d) {
+                    earliest = Some((depth, deadline));
+                }
+            }
+        }
+        let (depth, deadline) = earliest?;
+        let after = match site.layers.get(depth) {
+            Some(Layer::Timeout(t)) => t.after,
+            _ => Duration::ZERO,
+        };
+        if self.timer.as_ref().is_none_or(|t| t.deadline() != deadline) {
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        let timer = self.timer.as_mut()?;
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.timer = None;
+        self.delegated = None;
+        self.wait = None;
+        // The caches inside are left without a result.
+        let caches_inside = self.frames.as_slice()[depth..]
+            .iter()
+            .filter(|f| matches!(f, Frame::Cache))
+            .count();
+        self.keys.truncate(self.keys.len() - caches_inside);
+        self.frames.truncate(depth);
+        Some(Err(StageError::new(Error::Timeout {
+            stage: site.meta.name,
+            after,
+        })))
+    }
+
+    /// The attempt of the innermost `Retry` (1 without one).
+    fn attempt(&self) -> u32 {
+        self.frames
+            .as_slice()
+            .iter()
+            .rev()
+            .find_map(|f| match f {
+                Frame::Retry { attempt } => Some(*attempt),
+                _ => None,
+            })
+            .unwrap_or(1)
+    }
+}
