@@ -59,7 +59,8 @@ pub(crate) fn start_run(
     };
     let traced = tracing::dispatcher::has_been_set();
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
-        env.run_id = opts.run_id.map(Into::into);
+        let run_id: Option<Arc<str>> = opts.run_id.map(Into::into);
+        env.run_id = run_id.clone();
         if opts.resume {
             return Box::pin(std::future::ready(Err(Error::NoStore {
                 operation: "resume",
@@ -71,7 +72,7 @@ pub(crate) fn start_run(
         };
         // With no subscriber ever installed, the run stays a single allocation.
         return if traced {
-            instrument_run(run, &pipe.plan.version)
+            instrument_run(run, &pipe.plan.version, run_id.as_deref())
         } else {
             run
         };
@@ -137,8 +138,11 @@ fn run_span(version: &str) -> tracing::Span {
 
 #[cold]
 #[inline(never)]
-fn instrument_run(run: RunFuture, version: &str) -> RunFuture {
+fn instrument_run(run: RunFuture, version: &str, run_id: Option<&str>) -> RunFuture {
     let span = run_span(version);
+    if let Some(run_id) = run_id {
+        span.record("run_id", run_id);
+    }
     if span.is_disabled() {
         run
     } else {
