@@ -1,6 +1,6 @@
 //! Runs the 10-stage chain in a loop, for profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
-//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|size] [iterations]`
+//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|cache|cb|size] [iterations]`
 //! (`middleware`: the chain with CircuitBreaker + Retry + Cache, every input different).
 
 use std::future::IntoFuture;
@@ -23,6 +23,10 @@ fn main() {
             .with_middleware(
                 fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
             )
+    } else if which == "cache" {
+        chain_pipeline().with_middleware(
+            fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
+        )
     } else if which == "cb" {
         chain_pipeline().with_middleware(fluxio::prelude::CircuitBreaker::new(5))
     } else {
