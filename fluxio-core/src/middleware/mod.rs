@@ -10,6 +10,12 @@
 //! Built-ins: [`Retry`], [`Cache`], [`CircuitBreaker`], [`RateLimit`], [`Timeout`]. Stream
 //! stages bypass `Retry` and `Cache` (a re-run would repeat chunks already delivered; cached
 //! chunks would never reach the consumer).
+//!
+//! A pipeline runs the built-ins itself, as steps of a small state machine next to each
+//! stage's future, rather than through [`Middleware::handle`]: a call that does not wait
+//! allocates nothing. Your own middleware is called through `handle`, with everything
+//! inside it as boxed futures — add it last (innermost) to keep the built-ins outside it on
+//! the fast path. The behaviour is the same either way.
 
 mod cache;
 mod circuit;
