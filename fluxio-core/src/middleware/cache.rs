@@ -10,7 +10,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use super::{Middleware, Next, StageCall};
+use super::{Clock, Middleware, Next, StageCall};
 use crate::ctx::Ctx;
 use crate::stage::{StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
@@ -163,17 +163,17 @@ impl Cache {
     }
 
     /// The cached result for `key`, if there is one that has not expired.
-    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<StageOutput> {
+    pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
         let entries = self.entries();
         let hit = entries
             .table
             .find(key.hash, |c| c.stage == key.stage && c.bytes == key.bytes)?;
-        (Instant::now() < hit.expires).then(|| hit.out.clone())
+        (clock.now() < hit.expires).then(|| hit.out.clone())
     }
 
     /// Keeps `out` as the result for `key`.
-    pub(crate) fn insert(&self, key: CacheKey, out: StageOutput) {
-        let now = Instant::now();
+    pub(crate) fn insert(&self, key: CacheKey, out: StageOutput, clock: Clock<'_>) {
+        let now = clock.now();
         let expires = now + self.ttl;
         let mut guard = self.entries();
         let entries = &mut *guard;
@@ -233,12 +233,12 @@ impl Middleware for Cache {
         let Some(key) = self.key(call.meta, call.ctx) else {
             return next.run(call);
         };
-        if let Some(hit) = self.lookup(&key) {
+        if let Some(hit) = self.lookup(&key, Clock::Direct) {
             return Box::pin(std::future::ready(Ok(hit)));
         }
         Box::pin(async move {
             let out = next.run(call).await?;
-            self.insert(key, out.clone());
+            self.insert(key, out.clone(), Clock::Direct);
             Ok(out)
         })
     }

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::cache::CacheKey;
 use super::retry::attempt_span;
-use super::{Layer, StageCall};
+use super::{Clock, Layer, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::stage::{
@@ -42,6 +42,7 @@ pub(crate) struct Site<'a> {
     pub(crate) stage: &'a Arc<dyn DynStage>,
     pub(crate) ctx: &'a Ctx,
     pub(crate) env: &'a StageEnv,
+    pub(crate) clock: Clock<'a>,
 }
 
 /// What an entered middleware does on the way out (plain data: entering and leaving cost
@@ -97,7 +98,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         Layer::Cache(cache) => match cache.key(meta, site.ctx) {
             None => Frame::Pass,
             Some(key) => {
-                return match cache.lookup(&key) {
+                return match cache.lookup(&key, site.clock) {
                     Some(hit) => Enter::Answer(Ok(hit)),
                     None => Enter::Frame(Frame::Cache, Some(key)),
                 };
@@ -117,7 +118,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         },
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
         Layer::Timeout(t) => Frame::Timeout {
-            deadline: Instant::now() + t.after,
+            deadline: site.clock.now() + t.after,
         },
         Layer::Custom(_) => return Enter::Delegate,
     };
@@ -145,7 +146,7 @@ fn leave(
         },
         (Frame::Cache, Layer::Cache(cache)) => {
             if let (Some(key), Ok(done)) = (key, &out) {
-                cache.insert(key, done.clone());
+                cache.insert(key, done.clone(), site.clock);
             }
             Leave::Out(out)
         }

@@ -111,6 +111,31 @@ impl<'a> Next<'a> {
     }
 }
 
+/// Where the built-ins read the time.
+#[derive(Clone, Copy)]
+pub(crate) enum Clock<'a> {
+    /// The run's clock: read once per wake-up of the run and shared by the stages polled
+    /// in it. A time read this way is at most the run's current poll behind (microseconds
+    /// for a run that does not block its thread), and always earlier, never later: a TTL
+    /// or a deadline counted from it ends a little early, never late.
+    Run(&'a std::cell::Cell<Option<tokio::time::Instant>>),
+    /// tokio's clock, read each time.
+    Direct,
+}
+
+impl Clock<'_> {
+    pub(crate) fn now(self) -> tokio::time::Instant {
+        match self {
+            Clock::Run(cell) => cell.get().unwrap_or_else(|| {
+                let now = tokio::time::Instant::now();
+                cell.set(Some(now));
+                now
+            }),
+            Clock::Direct => tokio::time::Instant::now(),
+        }
+    }
+}
+
 /// One middleware of a pipeline's chain. The built-ins are kept by type, so that a chain
 /// of built-ins runs as one state machine beside the stage's future ([`engine`]) instead
 /// of a boxed future per middleware per call; anything else is a user's middleware, called

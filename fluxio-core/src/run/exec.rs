@@ -24,6 +24,7 @@ use super::Pipeline;
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::middleware::Clock;
 use crate::middleware::Layer;
 use crate::middleware::engine::{Engine, Site};
 use crate::plan::{Exec, Plan};
@@ -369,6 +370,9 @@ struct SchedState {
     traced: bool,
     /// The pipeline's middleware, when it has some (the driver runs stages through it).
     layers: Option<Arc<[Layer]>>,
+    /// The time, read at most once per wake-up of the run, for middleware that need it
+    /// (cache expiry, timeouts): a clock read costs more than a trivial stage's bookkeeping.
+    clock: std::cell::Cell<Option<tokio::time::Instant>>,
     /// Fallbacks running in place of failed stages.
     fallbacks: Vec<(u32, StageFuture)>,
     /// Finished nodes that have a rollback, in the order they finished.
@@ -427,6 +431,7 @@ impl Scheduler {
             spans: None,
             traced: tracing::dispatcher::has_been_set(),
             layers: None,
+            clock: std::cell::Cell::new(None),
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
             rolling_back: None,
@@ -880,6 +885,7 @@ impl SchedState {
 /// What the driver asks of a slot: start node `i`'s stage, or poll it.
 pub struct Op<'a> {
     layers: Option<&'a Arc<[Layer]>>,
+    clock: &'a std::cell::Cell<Option<tokio::time::Instant>>,
     node: usize,
     start: bool,
     ctx: &'a Ctx,
@@ -950,6 +956,7 @@ impl Op<'_> {
             stage,
             ctx: self.ctx,
             env: self.env,
+            clock: Clock::Run(self.clock),
         };
         engine.poll(self.start, slot, cx, &site, &make)
     }
@@ -1007,6 +1014,7 @@ where
 {
     let mut sched = sched.0;
     poll_fn(move |cx| {
+        sched.clock.set(None);
         // One unwind guard per wake-up, not per stage call; `current` names the stage a
         // panic came from.
         loop {
@@ -1066,6 +1074,7 @@ where
 {
     let op = Op {
         layers: sched.layers.as_ref(),
+        clock: &sched.clock,
         node: i,
         start,
         ctx: &sched.ctx,
