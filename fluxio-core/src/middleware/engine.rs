@@ -617,7 +617,8 @@ impl Call {
             .iter()
             .filter(|f| matches!(f, Frame::Cache))
             .count();
-        self.keys.truncate(self.keys.len() - caches_inside);
+        self.keys
+            .truncate(self.keys.len().saturating_sub(caches_inside));
         self.frames.truncate(depth);
         Some(Err(StageError::new(Error::Timeout {
             stage: site.meta.name,
