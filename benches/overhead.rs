@@ -11,13 +11,8 @@ use std::time::Instant;
 fn sink<T>(v: T) {
     std::hint::black_box(v);
 }
-use fluxio::prelude::{Cache, CircuitBreaker, Duration, Pipeline, Retry, Timeout, input};
+use fluxio::prelude::{CircuitBreaker, Duration, Pipeline, Retry, Timeout, input};
 use fluxio_benches::*;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Median nanoseconds per call of `f` over `samples` samples of `iters` calls each, for two
 /// workloads measured alternately.
@@ -147,7 +142,6 @@ fn main() {
     // target is about (Retry + Cache + CircuitBreaker). Every input differs, so the cache
     // always misses: it encodes the reads, looks them up, runs the stage and stores the
     // result (evicting the oldest, as the cache is full after the warm-up).
-    let cache = || Cache::ttl(Duration::from_secs(60)).max_entries(1_000);
     let variants: Vec<(&str, Pipeline, f64)> = vec![
         (
             "Retry",
@@ -166,22 +160,19 @@ fn main() {
         ),
         (
             "Cache (miss)",
-            chain_pipeline().with_middleware(cache()),
+            chain_pipeline().with_middleware(bench_cache()),
             0.0,
         ),
         (
             "Retry + Cache (miss) + CircuitBreaker",
-            chain_pipeline()
-                .with_middleware(CircuitBreaker::new(5))
-                .with_middleware(Retry::exponential(3))
-                .with_middleware(cache()),
+            trio_pipeline(),
             1.5,
         ),
     ];
     let bare = chain_pipeline();
     // A cache hit, for reference: the same input every time, so no stage runs after the
     // warm-up (each stage's key is found).
-    let hit = chain_pipeline().with_middleware(cache());
+    let hit = chain_pipeline().with_middleware(bench_cache());
     let (w, b) = compare(
         &rt,
         samples,
@@ -238,10 +229,7 @@ fn main() {
     );
     // The same through the trio: every stage call takes the cache's lock twice, from every
     // worker thread.
-    let trio = chain_pipeline()
-        .with_middleware(CircuitBreaker::new(5))
-        .with_middleware(Retry::exponential(3))
-        .with_middleware(cache());
+    let trio = trio_pipeline();
     let mx = throughput(&mt, 1_000, rounds, Some(&trio));
     println!(
         "1,000 concurrent chain invokes through Retry + Cache (miss) + CircuitBreaker: {mx:.0} invokes/s ({:.2}x the time of the bare runtime)",

@@ -17,16 +17,9 @@ fn main() {
         .build()
         .unwrap();
     let pipe = if which == "middleware" {
-        chain_pipeline()
-            .with_middleware(fluxio::prelude::CircuitBreaker::new(5))
-            .with_middleware(fluxio::prelude::Retry::exponential(3))
-            .with_middleware(
-                fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
-            )
+        trio_pipeline()
     } else if which == "cache" {
-        chain_pipeline().with_middleware(
-            fluxio::prelude::Cache::ttl(std::time::Duration::from_secs(60)).max_entries(1_000),
-        )
+        chain_pipeline().with_middleware(bench_cache())
     } else if which == "cb" {
         chain_pipeline().with_middleware(fluxio::prelude::CircuitBreaker::new(5))
     } else {

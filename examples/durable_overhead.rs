@@ -15,13 +15,13 @@ use fluxio::prelude::*;
 use fluxio::store::{RedisStore, SqliteStore};
 use fluxio_benches::*;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// This process's scratch directory (removed when the comparison ends).
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("fluxio-durable-bench-{}", std::process::id()))
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fluxio-durable-bench-{}", std::process::id()));
+    let dir = scratch_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     for suffix in ["", "-wal", "-shm"] {
@@ -280,4 +280,6 @@ fn main() {
         sqlite(samples, iters).await;
         redis(samples, iters).await;
     });
+    drop(rt);
+    let _ = std::fs::remove_dir_all(scratch_dir());
 }

@@ -47,15 +47,11 @@ fn fanout(c: &mut Criterion) {
 
 /// The chain through Retry + Cache (always a miss) + CircuitBreaker.
 fn middleware(c: &mut Criterion) {
-    use fluxio::prelude::{Cache, CircuitBreaker, Duration, Retry};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let pipe = chain_pipeline()
-        .with_middleware(CircuitBreaker::new(5))
-        .with_middleware(Retry::exponential(3))
-        .with_middleware(Cache::ttl(Duration::from_secs(60)).max_entries(1_000));
+    let pipe = trio_pipeline();
     let mut input = 0u64;
     let mut g = c.benchmark_group("chain10_middleware");
     g.bench_function("retry_cache_miss_breaker", |b| {

@@ -146,6 +146,27 @@ pub fn chain20_pipeline() -> Pipeline {
     pipeline! { s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10 }
 }
 
+/// The cache the middleware benchmarks use: a minute's TTL, a thousand entries (full after
+/// the warm-up, so every miss also evicts).
+pub fn bench_cache() -> Cache {
+    Cache::ttl(Duration::from_secs(60)).max_entries(1_000)
+}
+
+/// The chain through CircuitBreaker, Retry and Cache, in that order (outermost first): the
+/// middleware whose overhead the targets are about.
+pub fn trio_pipeline() -> Pipeline {
+    chain_pipeline()
+        .with_middleware(CircuitBreaker::new(5))
+        .with_middleware(Retry::exponential(3))
+        .with_middleware(bench_cache())
+}
+
+/// The median of some samples.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// One stage, an 8-wide parallel fan-out, and a join.
 pub fn fanout_pipeline() -> Pipeline {
     pipeline! { seed, parallel { b0, b1, b2, b3, b4, b5, b6, b7 }, join }

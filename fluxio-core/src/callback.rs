@@ -73,8 +73,9 @@ pub trait Callback: Send + Sync + 'static {
     fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {}
 }
 
-/// Logs every run and stage through `tracing`: run start and end, stage end and skip at
-/// `info`, stage start at `debug`, errors at `warn`. Install a subscriber (for example
+/// Logs every run and stage through `tracing`: run start, end and cancellation, stage end,
+/// skip, retry and rollback at `info`; stage start and stored checkpoints at `debug`;
+/// failures, fallbacks and failed rollbacks at `warn`. Chunks are not logged. Install a subscriber (for example
 /// `tracing_subscriber::fmt::init()`) to see them.
 ///
 /// ```
@@ -147,6 +148,35 @@ impl Callback for LoggingCallback {
             stage = event.stage,
             reason,
             "stage skipped"
+        );
+    }
+    fn on_retry(&self, event: &StageEvent<'_>, error: &StageError, delay: Duration) {
+        tracing::info!(run_id = event.run_id, stage = event.stage, attempt = event.attempt, delay_ms = delay.as_millis() as u64, error = %error, "stage will be retried");
+    }
+    fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {
+        tracing::warn!(run_id = event.run_id, stage = event.stage, error = %error, "stage failed; its fallback runs");
+    }
+    fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {
+        match error {
+            None => tracing::info!(
+                run_id = event.run_id,
+                stage = event.stage,
+                "stage rolled back"
+            ),
+            Some(e) => {
+                tracing::warn!(run_id = event.run_id, stage = event.stage, error = %e, "stage rollback failed")
+            }
+        }
+    }
+    fn on_run_cancelled(&self, run_id: &str) {
+        tracing::info!(run_id, "run cancelled");
+    }
+    fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {
+        tracing::debug!(
+            run_id = event.run_id,
+            stage = event.stage,
+            bytes,
+            "checkpoint stored"
         );
     }
 }

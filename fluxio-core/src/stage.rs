@@ -484,12 +484,8 @@ impl Writes {
     }
 
     /// The names written, in order.
-    pub fn names(&self) -> Vec<&'static str> {
-        match &self.items {
-            WriteList::None => Vec::new(),
-            WriteList::One(k, _) => vec![*k],
-            WriteList::Many(v) => v.iter().map(|(k, _)| *k).collect(),
-        }
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.iter().map(|(k, _)| k)
     }
 
     #[inline]

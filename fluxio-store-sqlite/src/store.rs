@@ -190,7 +190,7 @@ impl SqliteStore {
         }
     }
 
-    /// Deletes the checkpoints of finished runs (completed or failed) not updated for
+    /// Deletes the checkpoints of finished runs (completed, failed or rolled back) not updated for
     /// `older_than`, and returns how many runs it deleted. Runs whose lock is held are kept
     /// (a failed run being resumed keeps its `failed` status until it finishes again).
     /// Expired lock rows are deleted too; an expired lock already counts as free.

@@ -172,11 +172,19 @@ fn redis_run_ids_are_locked_across_processes() {
 
 fn redis_url() -> Option<String> {
     let url = std::env::var("FLUXIO_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let addr = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
-    match std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)) {
+    // host:port of `redis://[user:pass@]host:port[/db]`; a name or a malformed URL is an
+    // error below, never a silent skip.
+    let authority = url.trim_start_matches("redis://");
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
+        .and_then(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())
+        });
+    match reachable {
         Ok(_) => Some(url),
         Err(e) => {
             assert!(

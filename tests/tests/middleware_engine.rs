@@ -234,3 +234,60 @@ async fn a_rate_limited_call_waits_inside_the_outer_middleware() {
         "every call went through the user's middleware"
     );
 }
+
+/// Waits once: a task spawned on its first poll wakes it. Counts how often it is polled.
+struct WaitOnce<'a> {
+    polls: &'a AtomicU32,
+    woken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::future::Future for WaitOnce<'_> {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let (woken, waker) = (self.woken.clone(), cx.waker().clone());
+            tokio::spawn(async move {
+                woken.store(true, Ordering::SeqCst);
+                waker.wake();
+            });
+        }
+        if self.woken.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn waits_once(n: &u64, polls: Res<AtomicU32>) -> u64 {
+    WaitOnce {
+        polls: &polls,
+        woken: Default::default(),
+    }
+    .await;
+    *n
+}
+
+#[tokio::test]
+async fn a_stage_that_waits_once_is_polled_twice_with_or_without_middleware() {
+    for with_middleware in [false, true] {
+        let polls = Arc::new(AtomicU32::new(0));
+        let mut pipe = pipeline! { waits_once }.with_shared_resource(polls.clone());
+        if with_middleware {
+            pipe = pipe
+                .with_middleware(CircuitBreaker::new(5))
+                .with_middleware(Retry::exponential(3))
+                .with_middleware(Timeout::new(Duration::from_secs(5)));
+        }
+        assert_eq!(pipe.invoke(input! { n: 3 }).await.unwrap()[out], 3);
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            2,
+            "once to start, once after its wake-up (middleware: {with_middleware})"
+        );
+    }
+}

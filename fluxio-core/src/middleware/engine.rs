@@ -234,7 +234,7 @@ impl Engine {
             let Some(call) = self.0.as_mut() else {
                 return Poll::Pending;
             };
-            let polled = call.poll(stage, cx, site, make);
+            let polled = call.poll(stage, cx, site, make, false);
             if polled.is_ready() {
                 self.0 = None;
             }
@@ -244,8 +244,9 @@ impl Engine {
         match Call::fast(0, None, stage.as_mut(), cx, site, make) {
             Fast::Done(out) => Poll::Ready(out),
             Fast::Suspended(mut call) => {
-                // Arm what the suspended call waits on (the stage is polled once more).
-                let polled = call.poll(stage, cx, site, make);
+                // Arm what the suspended call waits on: its timers and waits (the stage or
+                // user middleware it waits for was just polled).
+                let polled = call.poll(stage, cx, site, make, true);
                 if polled.is_pending() {
                     self.0 = Some(call);
                 }
@@ -307,8 +308,8 @@ struct Call {
     /// One per entered middleware: `frames.len()` is the depth, and the next middleware to
     /// enter is the one at that index.
     frames: Frames,
-    /// The keys of the entered caches, outermost first.
-    keys: SmallVec<[CacheKey; 1]>,
+    /// The keys of the entered caches, with the depth of their cache, outermost first.
+    keys: SmallVec<[(usize, CacheKey); 1]>,
     /// The span of the innermost retry's current attempt (none without a subscriber).
     span: Option<tracing::Span>,
     phase: Phase,
@@ -329,17 +330,20 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    /// Advances the call.
+    /// Advances the call. `just_polled`: the future the call waits on (the stage's, or a
+    /// user middleware's) returned `Pending` a moment ago, so only its timers need polling.
     fn poll<F>(
         &mut self,
         mut stage: Pin<&mut Option<F>>,
         cx: &mut Context<'_>,
         site: &Site<'_>,
         make: &impl Fn(&Ctx, &StageEnv) -> F,
+        just_polled: bool,
     ) -> Poll<StageResult>
     where
         F: Future<Output = StageResult>,
     {
+        let mut skip_poll = just_polled && matches!(self.phase, Phase::Stage | Phase::Delegated);
         loop {
             // The result at depth `frames.len()`, to be carried out.
             let out = match self.phase {
@@ -357,7 +361,9 @@ impl Call {
                     let Some(fut) = stage.as_mut().as_pin_mut() else {
                         return Poll::Pending;
                     };
-                    let polled = {
+                    let polled = if std::mem::take(&mut skip_poll) {
+                        Poll::Pending
+                    } else {
                         let _attempt = self.span.as_ref().map(tracing::Span::enter);
                         fut.poll(cx)
                     };
@@ -375,7 +381,12 @@ impl Call {
                     let Some(fut) = self.delegated.as_mut() else {
                         return Poll::Pending;
                     };
-                    match fut.as_mut().poll(cx) {
+                    let polled = if std::mem::take(&mut skip_poll) {
+                        Poll::Pending
+                    } else {
+                        fut.as_mut().poll(cx)
+                    };
+                    match polled {
                         Poll::Ready(out) => {
                             self.delegated = None;
                             out
@@ -422,7 +433,9 @@ impl Call {
                     if let Frame::Retry { attempt } = frame {
                         self.span = attempt_span(site.meta.name, attempt);
                     }
-                    self.keys.extend(key);
+                    if let Some(key) = key {
+                        self.keys.push((self.frames.len(), key));
+                    }
                     self.frames.push(frame);
                 }
                 Enter::Answer(out) => return Some(out),
@@ -468,8 +481,8 @@ impl Call {
     fn ascend(&mut self, site: &Site<'_>, mut out: StageResult) -> Option<StageResult> {
         while let Some(frame) = self.frames.pop() {
             let depth = self.frames.len();
-            let key = match frame {
-                Frame::Cache => self.keys.pop(),
+            let key = match self.keys.last() {
+                Some((at, _)) if *at == depth => self.keys.pop().map(|(_, key)| key),
                 _ => None,
             };
             match leave(frame, key, &site.layers[depth], site, out) {
@@ -577,7 +590,7 @@ impl Call {
                 // Write this level's frame under the inner ones.
                 call.frames.items[depth] = frame;
                 if let Some(key) = key {
-                    call.keys.insert(0, key);
+                    call.keys.insert(0, (depth, key));
                 }
                 Fast::Suspended(call)
             }
@@ -613,12 +626,7 @@ impl Call {
         self.delegated = None;
         self.wait = None;
         // The caches inside are left without a result.
-        let caches_inside = self.frames.as_slice()[depth..]
-            .iter()
-            .filter(|f| matches!(f, Frame::Cache))
-            .count();
-        self.keys
-            .truncate(self.keys.len().saturating_sub(caches_inside));
+        self.keys.retain(|(at, _)| *at < depth);
         self.frames.truncate(depth);
         Some(Err(StageError::new(Error::Timeout {
             stage: site.meta.name,

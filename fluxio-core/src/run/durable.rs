@@ -186,7 +186,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restor
             ));
         }
         let route = match &entry.route {
-            None if entry.skipped && !node.labels.is_empty() => Some(u32::MAX),
+            None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
             Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
                 corrupt(
                     run_id,
@@ -229,13 +229,7 @@ pub(crate) async fn run(
     };
 
     let (ctx, restored) = if opts.resume {
-        let stored = store
-            .load(&run_id)
-            .await
-            .map_err(store_err(&run_id, "load"))?
-            .ok_or_else(|| Error::NoCheckpoint {
-                run_id: run_id.to_string(),
-            })?;
+        let stored = load(&*store, &run_id).await?;
         if stored.version != plan.version {
             if !opts.allow_version_change {
                 return Err(Error::CheckpointVersion {

@@ -24,9 +24,8 @@ use super::Pipeline;
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::middleware::Clock;
-use crate::middleware::Layer;
 use crate::middleware::engine::{Engine, Site};
+use crate::middleware::{Clock, Layer};
 use crate::plan::{Exec, Plan};
 use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
 use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
@@ -294,6 +293,9 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
     }
 }
 
+/// The route choice of a route stage that was skipped: it takes no branch.
+pub(crate) const NO_BRANCH: u32 = u32::MAX;
+
 const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -514,7 +516,7 @@ impl SchedState {
         if let Some(obs) = &mut self.obs {
             obs.started_at[i] = Some(Instant::now());
         }
-        self.notify(i, |c, ev, _| c.on_stage_start(ev));
+        self.notify(i, |c, ev| c.on_stage_start(ev));
     }
 
     /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
@@ -536,18 +538,25 @@ impl SchedState {
         i
     }
 
-    /// Tells every callback about node `i`: `f` gets the callback, the node's event and
-    /// how long ago the node started.
-    fn notify(&self, i: usize, f: impl Fn(&dyn Callback, &StageEvent<'_>, Duration)) {
+    /// Tells every callback about node `i`: `f` gets the callback and the node's event.
+    fn notify(&self, i: usize, f: impl Fn(&dyn Callback, &StageEvent<'_>)) {
         if let Some(obs) = &self.obs {
             let ev = obs.event(&self.plan, i);
+            obs.each(|c| f(c, &ev));
+        }
+    }
+
+    /// Like [`notify`](Self::notify), with how long ago the node started (a clock read,
+    /// so only for the events that report it).
+    fn notify_timed(&self, i: usize, f: impl Fn(&dyn Callback, &StageEvent<'_>, Duration)) {
+        if let Some(obs) = &self.obs {
             let elapsed = obs.elapsed(i);
-            obs.each(|c| f(c, &ev, elapsed));
+            self.notify(i, |c, ev| f(c, ev, elapsed));
         }
     }
 
     fn report_error(&self, i: usize, e: &Error) {
-        self.notify(i, |c, ev, elapsed| c.on_stage_error(ev, e, elapsed));
+        self.notify_timed(i, |c, ev, elapsed| c.on_stage_error(ev, e, elapsed));
     }
 
     fn run_id(&self) -> &str {
@@ -588,7 +597,7 @@ impl SchedState {
                         .flatten()
                     {
                         // The stage failed (after its retries): its fallback writes instead.
-                        self.notify(i, |c, ev, _| c.on_fallback(ev, &e));
+                        self.notify(i, |c, ev| c.on_fallback(ev, &e));
                         tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
                         let fut = stage.fallback(&self.ctx, &self.env);
                         self.state[i] = FALLBACK;
@@ -603,9 +612,9 @@ impl SchedState {
         let (writes, route) = match out {
             StageOutput::Writes(w) => (w, None),
             StageOutput::Skip(reason) => {
-                self.notify(i, |c, ev, _| c.on_stage_skip(ev, &reason));
+                self.notify(i, |c, ev| c.on_stage_skip(ev, &reason));
                 // A skipped route stage takes no branch.
-                let route = (!self.plan.nodes[i].labels.is_empty()).then_some(u32::MAX);
+                let route = (!self.plan.nodes[i].labels.is_empty()).then_some(NO_BRANCH);
                 (Writes::none(), route)
             }
             StageOutput::Route(route) => {
@@ -661,7 +670,7 @@ impl SchedState {
             route: route
                 .and_then(|l| node.labels.get(l as usize))
                 .map(|l| l.to_string()),
-            skipped: route == Some(u32::MAX),
+            skipped: route == Some(NO_BRANCH),
             writes: encoded,
         };
         super::durable::encoded(format::encode_entry(&entry), self.run_id(), node.meta.name)
@@ -687,7 +696,7 @@ impl SchedState {
         if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
-        self.notify(i, |c, ev, elapsed| c.on_stage_end(ev, elapsed));
+        self.notify_timed(i, |c, ev, elapsed| c.on_stage_end(ev, elapsed));
     }
 
     /// Marks every node of route `i`'s other branches skipped.
@@ -714,7 +723,7 @@ impl SchedState {
                             Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
                             None => format!("route `{}` was skipped", node.meta.name),
                         };
-                        self.notify(k as usize, |c, ev, _| c.on_stage_skip(ev, &reason));
+                        self.notify(k as usize, |c, ev| c.on_stage_skip(ev, &reason));
                     }
                     self.release(k as usize);
                 }
@@ -779,7 +788,7 @@ impl SchedState {
         }
         let progressed = !finished.is_empty();
         for (i, route, size) in finished {
-            self.notify(i as usize, |c, ev, _| c.on_checkpoint(ev, size));
+            self.notify(i as usize, |c, ev| c.on_checkpoint(ev, size));
             self.finish_node(i as usize, route);
         }
         Ok(progressed)
@@ -852,7 +861,7 @@ impl SchedState {
                     if let Some(e) = &error {
                         tracing::warn!(stage = name, error = %e, "rollback failed");
                     }
-                    self.notify(i, |c, ev, _| c.on_rollback(ev, error.as_ref()));
+                    self.notify(i, |c, ev| c.on_rollback(ev, error.as_ref()));
                 }
             }
         }
@@ -1099,6 +1108,22 @@ fn step<S>(
 where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
+    // The stages that were waiting: each is polled once per wake-up (the run was woken for
+    // one of them, or for a timer). Stages started below were just polled: polling them
+    // again before they wake the run would be wasted work.
+    let mut k = 0;
+    while k < sched.running.len() {
+        let i = sched.running[k] as usize;
+        *current = i;
+        match slot_op(sched, slots, i, false, cx) {
+            Poll::Ready(out) => {
+                sched.unpark(k);
+                sched.complete(i, out)?;
+            }
+            Poll::Pending => k += 1,
+        }
+    }
+    *current = usize::MAX;
     loop {
         // Start everything that is ready, polling each once right away.
         while let Some(i) = sched.pop_ready() {
@@ -1108,12 +1133,9 @@ where
                 Poll::Pending => sched.park(i),
             }
         }
-        let mut progressed = false;
-        if sched.durable.is_some() {
-            progressed = sched.poll_durable(cx)?;
-            if progressed {
-                continue;
-            }
+        *current = usize::MAX;
+        if sched.durable.is_some() && sched.poll_durable(cx)? {
+            continue;
         }
         if !sched.fallbacks.is_empty() && sched.poll_fallbacks(cx, current)? {
             continue;
@@ -1126,22 +1148,8 @@ where
             // A clone is an atomic increment; the scheduler is dropped right after.
             return Poll::Ready(Ok(sched.ctx.clone()));
         }
-        let mut k = 0;
-        while k < sched.running.len() {
-            let i = sched.running[k] as usize;
-            *current = i;
-            match slot_op(sched, slots, i, false, cx) {
-                Poll::Ready(out) => {
-                    sched.unpark(k);
-                    sched.complete(i, out)?;
-                    progressed = true;
-                }
-                Poll::Pending => k += 1,
-            }
-        }
-        *current = usize::MAX;
         sched.poll_deadlines(cx)?;
-        if !progressed && sched.ready.is_empty() {
+        if sched.ready.is_empty() {
             return Poll::Pending;
         }
     }

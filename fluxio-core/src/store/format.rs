@@ -95,7 +95,8 @@ pub struct Entry {
 
 fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, String> {
     let mut out = vec![FORMAT_VERSION];
-    out.extend(bincode::serde::encode_to_vec(record, config()).map_err(|e| e.to_string())?);
+    bincode::serde::encode_into_writer(record, VecWriter(&mut out), config())
+        .map_err(|e| e.to_string())?;
     Ok(out)
 }
 
