@@ -944,7 +944,8 @@ impl Op<'_> {
     }
 
     /// Like [`run`](Self::run), through the pipeline's middleware: `engine` keeps the
-    /// state of the call, and `make` is called again for each attempt.
+    /// state of the call, and `make` is called again for each attempt. Without middleware
+    /// it is [`run`](Self::run).
     pub fn run_layered<F>(
         self,
         slot: Pin<&mut Option<F>>,
@@ -955,8 +956,11 @@ impl Op<'_> {
     where
         F: Future<Output = std::result::Result<StageOutput, StageError>>,
     {
+        let Some(layers) = self.layers else {
+            return self.run(slot, cx, make);
+        };
         let node = &self.plan.nodes[self.node];
-        let (Some(layers), Exec::Stage(stage)) = (self.layers, &node.exec) else {
+        let Exec::Stage(stage) = &node.exec else {
             return self.run(slot, cx, make);
         };
         let site = Site {
@@ -1160,12 +1164,13 @@ pub(crate) fn drive_dyn(sched: Scheduler) -> RunFuture {
     let n = sched.plan().nodes.len();
     Box::pin(async move {
         let mut slots: Vec<Option<StageFuture>> = (0..n).map(|_| None).collect();
-        let mut engines: Vec<Engine> = (0..n).map(|_| Engine::default()).collect();
+        let layered = sched.0.layers.is_some();
+        let mut engines: Vec<Engine> = (0..n).filter(|_| layered).map(|_| Engine::new()).collect();
         drive(sched, |op, cx| {
             let i = op.node();
             let plan = op.plan;
             match &plan.nodes[i].exec {
-                Exec::Stage(stage) if op.layers.is_some() => {
+                Exec::Stage(stage) if layered => {
                     op.run_layered(Pin::new(&mut slots[i]), &mut engines[i], cx, |c, e| {
                         stage.call(c, e)
                     })
