@@ -1,10 +1,13 @@
 //! Test one stage at a time.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageOutput};
+use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageFuture, StageOutput};
 
 /// Runs a single stage by its contract, without middleware: its reads are checked in the
 /// input, its writes are returned in the output context.
@@ -73,13 +76,12 @@ impl<S: Stage> StepHarness<S> {
             run_id: Some("step-harness".into()),
             callbacks: None,
         };
-        let task = crate::run::Task::new(
-            0,
+        guarded(
             meta.name,
             Box::pin(self.stage.call(input, &env)),
             meta.timeout,
-        );
-        task.await.1
+        )
+        .await
     }
 
     /// Runs the stage on `input` and returns `input` plus the stage's writes.
@@ -130,5 +132,27 @@ impl<S: Stage> StepHarness<S> {
                 source: Arc::from(crate::StageError::msg("not a route stage").into_inner()),
             }),
         }
+    }
+}
+
+/// Runs one stage future on its own as a pipeline would: a panic becomes the stage's
+/// error, and the stage's own timeout applies.
+async fn guarded(
+    stage: &'static str,
+    mut fut: StageFuture,
+    timeout: Option<Duration>,
+) -> Result<StageOutput> {
+    let caught = std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(out.map_err(|e| e.into_run_error(stage))),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(crate::run::panic_error(stage, payload))),
+        }
+    });
+    match timeout {
+        None => caught.await,
+        Some(after) => tokio::time::timeout(after, caught)
+            .await
+            .unwrap_or(Err(Error::Timeout { stage, after })),
     }
 }

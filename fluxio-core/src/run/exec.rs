@@ -230,57 +230,6 @@ fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
     Ok(())
 }
 
-/// One stage call in flight on its own (the step harness): catches panics and enforces
-/// the stage's timeout.
-pub(crate) struct Task {
-    idx: u32,
-    stage: &'static str,
-    fut: StageFuture,
-    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
-}
-
-impl Task {
-    pub(crate) fn new(
-        idx: u32,
-        stage: &'static str,
-        fut: StageFuture,
-        timeout: Option<Duration>,
-    ) -> Self {
-        let deadline = timeout.map(|after| (Box::pin(tokio::time::sleep(after)), after));
-        Task {
-            idx,
-            stage,
-            fut,
-            deadline,
-        }
-    }
-}
-
-impl Future for Task {
-    type Output = (u32, Result<StageOutput>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
-        let out = match polled {
-            Ok(Poll::Ready(Ok(out))) => Ok(out),
-            Ok(Poll::Ready(Err(e))) => Err(e.into_run_error(this.stage)),
-            Err(payload) => Err(panic_error(this.stage, payload)),
-            Ok(Poll::Pending) => match &mut this.deadline {
-                Some((sleep, after)) => match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Err(Error::Timeout {
-                        stage: this.stage,
-                        after: *after,
-                    }),
-                    Poll::Pending => return Poll::Pending,
-                },
-                None => return Poll::Pending,
-            },
-        };
-        Poll::Ready((this.idx, out))
-    }
-}
-
 pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + Send>) -> Error {
     let text = payload
         .downcast_ref::<&str>()
