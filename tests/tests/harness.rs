@@ -76,3 +76,42 @@ async fn resources_are_given_or_reported_missing() {
         .unwrap();
     assert_eq!(out[user], "hi 2");
 }
+
+#[stage(reads = [user_id], writes = [user])]
+async fn explodes(user_id: &u64) -> String {
+    panic!("no user {user_id}")
+}
+
+#[stage(reads = [user_id], writes = [user], timeout = "50ms")]
+async fn hangs(user_id: &u64) -> String {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    user_id.to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_is_the_stage_error_and_the_stage_timeout_applies() {
+    let err = StepHarness::new(explodes)
+        .run(input! { user_id: 7 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Stage {
+                stage: "explodes",
+                ..
+            }
+        ) && err.to_string().contains("no user 7"),
+        "{err:?}"
+    );
+    let err = StepHarness::new(hangs)
+        .run(input! { user_id: 7 })
+        .await
+        .unwrap_err();
+    match err {
+        Error::Timeout { stage, after } => {
+            assert_eq!((stage, after), ("hangs", Duration::from_millis(50)))
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
