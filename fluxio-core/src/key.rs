@@ -44,6 +44,9 @@ pub struct KeyDesc {
     /// Encodes a value of this key (which must be of the key's type), appending the bytes
     /// to the buffer.
     pub encode: fn(&AnyValue, &mut Vec<u8>) -> Result<(), String>,
+    /// Feeds the bytes `encode` would append to a hasher, without a buffer (how
+    /// [`Cache`](crate::middleware::Cache) finds a call's earlier result).
+    pub hash: fn(&AnyValue, &mut dyn core::hash::Hasher) -> Result<(), String>,
     /// Decodes bytes made by `encode`.
     pub decode: fn(&[u8]) -> Result<Arc<AnyValue>, String>,
 }
@@ -58,6 +61,7 @@ impl KeyDesc {
             name,
             type_name: core::any::type_name::<V>,
             encode: crate::store::format::encode_value::<V>,
+            hash: crate::store::format::hash_value::<V>,
             decode: crate::store::format::decode_value::<V>,
         }
     }

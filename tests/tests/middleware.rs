@@ -367,3 +367,62 @@ async fn middleware_can_skip_a_stage_with_a_reason() {
         "{err:?}"
     );
 }
+
+#[stage(reads = [n, words], writes = [out])]
+async fn pair(n: &u64, words: &String, flaky: Res<Arc<Flaky>>) -> Result<u64, StageError> {
+    flaky.call()?;
+    Ok(n + words.len() as u64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_keys_use_every_read_and_the_same_context_hits() {
+    let flaky = Flaky::failing(0);
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let pipe = pipeline! { pair }
+        .with_resource(flaky.clone())
+        .with_middleware(cache.clone());
+    let input = input! { n: 1, words: "ab".into() };
+    assert_eq!(pipe.invoke(input.clone()).await.unwrap()[out], 3);
+    // The very same values (shared with the first run's context) hit.
+    assert_eq!(pipe.invoke(input).await.unwrap()[out], 3);
+    assert_eq!(flaky.calls(), 1);
+    // Equal values, built anew, hit too.
+    pipe.invoke(input! { n: 1, words: "ab".into() })
+        .await
+        .unwrap();
+    assert_eq!(flaky.calls(), 1);
+    // A change in either read is another key.
+    pipe.invoke(input! { n: 1, words: "abc".into() })
+        .await
+        .unwrap();
+    pipe.invoke(input! { n: 2, words: "ab".into() })
+        .await
+        .unwrap();
+    assert_eq!(flaky.calls(), 3);
+    assert_eq!(cache.len(), 3);
+}
+
+#[stage(name = "twin", reads = [n], writes = [out])]
+async fn twin_number(n: &u64) -> u64 {
+    n + 100
+}
+
+#[stage(name = "twin", reads = [words], writes = [out])]
+async fn twin_text(words: &String) -> u64 {
+    words.len() as u64 + 200
+}
+
+#[tokio::test(start_paused = true)]
+async fn stages_sharing_a_name_and_a_cache_do_not_share_results() {
+    // `0u64` and `""` have the same encoding (one zero byte): a cache keyed by stage name
+    // and bytes alone would answer one stage with the other's result.
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let numbers = pipeline! { twin_number }.with_middleware(cache.clone());
+    let texts = pipeline! { twin_text }.with_middleware(cache.clone());
+    assert_eq!(numbers.invoke(input! { n: 0 }).await.unwrap()[out], 100);
+    assert_eq!(
+        texts.invoke(input! { words: String::new() }).await.unwrap()[out],
+        200
+    );
+    assert_eq!(numbers.invoke(input! { n: 0 }).await.unwrap()[out], 100);
+}

@@ -11,25 +11,61 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::{Clock, Middleware, Next, StageCall};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Slot};
+use crate::key::KeyDesc;
 use crate::stage::{StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
-/// What a cached result is found by: the stage and its encoded read values (bincode
-/// encodings are self-delimiting, so the concatenation is unambiguous for one stage), with
-/// their hash computed once per call.
+/// What a cached result is found by: the stage and the values of the keys it reads, with
+/// their hash computed once per call. The values are kept as they are in the context
+/// (shared, not copied); two are the same read when they are the same value in memory, or
+/// when their encodings (the checkpoint encoding) are equal.
 pub(crate) struct CacheKey {
     hash: u64,
     stage: &'static str,
-    bytes: KeyBytes,
+    /// How to encode each of `reads`, in the same order.
+    descs: &'static [KeyDesc],
+    reads: SmallVec<[Slot; 1]>,
 }
 
-/// Most keys are a few numbers or a short string: those need no allocation.
-type KeyBytes = SmallVec<[u8; 24]>;
+impl CacheKey {
+    fn same(&self, stage: &'static str, reads: &[Slot]) -> bool {
+        self.stage == stage
+            && self.reads.len() == reads.len()
+            && self
+                .reads
+                .iter()
+                .zip(reads)
+                .zip(self.descs)
+                .all(|((a, b), desc)| Arc::ptr_eq(a, b) || same_encoding(desc, a, b))
+    }
+}
 
 thread_local! {
-    /// Where a key is encoded before it is copied to its own storage.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Where two values are encoded to be compared.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether `a` and `b` encode to the same bytes (values of another type than the key's,
+/// and values that fail to encode, are never the same).
+fn same_encoding(desc: &KeyDesc, a: &Slot, b: &Slot) -> bool {
+    let compare = |x: &mut Vec<u8>, y: &mut Vec<u8>| {
+        x.clear();
+        y.clear();
+        (desc.encode)(&**a, x).is_ok() && (desc.encode)(&**b, y).is_ok() && x == y
+    };
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut pair) => {
+            let (x, y) = &mut *pair;
+            let same = compare(x, y);
+            if x.capacity().max(y.capacity()) > 1 << 16 {
+                // Do not keep a huge value's buffers for the thread's lifetime.
+                *pair = Default::default();
+            }
+            same
+        }
+        Err(_) => compare(&mut Vec::new(), &mut Vec::new()),
+    })
 }
 
 struct Cached {
@@ -37,7 +73,7 @@ struct Cached {
     /// Which insertion this is: `order` refers to entries by it.
     seq: u64,
     stage: &'static str,
-    bytes: KeyBytes,
+    reads: SmallVec<[Slot; 1]>,
     expires: Instant,
     out: StageOutput,
 }
@@ -60,10 +96,15 @@ struct Shared {
     entries: Mutex<Entries>,
 }
 
-/// Caches stage results: the key is the stage and the encoded values of the keys it reads,
-/// so a stage called again with the same inputs within the TTL is not called — its cached
-/// writes are used. Errors are not cached. At most `max_entries` results are kept (10,000
-/// by default; expired ones go first, then the oldest). Stream stages are never cached.
+/// Caches stage results: the key is the stage and the values of the keys it reads, so a
+/// stage called again with the same inputs within the TTL is not called — its cached writes
+/// are used. Two reads are the same when they are the same value in memory or when their
+/// encodings (the checkpoint encoding, bincode) are equal. Errors are not cached. At most
+/// `max_entries` results are kept (10,000 by default; expired ones go first, then the
+/// oldest). Stream stages are never cached.
+///
+/// An entry keeps the values the call read (shared with the run's context, not copied)
+/// and the values it wrote, until it is evicted.
 ///
 /// Cache only stages whose result depends on their reads alone.
 ///
@@ -130,35 +171,20 @@ impl Cache {
         if meta.kind == StageKind::Stream {
             return None;
         }
-        let bytes = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.try_borrow_mut().ok()?;
-            scratch.clear();
-            let mut encoded = true;
-            for desc in meta.access.reads {
-                let Some(value) = ctx.slot(desc.name) else {
-                    encoded = false;
-                    break;
-                };
-                if (desc.encode)(&**value, &mut scratch).is_err() {
-                    encoded = false;
-                    break;
-                }
-            }
-            let bytes = encoded.then(|| KeyBytes::from_slice(&scratch));
-            if scratch.capacity() > 1 << 16 {
-                // Do not keep a huge key's buffer for the thread's lifetime.
-                *scratch = Vec::new();
-            }
-            bytes
-        })?;
         let mut h = self.shared.hasher.build_hasher();
         h.write(meta.name.as_bytes());
         h.write_u8(0xff);
-        h.write(&bytes);
+        let mut reads = SmallVec::with_capacity(meta.access.reads.len());
+        for desc in meta.access.reads {
+            let value = ctx.slot(desc.name)?;
+            (desc.hash)(&**value, &mut h).ok()?;
+            reads.push(value.clone());
+        }
         Some(CacheKey {
             hash: h.finish(),
             stage: meta.name,
-            bytes,
+            descs: meta.access.reads,
+            reads,
         })
     }
 
@@ -167,7 +193,7 @@ impl Cache {
         let entries = self.entries();
         let hit = entries
             .table
-            .find(key.hash, |c| c.stage == key.stage && c.bytes == key.bytes)?;
+            .find(key.hash, |c| key.same(c.stage, &c.reads))?;
         (clock.now() < hit.expires).then(|| hit.out.clone())
     }
 
@@ -192,18 +218,18 @@ impl Cache {
         entries.seq += 1;
         let seq = entries.seq;
         entries.order.push_back((key.hash, seq, expires));
+        let found = entries
+            .table
+            .entry(key.hash, |c| key.same(c.stage, &c.reads), |c| c.hash);
         let cached = Cached {
             hash: key.hash,
             seq,
             stage: key.stage,
-            bytes: key.bytes,
+            reads: key.reads,
             expires,
             out,
         };
-        match entries
-            .table
-            .entry(key.hash, |c| c.matches(&cached), |c| c.hash)
-        {
+        match found {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 // The same inputs again (after expiry, or two calls at once): the newer
                 // result wins, and the older place in `order` becomes stale.
@@ -215,12 +241,6 @@ impl Cache {
         }
         drop(guard);
         drop(evicted);
-    }
-}
-
-impl Cached {
-    fn matches(&self, other: &Cached) -> bool {
-        self.stage == other.stage && self.bytes == other.bytes
     }
 }
 

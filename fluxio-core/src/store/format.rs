@@ -40,6 +40,35 @@ pub fn encode_value<V: Serialize + 'static>(
     bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| e.to_string())
 }
 
+/// Feeds the encoding [`encode_value`] would append to `state`, write by write, without
+/// buffering it (the `hash` of a [`KeyDesc`](crate::KeyDesc)). Equal values of one type
+/// make the same writes, so they hash alike.
+///
+/// # Errors
+///
+/// When the value is not a `V`, or serialization fails.
+pub fn hash_value<V: Serialize + 'static>(
+    value: &AnyValue,
+    state: &mut dyn core::hash::Hasher,
+) -> Result<(), String> {
+    let value: &V = (value as &dyn Any)
+        .downcast_ref::<V>()
+        .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))?;
+    bincode::serde::encode_into_writer(value, HashWriter(state), config())
+        .map_err(|e| e.to_string())
+}
+
+/// Hands each write of an encoder to a hasher.
+struct HashWriter<'a>(&'a mut dyn core::hash::Hasher);
+
+impl bincode::enc::write::Writer for HashWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.write(bytes);
+        Ok(())
+    }
+}
+
 /// Appends to a vector: bincode's own `std::io::Write` adapter costs a call per field.
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
@@ -172,6 +201,33 @@ mod tests {
             "wrong type is an error"
         );
         assert!(decode_value::<u64>(&[0xff, 0xff]).is_err());
+    }
+
+    /// Collects what a hasher is fed.
+    #[derive(Default)]
+    struct Fed(Vec<u8>);
+
+    impl core::hash::Hasher for Fed {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+
+    #[test]
+    fn hashing_feeds_exactly_the_encoding() {
+        let v: Arc<AnyValue> = Arc::new(("key".to_string(), 300u64, vec![1u8, 2]));
+        let mut bytes = Vec::new();
+        encode_value::<(String, u64, Vec<u8>)>(&*v, &mut bytes).unwrap();
+        let mut fed = Fed::default();
+        hash_value::<(String, u64, Vec<u8>)>(&*v, &mut fed).unwrap();
+        assert_eq!(fed.0, bytes);
+        assert!(
+            hash_value::<u64>(&*v, &mut Fed::default()).is_err(),
+            "wrong type is an error"
+        );
     }
 
     #[test]
