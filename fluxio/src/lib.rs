@@ -115,7 +115,7 @@ pub use fluxio_macros::{keys, pipeline, stage};
 pub mod store {
     pub use fluxio_core::store::{
         BoxError, BoxFuture, CheckpointStore, InMemoryStore, RunStatus, Save, StoreError,
-        StoreResult, StoredRun, format,
+        StoreResult, StoredRun, contract, format,
     };
 
     #[cfg(feature = "sqlite")]

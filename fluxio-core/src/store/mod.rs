@@ -9,6 +9,7 @@
 //!
 //! Stores keep these records as opaque bytes; [`format`](mod@format) encodes and decodes them.
 
+pub mod contract;
 pub mod format;
 mod memory;
 

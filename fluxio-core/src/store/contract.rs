@@ -1,0 +1,773 @@
+//! The contract every [`CheckpointStore`] keeps, as checks a store's own tests run.
+//!
+//! The runtime relies on these properties for durable runs: records come back as they were
+//! saved and in order, a `Start` replaces what was there, nothing is written without the
+//! lock, and an owner whose lease ran out is fenced off. [`InMemoryStore`](super::InMemoryStore),
+//! `SqliteStore` and `RedisStore` all pass every check; a store of your own should too:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fluxio_core::store::{CheckpointStore, InMemoryStore, contract};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // In a test: a store for each check (the checks use their own run ids, so one shared
+//! // store works too).
+//! contract::check_store(|_check| async {
+//!     Arc::new(InMemoryStore::new()) as Arc<dyn CheckpointStore>
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! The checks use real time (lease expiry is waited for, in fractions of a second), so run
+//! them on a runtime whose clock is not paused. Run ids start with `contract-`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun};
+
+/// One property of the contract.
+pub struct Check {
+    /// What the check is called (a test name, in snake case).
+    pub name: &'static str,
+    run: fn(Arc<dyn CheckpointStore>) -> BoxFuture<'static, Outcome>,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Check").field("name", &self.name).finish()
+    }
+}
+
+impl Check {
+    /// Runs the check on `store`: `Err` says what the store did differently.
+    pub async fn run(&self, store: Arc<dyn CheckpointStore>) -> Result<(), String> {
+        (self.run)(store).await
+    }
+}
+
+/// Every check of the contract.
+pub fn checks() -> &'static [Check] {
+    CHECKS
+}
+
+/// The check called `name`, if there is one.
+pub fn check(name: &str) -> Option<&'static Check> {
+    CHECKS.iter().find(|c| c.name == name)
+}
+
+/// Runs every check, each on a store `make` returns for it (given the check's name), and
+/// panics listing every check that failed.
+///
+/// # Panics
+///
+/// When the store fails one or more checks.
+pub async fn check_store<F, Fut>(mut make: F)
+where
+    F: FnMut(&'static str) -> Fut,
+    Fut: Future<Output = Arc<dyn CheckpointStore>>,
+{
+    let mut failures = Vec::new();
+    for check in CHECKS {
+        let store = make(check.name).await;
+        if let Err(e) = check.run(store).await {
+            failures.push(format!("  {}: {e}", check.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the store fails {} of {} contract checks:\n{}",
+        failures.len(),
+        CHECKS.len(),
+        failures.join("\n")
+    );
+}
+
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        const CHECKS: &[Check] = &[$(Check {
+            name: stringify!($name),
+            run: |store| Box::pin(async move { $name(&*store).await }),
+        }),*];
+    };
+}
+
+checks!(
+    round_trip,
+    empty_header_and_entries,
+    load_of_a_missing_run_is_none,
+    start_replaces_an_old_run,
+    entries_keep_their_order_and_bytes,
+    runs_do_not_mix_their_entries,
+    concurrent_entries_are_all_kept,
+    entry_or_finish_before_start_fails_without_writing,
+    finish_sets_and_clears_the_error,
+    save_without_the_lock_is_lock_lost,
+    save_by_another_owner_is_lock_lost_and_writes_nothing,
+    expired_lease_fences_the_old_owner,
+    acquire_takes_a_free_expired_or_own_lock_only,
+    renew_extends_only_the_owners_unexpired_lock,
+    release_frees_only_the_owners_lock,
+    delete_removes_the_checkpoint_but_not_the_lock,
+    run_ids_are_independent,
+);
+
+/// A lease no check outlives.
+const LONG: Duration = Duration::from_secs(60);
+/// A lease a check waits out.
+const SHORT: Duration = Duration::from_millis(400);
+/// Comfortably longer than `SHORT`.
+const PAST_SHORT: Duration = Duration::from_millis(900);
+
+type Outcome = Result<(), String>;
+
+/// Fails the check with a message unless `cond`.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Fails the check unless `got == want`, showing both.
+macro_rules! same {
+    ($got:expr, $want:expr, $($what:tt)+) => {
+        // A `match` keeps temporaries in `$got` alive for the comparison.
+        match (&$got, &$want) {
+            (got, want) => {
+                if got != want {
+                    return Err(format!("{}: expected {:?}, got {:?}", format!($($what)+), want, got));
+                }
+            }
+        }
+    };
+}
+
+/// A store call that must succeed.
+fn ok<T>(result: StoreResult<T>, what: &str) -> Result<T, String> {
+    result.map_err(|e| format!("{what} failed: {e}"))
+}
+
+/// A save that must be refused with `LockLost` for `run_id`.
+fn lock_lost(result: StoreResult<()>, run_id: &str, what: &str) -> Outcome {
+    match result {
+        Err(StoreError::LockLost { run_id: r }) if r == run_id => Ok(()),
+        other => Err(format!(
+            "{what}: expected LockLost for `{run_id}`, got {other:?}"
+        )),
+    }
+}
+
+/// A save that must fail as a backend error of `save` (not `LockLost`).
+fn refused(result: StoreResult<()>, what: &str) -> Outcome {
+    match result {
+        Err(StoreError::Backend {
+            operation: "save", ..
+        }) => Ok(()),
+        other => Err(format!(
+            "{what}: expected a backend error of `save`, got {other:?}"
+        )),
+    }
+}
+
+fn start(version: &str, header: &[u8]) -> Save {
+    Save::Start {
+        version: version.into(),
+        header: header.to_vec(),
+    }
+}
+
+fn finish(status: RunStatus, error: Option<&str>) -> Save {
+    Save::Finish {
+        status,
+        error: error.map(str::to_string),
+    }
+}
+
+async fn load(s: &dyn CheckpointStore, run: &str) -> Result<StoredRun, String> {
+    ok(s.load(run).await, "load")?.ok_or_else(|| format!("load of `{run}` found no run"))
+}
+
+async fn acquire(s: &dyn CheckpointStore, run: &str, owner: &str, lease: Duration) -> Outcome {
+    ensure!(
+        ok(s.acquire(run, owner, lease).await, "acquire")?,
+        "`{owner}` could not acquire the free lock of `{run}`"
+    );
+    Ok(())
+}
+
+async fn round_trip(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-round-trip";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("v1", b"header")).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(b"one".to_vec())).await, "entry")?;
+    same!(
+        load(s, r).await?,
+        StoredRun {
+            version: "v1".into(),
+            status: RunStatus::Running,
+            error: None,
+            header: b"header".to_vec(),
+            entries: vec![b"one".to_vec()],
+        },
+        "after a start and an entry"
+    );
+    ok(s.save(r, "a", Save::Entry(b"two".to_vec())).await, "entry")?;
+    ok(
+        s.save(r, "a", finish(RunStatus::Failed, Some("boom")))
+            .await,
+        "finish",
+    )?;
+    let failed = load(s, r).await?;
+    same!(failed.status, RunStatus::Failed, "status after a failure");
+    same!(
+        failed.error.as_deref(),
+        Some("boom"),
+        "error after a failure"
+    );
+    ok(
+        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        "finish",
+    )?;
+    ok(s.release(r, "a").await, "release")?;
+    same!(
+        load(s, r).await?,
+        StoredRun {
+            version: "v1".into(),
+            status: RunStatus::Completed,
+            error: None,
+            header: b"header".to_vec(),
+            entries: vec![b"one".to_vec(), b"two".to_vec()],
+        },
+        "after the finish and release"
+    );
+    Ok(())
+}
+
+async fn empty_header_and_entries(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-empty";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("", &[])).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(Vec::new())).await, "entry")?;
+    let run = load(s, r).await?;
+    same!(run.version, "", "version");
+    same!(run.header, Vec::<u8>::new(), "header");
+    same!(run.entries, vec![Vec::<u8>::new()], "entries");
+    Ok(())
+}
+
+async fn load_of_a_missing_run_is_none(s: &dyn CheckpointStore) -> Outcome {
+    same!(
+        ok(s.load("contract-nobody").await, "load")?,
+        None,
+        "load of a run never saved"
+    );
+    ensure!(
+        !ok(s.exists("contract-nobody").await, "exists")?,
+        "a run never saved exists"
+    );
+    Ok(())
+}
+
+async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-replace";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("v1", b"old")).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(b"e1".to_vec())).await, "entry")?;
+    ok(
+        s.save(r, "a", finish(RunStatus::Failed, Some("x"))).await,
+        "finish",
+    )?;
+    ok(s.save(r, "a", start("v2", b"new")).await, "second start")?;
+    same!(
+        load(s, r).await?,
+        StoredRun {
+            version: "v2".into(),
+            status: RunStatus::Running,
+            error: None,
+            header: b"new".to_vec(),
+            entries: vec![],
+        },
+        "after a second start"
+    );
+    ok(s.save(r, "a", Save::Entry(b"e2".to_vec())).await, "entry")?;
+    same!(
+        load(s, r).await?.entries,
+        vec![b"e2".to_vec()],
+        "entries after the second start"
+    );
+    Ok(())
+}
+
+async fn entries_keep_their_order_and_bytes(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-order";
+    acquire(s, r, "a", LONG).await?;
+    let header: Vec<u8> = (0..=255u8).rev().collect();
+    ok(s.save(r, "a", start("v1", &header)).await, "start")?;
+    let mut expected = Vec::new();
+    for i in 0..100u32 {
+        let entry = match i {
+            0 => Vec::new(),
+            1 => vec![0; 1 << 20],
+            // Protocol-looking bytes (RESP, SQL) are data like any other.
+            2 => b"\r\n$-1\r\n*0\r\n'); --".to_vec(),
+            _ => i.to_le_bytes().repeat(i as usize),
+        };
+        ok(s.save(r, "a", Save::Entry(entry.clone())).await, "entry")?;
+        expected.push(entry);
+    }
+    let stored = load(s, r).await?;
+    ensure!(stored.header == header, "the header came back changed");
+    same!(stored.entries.len(), expected.len(), "number of entries");
+    for (i, (got, want)) in stored.entries.iter().zip(&expected).enumerate() {
+        ensure!(
+            got == want,
+            "entry {i} came back changed ({} bytes, {} saved)",
+            got.len(),
+            want.len()
+        );
+    }
+    Ok(())
+}
+
+async fn runs_do_not_mix_their_entries(s: &dyn CheckpointStore) -> Outcome {
+    let (r, other) = ("contract-mix-1", "contract-mix-2");
+    acquire(s, r, "a", LONG).await?;
+    acquire(s, other, "a", LONG).await?;
+    ok(s.save(r, "a", start("v", &[])).await, "start")?;
+    ok(s.save(other, "a", start("v", &[])).await, "start")?;
+    let expected: Vec<Vec<u8>> = (0u32..200).map(|i| i.to_le_bytes().to_vec()).collect();
+    for (i, e) in expected.iter().enumerate() {
+        ok(s.save(r, "a", Save::Entry(e.clone())).await, "entry")?;
+        if i % 10 == 0 {
+            ok(s.save(other, "a", Save::Entry(vec![0xff])).await, "entry")?;
+        }
+    }
+    same!(load(s, r).await?.entries, expected, "entries of `{r}`");
+    same!(
+        load(s, other).await?.entries.len(),
+        20,
+        "number of entries of `{other}`"
+    );
+    Ok(())
+}
+
+async fn concurrent_entries_are_all_kept(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-concurrent";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("v1", b"")).await, "start")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50u8 {
+        tasks.spawn(s.save(r, "a", Save::Entry(vec![i])));
+    }
+    while let Some(done) = tasks.join_next().await {
+        ok(done.map_err(|e| format!("a save panicked: {e}"))?, "entry")?;
+    }
+    let mut entries = load(s, r).await?.entries;
+    entries.sort();
+    same!(
+        entries,
+        (0..50u8).map(|i| vec![i]).collect::<Vec<_>>(),
+        "entries saved at once (sorted)"
+    );
+    Ok(())
+}
+
+async fn entry_or_finish_before_start_fails_without_writing(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-not-started";
+    acquire(s, r, "a", LONG).await?;
+    refused(
+        s.save(r, "a", Save::Entry(b"x".to_vec())).await,
+        "an entry before any start",
+    )?;
+    refused(
+        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        "a finish before any start",
+    )?;
+    ensure!(
+        !ok(s.exists(r).await, "exists")?,
+        "a refused save created the run"
+    );
+    same!(
+        ok(s.load(r).await, "load")?,
+        None,
+        "load after refused saves"
+    );
+    // The lock is checked first.
+    lock_lost(
+        s.save(r, "b", Save::Entry(b"x".to_vec())).await,
+        r,
+        "an entry by another owner before any start",
+    )
+}
+
+async fn finish_sets_and_clears_the_error(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-error";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    let text = "stage `b` failed: ünïcödé \u{1F4A5}\nsecond line";
+    ok(
+        s.save(r, "a", finish(RunStatus::Failed, Some(text))).await,
+        "finish",
+    )?;
+    let failed = load(s, r).await?;
+    same!(failed.status, RunStatus::Failed, "status");
+    same!(failed.error.as_deref(), Some(text), "error text");
+    ok(
+        s.save(r, "a", finish(RunStatus::Failed, Some(""))).await,
+        "finish",
+    )?;
+    same!(
+        load(s, r).await?.error.as_deref(),
+        Some(""),
+        "an empty error text"
+    );
+    ok(s.save(r, "a", Save::Entry(b"e".to_vec())).await, "entry")?;
+    same!(
+        load(s, r).await?.status,
+        RunStatus::Failed,
+        "status after an entry (an entry does not change it)"
+    );
+    ok(
+        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        "finish",
+    )?;
+    let done = load(s, r).await?;
+    same!(done.status, RunStatus::Completed, "status");
+    same!(done.error, None, "error after completing");
+    same!(done.entries, vec![b"e".to_vec()], "entries");
+    Ok(())
+}
+
+async fn save_without_the_lock_is_lock_lost(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-no-lock";
+    lock_lost(
+        s.save(r, "a", start("v1", b"h")).await,
+        r,
+        "a start without the lock",
+    )?;
+    ensure!(
+        !ok(s.exists(r).await, "exists")?,
+        "a refused start created the run"
+    );
+    Ok(())
+}
+
+async fn save_by_another_owner_is_lock_lost_and_writes_nothing(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-intruder";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(b"1".to_vec())).await, "entry")?;
+    let before = load(s, r).await?;
+    for (save, what) in [
+        (start("v9", b"x"), "a start by another owner"),
+        (Save::Entry(b"2".to_vec()), "an entry by another owner"),
+        (
+            finish(RunStatus::Failed, Some("x")),
+            "a finish by another owner",
+        ),
+    ] {
+        lock_lost(s.save(r, "b", save).await, r, what)?;
+    }
+    same!(load(s, r).await?, before, "the run after refused saves");
+    Ok(())
+}
+
+async fn expired_lease_fences_the_old_owner(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-takeover";
+    acquire(s, r, "old", SHORT).await?;
+    ok(s.save(r, "old", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "old", Save::Entry(b"1".to_vec())).await, "entry")?;
+    tokio::time::sleep(PAST_SHORT).await;
+    lock_lost(
+        s.save(r, "old", Save::Entry(b"late".to_vec())).await,
+        r,
+        "an entry after the lease ran out, before anyone took over",
+    )?;
+    ensure!(
+        !ok(s.renew(r, "old", LONG).await, "renew")?,
+        "an expired lease was renewed"
+    );
+    acquire(s, r, "new", LONG).await?;
+    for (save, what) in [
+        (Save::Entry(b"stale".to_vec()), "a stale entry"),
+        (finish(RunStatus::Completed, None), "a stale finish"),
+        (start("v0", b"stale"), "a stale start"),
+    ] {
+        lock_lost(s.save(r, "old", save).await, r, what)?;
+    }
+    // The old owner's release does not free the new owner's lock.
+    ok(s.release(r, "old").await, "release")?;
+    ensure!(
+        !ok(s.acquire(r, "old", LONG).await, "acquire")?,
+        "the old owner took the lock back from the new one"
+    );
+    ok(s.save(r, "new", Save::Entry(b"2".to_vec())).await, "entry")?;
+    let run = load(s, r).await?;
+    same!(run.version, "v1", "version");
+    same!(run.status, RunStatus::Running, "status");
+    same!(
+        run.entries,
+        vec![b"1".to_vec(), b"2".to_vec()],
+        "entries (the old owner's stale writes must be absent)"
+    );
+    Ok(())
+}
+
+async fn acquire_takes_a_free_expired_or_own_lock_only(s: &dyn CheckpointStore) -> Outcome {
+    let (r, r2) = ("contract-acquire-1", "contract-acquire-2");
+    acquire(s, r, "a", LONG).await?;
+    ensure!(
+        !ok(s.acquire(r, "b", LONG).await, "acquire")?,
+        "another owner took a held lock"
+    );
+    ensure!(
+        ok(s.acquire(r, "a", LONG).await, "acquire")?,
+        "the holder could not take its own lock again"
+    );
+    acquire(s, r2, "b", LONG).await?;
+    // Taking it again sets the new lease, even a shorter one.
+    acquire(s, r, "a", SHORT).await?;
+    tokio::time::sleep(PAST_SHORT).await;
+    ensure!(
+        ok(s.acquire(r, "b", LONG).await, "acquire")?,
+        "an expired lock (re-taken with a shorter lease) could not be taken"
+    );
+    ensure!(
+        !ok(s.acquire(r, "a", LONG).await, "acquire")?,
+        "the previous owner took the lock back"
+    );
+    ensure!(
+        !ok(s.acquire(r2, "a", LONG).await, "acquire")?,
+        "locks of different runs interfered"
+    );
+    Ok(())
+}
+
+async fn renew_extends_only_the_owners_unexpired_lock(s: &dyn CheckpointStore) -> Outcome {
+    let (r, r2) = ("contract-renew-1", "contract-renew-2");
+    acquire(s, r, "a", SHORT).await?;
+    ensure!(
+        ok(s.renew(r, "a", LONG).await, "renew")?,
+        "the owner could not renew"
+    );
+    ensure!(
+        !ok(s.renew(r, "b", LONG).await, "renew")?,
+        "another owner renewed"
+    );
+    tokio::time::sleep(PAST_SHORT).await;
+    ensure!(
+        !ok(s.acquire(r, "b", LONG).await, "acquire")?,
+        "the renewed lease ended with the first one"
+    );
+    ok(s.save(r, "a", start("v", &[])).await, "start")?;
+    acquire(s, r2, "a", SHORT).await?;
+    tokio::time::sleep(PAST_SHORT).await;
+    ensure!(
+        !ok(s.renew(r2, "a", LONG).await, "renew")?,
+        "an expired lock was renewed"
+    );
+    ensure!(
+        !ok(s.renew("contract-renew-never", "a", LONG).await, "renew")?,
+        "a lock never taken was renewed"
+    );
+    ok(s.release(r, "a").await, "release")?;
+    ensure!(
+        !ok(s.renew(r, "a", LONG).await, "renew")?,
+        "a released lock was renewed"
+    );
+    Ok(())
+}
+
+async fn release_frees_only_the_owners_lock(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-release";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.release(r, "b").await, "release by another owner")?;
+    ensure!(
+        !ok(s.acquire(r, "b", LONG).await, "acquire")?,
+        "a release by another owner freed the lock"
+    );
+    ok(s.save(r, "a", start("v", &[])).await, "start")?;
+    ok(s.release(r, "a").await, "release")?;
+    lock_lost(
+        s.save(r, "a", Save::Entry(vec![1])).await,
+        r,
+        "an entry after the release",
+    )?;
+    acquire(s, r, "b", LONG).await?;
+    ok(s.release(r, "b").await, "release")?;
+    ok(s.release(r, "b").await, "a second release")?;
+    ok(
+        s.release("contract-release-never", "a").await,
+        "a release of a lock nobody holds",
+    )?;
+    ensure!(
+        ok(s.exists(r).await, "exists")?,
+        "the checkpoint went with the lock"
+    );
+    Ok(())
+}
+
+async fn delete_removes_the_checkpoint_but_not_the_lock(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-delete";
+    ok(
+        s.delete("contract-delete-never").await,
+        "delete of a run that never existed",
+    )?;
+    acquire(s, r, "a", LONG).await?;
+    ensure!(
+        !ok(s.exists(r).await, "exists")?,
+        "a lock is not a checkpoint"
+    );
+    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(b"e".to_vec())).await, "entry")?;
+    ensure!(
+        ok(s.exists(r).await, "exists")?,
+        "a started run does not exist"
+    );
+    ok(s.delete(r).await, "delete")?;
+    ensure!(!ok(s.exists(r).await, "exists")?, "a deleted run exists");
+    same!(ok(s.load(r).await, "load")?, None, "load after a delete");
+    ensure!(
+        !ok(s.acquire(r, "b", LONG).await, "acquire")?,
+        "the delete freed the lock"
+    );
+    refused(
+        s.save(r, "a", Save::Entry(b"e".to_vec())).await,
+        "an entry after the delete",
+    )?;
+    ok(
+        s.save(r, "a", start("v2", b"h2")).await,
+        "start after the delete",
+    )?;
+    same!(
+        load(s, r).await?.entries,
+        Vec::<Vec<u8>>::new(),
+        "entries of a run started again after a delete"
+    );
+    Ok(())
+}
+
+async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
+    // Ids that look like key syntax, escapes or separators in some backend.
+    let ids = [
+        "contract-id",
+        "contract-id{b}",
+        "contract-id%7Bb%7D",
+        "contract-{",
+        "contract-}",
+        "contract-}{",
+        "contract-",
+        "contract-%",
+        "contract-x:y",
+        "contract-'; DROP TABLE runs; --",
+        "contract-naïve run \u{1F680}",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        acquire(s, id, "a", LONG).await?;
+        ok(
+            s.save(id, "a", start(&format!("v{i}"), id.as_bytes()))
+                .await,
+            "start",
+        )?;
+        ok(s.save(id, "a", Save::Entry(vec![i as u8])).await, "entry")?;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let run = load(s, id).await?;
+        same!(run.version, format!("v{i}"), "version of {id:?}");
+        same!(run.header, id.as_bytes(), "header of {id:?}");
+        same!(run.entries, vec![vec![i as u8]], "entries of {id:?}");
+        ensure!(
+            !ok(s.acquire(id, "b", LONG).await, "acquire")?,
+            "another owner took the lock of {id:?}"
+        );
+    }
+    ok(s.delete("contract-id{b}").await, "delete")?;
+    ensure!(
+        !ok(s.exists("contract-id{b}").await, "exists")?,
+        "a deleted run exists"
+    );
+    ensure!(
+        ok(s.exists("contract-id%7Bb%7D").await, "exists")?
+            && ok(s.exists("contract-id").await, "exists")?,
+        "deleting `contract-id{{b}}` deleted another run"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InMemoryStore;
+
+    #[tokio::test]
+    async fn the_in_memory_store_keeps_the_contract() {
+        check_store(|_| async { Arc::new(InMemoryStore::new()) as Arc<dyn CheckpointStore> }).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_that_breaks_the_contract_is_named_with_what_it_broke() {
+        /// Forgets every entry.
+        struct Forgetful(InMemoryStore);
+        impl CheckpointStore for Forgetful {
+            fn save(
+                &self,
+                run_id: &str,
+                owner: &str,
+                save: Save,
+            ) -> BoxFuture<'static, StoreResult<()>> {
+                match save {
+                    Save::Entry(_) => Box::pin(async { Ok(()) }),
+                    other => self.0.save(run_id, owner, other),
+                }
+            }
+            fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
+                self.0.load(run_id)
+            }
+            fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+                self.0.delete(run_id)
+            }
+            fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
+                self.0.exists(run_id)
+            }
+            fn acquire(
+                &self,
+                run_id: &str,
+                owner: &str,
+                lease: Duration,
+            ) -> BoxFuture<'static, StoreResult<bool>> {
+                self.0.acquire(run_id, owner, lease)
+            }
+            fn renew(
+                &self,
+                run_id: &str,
+                owner: &str,
+                lease: Duration,
+            ) -> BoxFuture<'static, StoreResult<bool>> {
+                self.0.renew(run_id, owner, lease)
+            }
+            fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
+                self.0.release(run_id, owner)
+            }
+        }
+        let store: Arc<dyn CheckpointStore> = Arc::new(Forgetful(InMemoryStore::new()));
+        let err = check("round_trip")
+            .unwrap()
+            .run(store.clone())
+            .await
+            .unwrap_err();
+        assert!(err.contains("after a start and an entry"), "{err}");
+        assert!(
+            check("load_of_a_missing_run_is_none")
+                .unwrap()
+                .run(store)
+                .await
+                .is_ok()
+        );
+        assert_eq!(checks().len(), 17);
+    }
+}
