@@ -164,36 +164,20 @@ fn sqlite_run_ids_are_locked_across_processes() {
 fn redis_run_ids_are_locked_across_processes() {
     let Some(url) = redis_url() else { return };
     let dir = scratch("redis-lock");
-    let prefix = format!("fluxio-test:lock:{}", std::process::id());
+    let prefix = fluxio_testkit::unique_prefix("lock");
     two_processes_one_run_id(vec!["redis".into(), url.clone(), prefix.clone()], &dir);
     cleanup_redis(&url, &prefix);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The server under test, or `None` after a loud skip (a failure in CI) when it does not
+/// answer.
 fn redis_url() -> Option<String> {
-    let url = std::env::var("FLUXIO_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    // host:port of `redis://[user:pass@]host:port[/db]`; a name or a malformed URL is an
-    // error below, never a silent skip.
-    let authority = url.trim_start_matches("redis://");
-    let authority = authority.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
-        .map_err(|e| e.to_string())
-        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
-        .and_then(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .map_err(|e| e.to_string())
-        });
-    match reachable {
-        Ok(_) => Some(url),
+    let url = fluxio_testkit::redis_url();
+    match fluxio_testkit::ping(&url) {
+        Ok(()) => Some(url),
         Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI: redis unreachable at {url}: {e}"
-            );
-            eprintln!(
-                "SKIPPED: redis unreachable at {url} ({e}); set FLUXIO_REDIS_URL or start redis-server"
-            );
+            fluxio_testkit::skip_or_fail(&e);
             None
         }
     }
@@ -203,26 +187,16 @@ fn redis_url() -> Option<String> {
 fn redis_runs_resume_in_a_new_process_after_sigkill() {
     let Some(url) = redis_url() else { return };
     let dir = scratch("redis");
-    let prefix = format!("fluxio-test:crash:{}", std::process::id());
+    let prefix = fluxio_testkit::unique_prefix("crash");
     crash_and_resume(vec!["redis".into(), url.clone(), prefix.clone()], &dir);
     // Clean up this test's keys.
     cleanup_redis(&url, &prefix);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Deletes every key under `prefix` (with redis-cli, which ships with the server).
+/// Deletes every key under `prefix`.
 fn cleanup_redis(url: &str, prefix: &str) {
-    let out = Command::new("redis-cli")
-        .args(["-u", url, "--scan", "--pattern", &format!("{prefix}*")])
-        .output();
-    if let Ok(out) = out {
-        for key in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|k| !k.is_empty())
-        {
-            let _ = Command::new("redis-cli")
-                .args(["-u", url, "DEL", key])
-                .output();
-        }
+    if let Err(e) = fluxio_testkit::delete_keys(url, &format!("{prefix}*"), &[]) {
+        eprintln!("warning: could not delete the keys under {prefix}: {e}");
     }
 }

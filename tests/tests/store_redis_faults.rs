@@ -2,90 +2,22 @@
 //! the operation, nothing is half-written, and once Redis is back the run resumes.
 //!
 //! The test starts its own `redis-server` on a spare loopback port (with an append-only
-//! file, so what was written before the stop survives the restart) and stops it itself.
+//! file, so what was written before the stop survives the restart) and kills it itself.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fluxio::Error;
 use fluxio::prelude::*;
 use fluxio::store::RedisStore;
+use fluxio_testkit::RedisServer;
 
 fluxio::keys! {
     pub seed: u64;
     pub a: u64;
     pub b: u64;
     pub c: u64;
-}
-
-/// A redis-server child process, killed when dropped.
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(port: u16, dir: &PathBuf) -> Option<Server> {
-        let child = match Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "CI: cannot start redis-server: {e}"
-                );
-                eprintln!(
-                    "SKIPPED: cannot start redis-server ({e}); install it (scripts/services.sh does)"
-                );
-                return None;
-            }
-        };
-        let server = Server {
-            child: Some(child),
-            dir: dir.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 struct Probe {
@@ -125,17 +57,10 @@ async fn sc(b: &u64, probe: Res<Arc<Probe>>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_fails_clearly_and_the_run_resumes_when_it_is_back() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("fluxio-redis-fault-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let Some(mut server) = Server::start(port, &dir) else {
+    let Some(mut server) = RedisServer::start("fault", true).await else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = server.url();
 
     let probe = Arc::new(Probe {
         runs: Mutex::default(),
@@ -155,7 +80,7 @@ async fn redis_stopped_mid_run_fails_clearly_and_the_run_resumes_when_it_is_back
         async move { pipe.invoke(input! { seed: 1 }).run_id("fault").await }
     });
     reached_b.await;
-    server.stop();
+    server.kill();
     probe.go_on.add_permits(1);
     let err = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -174,7 +99,7 @@ async fn redis_stopped_mid_run_fails_clearly_and_the_run_resumes_when_it_is_back
     assert_eq!(probe.count("sc"), 0, "no stage ran after the store failed");
 
     // Redis comes back (with what it had written); the same pipeline resumes the run.
-    let _server = Server::start(port, &dir).expect("restart redis-server");
+    server.restart().await;
     probe.go_on.add_permits(1);
     let deadline = Instant::now() + Duration::from_secs(30);
     let out = loop {
