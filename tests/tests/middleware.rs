@@ -8,6 +8,7 @@ use fluxio::Error;
 use fluxio::middleware::{Middleware, Next, StageCall};
 use fluxio::prelude::*;
 use fluxio::store::BoxFuture;
+use fluxio_tests::Tag;
 use tokio::time::Instant;
 
 fluxio::keys! {
@@ -232,42 +233,21 @@ async fn timeout_middleware_limits_stages_without_their_own() {
     }
 }
 
-/// Records the order in which middleware run.
-struct Tag(&'static str, Arc<Mutex<Vec<String>>>);
-
-impl Middleware for Tag {
-    fn handle<'a>(
-        &'a self,
-        call: StageCall<'a>,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        Box::pin(async move {
-            self.1.lock().unwrap().push(format!(
-                "{} before {} (attempt {})",
-                self.0, call.meta.name, call.attempt
-            ));
-            let out = next.run(call).await;
-            self.1.lock().unwrap().push(format!("{} after", self.0));
-            out
-        })
-    }
-}
-
 #[tokio::test]
 async fn the_first_middleware_added_is_the_outermost() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let pipe = pipeline! { work }
         .with_resource(Flaky::failing(0))
-        .with_middleware(Tag("outer", log.clone()))
-        .with_middleware(Tag("inner", log.clone()));
+        .with_middleware(Tag::new("outer", &log))
+        .with_middleware(Tag::new("inner", &log));
     pipe.invoke(input! { n: 1 }).await.unwrap();
     assert_eq!(
         *log.lock().unwrap(),
         [
             "outer before work (attempt 1)",
             "inner before work (attempt 1)",
-            "inner after",
-            "outer after"
+            "inner after work: true",
+            "outer after work: true"
         ]
     );
 }

@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fluxio::Error;
-use fluxio::middleware::{Middleware, Next, StageCall};
 use fluxio::prelude::*;
-use fluxio::store::BoxFuture;
+use fluxio_tests::Tag;
 use tokio::time::Instant;
 
 fluxio::keys! {
@@ -54,53 +53,29 @@ async fn scripted(n: &u64, script: Res<Arc<Script>>) -> Result<u64, StageError> 
     Ok(n * 10)
 }
 
-/// Records calls, as a user's middleware would.
-struct Tag(&'static str, Arc<Mutex<Vec<String>>>);
-
-impl Middleware for Tag {
-    fn handle<'a>(
-        &'a self,
-        call: StageCall<'a>,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        Box::pin(async move {
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{} before (attempt {})", self.0, call.attempt));
-            let out = next.run(call).await;
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{} after: {}", self.0, out.is_ok()));
-            out
-        })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn user_middleware_inside_a_retry_sees_every_attempt_in_order() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let script = Script::new(&[(5, true), (5, true)]);
     let pipe = pipeline! { scripted }
         .with_resource(script.clone())
-        .with_middleware(Tag("outer", log.clone()))
+        .with_middleware(Tag::new("outer", &log))
         .with_middleware(Retry::constant(3, Duration::from_millis(10)))
-        .with_middleware(Tag("inner", log.clone()));
+        .with_middleware(Tag::new("inner", &log));
     let res = pipe.invoke(input! { n: 2 }).await.unwrap();
     assert_eq!(res[out], 20);
     assert_eq!(script.calls(), 3);
     assert_eq!(
         *log.lock().unwrap(),
         [
-            "outer before (attempt 1)",
-            "inner before (attempt 1)",
-            "inner after: false",
-            "inner before (attempt 2)",
-            "inner after: false",
-            "inner before (attempt 3)",
-            "inner after: true",
-            "outer after: true",
+            "outer before scripted (attempt 1)",
+            "inner before scripted (attempt 1)",
+            "inner after scripted: false",
+            "inner before scripted (attempt 2)",
+            "inner after scripted: false",
+            "inner before scripted (attempt 3)",
+            "inner after scripted: true",
+            "outer after scripted: true",
         ]
     );
 }
@@ -221,7 +196,7 @@ async fn a_rate_limited_call_waits_inside_the_outer_middleware() {
     let pipe = pipeline! { scripted }
         .with_resource(script.clone())
         .with_middleware(RateLimit::per_second(10.0).burst(1))
-        .with_middleware(Tag("inner", log.clone()));
+        .with_middleware(Tag::new("inner", &log));
     let started = Instant::now();
     for i in 0..3 {
         pipe.invoke(input! { n: i }).await.unwrap();
