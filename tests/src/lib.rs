@@ -45,3 +45,136 @@ impl Middleware for Tag {
         })
     }
 }
+
+/// An OTLP/HTTP receiver on loopback, as a collector takes traces: `POST /v1/traces` with a
+/// protobuf body, decoded, answered `200 OK`. HTTP/1.1 with keep-alive, one thread per
+/// connection. The OTLP test checks the span tree with it; the `otlp_sink` program runs it
+/// for CI's run of the `otlp` example.
+pub mod otlp {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message as _;
+
+    /// Called with each request as it is decoded, before it is answered.
+    type OnRequest = Box<dyn Fn(&ExportTraceServiceRequest) + Send + Sync>;
+
+    /// What the receiver got: decoded export requests, and anything it could not take.
+    #[derive(Debug, Default)]
+    pub struct Received {
+        /// The export requests, in the order they arrived.
+        pub requests: Vec<ExportTraceServiceRequest>,
+        /// Requests it refused (another path or content type, an undecodable body) and
+        /// broken connections.
+        pub problems: Vec<String>,
+    }
+
+    impl Received {
+        /// Every span of every request.
+        pub fn spans(&self) -> Vec<&Span> {
+            self.requests.iter().flat_map(spans).collect()
+        }
+    }
+
+    /// The spans of one export request.
+    pub fn spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = &Span> {
+        request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+    }
+
+    /// Starts a receiver on a free loopback port.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound.
+    pub fn receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
+        receiver_with(|_| {})
+    }
+
+    /// Starts a receiver on a free loopback port that also calls `on_request` with each
+    /// request, before answering it (so the exporter sees its `200` after the call).
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound.
+    pub fn receiver_with(
+        on_request: impl Fn(&ExportTraceServiceRequest) + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<Mutex<Received>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        let received = Arc::new(Mutex::new(Received::default()));
+        let shared = received.clone();
+        let on_request: Arc<OnRequest> = Arc::new(Box::new(on_request));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                let on_request = on_request.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(stream, &shared, &on_request) {
+                        shared.lock().unwrap().problems.push(e.to_string());
+                    }
+                });
+            }
+        });
+        (addr, received)
+    }
+
+    fn serve(
+        stream: TcpStream,
+        received: &Mutex<Received>,
+        on_request: &OnRequest,
+    ) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line)? == 0 {
+                return Ok(()); // the client closed the connection
+            }
+            let mut content_length = 0;
+            let mut content_type = String::new();
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header)?;
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').unwrap_or((header, ""));
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => content_length = value.trim().parse().unwrap_or(0),
+                    "content-type" => content_type = value.trim().to_string(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; content_length];
+            reader.read_exact(&mut body)?;
+            let problem = if !request_line.starts_with("POST /v1/traces ") {
+                Some(format!("unexpected request {request_line:?}"))
+            } else if content_type != "application/x-protobuf" {
+                Some(format!("unexpected content type {content_type:?}"))
+            } else {
+                match ExportTraceServiceRequest::decode(&body[..]) {
+                    Ok(request) => {
+                        on_request(&request);
+                        received.lock().unwrap().requests.push(request);
+                        None
+                    }
+                    Err(e) => Some(format!("undecodable body: {e}")),
+                }
+            };
+            if let Some(problem) = problem {
+                received.lock().unwrap().problems.push(problem);
+            }
+            writer.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+            )?;
+        }
+    }
+}

@@ -5,18 +5,14 @@
 //! attempts under their stage, with run id, stage, kind and attempt as attributes.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use fluxio::prelude::*;
+use fluxio_tests::otlp::receiver;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 fluxio::keys! {
@@ -36,82 +32,6 @@ async fn fetch(n: &u64, calls: Res<AtomicU32>) -> Result<u64, StageError> {
 #[stage(reads = [a], writes = [b])]
 fn double(a: &u64) -> u64 {
     a * 2
-}
-
-/// What the receiver got: decoded export requests, and anything it could not take.
-#[derive(Default)]
-struct Received {
-    requests: Vec<ExportTraceServiceRequest>,
-    problems: Vec<String>,
-}
-
-/// An OTLP/HTTP receiver on loopback: `POST /v1/traces` with a protobuf body, answered
-/// `200 OK`, as a collector does. HTTP/1.1 with keep-alive, one thread per connection.
-fn receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Received::default()));
-    let shared = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                if let Err(e) = serve(stream, &shared) {
-                    shared.lock().unwrap().problems.push(e.to_string());
-                }
-            });
-        }
-    });
-    (addr, received)
-}
-
-fn serve(stream: TcpStream, received: &Mutex<Received>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(()); // the client closed the connection
-        }
-        let mut content_length = 0;
-        let mut content_type = String::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => content_length = value.trim().parse().unwrap_or(0),
-                "content-type" => content_type = value.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; content_length];
-        reader.read_exact(&mut body)?;
-        {
-            let mut received = received.lock().unwrap();
-            if !request_line.starts_with("POST /v1/traces ") {
-                received
-                    .problems
-                    .push(format!("unexpected request {request_line:?}"));
-            } else if content_type != "application/x-protobuf" {
-                received
-                    .problems
-                    .push(format!("unexpected content type {content_type:?}"));
-            } else {
-                match ExportTraceServiceRequest::decode(&body[..]) {
-                    Ok(request) => received.requests.push(request),
-                    Err(e) => received.problems.push(format!("undecodable body: {e}")),
-                }
-            }
-        }
-        writer.write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-        )?;
-    }
 }
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
@@ -165,13 +85,7 @@ fn runs_stages_and_attempts_reach_an_otlp_receiver() {
 
     let received = received.lock().unwrap();
     assert!(received.problems.is_empty(), "{:?}", received.problems);
-    let spans: Vec<&Span> = received
-        .requests
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
+    let spans = received.spans();
     let named =
         |name: &str| -> Vec<&Span> { spans.iter().copied().filter(|s| s.name == name).collect() };
 
