@@ -108,8 +108,13 @@ pub enum Error {
         /// This pipeline's version.
         current: String,
     },
-    /// Another invoke holds the run id (in this process or another sharing the store).
-    #[error("run id `{run_id}` is in use by another invoke")]
+    /// Another invoke holds the run id (in this process or another sharing the store). Its
+    /// lock goes when that run ends — or, if its process died, when the lease runs out
+    /// (`with_lease`, 30 s by default).
+    #[error(
+        "run id `{run_id}` is in use by another invoke (its lock is held until that run ends, \
+         or until its lease runs out if its process died)"
+    )]
     RunIdInUse {
         /// The run.
         run_id: String,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fluxio::prelude::*;
-use fluxio::store::{RunStatus, Save};
+use fluxio::store::{BoxFuture, CheckpointStore, RunStatus, Save, StoreResult, StoredRun};
 use fluxio::{Error, RunInfo};
 
 fluxio::keys! {
@@ -192,7 +192,6 @@ async fn another_pipeline_version_is_refused_unless_allowed() {
         other => panic!("expected CheckpointVersion, got {other:?}"),
     }
     assert!(err.to_string().contains("allow_version_change"), "{err}");
-
     let out = v2
         .invoke(Ctx::new())
         .run_id("v")
@@ -542,4 +541,76 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         "{err:?}"
     );
     assert_eq!(probe.count("sb"), 0, "no stage ran after the lock was lost");
+}
+
+/// An in-memory store whose `release` takes a while, as over a network.
+struct SlowRelease(InMemoryStore);
+
+impl CheckpointStore for SlowRelease {
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        self.0.save(run_id, owner, save)
+    }
+    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
+        self.0.load(run_id)
+    }
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        self.0.delete(run_id)
+    }
+    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
+        self.0.exists(run_id)
+    }
+    fn acquire(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        self.0.acquire(run_id, owner, lease)
+    }
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        self.0.renew(run_id, owner, lease)
+    }
+    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let (store, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            store.release(&run_id, &owner).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_resume_gives_the_lock_back_before_returning() {
+    let probe = Arc::new(Probe::default());
+    let store = Arc::new(SlowRelease(InMemoryStore::new()));
+    probe.set_failing(&["sc"]);
+    let v1 = pipeline! { sa, sb, sc }
+        .with_resource(probe.clone())
+        .with_shared_store(store.clone());
+    v1.invoke(input! { seed: 1 }).run_id("r").await.unwrap_err();
+    probe.set_failing(&[]);
+    let v2 = pipeline! { sa, sb, sc, sd }
+        .with_resource(probe.clone())
+        .with_shared_store(store.clone());
+    for _ in 0..3 {
+        let err = v2.resume("r").await.unwrap_err();
+        assert!(
+            matches!(err, Error::CheckpointVersion { .. }),
+            "the lock of the refused call before was still held: {err}"
+        );
+    }
+    // What the version error says to do next works right away.
+    let out = v2
+        .invoke(Ctx::new())
+        .run_id("r")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[extra], "#25");
 }

@@ -228,84 +228,18 @@ pub(crate) async fn run(
         released: false,
     };
 
-    let (ctx, restored) = if opts.resume {
-        let stored = load(&*store, &run_id).await?;
-        if stored.version != plan.version {
-            if !opts.allow_version_change {
-                return Err(Error::CheckpointVersion {
-                    run_id: run_id.to_string(),
-                    stored: stored.version,
-                    current: plan.version.clone(),
-                });
-            }
-            tracing::warn!(
-                run_id = %run_id,
-                stored = %stored.version,
-                current = %plan.version,
-                "resuming a checkpoint written by another pipeline version (allow_version_change)"
-            );
-        }
-        if stored.status == RunStatus::RolledBack {
-            return Err(Error::RolledBack {
-                run_id: run_id.to_string(),
-            });
-        }
-        let (mut ctx, restored) = restore(&plan, &run_id, &stored)?;
-        // The resume's input adds keys; it never overrides what the run already holds.
-        let mut added = Vec::new();
-        for (name, value) in input.iter_slots() {
-            if ctx.contains_name(name) {
-                return Err(Error::MergeConflict {
-                    key: name,
-                    stages: ["checkpoint".into(), "resume input".into()],
-                });
-            }
-            ctx.insert_slot(name, value.clone());
-            if let Some(desc) = find_key(&plan, name) {
-                added.push(encode_slot(&desc, value, &run_id)?);
-            }
-        }
-        if stored.status == RunStatus::Completed {
+    // Every way out before the run starts gives the lock back at once: a caller that
+    // corrects its call (say, with `allow_version_change`) must not find it still held.
+    let (ctx, restored) = match prepare(&plan, &*store, &run_id, &owner, input, opts).await {
+        Ok(Prepared::Run(ctx, restored)) => (ctx, restored),
+        Ok(Prepared::Completed(ctx)) => {
             guard.release().await;
             return Ok(ctx);
         }
-        // The run is live again: a failed or interrupted checkpoint says so until it ends.
-        if stored.status != RunStatus::Running {
-            let running = Save::Finish {
-                status: RunStatus::Running,
-                error: None,
-            };
-            store
-                .save(&run_id, &owner, running)
-                .await
-                .map_err(store_err(&run_id, "save"))?;
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
         }
-        if !added.is_empty() {
-            let entry = format::Entry {
-                node: INPUT_ENTRY,
-                stage: "<input>".into(),
-                route: None,
-                skipped: false,
-                writes: added,
-            };
-            let bytes = encoded(format::encode_entry(&entry), &run_id, "<input>")?;
-            store
-                .save(&run_id, &owner, Save::Entry(bytes))
-                .await
-                .map_err(store_err(&run_id, "save"))?;
-        }
-        (ctx, Some(restored))
-    } else {
-        let header = encode_input(&plan, &input, &run_id)?;
-        let start = Save::Start {
-            version: plan.version.clone(),
-            header,
-        };
-        store
-            .save(&run_id, &owner, start)
-            .await
-            .map_err(store_err(&run_id, "save"))?;
-        (input, None)
     };
 
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
@@ -338,6 +272,104 @@ pub(crate) async fn run(
         (Ok(ctx), Ok(())) => Ok(ctx),
         (Ok(_), Err(e)) => Err(Error::from_store(&run_id, "save", e)),
         (Err(e), _) => Err(e),
+    }
+}
+
+/// Where a durable run stands once its lock is taken and its checkpoint prepared.
+enum Prepared {
+    /// Run from this context (restored from the checkpoint on a resume).
+    Run(Ctx, Option<Restored>),
+    /// A resume of a run that had completed: its final context.
+    Completed(Ctx),
+}
+
+/// Writes the start record of a fresh run, or loads, checks and revives the checkpoint of
+/// a resumed one.
+async fn prepare(
+    plan: &Plan,
+    store: &dyn CheckpointStore,
+    run_id: &Arc<str>,
+    owner: &str,
+    input: Ctx,
+    opts: &RunOptions,
+) -> Result<Prepared> {
+    if opts.resume {
+        let stored = load(store, run_id).await?;
+        if stored.version != plan.version {
+            if !opts.allow_version_change {
+                return Err(Error::CheckpointVersion {
+                    run_id: run_id.to_string(),
+                    stored: stored.version,
+                    current: plan.version.clone(),
+                });
+            }
+            tracing::warn!(
+                run_id = %run_id,
+                stored = %stored.version,
+                current = %plan.version,
+                "resuming a checkpoint written by another pipeline version (allow_version_change)"
+            );
+        }
+        if stored.status == RunStatus::RolledBack {
+            return Err(Error::RolledBack {
+                run_id: run_id.to_string(),
+            });
+        }
+        let (mut ctx, restored) = restore(plan, run_id, &stored)?;
+        // The resume's input adds keys; it never overrides what the run already holds.
+        let mut added = Vec::new();
+        for (name, value) in input.iter_slots() {
+            if ctx.contains_name(name) {
+                return Err(Error::MergeConflict {
+                    key: name,
+                    stages: ["checkpoint".into(), "resume input".into()],
+                });
+            }
+            ctx.insert_slot(name, value.clone());
+            if let Some(desc) = find_key(plan, name) {
+                added.push(encode_slot(&desc, value, run_id)?);
+            }
+        }
+        if stored.status == RunStatus::Completed {
+            return Ok(Prepared::Completed(ctx));
+        }
+        // The run is live again: a failed or interrupted checkpoint says so until it ends.
+        if stored.status != RunStatus::Running {
+            let running = Save::Finish {
+                status: RunStatus::Running,
+                error: None,
+            };
+            store
+                .save(run_id, owner, running)
+                .await
+                .map_err(store_err(run_id, "save"))?;
+        }
+        if !added.is_empty() {
+            let entry = format::Entry {
+                node: INPUT_ENTRY,
+                stage: "<input>".into(),
+                route: None,
+                skipped: false,
+                writes: added,
+            };
+            let bytes = encoded(format::encode_entry(&entry), run_id, "<input>")?;
+            store
+                .save(run_id, owner, Save::Entry(bytes))
+                .await
+                .map_err(store_err(run_id, "save"))?;
+        }
+        Ok(Prepared::Run(ctx, Some(restored)))
+    } else {
+        let header = encode_input(plan, &input, run_id)?;
+        let start = Save::Start {
+            version: plan.version.clone(),
+            header,
+        };
+        store
+            .save(run_id, owner, start)
+            .await
+            .map_err(store_err(run_id, "save"))?;
+        Ok(Prepared::Run(input, None))
     }
 }
 
