@@ -163,6 +163,15 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
+    /// A checkpoint store could not be set up (opened, connected, migrated): the store's
+    /// own error, so that `SqliteStore::open(..).await?` and `RedisStore::connect(..).await?`
+    /// work in a function returning `fluxio::Result`.
+    #[error("setting up the checkpoint store failed: {source}")]
+    StoreSetup {
+        /// The store's error (`fluxio::store::SqliteError`, `fluxio::store::RedisError`).
+        #[source]
+        source: SharedError,
+    },
     /// A durable operation was asked of a pipeline without a store.
     #[error("`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline")]
     NoStore {

@@ -96,6 +96,17 @@ pub(crate) fn redact_url(url: &str) -> String {
     )
 }
 
+/// Lets `?` turn a store error into a `fluxio::Error` (as
+/// [`Error::StoreSetup`](fluxio_core::Error::StoreSetup)), for
+/// `.with_store(RedisStore::connect(url).await?)` in a function returning `fluxio::Result`.
+impl From<Error> for fluxio_core::Error {
+    fn from(e: Error) -> Self {
+        fluxio_core::Error::StoreSetup {
+            source: std::sync::Arc::new(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

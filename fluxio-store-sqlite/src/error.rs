@@ -90,3 +90,13 @@ pub enum Error {
     #[error("the sqlite store's writer task has stopped (was its tokio runtime shut down?)")]
     WriterStopped,
 }
+/// Lets `?` turn a store error into a `fluxio::Error` (as
+/// [`Error::StoreSetup`](fluxio_core::Error::StoreSetup)), for
+/// `.with_store(SqliteStore::open(path).await?)` in a function returning `fluxio::Result`.
+impl From<Error> for fluxio_core::Error {
+    fn from(e: Error) -> Self {
+        fluxio_core::Error::StoreSetup {
+            source: std::sync::Arc::new(e),
+        }
+    }
+}

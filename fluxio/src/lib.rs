@@ -120,11 +120,13 @@ pub mod store {
 
     #[cfg(feature = "sqlite")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-    pub use fluxio_store_sqlite::SqliteStore;
+    pub use fluxio_store_sqlite::{
+        Error as SqliteError, SqliteOptions, SqliteStore, StoreStats, Synchronous,
+    };
 
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub use fluxio_store_redis::RedisStore;
+    pub use fluxio_store_redis::{Error as RedisError, RedisStore};
 }
 
 /// Test one stage at a time.
