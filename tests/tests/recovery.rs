@@ -162,3 +162,35 @@ async fn a_rolled_back_durable_run_cannot_be_resumed() {
         "{err:?}"
     );
 }
+
+/// Skips every call of stage `ship`.
+struct SkipShip;
+
+impl fluxio::middleware::Middleware for SkipShip {
+    fn handle<'a>(
+        &'a self,
+        call: fluxio::middleware::StageCall<'a>,
+        next: fluxio::middleware::Next<'a>,
+    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        if call.meta.name == "ship" {
+            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
+                "shipping paused".into(),
+            ))));
+        }
+        next.run(call)
+    }
+}
+
+#[tokio::test]
+async fn a_stage_a_middleware_skipped_is_not_rolled_back() {
+    let journal = Arc::new(Journal::default());
+    let seen = Rollbacks::default();
+    let pipe = pipeline! { charge, ship, notify }
+        .with_resource(journal.clone())
+        .with_middleware(SkipShip)
+        .with_callback(seen.clone());
+    // `notify` reads what the skipped `ship` did not write: the run fails there.
+    pipe.invoke(input! { order_id: 3 }).await.unwrap_err();
+    assert_eq!(journal.entries(), ["charge 3", "refund 3"]);
+    assert_eq!(*seen.0.lock().unwrap(), ["charge undone"]);
+}

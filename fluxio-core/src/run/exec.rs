@@ -328,6 +328,9 @@ struct SchedState {
     fallbacks: Vec<(u32, StageFuture)>,
     /// Finished nodes that have a rollback, in the order they finished.
     rollback_order: Vec<u32>,
+    /// Nodes a middleware skipped, until they are done: they did not run, so they report
+    /// no end and have nothing to roll back.
+    skipped: Vec<u32>,
     /// Set once the run failed and its rollbacks run.
     rolling_back: Option<Box<RollingBack>>,
 }
@@ -385,6 +388,7 @@ impl Scheduler {
             clock: std::cell::Cell::new(None),
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
+            skipped: Vec::new(),
             rolling_back: None,
             plan,
         };
@@ -562,6 +566,9 @@ impl SchedState {
             StageOutput::Writes(w) => (w, None),
             StageOutput::Skip(reason) => {
                 self.notify(i, |c, ev| c.on_stage_skip(ev, &reason));
+                if self.plan.has_rollback[i] || self.obs.is_some() {
+                    self.skipped.push(i as u32);
+                }
                 // A skipped route stage takes no branch.
                 let route = (!self.plan.nodes[i].labels.is_empty()).then_some(NO_BRANCH);
                 (Writes::none(), route)
@@ -642,6 +649,11 @@ impl SchedState {
     #[cold]
     #[inline(never)]
     fn note_finished(&mut self, i: usize) {
+        if let Some(at) = self.skipped.iter().position(|&k| k as usize == i) {
+            // Skipped (reported as such): it did not run, so it did not end either.
+            self.skipped.swap_remove(at);
+            return;
+        }
         if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
