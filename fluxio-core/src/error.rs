@@ -76,6 +76,34 @@ pub enum Error {
         /// The key's name.
         key: &'static str,
     },
+    /// The context holds a value under the key's name, but of another type: two keys
+    /// (declared in different `keys!`) share a name.
+    #[error(
+        "stage `{stage}` reads `{key}` as `{expected}`, but the context holds another type \
+         under that name: are two keys named `{key}`? Key names must be unique in a pipeline"
+    )]
+    KeyType {
+        /// The stage's name.
+        stage: &'static str,
+        /// The key's name.
+        key: &'static str,
+        /// The type the stage reads it as.
+        expected: &'static str,
+    },
+    /// Two different keys of one pipeline have the same name (and different types); the
+    /// pipeline refuses to run.
+    #[error(
+        "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
+         must be unique in a pipeline",
+        types[0],
+        types[1]
+    )]
+    KeyClash {
+        /// The shared name.
+        key: &'static str,
+        /// The value types of the two keys.
+        types: [&'static str; 2],
+    },
     /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
     #[error("stage `{stage}` streams `{actual}` chunks, not `{expected}`")]
     ChunkType {

@@ -215,6 +215,8 @@ pub(crate) struct Plan {
     pub(crate) has_rollback: Vec<bool>,
     /// Every key any node reads or writes (how checkpoints decode values).
     pub(crate) key_descs: Vec<KeyDesc>,
+    /// Two different keys with one name (and their value types): the plan cannot run.
+    pub(crate) key_clash: Option<(&'static str, [&'static str; 2])>,
     /// Nodes that need resources (checked before a run starts).
     pub(crate) needs_resources: Vec<u32>,
     pub(crate) graph: Graph,
@@ -281,10 +283,15 @@ impl Plan {
         let graph = Graph::new(&nodes, &edges_full);
         let version = version_of(&nodes, &edges_full);
         let mut key_descs: Vec<KeyDesc> = Vec::new();
+        let mut key_clash = None;
         for node in &nodes {
             for k in node.reads.iter().chain(&node.writes) {
-                if !key_descs.iter().any(|d| d.name == k.name) {
-                    key_descs.push(*k);
+                match key_descs.iter().find(|d| d.name == k.name) {
+                    None => key_descs.push(*k),
+                    Some(d) if key_clash.is_none() && (d.type_name)() != (k.type_name)() => {
+                        key_clash = Some((k.name, [(d.type_name)(), (k.type_name)()]));
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -292,6 +299,7 @@ impl Plan {
         Plan {
             has_rollback,
             key_descs,
+            key_clash,
             dep_offsets,
             needs_resources,
             nodes,

@@ -618,13 +618,26 @@ impl<S: Stage> DynStage for StageBox<S> {
 ///
 /// # Errors
 ///
-/// [`Error::MissingKey`] (as a `StageError`) when the context does not hold the key.
+/// [`Error::MissingKey`] (as a `StageError`) when the context does not hold the key, and
+/// [`Error::KeyType`] when it holds another type under the key's name.
 #[inline]
 pub fn read_key<'c, K: Key>(ctx: &'c Ctx, stage: &'static str) -> Result<&'c K::Value, StageError> {
-    ctx.get_typed::<K>().ok_or_else(|| {
-        StageError::new(Error::MissingKey {
+    ctx.get_typed::<K>()
+        .ok_or_else(|| unreadable::<K>(ctx, stage))
+}
+
+#[cold]
+fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
+    StageError::new(if ctx.contains_name(K::NAME) {
+        Error::KeyType {
             stage,
             key: K::NAME,
-        })
+            expected: core::any::type_name::<K::Value>(),
+        }
+    } else {
+        Error::MissingKey {
+            stage,
+            key: K::NAME,
+        }
     })
 }

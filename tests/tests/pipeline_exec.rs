@@ -520,3 +520,51 @@ async fn runs_with_the_same_pipeline_are_independent() {
         assert_eq!(out, (i as u64 * 2 + 1) * 10);
     }
 }
+
+mod numbers {
+    fluxio::keys! {
+        pub id: u64;
+    }
+}
+
+mod texts {
+    fluxio::keys! {
+        pub id: String;
+    }
+}
+
+#[stage(writes = [numbers::id])]
+fn make_number_id() -> u64 {
+    7
+}
+
+#[stage(reads = [texts::id])]
+fn read_text_id(id: &String) {
+    let _ = id;
+}
+
+#[tokio::test]
+async fn two_keys_with_one_name_are_refused_before_any_stage_runs() {
+    let pipe = pipeline! { make_number_id, read_text_id };
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    match &err {
+        fluxio::Error::KeyClash { key, types } => {
+            assert_eq!(*key, "id");
+            assert_eq!(*types, ["u64", "alloc::string::String"]);
+        }
+        other => panic!("expected KeyClash, got {other:?}"),
+    }
+    assert!(err.to_string().contains("must be unique"), "{err}");
+}
+
+#[tokio::test]
+async fn a_value_of_another_type_under_the_name_is_not_called_missing() {
+    // One stage on its own, given a context where `id` is a number.
+    let harness = fluxio::testing::StepHarness::new(read_text_id);
+    let err = harness.run(input! { numbers::id: 7 }).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("reads `id` as `alloc::string::String`") && text.contains("another type"),
+        "{text}"
+    );
+}

@@ -211,6 +211,9 @@ impl Observers {
 
 /// Checks what must hold before any stage runs: inputs present, resources registered.
 fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
+    if let Some((key, types)) = plan.key_clash {
+        return Err(Error::KeyClash { key, types });
+    }
     for key in &plan.input_descs {
         if !input.contains_name(key.name) {
             return Err(Error::MissingInput { key: key.name });
