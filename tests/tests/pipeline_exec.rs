@@ -568,3 +568,17 @@ async fn a_value_of_another_type_under_the_name_is_not_called_missing() {
         "{text}"
     );
 }
+
+/// Depends on `a_out` (it runs after `sa`) without using its value.
+#[stage(reads = [a_out], writes = [d_out])]
+fn after_a(_a_out: &u64) -> u64 {
+    99
+}
+
+#[tokio::test]
+async fn an_underscored_parameter_reads_its_key_without_using_it() {
+    let pipe = pipeline! { stage_a, after_a }.with_resource(Arc::new(Probe::default()));
+    let out = pipe.invoke(input! { seed: 1 }).await.unwrap();
+    assert_eq!(out[d_out], 99);
+    assert_eq!(pipe.inputs(), ["seed"], "`a_out` comes from `sa`");
+}

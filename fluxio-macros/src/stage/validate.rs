@@ -254,7 +254,11 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
             ParamRole::Ctx
         } else if is_named(&arg.ty, "RunInfo") {
             ParamRole::RunInfo
-        } else if let Some(key) = reads.iter().find(|k| *k.ident() == ident) {
+        } else if let Some(key) = reads
+            .iter()
+            .find(|k| *k.ident() == ident || ident == format!("_{}", k.ident()))
+        {
+            // `_total` reads `total` without using it: a dependency on the key only.
             ParamRole::Read(key.clone())
         } else {
             cx.error_spanned_by(
