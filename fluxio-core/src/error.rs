@@ -36,6 +36,21 @@ pub enum Error {
         /// The key's name.
         key: &'static str,
     },
+    /// A key the pipeline reads before any stage writes it was not in the input — and a
+    /// stage declared after its first reader writes it (most likely declared too late).
+    #[error(
+        "missing input `{key}`: stage `{reader}` reads it, and `{writer}`, which writes it, \
+         comes after `{reader}` in `pipeline!`; declare `{writer}` first, or pass `{key}` in \
+         the input"
+    )]
+    InputWrittenLater {
+        /// The key's name.
+        key: &'static str,
+        /// The first stage that reads it.
+        reader: &'static str,
+        /// The later stage that writes it.
+        writer: &'static str,
+    },
     /// A stage needs a `Res<T>` that was not registered with `.with_resource(..)`.
     #[error("stage `{stage}` needs resource `{type_name}`: register it with `.with_resource(..)`")]
     MissingResource {

@@ -210,6 +210,9 @@ pub(crate) struct Plan {
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
+    /// For each input: `(first reader, writer)` when a stage after its first reader writes
+    /// it.
+    pub(crate) inputs_written_later: Vec<Option<(&'static str, &'static str)>>,
     /// Per node: whether its stage has a rollback, kept apart from the nodes so the hot path
     /// reads one byte instead of touching a whole node.
     pub(crate) has_rollback: Vec<bool>,
@@ -261,15 +264,29 @@ impl Plan {
         }
 
         let mut input_descs: Vec<KeyDesc> = Vec::new();
+        let mut input_readers: Vec<usize> = Vec::new();
         let mut written: Vec<&'static str> = Vec::new();
-        for node in &nodes {
+        for (i, node) in nodes.iter().enumerate() {
             for r in &node.reads {
                 if !written.contains(&r.name) && !input_descs.iter().any(|k| k.name == r.name) {
                     input_descs.push(*r);
+                    input_readers.push(i);
                 }
             }
             written.extend(node.writes.iter().map(|k| k.name));
         }
+        // An input that a stage after its first reader writes is most likely a stage
+        // declared too late: the error for it, when it is missing, says so.
+        let inputs_written_later = input_descs
+            .iter()
+            .zip(&input_readers)
+            .map(|(k, &reader)| {
+                nodes[reader + 1..]
+                    .iter()
+                    .find(|n| n.writes.iter().any(|w| w.name == k.name))
+                    .map(|writer| (nodes[reader].meta.name, writer.meta.name))
+            })
+            .collect();
 
         let mut dep_offsets = Vec::with_capacity(n + 1);
         dep_offsets.push(0u32);
@@ -308,6 +325,7 @@ impl Plan {
             roots,
             branch_members,
             input_descs,
+            inputs_written_later,
             graph,
             version,
         }

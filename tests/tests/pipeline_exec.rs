@@ -582,3 +582,31 @@ async fn an_underscored_parameter_reads_its_key_without_using_it() {
     assert_eq!(out[d_out], 99);
     assert_eq!(pipe.inputs(), ["seed"], "`a_out` comes from `sa`");
 }
+
+#[tokio::test]
+async fn a_missing_input_that_a_later_stage_writes_names_both_stages() {
+    // `after_a` reads `a_out`, which `stage_a` writes — but `stage_a` is declared after it,
+    // so `a_out` is an input of the pipeline.
+    let pipe = pipeline! { after_a, stage_a }.with_resource(Arc::new(Probe::default()));
+    assert_eq!(pipe.inputs(), ["a_out", "seed"]);
+    let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InputWrittenLater {
+                key: "a_out",
+                reader: "after_a",
+                writer: "stage_a"
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "missing input `a_out`: stage `after_a` reads it, and `stage_a`, which writes it, comes \
+         after `after_a` in `pipeline!`; declare `stage_a` first, or pass `a_out` in the input"
+    );
+    // Given as an input, it is one.
+    let out = pipe.invoke(input! { seed: 1, a_out: 5 }).await.unwrap();
+    assert_eq!(out[d_out], 99);
+}

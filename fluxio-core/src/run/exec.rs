@@ -214,9 +214,16 @@ fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
     if let Some((key, types)) = plan.key_clash {
         return Err(Error::KeyClash { key, types });
     }
-    for key in &plan.input_descs {
+    for (i, key) in plan.input_descs.iter().enumerate() {
         if !input.contains_name(key.name) {
-            return Err(Error::MissingInput { key: key.name });
+            return Err(match plan.inputs_written_later[i] {
+                Some((reader, writer)) => Error::InputWrittenLater {
+                    key: key.name,
+                    reader,
+                    writer,
+                },
+                None => Error::MissingInput { key: key.name },
+            });
         }
     }
     for &i in &plan.needs_resources {
