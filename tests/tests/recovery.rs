@@ -194,3 +194,74 @@ async fn a_stage_a_middleware_skipped_is_not_rolled_back() {
     assert_eq!(journal.entries(), ["charge 3", "refund 3"]);
     assert_eq!(*seen.0.lock().unwrap(), ["charge undone"]);
 }
+
+#[stage(reads = [order_id], rollback = unaudit)]
+async fn audit(order_id: &u64, journal: Res<Arc<Journal>>) {
+    journal.note(format!("audit {order_id}"));
+}
+
+async fn unaudit(order_id: &u64, journal: Res<Arc<Journal>>) {
+    journal.note(format!("unaudit {order_id}"));
+}
+
+#[stage(reads = [order_id], writes = [charged])]
+async fn pay(
+    order_id: &u64,
+    journal: Res<Arc<Journal>>,
+    open: Res<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<bool, StageError> {
+    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(StageError::msg("payments closed"));
+    }
+    journal.note(format!("pay {order_id}"));
+    Ok(true)
+}
+
+#[stage(reads = [charged])]
+async fn confirm(charged: &bool) -> Result<(), StageError> {
+    let _ = charged;
+    Err(StageError::msg("confirmation failed"))
+}
+
+/// Skips every call of stage `audit`.
+struct SkipAudit;
+
+impl fluxio::middleware::Middleware for SkipAudit {
+    fn handle<'a>(
+        &'a self,
+        call: fluxio::middleware::StageCall<'a>,
+        next: fluxio::middleware::Next<'a>,
+    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        if call.meta.name == "audit" {
+            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
+                "audits off".into(),
+            ))));
+        }
+        next.run(call)
+    }
+}
+
+#[tokio::test]
+async fn a_skipped_stage_is_not_rolled_back_after_a_resume_either() {
+    let journal = Arc::new(Journal::default());
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipe = pipeline! { audit, pay, confirm }
+        .with_resource(journal.clone())
+        .with_resource(open.clone())
+        .with_middleware(SkipAudit)
+        .with_store(InMemoryStore::new());
+    // `audit` is skipped and checkpointed as such; `pay` fails.
+    pipe.invoke(input! { order_id: 4 })
+        .run_id("order-4")
+        .await
+        .unwrap_err();
+    // Resumed: `audit` is not called again, `pay` succeeds, `confirm` fails, and the
+    // rollbacks run — without undoing the audit that never happened.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = pipe.resume("order-4").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `confirm` failed: confirmation failed"
+    );
+    assert_eq!(journal.entries(), ["pay 4"]);
+}

@@ -195,7 +195,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restor
             })? as u32),
             None => None,
         };
-        restored.done.push((i as u32, route));
+        restored.done.push((i as u32, route, entry.skipped));
     }
     Ok((ctx, restored))
 }

@@ -304,7 +304,8 @@ impl Durability {
 /// What a resumed run already did: finished nodes, with the label a route node chose.
 #[derive(Debug, Default)]
 pub(crate) struct Restored {
-    pub(crate) done: Vec<(u32, Option<u32>)>,
+    /// The finished nodes: `(node, route's branch, skipped by a middleware or a route)`.
+    pub(crate) done: Vec<(u32, Option<u32>, bool)>,
 }
 
 /// The bookkeeping of one run: the context so far, which nodes wait, run, or are done.
@@ -407,16 +408,17 @@ impl Scheduler {
             Some(restored) => {
                 // Replay the finished nodes' releases; whatever is left at zero is the
                 // frontier, including unfinished members of a half-done parallel block.
-                for &(i, route) in &restored.done {
+                for &(i, route, skipped) in &restored.done {
                     sched.state[i as usize] = DONE;
-                    if sched.plan.nodes[i as usize].has_rollback {
+                    // A skipped stage did not run: there is nothing to roll back.
+                    if sched.plan.nodes[i as usize].has_rollback && !skipped {
                         sched.rollback_order.push(i);
                     }
                     if let Some(l) = route {
                         sched.mark_skipped(i as usize, l as usize);
                     }
                 }
-                for &(i, route) in &restored.done {
+                for &(i, route, _) in &restored.done {
                     sched.release(i as usize);
                     if let Some(l) = route {
                         sched.release_skipped(i as usize, l as usize, false);
@@ -572,6 +574,7 @@ impl SchedState {
                 return Err(e);
             }
         };
+        let skipped = matches!(out, StageOutput::Skip(_));
         let (writes, route) = match out {
             StageOutput::Writes(w) => (w, None),
             StageOutput::Skip(reason) => {
@@ -597,7 +600,7 @@ impl SchedState {
             }
         };
         if self.durable.is_some() {
-            let entry = self.entry(i, &writes, route)?;
+            let entry = self.entry(i, &writes, route, skipped)?;
             writes.apply(&mut self.ctx);
             if let Some(l) = route {
                 self.mark_skipped(i, l as usize);
@@ -618,7 +621,13 @@ impl SchedState {
     }
 
     /// The checkpoint entry of node `i`: its writes, encoded, and its route choice.
-    fn entry(&self, i: usize, writes: &Writes, route: Option<u32>) -> Result<Vec<u8>> {
+    fn entry(
+        &self,
+        i: usize,
+        writes: &Writes,
+        route: Option<u32>,
+        skipped: bool,
+    ) -> Result<Vec<u8>> {
         let node = &self.plan.nodes[i];
         let mut encoded = Vec::new();
         for (name, value) in writes.iter() {
@@ -636,7 +645,7 @@ impl SchedState {
             route: route
                 .and_then(|l| node.labels.get(l as usize))
                 .map(|l| l.to_string()),
-            skipped: route == Some(NO_BRANCH),
+            skipped,
             writes: encoded,
         };
         super::durable::encoded(format::encode_entry(&entry), self.run_id(), node.meta.name)

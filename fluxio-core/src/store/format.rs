@@ -116,7 +116,8 @@ pub struct Entry {
     pub stage: String,
     /// For a route stage, the label it chose.
     pub route: Option<String>,
-    /// The stage was skipped (a skipped route stage takes no branch).
+    /// The stage was skipped — by a middleware, or a route stage's skip (which takes no
+    /// branch) — so it has nothing to roll back.
     pub skipped: bool,
     /// `(key, encoded value)` for every key the stage wrote.
     pub writes: Vec<(String, Vec<u8>)>,
