@@ -614,3 +614,32 @@ async fn a_refused_resume_gives_the_lock_back_before_returning() {
         .unwrap();
     assert_eq!(out[extra], "#25");
 }
+
+#[tokio::test]
+async fn a_run_refused_before_it_starts_leaves_the_store_as_it_was() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("kept")
+        .await
+        .unwrap();
+    let before = stored(&store, "kept").await;
+
+    // The same pipeline without its resource: refused before any stage — and before any
+    // write, so the completed run's checkpoint is untouched.
+    let unready = pipeline! { sa, sb, sc }.with_store(store.clone());
+    let err = unready
+        .invoke(input! { seed: 2 })
+        .run_id("kept")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingResource { .. }), "{err:?}");
+    let err = unready.resume("kept").await;
+    assert!(
+        err.is_ok(),
+        "a completed run resumes to its result: {err:?}"
+    );
+    let err = unready.invoke(Ctx::new()).run_id("kept").await.unwrap_err();
+    assert!(matches!(err, Error::MissingInput { .. }), "{err:?}");
+    assert_eq!(stored(&store, "kept").await, before);
+}

@@ -230,7 +230,7 @@ pub(crate) async fn run(
 
     // Every way out before the run starts gives the lock back at once: a caller that
     // corrects its call (say, with `allow_version_change`) must not find it still held.
-    let (ctx, restored) = match prepare(&plan, &*store, &run_id, &owner, input, opts).await {
+    let (ctx, restored) = match prepare(&plan, &*store, &run_id, &owner, input, opts, &env).await {
         Ok(Prepared::Run(ctx, restored)) => (ctx, restored),
         Ok(Prepared::Completed(ctx)) => {
             guard.release().await;
@@ -284,7 +284,8 @@ enum Prepared {
 }
 
 /// Writes the start record of a fresh run, or loads, checks and revives the checkpoint of
-/// a resumed one.
+/// a resumed one. Everything that refuses a run (missing inputs or resources, a key clash)
+/// is checked before the first write, so a refused call leaves the store as it was.
 async fn prepare(
     plan: &Plan,
     store: &dyn CheckpointStore,
@@ -292,6 +293,7 @@ async fn prepare(
     owner: &str,
     input: Ctx,
     opts: &RunOptions,
+    env: &StageEnv,
 ) -> Result<Prepared> {
     if opts.resume {
         let stored = load(store, run_id).await?;
@@ -333,6 +335,8 @@ async fn prepare(
         if stored.status == RunStatus::Completed {
             return Ok(Prepared::Completed(ctx));
         }
+        // What would refuse the run is checked before anything is written.
+        super::exec::preflight(plan, &ctx, env)?;
         // The run is live again: a failed or interrupted checkpoint says so until it ends.
         if stored.status != RunStatus::Running {
             let running = Save::Finish {
@@ -360,6 +364,7 @@ async fn prepare(
         }
         Ok(Prepared::Run(ctx, Some(restored)))
     } else {
+        super::exec::preflight(plan, &input, env)?;
         let header = encode_input(plan, &input, run_id)?;
         let start = Save::Start {
             version: plan.version.clone(),

@@ -210,7 +210,7 @@ impl Observers {
 }
 
 /// Checks what must hold before any stage runs: inputs present, resources registered.
-fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
+pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
     if let Some((key, types)) = plan.key_clash {
         return Err(Error::KeyClash { key, types });
     }
