@@ -170,6 +170,7 @@ impl NodeSpec {
         NodeSpec {
             meta: StageMeta {
                 name: "pipeline",
+                id: std::any::TypeId::of::<crate::run::Pipeline>,
                 kind: StageKind::Pipeline,
                 access: crate::access::Access::NONE,
                 timeout: None,
@@ -277,14 +278,20 @@ impl Plan {
         }
         // An input that a stage after its first reader writes is most likely a stage
         // declared too late: the error for it, when it is missing, says so.
+        // Not a writer that reads the key itself (it needs it as an input anyway), nor one
+        // in another branch of a route than the reader (they never both run).
         let inputs_written_later = input_descs
             .iter()
             .zip(&input_readers)
             .map(|(k, &reader)| {
-                nodes[reader + 1..]
-                    .iter()
-                    .find(|n| n.writes.iter().any(|w| w.name == k.name))
-                    .map(|writer| (nodes[reader].meta.name, writer.meta.name))
+                (reader + 1..n)
+                    .find(|&w| {
+                        let node = &nodes[w];
+                        node.writes.iter().any(|d| d.name == k.name)
+                            && !node.reads.iter().any(|d| d.name == k.name)
+                            && !exclusive(&nodes, reader, w)
+                    })
+                    .map(|w| (nodes[reader].meta.name, nodes[w].meta.name))
             })
             .collect();
 
@@ -340,6 +347,21 @@ impl Plan {
         };
         Plan::build(nodes, &|i, j| matrix[j][i])
     }
+}
+
+/// Whether nodes `a` and `b` sit in different branches of one route (only one runs).
+fn exclusive(nodes: &[NodeSpec], a: usize, b: usize) -> bool {
+    let branches = |mut i: usize| {
+        let mut out = Vec::new();
+        while let Some((r, l)) = nodes[i].branch {
+            out.push((r, l));
+            i = r as usize;
+        }
+        out
+    };
+    let (of_a, of_b) = (branches(a), branches(b));
+    of_a.iter()
+        .any(|&(r, l)| of_b.iter().any(|&(r2, l2)| r == r2 && l != l2))
 }
 
 fn version_of(nodes: &[NodeSpec], edges: &[(usize, usize)]) -> String {

@@ -72,6 +72,9 @@ impl ResourceDesc {
 pub struct StageMeta {
     /// The stage's name (the function's name unless `name = "..."` is given).
     pub name: &'static str,
+    /// The stage's type: what tells two stages apart when they share a name (stages of
+    /// different modules or pipelines), e.g. in a shared [`Cache`](crate::middleware::Cache).
+    pub id: fn() -> TypeId,
     /// How it runs.
     pub kind: StageKind,
     /// What it reads and writes.

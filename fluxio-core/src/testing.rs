@@ -20,7 +20,7 @@ use crate::stage::{ChunkSink, Resources, Route, Stage, StageEnv, StageFuture, St
 /// # fn n() -> n { n {} }
 /// # #[allow(non_camel_case_types)] #[derive(Clone, Copy)] struct double;
 /// # impl Stage for double {
-/// #     const META: StageMeta = StageMeta { name: "double", kind: StageKind::Async,
+/// #     const META: StageMeta = StageMeta { name: "double", id: std::any::TypeId::of::<double>, kind: StageKind::Async,
 /// #         access: Access::new(&[n::DESC], &[n::DESC]), timeout: None, resources: &[] };
 /// #     fn call(&self, ctx: &Ctx, _: &StageEnv)
 /// #         -> impl std::future::Future<Output = Result<StageOutput, fluxio_core::StageError>> + Send + 'static + use<> {

@@ -85,6 +85,7 @@ where
 {
     const META: StageMeta = StageMeta {
         name: NAMES[I],
+        id: std::any::TypeId::of::<Self>,
         kind: StageKind::Async,
         access: Access::new(&[In::DESC], &[Out::DESC]),
         timeout: None,

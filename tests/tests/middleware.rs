@@ -406,3 +406,33 @@ async fn stages_sharing_a_name_and_a_cache_do_not_share_results() {
     );
     assert_eq!(numbers.invoke(input! { n: 0 }).await.unwrap()[out], 100);
 }
+
+mod billing {
+    use super::*;
+
+    /// Named `lookup`, like the one in `shipping`, and reading the same key.
+    #[stage(reads = [n], writes = [out])]
+    pub async fn lookup(n: &u64) -> u64 {
+        n + 1_000
+    }
+}
+
+mod shipping {
+    use super::*;
+
+    #[stage(reads = [n], writes = [out])]
+    pub async fn lookup(n: &u64) -> u64 {
+        n + 2_000
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stages_sharing_a_name_and_their_reads_do_not_share_results() {
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let billing = pipeline! { billing::lookup }.with_middleware(cache.clone());
+    let shipping = pipeline! { shipping::lookup }.with_middleware(cache.clone());
+    assert_eq!(billing.invoke(input! { n: 1 }).await.unwrap()[out], 1_001);
+    assert_eq!(shipping.invoke(input! { n: 1 }).await.unwrap()[out], 2_001);
+    assert_eq!(billing.invoke(input! { n: 1 }).await.unwrap()[out], 1_001);
+    assert_eq!(cache.len(), 2);
+}

@@ -610,3 +610,33 @@ async fn a_missing_input_that_a_later_stage_writes_names_both_stages() {
     let out = pipe.invoke(input! { seed: 1, a_out: 5 }).await.unwrap();
     assert_eq!(out[d_out], 99);
 }
+
+/// Reads `picked` inside a branch.
+#[stage(reads = [picked], writes = [d_out])]
+async fn uses_picked(picked: &String) -> u64 {
+    picked.len() as u64
+}
+
+/// Reads and writes `a_out`.
+#[stage(reads = [a_out], writes = [a_out])]
+async fn bump_a(a_out: &u64) -> u64 {
+    a_out + 1
+}
+
+#[tokio::test]
+async fn only_a_writer_that_could_run_first_is_named_for_a_missing_input() {
+    // `right` writes `picked` in the other branch: it can never run before `uses_picked`.
+    let pipe = pipeline! { choose => { "l" => [uses_picked], "r" => [right] } };
+    let err = pipe.invoke(input! { label: "l".into() }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MissingInput { key: "picked" }),
+        "{err:?}"
+    );
+    // `bump_a` writes `a_out` but reads it too: declaring it first would not help.
+    let pipe = pipeline! { after_a, bump_a };
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MissingInput { key: "a_out" }),
+        "{err:?}"
+    );
+}

@@ -1,8 +1,9 @@
 //! `Cache`: reuse a stage's result for the same inputs.
 
+use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,14 +23,15 @@ use crate::store::BoxFuture;
 /// when their encodings (the checkpoint encoding) are equal.
 pub(crate) struct CacheKey {
     hash: u64,
-    stage: &'static str,
+    /// The stage's type: stages of different modules may share a name.
+    stage: TypeId,
     /// How to encode each of `reads`, in the same order.
     descs: &'static [KeyDesc],
     reads: SmallVec<[Slot; 1]>,
 }
 
 impl CacheKey {
-    fn same(&self, stage: &'static str, reads: &[Slot]) -> bool {
+    fn same(&self, stage: TypeId, reads: &[Slot]) -> bool {
         self.stage == stage
             && self.reads.len() == reads.len()
             && self
@@ -72,7 +74,7 @@ struct Cached {
     hash: u64,
     /// Which insertion this is: `order` refers to entries by it.
     seq: u64,
-    stage: &'static str,
+    stage: TypeId,
     reads: SmallVec<[Slot; 1]>,
     expires: Instant,
     out: StageOutput,
@@ -171,9 +173,9 @@ impl Cache {
         if meta.kind == StageKind::Stream {
             return None;
         }
+        let stage = (meta.id)();
         let mut h = self.shared.hasher.build_hasher();
-        h.write(meta.name.as_bytes());
-        h.write_u8(0xff);
+        stage.hash(&mut h);
         let mut reads = SmallVec::with_capacity(meta.access.reads.len());
         for desc in meta.access.reads {
             let value = ctx.slot(desc.name)?;
@@ -182,7 +184,7 @@ impl Cache {
         }
         Some(CacheKey {
             hash: h.finish(),
-            stage: meta.name,
+            stage,
             descs: meta.access.reads,
             reads,
         })

@@ -169,11 +169,17 @@ impl Drop for CancelGuard {
 
 pub(crate) fn fresh_run_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "run-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    // The process id alone repeats (every container's main process is pid 1, and pids are
+    // reused): the time this process first needed an id tells processes apart.
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{:x}{:x}", std::process::id(), nanos)
+    });
+    format!("run-{process}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 pub(crate) struct Observers {

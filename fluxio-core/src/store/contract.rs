@@ -20,8 +20,9 @@
 //! # }
 //! ```
 //!
-//! The checks use real time (lease expiry is waited for, in fractions of a second), so run
-//! them on a runtime whose clock is not paused. Run ids start with `contract-`.
+//! The checks use real time (lease expiry is waited for: about seven seconds in all), so
+//! run them on a runtime whose clock is not paused. Run ids start with `contract-`. What
+//! they check is what [`CheckpointStore`]'s documentation promises.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -117,10 +118,10 @@ checks!(
 
 /// A lease no check outlives.
 const LONG: Duration = Duration::from_secs(60);
-/// A lease a check waits out.
-const SHORT: Duration = Duration::from_millis(400);
+/// A lease a check waits out: long enough for a few store calls on a loaded machine.
+const SHORT: Duration = Duration::from_millis(800);
 /// Comfortably longer than `SHORT`.
-const PAST_SHORT: Duration = Duration::from_millis(900);
+const PAST_SHORT: Duration = Duration::from_millis(1600);
 
 type Outcome = Result<(), String>;
 

@@ -144,10 +144,18 @@ pub struct StoredRun {
 /// method is called or when the future is first polled.
 ///
 /// Locking: a run is written only by the holder of its lock. [`acquire`](Self::acquire)
-/// takes it for a lease, [`renew`](Self::renew) extends it while the run lives,
-/// [`release`](Self::release) gives it back. A lock whose lease ran out can be taken by
-/// another owner, and from then on every `save` of the old owner fails with
-/// [`StoreError::LockLost`]: stores check the owner in the same atomic step as the write.
+/// takes it for a lease (the holder taking it again sets the new lease, shorter or not),
+/// [`renew`](Self::renew) extends it while the run lives, [`release`](Self::release) gives
+/// it back. Once the lease has run out, the old owner's `save`s fail with
+/// [`StoreError::LockLost`] and its `renew` returns `false` — whether or not another owner
+/// took the lock yet; a `save` without the lock fails the same way. Stores check the owner
+/// in the same atomic step as the write, and check it before anything else.
+///
+/// Records: a `Start` replaces whatever the run had (entries, status, error). An `Entry` or
+/// `Finish` for a run with no start record (never started, or deleted) fails with
+/// [`StoreError::Backend`] of operation `"save"` and writes nothing. An `Entry` after a
+/// `Finish` is kept and leaves the status as it was; a `Finish` sets status and error as
+/// given (`Some("")` stays `Some("")`). [`contract`] checks all of this.
 pub trait CheckpointStore: Send + Sync + 'static {
     /// Writes `save` for `run_id`, if `owner` holds the run's lock.
     fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>>;

@@ -239,6 +239,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         impl #private::Stage for #ident {
             const META: #private::StageMeta = #private::StageMeta {
                 name: #name,
+                id: ::core::any::TypeId::of::<#ident>,
                 kind: #private::StageKind::#kind,
                 access: #private::Access::new(&[#(#reads),*], &[#(#writes),*]),
                 timeout: #timeout,
@@ -283,6 +284,7 @@ pub(crate) fn fallback(
         impl #private::Stage for #ident {
             const META: #private::StageMeta = #private::StageMeta {
                 name: #name,
+                id: ::core::any::TypeId::of::<#ident>,
                 kind: #private::StageKind::Async,
                 access: #private::Access::NONE,
                 timeout: ::core::option::Option::None,

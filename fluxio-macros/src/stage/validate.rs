@@ -256,7 +256,8 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
             ParamRole::RunInfo
         } else if let Some(key) = reads
             .iter()
-            .find(|k| *k.ident() == ident || ident == format!("_{}", k.ident()))
+            .find(|k| *k.ident() == ident)
+            .or_else(|| reads.iter().find(|k| ident == format!("_{}", k.ident())))
         {
             // `_total` reads `total` without using it: a dependency on the key only.
             ParamRole::Read(key.clone())

@@ -11,20 +11,34 @@ fn main() {
         eprintln!("usage: otlp_sink LOG_FILE");
         std::process::exit(2);
     };
-    let (addr, _received) = receiver_with(move |request| {
-        let names: Vec<&str> = spans(request).map(|s| s.name.as_str()).collect();
-        let line = format!("spans: {}\n", names.join(" "));
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .and_then(|mut log| log.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            eprintln!("otlp_sink: cannot write {log_path}: {e}");
+    let log = {
+        let log_path = log_path.clone();
+        move |line: String| {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .and_then(|mut log| log.write_all(line.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("otlp_sink: cannot write {log_path}: {e}");
+            }
         }
+    };
+    let on_request = log.clone();
+    let (addr, received) = receiver_with(move |request| {
+        let names: Vec<&str> = spans(request).map(|s| s.name.as_str()).collect();
+        on_request(format!("spans: {}\n", names.join(" ")));
     });
     println!("{}", addr.port());
+    // Requests it could not take (another path or content type, a bad body) are logged
+    // too, so a failed check says why.
+    let mut reported = 0;
     loop {
-        std::thread::park();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let problems = received.lock().unwrap().problems.clone();
+        for problem in &problems[reported..] {
+            log(format!("problem: {problem}\n"));
+        }
+        reported = problems.len();
     }
 }
