@@ -16,20 +16,6 @@ const SHORT: Duration = Duration::from_millis(100);
 /// Comfortably longer than `SHORT`.
 const PAST_SHORT: Duration = Duration::from_millis(300);
 
-fn start(version: &str, header: &[u8]) -> Save {
-    Save::Start {
-        version: version.into(),
-        header: header.to_vec(),
-    }
-}
-
-fn finish(status: RunStatus, error: Option<&str>) -> Save {
-    Save::Finish {
-        status,
-        error: error.map(str::to_string),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_the_store_contract() {
     let db = TempDb::new("contract");
@@ -52,10 +38,10 @@ async fn purge_finished_deletes_old_finished_unlocked_runs() {
         ("resuming", Some(RunStatus::Failed)),
     ] {
         assert!(s.acquire(run, "a", LONG).await.unwrap());
-        s.save(run, "a", start("v", b"h")).await.unwrap();
+        s.save(run, "a", Save::start("v", b"h")).await.unwrap();
         s.save(run, "a", Save::Entry(vec![1])).await.unwrap();
         if let Some(status) = status {
-            s.save(run, "a", finish(status, None)).await.unwrap();
+            s.save(run, "a", Save::finish(status, None)).await.unwrap();
         }
         if run != "resuming" {
             s.release(run, "a").await.unwrap();
@@ -63,8 +49,10 @@ async fn purge_finished_deletes_old_finished_unlocked_runs() {
     }
     // An expired lock on a finished run does not keep it.
     assert!(s.acquire("expired", "a", SHORT).await.unwrap());
-    s.save("expired", "a", start("v", b"h")).await.unwrap();
-    s.save("expired", "a", finish(RunStatus::Completed, None))
+    s.save("expired", "a", Save::start("v", b"h"))
+        .await
+        .unwrap();
+    s.save("expired", "a", Save::finish(RunStatus::Completed, None))
         .await
         .unwrap();
     tokio::time::sleep(PAST_SHORT).await;
@@ -85,7 +73,7 @@ async fn purge_finished_deletes_old_finished_unlocked_runs() {
     }
     // A purged run can start again, with no old entries.
     assert!(s.acquire("done", "b", LONG).await.unwrap());
-    s.save("done", "b", start("v2", b"h")).await.unwrap();
+    s.save("done", "b", Save::start("v2", b"h")).await.unwrap();
     assert!(
         s.load("done")
             .await
@@ -103,7 +91,9 @@ async fn stats_count_commits_and_saves() {
     let s = SqliteStore::open(db.path()).await.unwrap();
     assert_eq!(s.stats().saves, 0);
     assert!(s.acquire("r", "a", LONG).await.unwrap());
-    s.save("r", "a", start("v", &[])).await.unwrap();
+    s.save("r", "a", Save::start("v", Vec::new()))
+        .await
+        .unwrap();
     let _ = s.save("r", "b", Save::Entry(vec![1])).await;
     let stats = s.stats();
     assert_eq!(stats.saves, 2);

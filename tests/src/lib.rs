@@ -46,6 +46,25 @@ impl Middleware for Tag {
     }
 }
 
+/// A user's middleware that skips every call of one stage (with a reason), as a
+/// maintenance switch would, and passes the others on.
+#[derive(Debug, Clone, Copy)]
+pub struct SkipStage(pub &'static str);
+
+impl Middleware for SkipStage {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        if call.meta.name == self.0 {
+            let reason = format!("`{}` is switched off", self.0);
+            return Box::pin(std::future::ready(Ok(StageOutput::Skip(reason))));
+        }
+        next.run(call)
+    }
+}
+
 /// An OTLP/HTTP receiver on loopback, as a collector takes traces: `POST /v1/traces` with a
 /// protobuf body, decoded, answered `200 OK`. HTTP/1.1 with keep-alive, one thread per
 /// connection. The OTLP test checks the span tree with it; the `otlp_sink` program runs it

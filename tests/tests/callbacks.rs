@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use fluxio::events::{Event, EventSink};
 use fluxio::prelude::*;
 use fluxio::{Error, StageEvent};
+use fluxio_tests::SkipStage;
 
 fluxio::keys! {
     pub n: u64;
@@ -223,24 +224,6 @@ async fn callback_errors_for_missing_inputs_come_before_any_stage() {
     assert_eq!(names(&events), ["pipeline.started", "pipeline.failed"]);
 }
 
-/// Skips every call of stage `first`, as a maintenance switch would.
-struct SkipFirst;
-
-impl fluxio::middleware::Middleware for SkipFirst {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        if call.meta.name == "first" {
-            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
-                "maintenance".into(),
-            ))));
-        }
-        next.run(call)
-    }
-}
-
 #[stage(reads = [n], writes = [label])]
 async fn third(n: &u64) -> String {
     n.to_string()
@@ -250,7 +233,7 @@ async fn third(n: &u64) -> String {
 async fn a_stage_skipped_by_middleware_is_reported_skipped_only() {
     let (sink, events) = sink();
     let pipe = pipeline! { first, third }
-        .with_middleware(SkipFirst)
+        .with_middleware(SkipStage("first"))
         .with_callback(sink);
     let out = pipe.invoke(input! { n: 1 }).await.unwrap();
     assert!(!out.contains(a), "a skipped stage writes nothing");

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use fluxio::Error;
 use fluxio::prelude::*;
 use fluxio::store::RunStatus;
+use fluxio_tests::SkipStage;
 
 fluxio::keys! {
     pub order_id: u64;
@@ -163,31 +164,13 @@ async fn a_rolled_back_durable_run_cannot_be_resumed() {
     );
 }
 
-/// Skips every call of stage `ship`.
-struct SkipShip;
-
-impl fluxio::middleware::Middleware for SkipShip {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        if call.meta.name == "ship" {
-            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
-                "shipping paused".into(),
-            ))));
-        }
-        next.run(call)
-    }
-}
-
 #[tokio::test]
 async fn a_stage_a_middleware_skipped_is_not_rolled_back() {
     let journal = Arc::new(Journal::default());
     let seen = Rollbacks::default();
     let pipe = pipeline! { charge, ship, notify }
         .with_resource(journal.clone())
-        .with_middleware(SkipShip)
+        .with_middleware(SkipStage("ship"))
         .with_callback(seen.clone());
     // `notify` reads what the skipped `ship` did not write: the run fails there.
     pipe.invoke(input! { order_id: 3 }).await.unwrap_err();
@@ -223,24 +206,6 @@ async fn confirm(charged: &bool) -> Result<(), StageError> {
     Err(StageError::msg("confirmation failed"))
 }
 
-/// Skips every call of stage `audit`.
-struct SkipAudit;
-
-impl fluxio::middleware::Middleware for SkipAudit {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        if call.meta.name == "audit" {
-            return Box::pin(std::future::ready(Ok(fluxio::StageOutput::Skip(
-                "audits off".into(),
-            ))));
-        }
-        next.run(call)
-    }
-}
-
 #[tokio::test]
 async fn a_skipped_stage_is_not_rolled_back_after_a_resume_either() {
     let journal = Arc::new(Journal::default());
@@ -248,7 +213,7 @@ async fn a_skipped_stage_is_not_rolled_back_after_a_resume_either() {
     let pipe = pipeline! { audit, pay, confirm }
         .with_resource(journal.clone())
         .with_resource(open.clone())
-        .with_middleware(SkipAudit)
+        .with_middleware(SkipStage("audit"))
         .with_store(InMemoryStore::new());
     // `audit` is skipped and checkpointed as such; `pay` fails.
     pipe.invoke(input! { order_id: 4 })

@@ -339,10 +339,7 @@ async fn prepare(
         super::exec::preflight(plan, &ctx, env)?;
         // The run is live again: a failed or interrupted checkpoint says so until it ends.
         if stored.status != RunStatus::Running {
-            let running = Save::Finish {
-                status: RunStatus::Running,
-                error: None,
-            };
+            let running = Save::finish(RunStatus::Running, None);
             store
                 .save(run_id, owner, running)
                 .await
@@ -366,10 +363,7 @@ async fn prepare(
     } else {
         super::exec::preflight(plan, &input, env)?;
         let header = encode_input(plan, &input, run_id)?;
-        let start = Save::Start {
-            version: plan.version.clone(),
-            header,
-        };
+        let start = Save::start(plan.version.clone(), header);
         store
             .save(run_id, owner, start)
             .await

@@ -175,20 +175,6 @@ fn refused(result: StoreResult<()>, what: &str) -> Outcome {
     }
 }
 
-fn start(version: &str, header: &[u8]) -> Save {
-    Save::Start {
-        version: version.into(),
-        header: header.to_vec(),
-    }
-}
-
-fn finish(status: RunStatus, error: Option<&str>) -> Save {
-    Save::Finish {
-        status,
-        error: error.map(str::to_string),
-    }
-}
-
 async fn load(s: &dyn CheckpointStore, run: &str) -> Result<StoredRun, String> {
     ok(s.load(run).await, "load")?.ok_or_else(|| format!("load of `{run}` found no run"))
 }
@@ -204,7 +190,7 @@ async fn acquire(s: &dyn CheckpointStore, run: &str, owner: &str, lease: Duratio
 async fn round_trip(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-round-trip";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("v1", b"header")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"header")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"one".to_vec())).await, "entry")?;
     same!(
         load(s, r).await?,
@@ -219,7 +205,7 @@ async fn round_trip(s: &dyn CheckpointStore) -> Outcome {
     );
     ok(s.save(r, "a", Save::Entry(b"two".to_vec())).await, "entry")?;
     ok(
-        s.save(r, "a", finish(RunStatus::Failed, Some("boom")))
+        s.save(r, "a", Save::finish(RunStatus::Failed, Some("boom")))
             .await,
         "finish",
     )?;
@@ -231,7 +217,8 @@ async fn round_trip(s: &dyn CheckpointStore) -> Outcome {
         "error after a failure"
     );
     ok(
-        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        s.save(r, "a", Save::finish(RunStatus::Completed, None))
+            .await,
         "finish",
     )?;
     ok(s.release(r, "a").await, "release")?;
@@ -252,7 +239,7 @@ async fn round_trip(s: &dyn CheckpointStore) -> Outcome {
 async fn empty_header_and_entries(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-empty";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("", &[])).await, "start")?;
+    ok(s.save(r, "a", Save::start("", Vec::new())).await, "start")?;
     ok(s.save(r, "a", Save::Entry(Vec::new())).await, "entry")?;
     let run = load(s, r).await?;
     same!(run.version, "", "version");
@@ -277,13 +264,17 @@ async fn load_of_a_missing_run_is_none(s: &dyn CheckpointStore) -> Outcome {
 async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-replace";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("v1", b"old")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"old")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"e1".to_vec())).await, "entry")?;
     ok(
-        s.save(r, "a", finish(RunStatus::Failed, Some("x"))).await,
+        s.save(r, "a", Save::finish(RunStatus::Failed, Some("x")))
+            .await,
         "finish",
     )?;
-    ok(s.save(r, "a", start("v2", b"new")).await, "second start")?;
+    ok(
+        s.save(r, "a", Save::start("v2", b"new")).await,
+        "second start",
+    )?;
     same!(
         load(s, r).await?,
         StoredRun {
@@ -308,7 +299,10 @@ async fn entries_keep_their_order_and_bytes(s: &dyn CheckpointStore) -> Outcome 
     let r = "contract-order";
     acquire(s, r, "a", LONG).await?;
     let header: Vec<u8> = (0..=255u8).rev().collect();
-    ok(s.save(r, "a", start("v1", &header)).await, "start")?;
+    ok(
+        s.save(r, "a", Save::start("v1", header.clone())).await,
+        "start",
+    )?;
     let mut expected = Vec::new();
     for i in 0..100u32 {
         let entry = match i {
@@ -339,8 +333,11 @@ async fn runs_do_not_mix_their_entries(s: &dyn CheckpointStore) -> Outcome {
     let (r, other) = ("contract-mix-1", "contract-mix-2");
     acquire(s, r, "a", LONG).await?;
     acquire(s, other, "a", LONG).await?;
-    ok(s.save(r, "a", start("v", &[])).await, "start")?;
-    ok(s.save(other, "a", start("v", &[])).await, "start")?;
+    ok(s.save(r, "a", Save::start("v", Vec::new())).await, "start")?;
+    ok(
+        s.save(other, "a", Save::start("v", Vec::new())).await,
+        "start",
+    )?;
     let expected: Vec<Vec<u8>> = (0u32..200).map(|i| i.to_le_bytes().to_vec()).collect();
     for (i, e) in expected.iter().enumerate() {
         ok(s.save(r, "a", Save::Entry(e.clone())).await, "entry")?;
@@ -360,7 +357,7 @@ async fn runs_do_not_mix_their_entries(s: &dyn CheckpointStore) -> Outcome {
 async fn concurrent_entries_are_all_kept(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-concurrent";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("v1", b"")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"")).await, "start")?;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..50u8 {
         tasks.spawn(s.save(r, "a", Save::Entry(vec![i])));
@@ -386,7 +383,8 @@ async fn entry_or_finish_before_start_fails_without_writing(s: &dyn CheckpointSt
         "an entry before any start",
     )?;
     refused(
-        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        s.save(r, "a", Save::finish(RunStatus::Completed, None))
+            .await,
         "a finish before any start",
     )?;
     ensure!(
@@ -409,17 +407,19 @@ async fn entry_or_finish_before_start_fails_without_writing(s: &dyn CheckpointSt
 async fn finish_sets_and_clears_the_error(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-error";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"h")).await, "start")?;
     let text = "stage `b` failed: ünïcödé \u{1F4A5}\nsecond line";
     ok(
-        s.save(r, "a", finish(RunStatus::Failed, Some(text))).await,
+        s.save(r, "a", Save::finish(RunStatus::Failed, Some(text)))
+            .await,
         "finish",
     )?;
     let failed = load(s, r).await?;
     same!(failed.status, RunStatus::Failed, "status");
     same!(failed.error.as_deref(), Some(text), "error text");
     ok(
-        s.save(r, "a", finish(RunStatus::Failed, Some(""))).await,
+        s.save(r, "a", Save::finish(RunStatus::Failed, Some("")))
+            .await,
         "finish",
     )?;
     same!(
@@ -434,7 +434,8 @@ async fn finish_sets_and_clears_the_error(s: &dyn CheckpointStore) -> Outcome {
         "status after an entry (an entry does not change it)"
     );
     ok(
-        s.save(r, "a", finish(RunStatus::Completed, None)).await,
+        s.save(r, "a", Save::finish(RunStatus::Completed, None))
+            .await,
         "finish",
     )?;
     let done = load(s, r).await?;
@@ -447,7 +448,7 @@ async fn finish_sets_and_clears_the_error(s: &dyn CheckpointStore) -> Outcome {
 async fn save_without_the_lock_is_lock_lost(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-no-lock";
     lock_lost(
-        s.save(r, "a", start("v1", b"h")).await,
+        s.save(r, "a", Save::start("v1", b"h")).await,
         r,
         "a start without the lock",
     )?;
@@ -461,14 +462,14 @@ async fn save_without_the_lock_is_lock_lost(s: &dyn CheckpointStore) -> Outcome 
 async fn save_by_another_owner_is_lock_lost_and_writes_nothing(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-intruder";
     acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"h")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"1".to_vec())).await, "entry")?;
     let before = load(s, r).await?;
     for (save, what) in [
-        (start("v9", b"x"), "a start by another owner"),
+        (Save::start("v9", b"x"), "a start by another owner"),
         (Save::Entry(b"2".to_vec()), "an entry by another owner"),
         (
-            finish(RunStatus::Failed, Some("x")),
+            Save::finish(RunStatus::Failed, Some("x")),
             "a finish by another owner",
         ),
     ] {
@@ -481,7 +482,7 @@ async fn save_by_another_owner_is_lock_lost_and_writes_nothing(s: &dyn Checkpoin
 async fn expired_lease_fences_the_old_owner(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-takeover";
     acquire(s, r, "old", SHORT).await?;
-    ok(s.save(r, "old", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "old", Save::start("v1", b"h")).await, "start")?;
     ok(s.save(r, "old", Save::Entry(b"1".to_vec())).await, "entry")?;
     tokio::time::sleep(PAST_SHORT).await;
     lock_lost(
@@ -496,8 +497,8 @@ async fn expired_lease_fences_the_old_owner(s: &dyn CheckpointStore) -> Outcome 
     acquire(s, r, "new", LONG).await?;
     for (save, what) in [
         (Save::Entry(b"stale".to_vec()), "a stale entry"),
-        (finish(RunStatus::Completed, None), "a stale finish"),
-        (start("v0", b"stale"), "a stale start"),
+        (Save::finish(RunStatus::Completed, None), "a stale finish"),
+        (Save::start("v0", b"stale"), "a stale start"),
     ] {
         lock_lost(s.save(r, "old", save).await, r, what)?;
     }
@@ -565,7 +566,7 @@ async fn renew_extends_only_the_owners_unexpired_lock(s: &dyn CheckpointStore) -
         !ok(s.acquire(r, "b", LONG).await, "acquire")?,
         "the renewed lease ended with the first one"
     );
-    ok(s.save(r, "a", start("v", &[])).await, "start")?;
+    ok(s.save(r, "a", Save::start("v", Vec::new())).await, "start")?;
     acquire(s, r2, "a", SHORT).await?;
     tokio::time::sleep(PAST_SHORT).await;
     ensure!(
@@ -592,7 +593,7 @@ async fn release_frees_only_the_owners_lock(s: &dyn CheckpointStore) -> Outcome 
         !ok(s.acquire(r, "b", LONG).await, "acquire")?,
         "a release by another owner freed the lock"
     );
-    ok(s.save(r, "a", start("v", &[])).await, "start")?;
+    ok(s.save(r, "a", Save::start("v", Vec::new())).await, "start")?;
     ok(s.release(r, "a").await, "release")?;
     lock_lost(
         s.save(r, "a", Save::Entry(vec![1])).await,
@@ -624,7 +625,7 @@ async fn delete_removes_the_checkpoint_but_not_the_lock(s: &dyn CheckpointStore)
         !ok(s.exists(r).await, "exists")?,
         "a lock is not a checkpoint"
     );
-    ok(s.save(r, "a", start("v1", b"h")).await, "start")?;
+    ok(s.save(r, "a", Save::start("v1", b"h")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"e".to_vec())).await, "entry")?;
     ensure!(
         ok(s.exists(r).await, "exists")?,
@@ -642,7 +643,7 @@ async fn delete_removes_the_checkpoint_but_not_the_lock(s: &dyn CheckpointStore)
         "an entry after the delete",
     )?;
     ok(
-        s.save(r, "a", start("v2", b"h2")).await,
+        s.save(r, "a", Save::start("v2", b"h2")).await,
         "start after the delete",
     )?;
     same!(
@@ -671,7 +672,7 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
     for (i, id) in ids.iter().enumerate() {
         acquire(s, id, "a", LONG).await?;
         ok(
-            s.save(id, "a", start(&format!("v{i}"), id.as_bytes()))
+            s.save(id, "a", Save::start(format!("v{i}"), id.as_bytes()))
                 .await,
             "start",
         )?;

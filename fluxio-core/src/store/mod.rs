@@ -119,6 +119,36 @@ pub enum Save {
     },
 }
 
+impl Save {
+    /// A start record: the pipeline's `version` and the encoded input context.
+    ///
+    /// ```
+    /// # use fluxio_core::store::{RunStatus, Save};
+    /// assert_eq!(
+    ///     Save::start("v1", b"input".to_vec()),
+    ///     Save::Start { version: "v1".into(), header: b"input".to_vec() }
+    /// );
+    /// assert_eq!(
+    ///     Save::finish(RunStatus::Failed, Some("boom")),
+    ///     Save::Finish { status: RunStatus::Failed, error: Some("boom".into()) }
+    /// );
+    /// ```
+    pub fn start(version: impl Into<String>, header: impl Into<Vec<u8>>) -> Self {
+        Save::Start {
+            version: version.into(),
+            header: header.into(),
+        }
+    }
+
+    /// A finish record: the run's `status`, and the error text when it failed.
+    pub fn finish(status: RunStatus, error: Option<&str>) -> Self {
+        Save::Finish {
+            status,
+            error: error.map(str::to_string),
+        }
+    }
+}
+
 /// A run's checkpoint as a store returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRun {
