@@ -52,7 +52,10 @@ pub enum Error {
         writer: &'static str,
     },
     /// A stage needs a `Res<T>` that was not registered with `.with_resource(..)`.
-    #[error("stage `{stage}` needs resource `{type_name}`: register it with `.with_resource(..)`")]
+    #[error(
+        "stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
+        short_type(type_name)
+    )]
     MissingResource {
         /// The stage's name.
         stage: &'static str,
@@ -94,8 +97,9 @@ pub enum Error {
     /// The context holds a value under the key's name, but of another type: two keys
     /// (declared in different `keys!`) share a name.
     #[error(
-        "stage `{stage}` reads `{key}` as `{expected}`, but the context holds another type \
-         under that name: are two keys named `{key}`? Key names must be unique in a pipeline"
+        "stage `{stage}` reads `{key}` as `{}`, but the context holds another type \
+         under that name: are two keys named `{key}`? Key names must be unique in a pipeline",
+        short_type(expected)
     )]
     KeyType {
         /// The stage's name.
@@ -110,8 +114,8 @@ pub enum Error {
     #[error(
         "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
          must be unique in a pipeline",
-        types[0],
-        types[1]
+        short_type(types[0]),
+        short_type(types[1])
     )]
     KeyClash {
         /// The shared name.
@@ -120,7 +124,11 @@ pub enum Error {
         types: [&'static str; 2],
     },
     /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
-    #[error("stage `{stage}` streams `{actual}` chunks, not `{expected}`")]
+    #[error(
+        "stage `{stage}` streams `{}` chunks, not `{}`",
+        short_type(actual),
+        short_type(expected)
+    )]
     ChunkType {
         /// The stream stage's name.
         stage: &'static str,
@@ -243,5 +251,51 @@ impl Error {
                 source: Arc::from(source),
             },
         }
+    }
+}
+
+/// A type's name as `std::any::type_name` gives it, without module paths, for messages:
+/// `alloc::sync::Arc<my_app::Client>` reads `Arc<Client>`. (Error fields keep the full
+/// name.)
+pub(crate) fn short_type(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        out.push_str(token.rsplit("::").next().unwrap_or(token));
+        token.clear();
+    };
+    for c in name.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_type;
+
+    #[test]
+    fn type_names_lose_their_module_paths() {
+        assert_eq!(short_type("u64"), "u64");
+        assert_eq!(short_type("alloc::string::String"), "String");
+        assert_eq!(
+            short_type("alloc::sync::Arc<my_app::db::Client>"),
+            "Arc<Client>"
+        );
+        assert_eq!(
+            short_type("core::result::Result<(u8, alloc::vec::Vec<x::Y>), e::E>"),
+            "Result<(u8, Vec<Y>), E>"
+        );
+        assert_eq!(short_type("&[alloc::string::String; 3]"), "&[String; 3]");
+        assert_eq!(
+            short_type("dyn core::any::Any + core::marker::Send"),
+            "dyn Any + Send"
+        );
     }
 }

@@ -564,7 +564,7 @@ async fn a_value_of_another_type_under_the_name_is_not_called_missing() {
     let err = harness.run(input! { numbers::id: 7 }).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("reads `id` as `alloc::string::String`") && text.contains("another type"),
+        text.contains("reads `id` as `String`") && text.contains("another type"),
         "{text}"
     );
 }
