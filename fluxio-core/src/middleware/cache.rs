@@ -70,6 +70,9 @@ fn same_encoding(desc: &KeyDesc, a: &Slot, b: &Slot) -> bool {
     })
 }
 
+/// The values of a call's reads, in the stage's order.
+type Reads = SmallVec<[Slot; 1]>;
+
 struct Cached {
     hash: u64,
     /// Which insertion this is: `order` refers to entries by it.
@@ -192,11 +195,31 @@ impl Cache {
 
     /// The cached result for `key`, if there is one that has not expired.
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        let entries = self.entries();
-        let hit = entries
-            .table
-            .find(key.hash, |c| key.same(c.stage, &c.reads))?;
-        (clock.now() < hit.expires).then(|| hit.out.clone())
+        // Under the lock, only cheap checks: the same values in memory is a hit at once.
+        // Entries with the same hash whose values are other copies are taken out (shared,
+        // not copied) and their encodings compared after the lock is released: encoding
+        // a large value must not hold up every other run's cache calls.
+        let mut maybe: SmallVec<[(Reads, Instant, StageOutput); 1]> = SmallVec::new();
+        {
+            let entries = self.entries();
+            for c in entries.table.iter_hash(key.hash) {
+                if c.stage != key.stage || c.reads.len() != key.reads.len() {
+                    continue;
+                }
+                if c.reads
+                    .iter()
+                    .zip(&key.reads)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+                {
+                    return (clock.now() < c.expires).then(|| c.out.clone());
+                }
+                maybe.push((c.reads.clone(), c.expires, c.out.clone()));
+            }
+        }
+        let (_, expires, out) = maybe
+            .into_iter()
+            .find(|(reads, _, _)| key.same(key.stage, reads))?;
+        (clock.now() < expires).then_some(out)
     }
 
     /// Keeps `out` as the result for `key`.
