@@ -1,5 +1,6 @@
 //! Callbacks: observe a run's lifecycle without touching stage code.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ctx::Ctx;
@@ -71,6 +72,66 @@ pub trait Callback: Send + Sync + 'static {
     fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {}
     /// The run failed and a finished stage's rollback ran (`error` if the rollback failed).
     fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {}
+}
+
+/// A callback shared behind an `Arc`: register a clone with `with_callback` and keep the
+/// other to read what it gathered (counters, metrics).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::sync::atomic::{AtomicU64, Ordering};
+/// # use fluxio_core::{Callback, StageEvent};
+/// #[derive(Default)]
+/// struct Started(AtomicU64);
+/// impl Callback for Started {
+///     fn on_stage_start(&self, _: &StageEvent<'_>) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// let started = Arc::new(Started::default());
+/// let registered: Box<dyn Callback> = Box::new(started.clone()); // as `with_callback` keeps it
+/// registered.on_stage_start(&StageEvent {
+///     run_id: "r1", stage: "s", kind: fluxio_core::StageKind::Async, attempt: 1,
+/// });
+/// assert_eq!(started.0.load(Ordering::Relaxed), 1);
+/// ```
+impl<C: Callback + ?Sized> Callback for Arc<C> {
+    fn on_run_start(&self, run_id: &str) {
+        (**self).on_run_start(run_id);
+    }
+    fn on_run_end(&self, run_id: &str, outcome: Result<&Ctx, &Error>, elapsed: Duration) {
+        (**self).on_run_end(run_id, outcome, elapsed);
+    }
+    fn on_stage_start(&self, event: &StageEvent<'_>) {
+        (**self).on_stage_start(event);
+    }
+    fn on_stage_end(&self, event: &StageEvent<'_>, elapsed: Duration) {
+        (**self).on_stage_end(event, elapsed);
+    }
+    fn on_stage_error(&self, event: &StageEvent<'_>, error: &Error, elapsed: Duration) {
+        (**self).on_stage_error(event, error, elapsed);
+    }
+    fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {
+        (**self).on_stage_skip(event, reason);
+    }
+    fn on_retry(&self, event: &StageEvent<'_>, error: &StageError, delay: Duration) {
+        (**self).on_retry(event, error, delay);
+    }
+    fn on_chunk(&self, event: &StageEvent<'_>) {
+        (**self).on_chunk(event);
+    }
+    fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {
+        (**self).on_checkpoint(event, bytes);
+    }
+    fn on_run_cancelled(&self, run_id: &str) {
+        (**self).on_run_cancelled(run_id);
+    }
+    fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {
+        (**self).on_fallback(event, error);
+    }
+    fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {
+        (**self).on_rollback(event, error);
+    }
 }
 
 /// Logs every run and stage through `tracing`: run start, end and cancellation, stage end,
