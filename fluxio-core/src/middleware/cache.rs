@@ -31,6 +31,11 @@ pub(crate) struct CacheKey {
 }
 
 impl CacheKey {
+    /// Whether `c` may hold this key (same stage, as many reads): the check under the lock.
+    fn may_be(&self, c: &Cached) -> bool {
+        c.stage == self.stage && c.reads.len() == self.reads.len()
+    }
+
     fn same(&self, stage: TypeId, reads: &[Slot]) -> bool {
         self.stage == stage
             && self.reads.len() == reads.len()
@@ -196,27 +201,38 @@ impl Cache {
     /// The cached result for `key`, if there is one that has not expired.
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
         // Under the lock, only cheap checks: the same values in memory is a hit at once.
-        // Entries with the same hash whose values are other copies are taken out (shared,
-        // not copied) and their encodings compared after the lock is released: encoding
-        // a large value must not hold up every other run's cache calls.
-        let mut maybe: SmallVec<[(Reads, Instant, StageOutput); 1]> = SmallVec::new();
-        {
+        // An entry whose values are other copies is taken out (shared, not copied) and its
+        // encodings compared after the lock is released: encoding a large value must not
+        // hold up every other run's cache calls.
+        let (reads, expires, out) = {
             let entries = self.entries();
-            for c in entries.table.iter_hash(key.hash) {
-                if c.stage != key.stage || c.reads.len() != key.reads.len() {
-                    continue;
-                }
-                if c.reads
-                    .iter()
-                    .zip(&key.reads)
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-                {
-                    return (clock.now() < c.expires).then(|| c.out.clone());
-                }
-                maybe.push((c.reads.clone(), c.expires, c.out.clone()));
+            let c = entries.table.find(key.hash, |c| key.may_be(c))?;
+            if c.reads
+                .iter()
+                .zip(&key.reads)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            {
+                return (clock.now() < c.expires).then(|| c.out.clone());
             }
+            (c.reads.clone(), c.expires, c.out.clone())
+        };
+        if key.same(key.stage, &reads) {
+            return (clock.now() < expires).then_some(out);
         }
-        let (_, expires, out) = maybe
+        self.lookup_among_others(key, clock)
+    }
+
+    /// The rare case: the first entry with the key's hash was another key; look at all.
+    #[cold]
+    fn lookup_among_others(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
+        let candidates: SmallVec<[(Reads, Instant, StageOutput); 2]> = self
+            .entries()
+            .table
+            .iter_hash(key.hash)
+            .filter(|c| key.may_be(c))
+            .map(|c| (c.reads.clone(), c.expires, c.out.clone()))
+            .collect();
+        let (_, expires, out) = candidates
             .into_iter()
             .find(|(reads, _, _)| key.same(key.stage, reads))?;
         (clock.now() < expires).then_some(out)
@@ -286,5 +302,64 @@ impl Middleware for Cache {
             self.insert(key, out.clone(), Clock::Direct);
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static DESCS: [KeyDesc; 1] = [KeyDesc::new::<u64>("n")];
+
+    struct A;
+
+    fn key(hash: u64, value: u64) -> CacheKey {
+        CacheKey {
+            hash,
+            stage: TypeId::of::<A>(),
+            descs: &DESCS,
+            reads: smallvec::smallvec![Arc::new(value) as Slot],
+        }
+    }
+
+    fn out(text: &str) -> StageOutput {
+        StageOutput::Skip(text.into())
+    }
+
+    fn text(out: Option<StageOutput>) -> Option<String> {
+        match out {
+            Some(StageOutput::Skip(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_with_one_hash_and_other_values_are_told_apart() {
+        let cache = Cache::ttl(Duration::from_secs(60));
+        // Forced collisions: three keys, one hash.
+        cache.insert(key(7, 1), out("one"), Clock::Direct);
+        cache.insert(key(7, 2), out("two"), Clock::Direct);
+        assert_eq!(cache.len(), 2);
+        // New copies of equal values (not the same allocation): found by encoding.
+        assert_eq!(
+            text(cache.lookup(&key(7, 1), Clock::Direct)).as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            text(cache.lookup(&key(7, 2), Clock::Direct)).as_deref(),
+            Some("two")
+        );
+        assert_eq!(text(cache.lookup(&key(7, 3), Clock::Direct)), None);
+        // The very same values in memory: found by identity.
+        let k = key(9, 5);
+        let same = CacheKey {
+            reads: k.reads.clone(),
+            ..key(9, 0)
+        };
+        cache.insert(k, out("five"), Clock::Direct);
+        assert_eq!(
+            text(cache.lookup(&same, Clock::Direct)).as_deref(),
+            Some("five")
+        );
     }
 }
