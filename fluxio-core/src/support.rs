@@ -56,6 +56,24 @@ pub fn lift<T, E: Into<StageError>>(r: Result<T, E>) -> Result<T, StageError> {
     r.map_err(Into::into)
 }
 
+/// What a stage returns for one of its `writes`: exactly the key's value type.
+#[diagnostic::on_unimplemented(
+    message = "the stage returns `{Self}` for a key whose value type is `{V}`",
+    label = "expected `{V}` here",
+    note = "a stage returns the values of its `writes`, in order (a tuple for several), each with its key's type"
+)]
+pub trait Written<V> {
+    /// The value, as the key stores it.
+    fn written(self) -> V;
+}
+
+impl<V> Written<V> for V {
+    #[inline(always)]
+    fn written(self) -> V {
+        self
+    }
+}
+
 /// How a stage parameter receives a key's value: `&V` borrows it from the context, `V`
 /// clones it; a `String` key can also be read as `&str` and a `Vec<T>` key as `&[T]`.
 #[diagnostic::on_unimplemented(

@@ -131,7 +131,12 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 // Spanned at the return type, so a value of the wrong type is reported there.
                 let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
                     let p = &k.0;
-                    crate::paths::respan(quote!(__fluxio_writes.push::<#p>(#t);), ret)
+                    crate::paths::respan(
+                        quote!(__fluxio_writes.push::<#p>(
+                            #private::Written::<<#p as #private::Key>::Value>::written(#t)
+                        );),
+                        ret,
+                    )
                 });
                 quote! {
                     #bind
