@@ -41,6 +41,8 @@ pub struct KeyDesc {
     pub name: &'static str,
     /// The name of the value type (for messages).
     pub type_name: fn() -> &'static str,
+    /// The value type (two keys sharing a name must hold the same type).
+    pub type_id: fn() -> core::any::TypeId,
     /// Encodes a value of this key (which must be of the key's type), appending the bytes
     /// to the buffer.
     pub encode: fn(&AnyValue, &mut Vec<u8>) -> Result<(), String>,
@@ -60,6 +62,7 @@ impl KeyDesc {
         KeyDesc {
             name,
             type_name: core::any::type_name::<V>,
+            type_id: core::any::TypeId::of::<V>,
             encode: crate::store::format::encode_value::<V>,
             hash: crate::store::format::hash_value::<V>,
             decode: crate::store::format::decode_value::<V>,

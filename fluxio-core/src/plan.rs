@@ -312,7 +312,7 @@ impl Plan {
             for k in node.reads.iter().chain(&node.writes) {
                 match key_descs.iter().find(|d| d.name == k.name) {
                     None => key_descs.push(*k),
-                    Some(d) if key_clash.is_none() && (d.type_name)() != (k.type_name)() => {
+                    Some(d) if key_clash.is_none() && (d.type_id)() != (k.type_id)() => {
                         key_clash = Some((k.name, [(d.type_name)(), (k.type_name)()]));
                     }
                     Some(_) => {}
