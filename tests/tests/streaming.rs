@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use fluxio::Error;
 use fluxio::prelude::*;
+use fluxio::store::CheckpointStore;
 use futures::StreamExt;
 
 fluxio::keys! {
     pub words: String;
     pub count: usize;
+    pub published: bool;
 }
 
 #[stage(reads = [words])]
@@ -149,4 +151,71 @@ async fn harness_collects_a_stream_stages_chunks() {
         .await
         .unwrap();
     assert_eq!(chunks, ["p", "q"]);
+}
+
+/// Fails until `ready` is set.
+#[stage(reads = [count], writes = [published])]
+async fn publish(
+    count: &usize,
+    ready: Res<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<bool, StageError> {
+    let _ = count;
+    if !ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(StageError::msg("publisher down"));
+    }
+    Ok(true)
+}
+
+/// Runs after `publish`.
+#[stage(reads = [count, published])]
+fn say_count(count: &usize, _published: &bool) -> impl Stream<Item = Result<String, StageError>> {
+    futures::stream::iter(vec![Ok(format!("{count} words"))])
+}
+
+async fn collect(mut handle: fluxio::StreamHandle<String>) -> (Vec<String>, Result<Ctx, Error>) {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = handle.next().await {
+        match chunk {
+            Ok(c) => chunks.push(format!("{}: {}", c.stage, c.data)),
+            Err(_) => break,
+        }
+    }
+    (chunks, handle.finish().await)
+}
+
+#[tokio::test]
+async fn a_durable_stream_resumes_by_its_id_without_streaming_finished_stages_again() {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { say, count_words, publish, say_count }
+        .with_resource(ready.clone())
+        .with_store(store.clone());
+
+    let (chunks, out) = collect(
+        pipe.stream::<String>(input! { words: "a b c".into() })
+            .run_id("chat-1"),
+    )
+    .await;
+    assert_eq!(chunks, ["say: a", "say: b", "say: c"]);
+    assert!(
+        matches!(
+            out,
+            Err(Error::Stage {
+                stage: "publish",
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+    assert!(
+        store.exists("chat-1").await.unwrap(),
+        "checkpointed under the caller's id"
+    );
+
+    // The publisher is back: the run continues under its id. `say` finished before the
+    // failure, so its chunks are not streamed again; `say_count` runs now.
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (chunks, out) = collect(pipe.stream::<String>(Ctx::new()).run_id("chat-1").resume()).await;
+    assert_eq!(chunks, ["say_count: 3 words"]);
+    assert_eq!(out.unwrap()[count], 3);
 }

@@ -25,8 +25,15 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 /// If the run fails, the stream yields the error as its last item.
 ///
 /// Dropping the handle cancels the run.
+///
+/// Before it is first polled, `.run_id(..)`, `.resume()` and `.allow_version_change()`
+/// configure the run as they do an invoke: a durable streaming run under your own id, and
+/// its continuation after a crash (stream stages that finished before are not run again,
+/// so their chunks are not streamed again).
 #[must_use = "a stream does nothing unless polled"]
 pub struct StreamHandle<C> {
+    /// What the run starts from, until the handle is first polled.
+    start: Option<Box<(Pipeline, Ctx, super::exec::RunOptions, Sender)>>,
     run: Option<RunFuture>,
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
     result: Option<Result<Ctx>>,
@@ -42,17 +49,62 @@ impl<C> std::fmt::Debug for StreamHandle<C> {
     }
 }
 
+type Sender = tokio::sync::mpsc::Sender<RawChunk>;
+
 impl<C: Send + 'static> StreamHandle<C> {
     pub(crate) fn start(pipe: Pipeline, input: Ctx) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
-        let run = super::exec::start_run(&pipe, input, Default::default(), Some(tx));
         StreamHandle {
-            run: Some(run),
+            start: Some(Box::new((pipe, input, Default::default(), tx))),
+            run: None,
             rx: Some(rx),
             result: None,
             error_yielded: false,
             _chunk: PhantomData,
         }
+    }
+
+    fn options(&mut self) -> Option<&mut super::exec::RunOptions> {
+        self.start.as_mut().map(|s| &mut s.2)
+    }
+
+    /// Names the run, as [`Invoke::run_id`](super::Invoke::run_id) does: in a durable
+    /// pipeline the id keys the checkpoint. Only before the handle is first polled (later
+    /// calls change nothing).
+    pub fn run_id(mut self, id: impl Into<String>) -> Self {
+        if let Some(opts) = self.options() {
+            opts.run_id = Some(id.into());
+        }
+        self
+    }
+
+    /// Continues the run from its last checkpoint, as
+    /// [`Invoke::resume`](super::Invoke::resume) does: stages that finished are not run
+    /// again, and the chunks of the stream stages that run are streamed. Only before the
+    /// handle is first polled.
+    pub fn resume(mut self) -> Self {
+        if let Some(opts) = self.options() {
+            opts.resume = true;
+        }
+        self
+    }
+
+    /// With `.resume()`: accept a checkpoint written by another version of the pipeline,
+    /// as [`Invoke::allow_version_change`](super::Invoke::allow_version_change) does.
+    pub fn allow_version_change(mut self) -> Self {
+        if let Some(opts) = self.options() {
+            opts.allow_version_change = true;
+        }
+        self
+    }
+
+    /// Starts the run, the first time the handle is used.
+    fn started(&mut self) -> Option<&mut RunFuture> {
+        if let Some(start) = self.start.take() {
+            let (pipe, input, opts, tx) = *start;
+            self.run = Some(super::exec::start_run(&pipe, input, opts, Some(tx)));
+        }
+        self.run.as_mut()
     }
 
     /// Waits for the run to end and returns its final context (chunks not yet consumed are
@@ -64,6 +116,7 @@ impl<C: Send + 'static> StreamHandle<C> {
     pub async fn finish(mut self) -> Result<Ctx> {
         // No one reads chunks any more: stream stages' sends return at once.
         self.rx = None;
+        self.started();
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
         }
@@ -90,6 +143,7 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        this.started();
         loop {
             if let Some(rx) = &mut this.rx {
                 match rx.poll_recv(cx) {
