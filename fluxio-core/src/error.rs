@@ -114,8 +114,8 @@ pub enum Error {
     #[error(
         "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
          must be unique in a pipeline",
-        short_type(types[0]),
-        short_type(types[1])
+        distinct_types(types)[0],
+        distinct_types(types)[1]
     )]
     KeyClash {
         /// The shared name.
@@ -274,6 +274,18 @@ pub(crate) fn short_type(name: &str) -> String {
     }
     flush(&mut token, &mut out);
     out
+}
+
+/// Two type names as short as they can be while still different (two versions of one
+/// crate give the same path twice: then the full names, which differ in nothing else
+/// either, at least show the paths).
+fn distinct_types(types: &[&str; 2]) -> [String; 2] {
+    let short = [short_type(types[0]), short_type(types[1])];
+    if short[0] == short[1] {
+        [types[0].to_string(), types[1].to_string()]
+    } else {
+        short
+    }
 }
 
 #[cfg(test)]

@@ -230,3 +230,23 @@ async fn a_skipped_stage_is_not_rolled_back_after_a_resume_either() {
     );
     assert_eq!(journal.entries(), ["pay 4"]);
 }
+
+/// Always fails; its fallback is generic over what it produces.
+#[stage(reads = [order_id], writes = [price], fallback = nothing_known)]
+fn quote(order_id: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg(format!("no quote for {order_id}")))
+}
+
+/// A fallback generic over its result: inferred from the key the stage writes.
+fn nothing_known<T: Default>(_order_id: &u64) -> Result<T, StageError> {
+    Ok(T::default())
+}
+
+#[tokio::test]
+async fn a_generic_fallback_gets_its_type_from_the_key() {
+    let out = pipeline! { quote }
+        .invoke(input! { order_id: 3 })
+        .await
+        .unwrap();
+    assert_eq!(out[price], 0);
+}

@@ -33,7 +33,8 @@ pub(crate) struct CacheKey {
 impl CacheKey {
     /// Whether `c` may hold this key (same stage, as many reads): the check under the lock.
     fn may_be(&self, c: &Cached) -> bool {
-        c.stage == self.stage && c.reads.len() == self.reads.len()
+        // hashbrown compares a 7-bit tag only: check the whole hash first.
+        c.hash == self.hash && c.stage == self.stage && c.reads.len() == self.reads.len()
     }
 
     fn same(&self, stage: TypeId, reads: &[Slot]) -> bool {
@@ -89,8 +90,8 @@ struct Cached {
 }
 
 /// Results, and their insertions in order: with one TTL for every entry, insertion order is
-/// expiry order, so the front of `order` is always what to evict first. An entry replaced
-/// by a newer result leaves its old place in `order` stale (its `seq` no longer matches).
+/// expiry order, so the front of `order` is always what to evict first. Entries are found
+/// for eviction by their `seq`.
 #[derive(Default)]
 struct Entries {
     table: HashTable<Cached>,
@@ -204,38 +205,42 @@ impl Cache {
         // An entry whose values are other copies is taken out (shared, not copied) and its
         // encodings compared after the lock is released: encoding a large value must not
         // hold up every other run's cache calls.
-        let (reads, expires, out) = {
+        let now = clock.now();
+        let (reads, out) = {
             let entries = self.entries();
-            let c = entries.table.find(key.hash, |c| key.may_be(c))?;
+            let c = entries
+                .table
+                .find(key.hash, |c| now < c.expires && key.may_be(c))?;
             if c.reads
                 .iter()
                 .zip(&key.reads)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
             {
-                return (clock.now() < c.expires).then(|| c.out.clone());
+                return Some(c.out.clone());
             }
-            (c.reads.clone(), c.expires, c.out.clone())
+            (c.reads.clone(), c.out.clone())
         };
         if key.same(key.stage, &reads) {
-            return (clock.now() < expires).then_some(out);
+            return Some(out);
         }
-        self.lookup_among_others(key, clock)
+        self.lookup_among_others(key, now)
     }
 
-    /// The rare case: the first entry with the key's hash was another key; look at all.
+    /// The rare case: the first live entry with the key's hash was another key; look at
+    /// all of them.
     #[cold]
-    fn lookup_among_others(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        let candidates: SmallVec<[(Reads, Instant, StageOutput); 2]> = self
+    fn lookup_among_others(&self, key: &CacheKey, now: Instant) -> Option<StageOutput> {
+        let candidates: SmallVec<[(Reads, StageOutput); 2]> = self
             .entries()
             .table
             .iter_hash(key.hash)
-            .filter(|c| key.may_be(c))
-            .map(|c| (c.reads.clone(), c.expires, c.out.clone()))
+            .filter(|c| now < c.expires && key.may_be(c))
+            .map(|c| (c.reads.clone(), c.out.clone()))
             .collect();
-        let (_, expires, out) = candidates
+        let (_, out) = candidates
             .into_iter()
-            .find(|(reads, _, _)| key.same(key.stage, reads))?;
-        (clock.now() < expires).then_some(out)
+            .find(|(reads, _)| key.same(key.stage, reads))?;
+        Some(out)
     }
 
     /// Keeps `out` as the result for `key`.
@@ -259,27 +264,22 @@ impl Cache {
         entries.seq += 1;
         let seq = entries.seq;
         entries.order.push_back((key.hash, seq, expires));
-        let found = entries
-            .table
-            .entry(key.hash, |c| key.same(c.stage, &c.reads), |c| c.hash);
-        let cached = Cached {
-            hash: key.hash,
-            seq,
-            stage: key.stage,
-            reads: key.reads,
-            expires,
-            out,
-        };
-        match found {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                // The same inputs again (after expiry, or two calls at once): the newer
-                // result wins, and the older place in `order` becomes stale.
-                evicted.push(std::mem::replace(slot.get_mut(), cached));
-            }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(cached);
-            }
-        }
+        // The same inputs may be stored already (expired, or two calls at once): the older
+        // entry is not looked for — that would compare encodings under the lock — but left
+        // to its turn in `order`; lookups skip expired entries, and two live equal entries
+        // hold equally valid results.
+        entries.table.insert_unique(
+            key.hash,
+            Cached {
+                hash: key.hash,
+                seq,
+                stage: key.stage,
+                reads: key.reads,
+                expires,
+                out,
+            },
+            |c| c.hash,
+        );
         drop(guard);
         drop(evicted);
     }

@@ -104,8 +104,10 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         }
     }).collect();
     let args: Vec<&syn::Ident> = def.params.iter().map(|p| &p.ident).collect();
-    // The body of a call of `target` (the stage's own function, or its fallback).
-    let body_for = |target: TokenStream| -> TokenStream {
+    // The body of a call of `target` (the stage's own function, or its fallback). `own`:
+    // the stage's function, whose declared return type is checked against the keys with a
+    // clear message (a fallback's value keeps plain inference, so generic fallbacks work).
+    let body_for = |target: TokenStream, own: bool| -> TokenStream {
         let mut call = quote!(#target(#(#args),*));
         if def.exec == Exec::Async {
             call = quote!(#call.await);
@@ -131,12 +133,14 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 // Spanned at the return type, so a value of the wrong type is reported there.
                 let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
                     let p = &k.0;
-                    crate::paths::respan(
+                    let push = if own {
                         quote!(__fluxio_writes.push::<#p>(
                             #private::Written::<<#p as #private::Key>::Value>::written(#t)
-                        );),
-                        ret,
-                    )
+                        );)
+                    } else {
+                        quote!(__fluxio_writes.push::<#p>(#t);)
+                    };
+                    crate::paths::respan(push, ret)
                 });
                 quote! {
                     #bind
@@ -176,7 +180,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             },
         }
     };
-    let body = body_for(quote!(Self::run));
+    let body = body_for(quote!(Self::run), true);
 
     let chunks = (def.exec == Exec::Stream)
         .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
@@ -187,7 +191,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         #chunks
     };
     let fallback = def.fallback.as_ref().map(|path| {
-        let body = body_for(quote!(#path));
+        let body = body_for(quote!(#path), false);
         quote! {
             const HAS_FALLBACK: bool = true;
             fn fallback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
