@@ -37,9 +37,10 @@ impl CacheKey {
         c.hash == self.hash && c.stage == self.stage && c.reads.len() == self.reads.len()
     }
 
-    fn same(&self, stage: TypeId, reads: &[Slot]) -> bool {
-        self.stage == stage
-            && self.reads.len() == reads.len()
+    /// Whether `reads` (of an entry that [`may_be`](Self::may_be) this key) are this
+    /// key's values: the same in memory, or equal encodings. Not under the lock.
+    fn same_reads(&self, reads: &[Slot]) -> bool {
+        self.reads.len() == reads.len()
             && self
                 .reads
                 .iter()
@@ -220,7 +221,7 @@ impl Cache {
             }
             (c.reads.clone(), c.out.clone())
         };
-        if key.same(key.stage, &reads) {
+        if key.same_reads(&reads) {
             return Some(out);
         }
         self.lookup_among_others(key, now)
@@ -239,7 +240,7 @@ impl Cache {
             .collect();
         let (_, out) = candidates
             .into_iter()
-            .find(|(reads, _)| key.same(key.stage, reads))?;
+            .find(|(reads, _)| key.same_reads(reads))?;
         Some(out)
     }
 

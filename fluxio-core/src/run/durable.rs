@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::Pipeline;
 use super::exec::{Durability, Observers, Restored, RunOptions, Scheduler};
@@ -23,18 +22,7 @@ const INPUT_ENTRY: u32 = u32::MAX;
 
 /// A token naming this lock holder, unique across processes and time.
 fn fresh_owner() -> Arc<str> {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        nanos,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-    .into()
+    super::exec::unique_token().into()
 }
 
 /// Releases the run's lock when the run ends or is dropped.
@@ -249,18 +237,15 @@ pub(crate) async fn run(
         Err(e) => Err(e),
     };
     let finish = match &result {
-        Ok(_) => Save::Finish {
-            status: RunStatus::Completed,
-            error: None,
-        },
-        Err(e) => Save::Finish {
-            status: if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok(_) => Save::finish(RunStatus::Completed, None),
+        Err(e) => {
+            let status = if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
                 RunStatus::RolledBack
             } else {
                 RunStatus::Failed
-            },
-            error: Some(e.to_string()),
-        },
+            };
+            Save::finish(status, Some(&e.to_string()))
+        }
     };
     let finished = match &result {
         // A run whose lock was taken over must not write its end over the new owner's run.

@@ -167,10 +167,11 @@ impl Drop for CancelGuard {
     }
 }
 
-pub(crate) fn fresh_run_id() -> String {
+/// A token unique across processes and time: this process's tag (the process id alone
+/// repeats — every container's main process is pid 1, and pids are reused — so the time it
+/// first needed one is part of it) and a counter.
+pub(crate) fn unique_token() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    // The process id alone repeats (every container's main process is pid 1, and pids are
-    // reused): the time this process first needed an id tells processes apart.
     static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let process = PROCESS.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
@@ -179,7 +180,12 @@ pub(crate) fn fresh_run_id() -> String {
             .unwrap_or(0);
         format!("{:x}{:x}", std::process::id(), nanos)
     });
-    format!("run-{process}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    format!("{process}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The id of a run the caller did not name.
+pub(crate) fn fresh_run_id() -> String {
+    format!("run-{}", unique_token())
 }
 
 pub(crate) struct Observers {
@@ -384,7 +390,10 @@ impl Scheduler {
         durable: Option<Durability>,
         restored: Option<Restored>,
     ) -> Result<Self> {
-        preflight(&plan, &input, &env)?;
+        // A durable run checked its input in `prepare`, before its first write.
+        if durable.is_none() {
+            preflight(&plan, &input, &env)?;
+        }
         let n = plan.nodes.len();
         if let Some(obs) = &mut obs {
             obs.started_at = vec![None; n];

@@ -34,10 +34,8 @@ pub fn encode_value<V: Serialize + 'static>(
     value: &AnyValue,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let value: &V = (value as &dyn Any)
-        .downcast_ref::<V>()
-        .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))?;
-    bincode::serde::encode_into_writer(value, VecWriter(out), config()).map_err(|e| e.to_string())
+    bincode::serde::encode_into_writer(typed::<V>(value)?, VecWriter(out), config())
+        .map_err(|e| e.to_string())
 }
 
 /// Feeds the encoding [`encode_value`] would append to `state`, write by write, without
@@ -51,11 +49,15 @@ pub fn hash_value<V: Serialize + 'static>(
     value: &AnyValue,
     state: &mut dyn core::hash::Hasher,
 ) -> Result<(), String> {
-    let value: &V = (value as &dyn Any)
-        .downcast_ref::<V>()
-        .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))?;
-    bincode::serde::encode_into_writer(value, HashWriter(state), config())
+    bincode::serde::encode_into_writer(typed::<V>(value)?, HashWriter(state), config())
         .map_err(|e| e.to_string())
+}
+
+/// `value` as the `V` a key holds, or why not.
+fn typed<V: 'static>(value: &AnyValue) -> Result<&V, String> {
+    (value as &dyn Any)
+        .downcast_ref::<V>()
+        .ok_or_else(|| format!("the value is not a `{}`", core::any::type_name::<V>()))
 }
 
 /// Hands each write of an encoder to a hasher.
