@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fluxio::prelude::*;
-use fluxio::store::{BoxFuture, CheckpointStore, RunStatus, Save, StoreResult, StoredRun};
+use fluxio::store::{BoxFuture, CheckpointStore, ForwardStore, RunStatus, Save, StoreResult};
 use fluxio::{Error, RunInfo};
 
 fluxio::keys! {
@@ -455,7 +455,10 @@ struct Fenced {
     lost: Arc<AtomicBool>,
 }
 
-impl CheckpointStore for Fenced {
+impl ForwardStore for Fenced {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.inner
+    }
     fn save(
         &self,
         run_id: &str,
@@ -467,50 +470,6 @@ impl CheckpointStore for Fenced {
             return Box::pin(async move { Err(fluxio::store::StoreError::LockLost { run_id }) });
         }
         self.inner.save(run_id, owner, save)
-    }
-    fn load(
-        &self,
-        run_id: &str,
-    ) -> fluxio::store::BoxFuture<
-        'static,
-        fluxio::store::StoreResult<Option<fluxio::store::StoredRun>>,
-    > {
-        self.inner.load(run_id)
-    }
-    fn delete(
-        &self,
-        run_id: &str,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        self.inner.delete(run_id)
-    }
-    fn exists(
-        &self,
-        run_id: &str,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
-        self.inner.exists(run_id)
-    }
-    fn acquire(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
-        self.inner.acquire(run_id, owner, lease)
-    }
-    fn renew(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<bool>> {
-        self.inner.renew(run_id, owner, lease)
-    }
-    fn release(
-        &self,
-        run_id: &str,
-        owner: &str,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        self.inner.release(run_id, owner)
     }
 }
 
@@ -546,34 +505,9 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
 /// An in-memory store whose `release` takes a while, as over a network.
 struct SlowRelease(InMemoryStore);
 
-impl CheckpointStore for SlowRelease {
-    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
-        self.0.save(run_id, owner, save)
-    }
-    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
-        self.0.load(run_id)
-    }
-    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
-        self.0.delete(run_id)
-    }
-    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
-        self.0.exists(run_id)
-    }
-    fn acquire(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        self.0.acquire(run_id, owner, lease)
-    }
-    fn renew(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        self.0.renew(run_id, owner, lease)
+impl ForwardStore for SlowRelease {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
     }
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
         let (store, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());

@@ -704,7 +704,7 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::InMemoryStore;
+    use crate::store::{ForwardStore, InMemoryStore};
 
     #[tokio::test]
     async fn the_in_memory_store_keeps_the_contract() {
@@ -712,10 +712,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forwarding_store_keeps_the_contract_of_its_target() {
+        struct Plain(InMemoryStore);
+        impl ForwardStore for Plain {
+            fn target(&self) -> &dyn CheckpointStore {
+                &self.0
+            }
+        }
+        check_store(|_| async {
+            Arc::new(Plain(InMemoryStore::new())) as Arc<dyn CheckpointStore>
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_store_that_breaks_the_contract_is_named_with_what_it_broke() {
         /// Forgets every entry.
         struct Forgetful(InMemoryStore);
-        impl CheckpointStore for Forgetful {
+        impl ForwardStore for Forgetful {
+            fn target(&self) -> &dyn CheckpointStore {
+                &self.0
+            }
             fn save(
                 &self,
                 run_id: &str,
@@ -726,34 +743,6 @@ mod tests {
                     Save::Entry(_) => Box::pin(async { Ok(()) }),
                     other => self.0.save(run_id, owner, other),
                 }
-            }
-            fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
-                self.0.load(run_id)
-            }
-            fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
-                self.0.delete(run_id)
-            }
-            fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
-                self.0.exists(run_id)
-            }
-            fn acquire(
-                &self,
-                run_id: &str,
-                owner: &str,
-                lease: Duration,
-            ) -> BoxFuture<'static, StoreResult<bool>> {
-                self.0.acquire(run_id, owner, lease)
-            }
-            fn renew(
-                &self,
-                run_id: &str,
-                owner: &str,
-                lease: Duration,
-            ) -> BoxFuture<'static, StoreResult<bool>> {
-                self.0.renew(run_id, owner, lease)
-            }
-            fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
-                self.0.release(run_id, owner)
             }
         }
         let store: Arc<dyn CheckpointStore> = Arc::new(Forgetful(InMemoryStore::new()));

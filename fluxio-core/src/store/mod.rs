@@ -11,12 +11,14 @@
 
 pub mod contract;
 pub mod format;
+mod forward;
 mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use forward::ForwardStore;
 pub use memory::InMemoryStore;
 
 /// A boxed, sendable future, as store methods return.
