@@ -107,11 +107,35 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     // The body of a call of `target` (the stage's own function, or its fallback). `own`:
     // the stage's function, whose declared return type is checked against the keys with a
     // clear message (a fallback's value keeps plain inference, so generic fallbacks work).
-    let body_for = |target: TokenStream, own: bool| -> TokenStream {
-        let mut call = quote!(#target(#(#args),*));
+    // A call of `target` with the stage's arguments (awaited for an async stage).
+    let call_of = |target: TokenStream| -> TokenStream {
+        let call = quote!(#target(#(#args),*));
         if def.exec == Exec::Async {
-            call = quote!(#call.await);
+            quote!(#call.await)
+        } else {
+            call
         }
+    };
+    // `produce` (which uses the arguments) after binding them: on a blocking thread for a
+    // blocking stage.
+    let with_args = |produce: TokenStream| -> TokenStream {
+        match def.exec {
+            Exec::Blocking => quote! {
+                #(#unwrap_resources)*
+                #private::run_blocking(#name, move || {
+                    #(#bind_reads)*
+                    #produce
+                }).await
+            },
+            _ => quote! {
+                #(#unwrap_resources)*
+                #(#bind_reads)*
+                #produce
+            },
+        }
+    };
+    let body_for = |target: TokenStream, own: bool| -> TokenStream {
+        let mut call = call_of(target);
         if def.fallible {
             call = quote!(#private::lift(#call)?);
         }
@@ -165,20 +189,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
             },
         };
-        match def.exec {
-            Exec::Blocking => quote! {
-                #(#unwrap_resources)*
-                #private::run_blocking(#name, move || {
-                    #(#bind_reads)*
-                    #produce
-                }).await
-            },
-            _ => quote! {
-                #(#unwrap_resources)*
-                #(#bind_reads)*
-                #produce
-            },
-        }
+        with_args(produce)
     };
     let body = body_for(quote!(Self::run), true);
 
@@ -201,28 +212,11 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         }
     });
     let rollback = def.rollback.as_ref().map(|path| {
-        let mut call = quote!(#path(#(#args),*));
-        if def.exec == Exec::Async {
-            call = quote!(#call.await);
-        }
-        let undo = quote! {
+        let call = call_of(quote!(#path));
+        let body = with_args(quote! {
             #private::RollbackResult::into_rollback(#call)?;
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
-        };
-        let body = match def.exec {
-            Exec::Blocking => quote! {
-                #(#unwrap_resources)*
-                #private::run_blocking(#name, move || {
-                    #(#bind_reads)*
-                    #undo
-                }).await
-            },
-            _ => quote! {
-                #(#unwrap_resources)*
-                #(#bind_reads)*
-                #undo
-            },
-        };
+        });
         quote! {
             const HAS_ROLLBACK: bool = true;
             fn rollback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
