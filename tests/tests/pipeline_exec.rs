@@ -640,3 +640,28 @@ async fn only_a_writer_that_could_run_first_is_named_for_a_missing_input() {
         "{err:?}"
     );
 }
+
+/// Stages whose names are one letter, as the macros' own generated names might be.
+mod short_names {
+    use super::*;
+
+    #[stage(reads = [seed], writes = [a_out])]
+    async fn c(seed: &u64) -> u64 {
+        seed + 1
+    }
+
+    #[stage(reads = [a_out], writes = [b_out])]
+    async fn e(a_out: &u64) -> u64 {
+        a_out * 2
+    }
+
+    #[tokio::test]
+    async fn stages_may_have_any_name_the_macros_use_internally() {
+        let out = pipeline! { c, e }
+            .with_middleware(Retry::constant(2, Duration::ZERO))
+            .invoke(input! { seed: 1 })
+            .await
+            .unwrap();
+        assert_eq!(out[b_out], 4);
+    }
+}

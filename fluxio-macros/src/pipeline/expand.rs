@@ -42,12 +42,12 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         slots.push(quote!(let mut #slot = ::core::pin::pin!(::core::option::Option::None);));
         match &node.kind {
             FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => {
-                let call = respan(quote!(#private::Stage::call(&#path, c, e)), path.span());
+                let call = respan(quote!(#private::Stage::call(&#path, __fluxio_c, __fluxio_e)), path.span());
                 arms.push(quote! {
-                    #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |c, e| #call),
+                    #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |__fluxio_c, __fluxio_e| #call),
                 });
                 layered_arms.push(quote! {
-                    #i => __fluxio_op.run_layered(#slot.as_mut(), &mut __fluxio_engines[#i], __fluxio_cx, |c, e| #call),
+                    #i => __fluxio_op.run_layered(#slot.as_mut(), &mut __fluxio_engines[#i], __fluxio_cx, |__fluxio_c, __fluxio_e| #call),
                 });
             }
             FlatKind::Sub(_) => {
