@@ -1,5 +1,6 @@
 //! Callbacks: observe a run's lifecycle without touching stage code.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +21,25 @@ pub struct StageEvent<'a> {
     pub attempt: u32,
 }
 
+/// Calls `f` on each of `callbacks`. A panic in one is logged and goes no further — not into
+/// the run, which would otherwise blame the stage being reported on.
+pub(crate) fn notify_all(callbacks: &[Arc<dyn Callback>], f: impl Fn(&dyn Callback)) {
+    for c in callbacks {
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| f(&**c))) {
+            tracing::error!(
+                panic = %crate::run::panic_text(&*payload),
+                "a callback panicked; the run goes on"
+            );
+        }
+    }
+}
+
 /// Observer of pipeline runs, registered with `Pipeline::with_callback`.
 ///
 /// Every method has a no-op default, so an implementation overrides only what it needs.
-/// Callbacks run inline on the run's task: keep them quick and never block.
+/// Callbacks run inline on the run's task: keep them quick and never block. A callback
+/// that panics is logged (a `tracing` error) and the run goes on: callbacks observe runs,
+/// they do not fail them.
 ///
 /// ```
 /// # use fluxio_core::{Callback, StageEvent};

@@ -335,7 +335,7 @@ impl ChunkSink {
                 kind: StageKind::Stream,
                 attempt: 1,
             };
-            hooks.callbacks.iter().for_each(|c| c.on_chunk(&event));
+            crate::callback::notify_all(&hooks.callbacks, |c| c.on_chunk(&event));
         }
         if let Some(tx) = &self.tx {
             let chunk = RawChunk {

@@ -249,3 +249,62 @@ async fn a_stage_skipped_by_middleware_is_reported_skipped_only() {
         ]
     );
 }
+
+/// Panics in every hook it has.
+struct Clumsy;
+
+impl fluxio::Callback for Clumsy {
+    fn on_run_start(&self, _: &str) {
+        panic!("clumsy on_run_start");
+    }
+    fn on_stage_start(&self, _: &StageEvent<'_>) {
+        panic!("clumsy on_stage_start");
+    }
+    fn on_stage_end(&self, _: &StageEvent<'_>, _: Duration) {
+        panic!("clumsy on_stage_end");
+    }
+    fn on_run_end(&self, _: &str, _: Result<&Ctx, &Error>, _: Duration) {
+        panic!("clumsy on_run_end");
+    }
+}
+
+#[tokio::test]
+async fn a_callback_that_panics_does_not_fail_the_run_or_silence_the_others() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { first, second }
+        .with_callback(Clumsy)
+        .with_callback(sink);
+    let out = pipe.invoke(input! { n: 1 }).run_id("clumsy").await.unwrap();
+    assert_eq!(out[b], 4);
+    assert_eq!(
+        names(&events),
+        [
+            "pipeline.started",
+            "stage.started first",
+            "stage.completed first",
+            "stage.started second",
+            "stage.completed second",
+            "pipeline.completed"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_retries_is_reported_with_the_last_attempt() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { first, second }
+        .with_middleware(Retry::constant(3, Duration::from_millis(5)))
+        .with_callback(sink);
+    let err = pipe.invoke(input! { n: 500 }).await.unwrap_err();
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+    let failed: Vec<(&str, u32)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [("second", 3)]);
+}

@@ -250,3 +250,54 @@ async fn a_generic_fallback_gets_its_type_from_the_key() {
         .unwrap();
     assert_eq!(out[price], 0);
 }
+
+#[stage(reads = [charged], writes = [shipped], rollback = cancel_shipment_badly)]
+async fn ship_fragile(charged: &bool) -> bool {
+    *charged
+}
+
+/// Panics on the run's own task (an async rollback; a blocking one runs on a thread of
+/// its own, where a panic was always an error).
+async fn cancel_shipment_badly(_charged: &bool) {
+    panic!("courier API changed");
+}
+
+/// Stage failures and rollbacks, with their error texts.
+#[derive(Clone, Default)]
+struct Failures(Arc<Mutex<Vec<String>>>);
+
+impl fluxio::Callback for Failures {
+    fn on_stage_error(&self, e: &fluxio::StageEvent<'_>, error: &Error, _: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} failed: {error}", e.stage));
+    }
+    fn on_rollback(&self, e: &fluxio::StageEvent<'_>, error: Option<&Error>) {
+        self.0.lock().unwrap().push(match error {
+            Some(error) => format!("{} rollback failed: {error}", e.stage),
+            None => format!("{} undone", e.stage),
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_that_panics_is_a_failed_rollback_and_the_others_still_run() {
+    let journal = Arc::new(Journal::default());
+    let seen = Failures::default();
+    let pipe = pipeline! { charge, ship_fragile, notify }
+        .with_resource(journal.clone())
+        .with_callback(seen.clone());
+    let err = pipe.invoke(input! { order_id: 5 }).await.unwrap_err();
+    assert_eq!(err.to_string(), "stage `notify` failed: mail server down");
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        [
+            "notify failed: stage `notify` failed: mail server down",
+            "ship_fragile rollback failed: stage `ship_fragile` failed: stage panicked: courier API changed",
+            "charge undone",
+        ],
+        "the stage itself did not fail: only its rollback"
+    );
+    assert_eq!(journal.entries().last().unwrap(), "refund 5");
+}

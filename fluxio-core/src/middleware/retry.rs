@@ -168,9 +168,7 @@ impl Retry {
         tracing::debug!(stage = call.meta.name, attempt, error = %err, ?delay, "stage failed; retrying");
         let this = StageCall { attempt, ..*call };
         let event = this.event();
-        call.callbacks
-            .iter()
-            .for_each(|c| c.on_retry(&event, &err, delay));
+        crate::callback::notify_all(call.callbacks, |c| c.on_retry(&event, &err, delay));
         Ok(delay)
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use super::Pipeline;
-use crate::callback::{Callback, StageEvent};
+use crate::callback::{Callback, StageEvent, notify_all};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::middleware::engine::{Engine, Site};
@@ -102,7 +102,7 @@ pub(crate) fn start_run(
             started_at: Vec::new(),
         });
         let started = Instant::now();
-        callbacks.iter().for_each(|c| c.on_run_start(&run_id));
+        notify_all(&callbacks, |c| c.on_run_start(&run_id));
         let mut cancelled = CancelGuard {
             callbacks: callbacks.clone(),
             run_id: run_id.clone(),
@@ -122,9 +122,9 @@ pub(crate) fn start_run(
             },
         };
         cancelled.armed = false;
-        callbacks
-            .iter()
-            .for_each(|c| c.on_run_end(&run_id, result.as_ref(), started.elapsed()));
+        notify_all(&callbacks, |c| {
+            c.on_run_end(&run_id, result.as_ref(), started.elapsed())
+        });
         result
     };
     Box::pin(tracing::Instrument::instrument(run, span))
@@ -160,9 +160,7 @@ struct CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.callbacks
-                .iter()
-                .for_each(|c| c.on_run_cancelled(&self.run_id));
+            notify_all(&self.callbacks, |c| c.on_run_cancelled(&self.run_id));
         }
     }
 }
@@ -196,9 +194,7 @@ pub(crate) struct Observers {
 
 impl Observers {
     fn each(&self, f: impl Fn(&dyn Callback)) {
-        for c in self.callbacks.iter() {
-            f(&**c);
-        }
+        notify_all(&self.callbacks, f);
     }
 
     fn event<'a>(&'a self, plan: &Plan, i: usize) -> StageEvent<'a> {
@@ -253,15 +249,30 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
 }
 
 pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + Send>) -> Error {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic payload".to_string());
+    let text = panic_text(&*payload);
     Error::Stage {
         stage,
         source: Arc::from(StageError::msg(format!("stage panicked: {text}")).into_inner()),
     }
+}
+
+/// How many attempts a stage's failure took: `Retry`'s count when it gave up, else 1.
+fn attempts_of(e: &Error) -> u32 {
+    match e {
+        Error::Stage { source, .. } => source
+            .downcast_ref::<crate::middleware::RetriesExhausted>()
+            .map_or(1, |r| r.attempts),
+        _ => 1,
+    }
+}
+
+/// A panic's message.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string panic payload")
 }
 
 /// The route choice of a route stage that was skipped: it takes no branch.
@@ -536,7 +547,10 @@ impl SchedState {
     }
 
     fn report_error(&self, i: usize, e: &Error) {
-        self.notify_timed(i, |c, ev, elapsed| c.on_stage_error(ev, e, elapsed));
+        let attempt = attempts_of(e);
+        self.notify_timed(i, |c, ev, elapsed| {
+            c.on_stage_error(&StageEvent { attempt, ..*ev }, e, elapsed)
+        });
     }
 
     fn run_id(&self) -> &str {
@@ -577,7 +591,8 @@ impl SchedState {
                         .flatten()
                     {
                         // The stage failed (after its retries): its fallback writes instead.
-                        self.notify(i, |c, ev| c.on_fallback(ev, &e));
+                        let attempt = attempts_of(&e);
+                        self.notify(i, |c, ev| c.on_fallback(&StageEvent { attempt, ..*ev }, &e));
                         tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
                         let fut = stage.fallback(&self.ctx, &self.env);
                         self.state[i] = FALLBACK;
@@ -840,6 +855,7 @@ impl SchedState {
                 let stage = self
                     .stage_of(i as usize)
                     .expect("only stages have rollbacks");
+                *current = i as usize;
                 let fut = stage.rollback(&self.ctx, &self.env);
                 self.rolling_back.as_mut().expect("rolling back").current = Some((i, fut));
                 continue;
@@ -852,14 +868,19 @@ impl SchedState {
                     let i = *i as usize;
                     rb.current = None;
                     let name = self.plan.nodes[i].meta.name;
-                    let error = out.err().map(|e| e.into_run_error(name));
-                    if let Some(e) = &error {
-                        tracing::warn!(stage = name, error = %e, "rollback failed");
-                    }
-                    self.notify(i, |c, ev| c.on_rollback(ev, error.as_ref()));
+                    self.rollback_ended(i, out.err().map(|e| e.into_run_error(name)));
                 }
             }
         }
+    }
+
+    /// Node `i`'s rollback ended: reports how (`error` when it failed or panicked). The
+    /// next rollback goes on either way.
+    fn rollback_ended(&self, i: usize, error: Option<Error>) {
+        if let Some(e) = &error {
+            tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "rollback failed");
+        }
+        self.notify(i, |c, ev| c.on_rollback(ev, error.as_ref()));
     }
 
     fn persisting(&self) -> bool {
@@ -1047,17 +1068,21 @@ where
                         .get(current)
                         .map_or("<fluxio runtime>", |n| n.meta.name);
                     let e = panic_error(stage, payload);
+                    if let Some(rb) = &mut sched.rolling_back {
+                        // A rollback panicked: it failed (its stage had not); go on with
+                        // the others.
+                        rb.current = None;
+                        if current != usize::MAX {
+                            sched.rollback_ended(current, Some(e));
+                        }
+                        continue;
+                    }
                     if current != usize::MAX {
                         sched.report_error(current, &e);
                     }
-                    if sched.rolling_back.is_none() && !sched.rollback_order.is_empty() {
+                    if !sched.rollback_order.is_empty() {
                         // Undo what finished, then report the panic.
                         sched.start_rollback(e);
-                        continue;
-                    }
-                    if let Some(rb) = &mut sched.rolling_back {
-                        // A rollback panicked: go on with the others.
-                        rb.current = None;
                         continue;
                     }
                     return Poll::Ready(Err(e));

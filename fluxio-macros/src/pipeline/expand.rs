@@ -42,7 +42,10 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         slots.push(quote!(let mut #slot = ::core::pin::pin!(::core::option::Option::None);));
         match &node.kind {
             FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => {
-                let call = respan(quote!(#private::Stage::call(&#path, __fluxio_c, __fluxio_e)), path.span());
+                let call = respan(
+                    quote!(#private::Stage::call(&#path, __fluxio_c, __fluxio_e)),
+                    path.span(),
+                );
                 arms.push(quote! {
                     #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |__fluxio_c, __fluxio_e| #call),
                 });
