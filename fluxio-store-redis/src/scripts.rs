@@ -21,12 +21,17 @@ pub(crate) const LOCK_LOST: i64 = 0;
 /// A `save` script found no start record for the run, and wrote nothing.
 pub(crate) const NOT_STARTED: i64 = -1;
 
-/// `Save::Start`: `ARGV = [owner, version, header]`. Replaces whatever the run held (its
-/// meta and entries, and with them any TTL of a finished run).
+/// `Save::Start` and `Save::Rewrite`: `ARGV = [owner, version, header, entry...]`. Replaces
+/// whatever the run held (its meta and entries, and with them any TTL of a finished run)
+/// with the new meta and the entries given (a rewrite's; none for a start), a few hundred
+/// per `RPUSH` to stay within Lua's argument limits.
 pub(crate) const SAVE_START: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'status', 'running', 'header', ARGV[3])
+for i = 4, #ARGV, 500 do
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
 return 1
 ";
 

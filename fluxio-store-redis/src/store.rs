@@ -354,6 +354,20 @@ impl CheckpointStore for RedisStore {
                 cmd.arg(owner).arg(version).arg(header.as_slice());
                 (Request::Script(script, cmd), Retry::Once)
             }
+            Save::Rewrite {
+                version,
+                header,
+                entries,
+            } => {
+                let script = &SCRIPTS.save_start;
+                let mut cmd = Request::script(script, &script_keys);
+                cmd.arg(owner).arg(version).arg(header.as_slice());
+                for entry in &entries {
+                    cmd.arg(entry.as_slice());
+                }
+                // It replaces everything: doing it twice leaves the same run.
+                (Request::Script(script, cmd), Retry::Once)
+            }
             Save::Entry(entry) => {
                 let script = &SCRIPTS.save_entry;
                 let mut cmd = Request::script(script, &script_keys);

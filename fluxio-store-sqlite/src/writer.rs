@@ -352,6 +352,47 @@ async fn refused(
     })
 }
 
+/// A start record, with the entries of a rewrite (inside the batch's transaction, so
+/// all of it or nothing).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one write's parts, as `apply` holds them"
+)]
+async fn start(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    owner: &str,
+    version: &str,
+    header: Vec<u8>,
+    entries: &mut [Vec<u8>],
+    keep: bool,
+    now: i64,
+) -> Result<Reply, sqlx::Error> {
+    if !holds(conn, run_id, owner, now).await? {
+        return Ok(Err(Failure::LockLost(run_id.to_string())));
+    }
+    sqlx::query("DELETE FROM entries WHERE run_id = ?1")
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(START_RUN)
+        .bind(run_id)
+        .bind(version)
+        .bind(header)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    for (seq, entry) in entries.iter_mut().enumerate() {
+        sqlx::query("INSERT INTO entries (run_id, seq, bytes) VALUES (?1, ?2, ?3)")
+            .bind(run_id)
+            .bind(seq as i64)
+            .bind(bytes(entry, keep))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Ok(Outcome::Done))
+}
+
 /// Runs one write inside the batch's transaction. `Err` is an SQLite error (the batch must
 /// roll back); a refused write is an `Ok(Err(..))` that wrote nothing.
 async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<Reply, sqlx::Error> {
@@ -377,21 +418,34 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                 }
             }
             Save::Start { version, header } => {
-                if !holds(conn, run_id, owner, now).await? {
-                    return Ok(Err(Failure::LockLost(run_id.clone())));
-                }
-                sqlx::query("DELETE FROM entries WHERE run_id = ?1")
-                    .bind(run_id.as_str())
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query(START_RUN)
-                    .bind(run_id.as_str())
-                    .bind(version.as_str())
-                    .bind(bytes(header, keep))
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(Ok(Outcome::Done))
+                start(
+                    conn,
+                    run_id,
+                    owner,
+                    version,
+                    bytes(header, keep),
+                    &mut [],
+                    keep,
+                    now,
+                )
+                .await
+            }
+            Save::Rewrite {
+                version,
+                header,
+                entries,
+            } => {
+                start(
+                    conn,
+                    run_id,
+                    owner,
+                    version,
+                    bytes(header, keep),
+                    entries,
+                    keep,
+                    now,
+                )
+                .await
             }
             Save::Finish { status, error } => {
                 let done = sqlx::query(FINISH_RUN)

@@ -206,6 +206,129 @@ async fn another_pipeline_version_is_refused_unless_allowed() {
     );
 }
 
+#[tokio::test]
+async fn a_resume_under_a_new_version_makes_the_checkpoint_that_versions() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    let v1 = chain(&probe, &store);
+    v1.invoke(input! { seed: 1 }).run_id("m").await.unwrap_err();
+    probe.set_failing(&[]);
+    let v2 = pipeline! { sa, sb, sc, sd }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    v2.invoke(Ctx::new())
+        .run_id("m")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    let cp = stored(&store, "m").await;
+    assert_eq!(
+        cp.version,
+        v2.version(),
+        "the checkpoint is the new version's"
+    );
+    assert_eq!((cp.status, cp.entries.len()), (RunStatus::Completed, 4));
+
+    // The new version resumes its own run without an override: it is completed.
+    let out = v2.resume("m").await.unwrap();
+    assert_eq!(out[extra], "#25");
+    // An instance still on the old version is told the version changed — not that the
+    // checkpoint is corrupt.
+    let err = v1.resume("m").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointVersion { stored, current, .. }
+            if stored == v2.version() && current == v1.version()),
+        "{err:?}"
+    );
+    assert_eq!(probe.count("sc"), 2, "nothing ran again after the resume");
+}
+
+#[stage(reads = [seed], writes = [label])]
+async fn s_label(seed: &u64) -> String {
+    format!("seed {seed}")
+}
+
+#[tokio::test]
+async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("moved")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    // A stage added in front moves every node index; `sa` and `sb` are still done.
+    let v2 = pipeline! { s_label, sa, sb, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let out = v2
+        .invoke(Ctx::new())
+        .run_id("moved")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!((out[label].as_str(), out[c_out]), ("seed 1", 25));
+    assert_eq!(
+        (probe.count("sa"), probe.count("sb"), probe.count("sc")),
+        (1, 1, 2)
+    );
+
+    // A version without `sb` keeps the value `sb` wrote (`sc` reads it as an input now).
+    probe.set_failing(&["sc"]);
+    chain(&probe, &store)
+        .invoke(input! { seed: 2 })
+        .run_id("gone")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let v3 = pipeline! { sa, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let out = v3
+        .invoke(input! { b_out: 0 })
+        .run_id("gone")
+        .resume()
+        .allow_version_change()
+        .await;
+    assert!(
+        matches!(&out, Err(Error::MergeConflict { key: "b_out", .. })),
+        "the value `sb` wrote is still in the run: {out:?}"
+    );
+    let out = v3
+        .invoke(Ctx::new())
+        .run_id("gone")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[c_out], 35);
+}
+
+#[stage(reads = [picked], writes = [key_seen])]
+async fn s_pick(picked: &String) -> String {
+    picked.clone()
+}
+
+#[tokio::test]
+async fn replay_under_a_new_version_uses_the_inputs_it_knows() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let v1 = pipeline! { s_pick, sa, sb, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    v1.invoke(input! { seed: 3, picked: "x".into() })
+        .run_id("old")
+        .await
+        .unwrap();
+    // `picked` means nothing to the new version: it is left out, not called corruption.
+    let v2 = chain(&probe, &store);
+    let out = v2.replay("old").await.unwrap();
+    assert_eq!(out[c_out], 45);
+    assert!(out.get(picked).is_none());
+}
+
 #[stage(reads = [seed], writes = [a_out])]
 async fn held(seed: &u64, probe: Res<Arc<Probe>>) -> u64 {
     probe.started.notify_one();

@@ -112,80 +112,191 @@ fn encode_input(plan: &Plan, input: &Ctx, run_id: &str) -> Result<Vec<u8>> {
     )
 }
 
-/// The context a stored header holds.
-fn header_ctx(plan: &Plan, run_id: &str, header: &[u8]) -> Result<Ctx> {
-    let header = format::decode_header(header).map_err(|e| corrupt(run_id, e))?;
-    let mut ctx = Ctx::new();
-    for (name, bytes) in &header.values {
-        decode_into(plan, run_id, &mut ctx, name, bytes)?;
-    }
-    Ok(ctx)
+/// How a stored checkpoint is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Written by this pipeline's version: anything that does not fit is corruption.
+    Strict,
+    /// Written by another version (`allow_version_change`, or a replay): keys this pipeline
+    /// does not know are left out, entries find their stage by name, and an entry that
+    /// fits no stage (gone, renamed, or a route label that is no longer there) keeps its
+    /// values but not its done mark — that stage runs again.
+    OtherVersion,
 }
 
-fn decode_into(plan: &Plan, run_id: &str, ctx: &mut Ctx, name: &str, bytes: &[u8]) -> Result<()> {
-    let desc = find_key(plan, name).ok_or_else(|| {
-        corrupt(
-            run_id,
-            format!("key `{name}` is not read or written by any stage of this pipeline"),
-        )
-    })?;
-    let value =
-        (desc.decode)(bytes).map_err(|e| corrupt(run_id, format!("value of `{name}`: {e}")))?;
-    ctx.insert_slot(desc.name, value);
-    Ok(())
+impl Reading {
+    fn of(plan: &Plan, stored: &StoredRun) -> Self {
+        if stored.version == plan.version {
+            Reading::Strict
+        } else {
+            Reading::OtherVersion
+        }
+    }
+}
+
+/// Encoded values by key name, as checkpoint records hold them.
+type Values = Vec<(String, Vec<u8>)>;
+
+/// The values a stored header holds that this pipeline reads (all of them, or corruption,
+/// when `Strict`), decoded into a context.
+fn header_values(
+    plan: &Plan,
+    run_id: &str,
+    header: &[u8],
+    reading: Reading,
+) -> Result<(Ctx, Values)> {
+    let header = format::decode_header(header).map_err(|e| corrupt(run_id, e))?;
+    let mut ctx = Ctx::new();
+    let values = known_values(plan, run_id, &mut ctx, header.values, reading, "<input>")?;
+    Ok((ctx, values))
+}
+
+/// Decodes `values` into `ctx` and returns them, leaving out (when reading another
+/// version's checkpoint) keys this pipeline does not know. `whose` names the record.
+fn known_values(
+    plan: &Plan,
+    run_id: &str,
+    ctx: &mut Ctx,
+    values: Values,
+    reading: Reading,
+    whose: &str,
+) -> Result<Values> {
+    let mut kept = Vec::with_capacity(values.len());
+    for (name, bytes) in values {
+        let Some(desc) = find_key(plan, &name) else {
+            if reading == Reading::Strict {
+                return Err(corrupt(
+                    run_id,
+                    format!("key `{name}` is not read or written by any stage of this pipeline"),
+                ));
+            }
+            tracing::warn!(run_id, key = %name, record = whose, "the checkpoint holds a key this pipeline version does not use; left out");
+            continue;
+        };
+        let value = (desc.decode)(&bytes).map_err(|e| {
+            let also = match reading {
+                Reading::Strict => "",
+                Reading::OtherVersion => {
+                    " (written by another pipeline version: did its type change?)"
+                }
+            };
+            corrupt(run_id, format!("value of `{name}`: {e}{also}"))
+        })?;
+        ctx.insert_slot(desc.name, value);
+        kept.push((name, bytes));
+    }
+    Ok(kept)
+}
+
+/// A stored run rebuilt for this pipeline.
+struct Restoration {
+    ctx: Ctx,
+    restored: Restored,
+    /// For a checkpoint of another version: the header and entries rewritten for this one
+    /// (node indexes of this graph, only keys it knows).
+    rewritten: Option<(Vec<u8>, Vec<Vec<u8>>)>,
 }
 
 /// Rebuilds a stored run: its context and the nodes it finished.
-fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<(Ctx, Restored)> {
-    let mut ctx = header_ctx(plan, run_id, &stored.header)?;
+fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration> {
+    let reading = Reading::of(plan, stored);
+    let (mut ctx, header) = header_values(plan, run_id, &stored.header, reading)?;
     let mut restored = Restored::default();
+    let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
     for bytes in &stored.entries {
         let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
-        for (name, value) in &entry.writes {
-            decode_into(plan, run_id, &mut ctx, name, value)?;
+        let writes = known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
+        let mut entry = format::Entry { writes, ..entry };
+        if entry.node != INPUT_ENTRY {
+            match place(plan, run_id, &entry, &mut seen, reading)? {
+                Some((i, route)) => {
+                    restored.done.push((i, route, entry.skipped));
+                    entry.node = i;
+                }
+                None => {
+                    tracing::warn!(run_id, stage = %entry.stage, "a finished stage of another pipeline version fits no stage of this one; its values are kept, and a stage of that name runs again");
+                    entry.node = INPUT_ENTRY;
+                    entry.route = None;
+                }
+            }
         }
-        if entry.node == INPUT_ENTRY {
-            continue;
+        if reading == Reading::OtherVersion {
+            rewritten.push(encoded(format::encode_entry(&entry), run_id, "<entry>")?);
         }
-        let i = entry.node as usize;
-        let node = plan.nodes.get(i).ok_or_else(|| {
-            corrupt(
-                run_id,
-                format!(
-                    "entry for node {i}, but the pipeline has {} nodes",
-                    plan.nodes.len()
-                ),
-            )
-        })?;
-        if node.meta.name != entry.stage {
-            return Err(corrupt(
-                run_id,
-                format!(
-                    "node {i} is `{}`, the entry is for `{}`",
-                    node.meta.name, entry.stage
-                ),
-            ));
-        }
-        if std::mem::replace(&mut seen[i], true) {
-            return Err(corrupt(
-                run_id,
-                format!("stage `{}` (node {i}) finished twice", entry.stage),
-            ));
-        }
-        let route = match &entry.route {
-            None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
-            Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
-                corrupt(
-                    run_id,
-                    format!("route `{}` has no branch `{label}`", entry.stage),
-                )
-            })? as u32),
-            None => None,
-        };
-        restored.done.push((i as u32, route, entry.skipped));
     }
-    Ok((ctx, restored))
+    let rewritten = match reading {
+        Reading::Strict => None,
+        Reading::OtherVersion => {
+            let header = format::encode_header(&format::Header { values: header });
+            Some((encoded(header, run_id, "<input>")?, rewritten))
+        }
+    };
+    Ok(Restoration {
+        ctx,
+        restored,
+        rewritten,
+    })
+}
+
+/// The node a stage entry marks done, and its route's branch. When reading this version's
+/// checkpoint, an entry that does not fit is corruption; another version's finds its stage
+/// by name, and one that fits none is `None`.
+fn place(
+    plan: &Plan,
+    run_id: &str,
+    entry: &format::Entry,
+    seen: &mut [bool],
+    reading: Reading,
+) -> Result<Option<(u32, Option<u32>)>> {
+    let misfit = |reason: String| match reading {
+        Reading::Strict => Err(corrupt(run_id, reason)),
+        Reading::OtherVersion => Ok(None),
+    };
+    let at = entry.node as usize;
+    let i = match plan.nodes.get(at) {
+        Some(node) if node.meta.name == entry.stage => at,
+        _ if reading == Reading::OtherVersion => {
+            let mut named =
+                (0..plan.nodes.len()).filter(|&i| plan.nodes[i].meta.name == entry.stage);
+            match (named.next(), named.next()) {
+                (Some(i), None) => i,
+                _ => return Ok(None),
+            }
+        }
+        Some(node) => {
+            return misfit(format!(
+                "node #{at} is `{}`, the entry is for `{}`",
+                node.meta.name, entry.stage
+            ));
+        }
+        None => {
+            return misfit(format!(
+                "an entry for node #{at} (`{}`), but the pipeline's nodes are #0 to #{}",
+                entry.stage,
+                plan.nodes.len().saturating_sub(1)
+            ));
+        }
+    };
+    if std::mem::replace(&mut seen[i], true) {
+        return misfit(format!(
+            "stage `{}` (node #{i}) finished twice",
+            entry.stage
+        ));
+    }
+    let node = &plan.nodes[i];
+    let route = match &entry.route {
+        None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
+        Some(label) => match node.labels.iter().position(|l| l == label) {
+            Some(branch) => Some(branch as u32),
+            None => {
+                seen[i] = false;
+                return misfit(format!("route `{}` has no branch `{label}`", entry.stage));
+            }
+        },
+        None => None,
+    };
+    Ok(Some((i as u32, route)))
 }
 
 /// Runs `pipe` durably in `store`.
@@ -302,7 +413,11 @@ async fn prepare(
                 run_id: run_id.to_string(),
             });
         }
-        let (mut ctx, restored) = restore(plan, run_id, &stored)?;
+        let Restoration {
+            mut ctx,
+            restored,
+            rewritten,
+        } = restore(plan, run_id, &stored)?;
         // The resume's input adds keys; it never overrides what the run already holds.
         let mut added = Vec::new();
         for (name, value) in input.iter_slots() {
@@ -322,8 +437,22 @@ async fn prepare(
         }
         // What would refuse the run is checked before anything is written.
         super::exec::preflight(plan, &ctx, env)?;
-        // The run is live again: a failed or interrupted checkpoint says so until it ends.
-        if stored.status != RunStatus::Running {
+        if let Some((header, entries)) = rewritten {
+            // From now on the checkpoint is this version's, in one atomic write: a crash
+            // leaves either the old one or the new one, and an instance still on the old
+            // version is told the version changed (not that the checkpoint is corrupt).
+            let rewrite = Save::Rewrite {
+                version: plan.version.clone(),
+                header,
+                entries,
+            };
+            store
+                .save(run_id, owner, rewrite)
+                .await
+                .map_err(store_err(run_id, "save"))?;
+        } else if stored.status != RunStatus::Running {
+            // The run is live again: a failed or interrupted checkpoint says so until it
+            // ends.
             let running = Save::finish(RunStatus::Running, None);
             store
                 .save(run_id, owner, running)
@@ -374,7 +503,8 @@ pub(crate) async fn stored_input(
     run_id: &str,
 ) -> Result<Ctx> {
     let stored = load(store, run_id).await?;
-    header_ctx(plan, run_id, &stored.header)
+    let (ctx, _) = header_values(plan, run_id, &stored.header, Reading::of(plan, &stored))?;
+    Ok(ctx)
 }
 
 /// A stored run's final keys and their encoded values.

@@ -101,6 +101,7 @@ checks!(
     empty_header_and_entries,
     load_of_a_missing_run_is_none,
     start_replaces_an_old_run,
+    rewrite_replaces_a_run_with_its_entries,
     entries_keep_their_order_and_bytes,
     runs_do_not_mix_their_entries,
     concurrent_entries_are_all_kept,
@@ -295,6 +296,59 @@ async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
     Ok(())
 }
 
+async fn rewrite_replaces_a_run_with_its_entries(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-rewrite";
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", Save::start("v1", b"old")).await, "start")?;
+    ok(s.save(r, "a", Save::Entry(b"e1".to_vec())).await, "entry")?;
+    ok(
+        s.save(r, "a", Save::finish(RunStatus::Failed, Some("x")))
+            .await,
+        "finish",
+    )?;
+    // Enough entries to need more than one command on a store that batches them.
+    let entries: Vec<Vec<u8>> = (0..1200u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let rewrite = Save::Rewrite {
+        version: "v2".into(),
+        header: b"new".to_vec(),
+        entries: entries.clone(),
+    };
+    ok(s.save(r, "a", rewrite).await, "rewrite")?;
+    same!(
+        load(s, r).await?,
+        StoredRun {
+            version: "v2".into(),
+            status: RunStatus::Running,
+            error: None,
+            header: b"new".to_vec(),
+            entries: entries.clone(),
+        },
+        "after a rewrite"
+    );
+    ok(s.save(r, "a", Save::Entry(b"next".to_vec())).await, "entry")?;
+    let after = load(s, r).await?.entries;
+    same!(
+        (after.len(), after.last().cloned()),
+        (1201, Some(b"next".to_vec())),
+        "entries after an entry appended to a rewrite"
+    );
+    // A rewrite of a run never started creates it, as a start does.
+    let fresh = "contract-rewrite-fresh";
+    acquire(s, fresh, "a", LONG).await?;
+    let rewrite = Save::Rewrite {
+        version: "v1".into(),
+        header: Vec::new(),
+        entries: vec![b"only".to_vec()],
+    };
+    ok(s.save(fresh, "a", rewrite).await, "rewrite")?;
+    same!(
+        load(s, fresh).await?.entries,
+        vec![b"only".to_vec()],
+        "entries of a rewrite of a run never started"
+    );
+    Ok(())
+}
+
 async fn entries_keep_their_order_and_bytes(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-order";
     acquire(s, r, "a", LONG).await?;
@@ -467,6 +521,14 @@ async fn save_by_another_owner_is_lock_lost_and_writes_nothing(s: &dyn Checkpoin
     let before = load(s, r).await?;
     for (save, what) in [
         (Save::start("v9", b"x"), "a start by another owner"),
+        (
+            Save::Rewrite {
+                version: "v9".into(),
+                header: b"x".to_vec(),
+                entries: vec![b"y".to_vec()],
+            },
+            "a rewrite by another owner",
+        ),
         (Save::Entry(b"2".to_vec()), "an entry by another owner"),
         (
             Save::finish(RunStatus::Failed, Some("x")),
@@ -759,6 +821,6 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(checks().len(), 17);
+        assert_eq!(checks().len(), 18);
     }
 }

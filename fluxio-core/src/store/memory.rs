@@ -52,6 +52,17 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
     Box::pin(std::future::ready(v))
 }
 
+/// A run as a start record leaves it.
+fn started(version: String, header: Vec<u8>, entries: Vec<Vec<u8>>) -> StoredRun {
+    StoredRun {
+        version,
+        status: RunStatus::Running,
+        error: None,
+        header,
+        entries,
+    }
+}
+
 impl CheckpointStore for InMemoryStore {
     fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
         ready(self.with(|inner| {
@@ -62,16 +73,18 @@ impl CheckpointStore for InMemoryStore {
             }
             match save {
                 Save::Start { version, header } => {
-                    inner.runs.insert(
-                        run_id.to_string(),
-                        StoredRun {
-                            version,
-                            status: RunStatus::Running,
-                            error: None,
-                            header,
-                            entries: Vec::new(),
-                        },
-                    );
+                    inner
+                        .runs
+                        .insert(run_id.to_string(), started(version, header, Vec::new()));
+                }
+                Save::Rewrite {
+                    version,
+                    header,
+                    entries,
+                } => {
+                    inner
+                        .runs
+                        .insert(run_id.to_string(), started(version, header, entries));
                 }
                 Save::Entry(bytes) => match inner.runs.get_mut(run_id) {
                     Some(run) => run.entries.push(bytes),

@@ -112,6 +112,18 @@ pub enum Save {
     /// One finished stage: its writes and its done mark ([`format::encode_entry`]). Stores
     /// append it in one atomic step.
     Entry(Vec<u8>),
+    /// A start record that comes with its entries: replaces anything stored for the run
+    /// (status running, no error), in one atomic step. A resume under another pipeline
+    /// version (`allow_version_change`) rewrites the checkpoint for the new version this
+    /// way, so that a crash never leaves it half old, half new.
+    Rewrite {
+        /// The pipeline's (new) version.
+        version: String,
+        /// The encoded input context.
+        header: Vec<u8>,
+        /// The entries, in order.
+        entries: Vec<Vec<u8>>,
+    },
     /// The run ended (or, with `RunStatus::Running`, a resume brought it back to life).
     Finish {
         /// How it ended.
@@ -183,7 +195,8 @@ pub struct StoredRun {
 /// took the lock yet; a `save` without the lock fails the same way. Stores check the owner
 /// in the same atomic step as the write, and check it before anything else.
 ///
-/// Records: a `Start` replaces whatever the run had (entries, status, error). An `Entry` or
+/// Records: a `Start` replaces whatever the run had (entries, status, error); a `Rewrite`
+/// does the same and stores its entries in the same atomic step. An `Entry` or
 /// `Finish` for a run with no start record (never started, or deleted) fails with
 /// [`StoreError::Backend`] of operation `"save"` and writes nothing. An `Entry` after a
 /// `Finish` is kept and leaves the status as it was; a `Finish` sets status and error as
