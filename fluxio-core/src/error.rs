@@ -86,8 +86,14 @@ pub enum Error {
         /// The two writers.
         stages: [String; 2],
     },
-    /// A key was read but is not in the context (a ctx-style stage or a harness input).
-    #[error("stage `{stage}` reads `{key}`, which is not in the context")]
+    /// A stage's read is not in the context: in a pipeline, because the stages that write
+    /// it did not run (a route took another branch, or a middleware skipped them); on its
+    /// own (`StepHarness`), because the input lacks it.
+    #[error(
+        "stage `{stage}` reads `{key}`, but nothing wrote it: the stages that write it were \
+         skipped (a route took another branch, or a middleware skipped them), or the input \
+         lacks it"
+    )]
     MissingKey {
         /// The stage's name.
         stage: &'static str,

@@ -59,7 +59,10 @@ impl<S: Stage> StepHarness<S> {
         let meta = S::META;
         for key in meta.access.reads {
             if !input.contains_name(key.name) {
-                return Err(Error::MissingInput { key: key.name });
+                return Err(Error::MissingKey {
+                    stage: meta.name,
+                    key: key.name,
+                });
             }
         }
         for res in meta.resources {
@@ -88,8 +91,8 @@ impl<S: Stage> StepHarness<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::MissingInput`] when a read is missing, [`Error::MissingResource`], or the
-    /// stage's own error.
+    /// [`Error::MissingKey`] when a read is missing from `input`, [`Error::MissingResource`],
+    /// or the stage's own error.
     pub async fn run(&self, input: Ctx) -> Result<Ctx> {
         let mut ctx = input.clone();
         match self.call(&input, ChunkSink::new(None)).await? {

@@ -45,7 +45,13 @@ async fn checks_reads_before_calling() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::MissingInput { key: "user_id" }),
+        matches!(
+            err,
+            Error::MissingKey {
+                stage: "fetch_user",
+                key: "user_id"
+            }
+        ),
         "{err:?}"
     );
 }
