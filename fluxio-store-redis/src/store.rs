@@ -156,8 +156,9 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1))
     }
 
-    /// Keeps a finished run (completed or failed) for `ttl` after it finished, then Redis
-    /// deletes it. Applied when the run's finish record is saved; a finished run that is
+    /// Keeps a finished run (completed, failed or rolled back) for `ttl` after it finished,
+    /// then Redis deletes it — a failed run too, which could still have been resumed: make
+    /// `ttl` longer than the time you take to resume failed runs. Applied when the run's finish record is saved; a finished run that is
     /// resumed loses its TTL until it finishes again. Without this, finished runs are kept
     /// until [`delete`](CheckpointStore::delete)d. Durations are rounded up to whole
     /// milliseconds.

@@ -195,7 +195,9 @@ impl SqliteStore {
     /// (a failed run being resumed keeps its `failed` status until it finishes again).
     /// Expired lock rows are deleted too; an expired lock already counts as free.
     ///
-    /// The store never deletes finished runs by itself: call this periodically.
+    /// The store never deletes finished runs by itself: call this periodically, with
+    /// `older_than` longer than the time you take to resume failed runs (a purged run
+    /// cannot be resumed).
     ///
     /// # Errors
     ///
