@@ -235,6 +235,13 @@ pub enum Error {
         /// The operation.
         operation: &'static str,
     },
+    /// A run id is missing where one is needed (`.resume()` without `.run_id(..)`), or
+    /// empty.
+    #[error("bad run id: {reason}")]
+    BadRunId {
+        /// What is wrong, and what to do.
+        reason: &'static str,
+    },
 }
 
 impl Error {

@@ -700,3 +700,29 @@ async fn a_run_refused_before_it_starts_leaves_the_store_as_it_was() {
     assert!(matches!(err, Error::MissingInput { .. }), "{err:?}");
     assert_eq!(stored(&store, "kept").await, before);
 }
+
+#[tokio::test]
+async fn a_resume_without_a_run_id_or_an_empty_id_is_refused_saying_so() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    let err = pipe.invoke(Ctx::new()).resume().await.unwrap_err();
+    assert!(matches!(err, Error::BadRunId { .. }), "{err:?}");
+    assert!(err.to_string().contains(".run_id(id)"), "{err}");
+    for err in [
+        pipe.invoke(input! { seed: 1 })
+            .run_id("")
+            .await
+            .unwrap_err(),
+        pipe.resume("").await.unwrap_err(),
+        pipeline! { sa }
+            .with_resource(probe.clone())
+            .invoke(input! { seed: 1 })
+            .run_id("")
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.to_string(), "bad run id: a run id cannot be empty");
+    }
+    assert_eq!(probe.count("sa"), 0);
+    assert!(store.load("").await.unwrap().is_none());
+}

@@ -57,6 +57,9 @@ pub(crate) fn start_run(
         run_id: None,
         callbacks: None,
     };
+    if let Some(reason) = run_id_problem(&opts) {
+        return Box::pin(std::future::ready(Err(Error::BadRunId { reason })));
+    }
     let traced = tracing::dispatcher::has_been_set();
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
         let run_id: Option<Arc<str>> = opts.run_id.map(Into::into);
@@ -128,6 +131,17 @@ pub(crate) fn start_run(
         result
     };
     Box::pin(tracing::Instrument::instrument(run, span))
+}
+
+/// What is wrong with the run id of a call, if anything.
+fn run_id_problem(opts: &RunOptions) -> Option<&'static str> {
+    match opts.run_id.as_deref() {
+        Some("") => Some("a run id cannot be empty"),
+        None if opts.resume => Some(
+            "`resume` continues a stored run and needs its id: add `.run_id(id)` (or call `pipe.resume(id)`)",
+        ),
+        _ => None,
+    }
 }
 
 #[cold]
