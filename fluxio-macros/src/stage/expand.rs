@@ -134,12 +134,13 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             },
         }
     };
-    let body_for = |target: TokenStream, own: bool| -> TokenStream {
+    // `at`: where a value of the wrong type is reported (the stage's return type, or the
+    // fallback's name in the attribute).
+    let body_for = |target: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
         let mut call = call_of(target);
         if def.fallible {
             call = quote!(#private::lift(#call)?);
         }
-        let ret = def.ret_span;
         let produce = match &def.output {
             Output::Unit => quote! {
                 let () = #call;
@@ -164,7 +165,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                     } else {
                         quote!(__fluxio_writes.push::<#p>(#t);)
                     };
-                    crate::paths::respan(push, ret)
+                    crate::paths::respan(push, at)
                 });
                 quote! {
                     #bind
@@ -191,7 +192,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         };
         with_args(produce)
     };
-    let body = body_for(quote!(Self::run), true);
+    let body = body_for(quote!(Self::run), true, def.ret_span);
 
     let chunks = (def.exec == Exec::Stream)
         .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
@@ -202,7 +203,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         #chunks
     };
     let fallback = def.fallback.as_ref().map(|path| {
-        let body = body_for(quote!(#path), false);
+        let body = body_for(quote!(#path), false, path.span());
         quote! {
             const HAS_FALLBACK: bool = true;
             fn fallback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
