@@ -147,6 +147,24 @@ pub const fn check_route_use(meta: &crate::StageMeta, followed_by_branches: bool
     }
 }
 
+/// Compile-time check that stage `names[i]` is not the name of an earlier stage of the
+/// pipeline that may run in the same run (`others`: their indexes in `names`): a stage's
+/// name identifies it in checkpoints, events, errors and idempotency keys.
+pub const fn check_distinct_name(names: &[&str], others: &[usize], i: usize) {
+    let mut k = 0;
+    while k < others.len() {
+        if crate::access::str_eq(names[others[k]], names[i]) {
+            let msg = crate::access::ConstMsg::new()
+                .push("the pipeline has two stages named `")
+                .push(names[i])
+                .push("`: a name identifies a stage in checkpoints, events and idempotency keys; \
+                       use each stage once, or give one another name with `#[stage(name = \"...\")]`");
+            panic!("{}", msg.as_str());
+        }
+        k += 1;
+    }
+}
+
 /// What can be nested in `pipeline!` as a sub-pipeline.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be nested in `pipeline!`",

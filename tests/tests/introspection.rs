@@ -26,6 +26,17 @@ async fn fetch_orders(user_id: &u64) -> Vec<u64> {
     vec![*user_id]
 }
 
+/// `enrich` again, for a route branch (a pipeline's stage names are distinct).
+#[stage(reads = [user], writes = [profile])]
+async fn enrich_again(user: &String) -> String {
+    user.to_lowercase()
+}
+
+#[stage(reads = [user_id], writes = [orders])]
+async fn fetch_orders_again(user_id: &u64) -> Vec<u64> {
+    vec![*user_id, *user_id]
+}
+
 #[stage(reads = [tier])]
 async fn pick(tier: &String) -> Route {
     Route::to(tier.clone())
@@ -43,7 +54,7 @@ async fn fetch_user_renamed(user_id: &u64) -> String {
 
 #[test]
 fn inputs_are_reads_no_earlier_stage_writes() {
-    let pipe = pipeline! { fetch_user, enrich, fetch_orders, pick => { "a" => [enrich], "b" => [fetch_orders] } };
+    let pipe = pipeline! { fetch_user, enrich, fetch_orders, pick => { "a" => [enrich_again], "b" => [fetch_orders_again] } };
     assert_eq!(pipe.inputs(), vec!["user_id", "tier"]);
 }
 
@@ -52,7 +63,7 @@ fn graph_holds_stages_edges_groups_and_branches() {
     let pipe = pipeline! {
         fetch_user,
         parallel { enrich, fetch_orders },
-        pick => { "gold" => [enrich], "basic" => [fetch_orders] },
+        pick => { "gold" => [enrich_again], "basic" => [fetch_orders_again] },
     };
     let g = pipe.graph();
     let names: Vec<&str> = g.nodes.iter().map(|n| n.name).collect();
@@ -63,8 +74,8 @@ fn graph_holds_stages_edges_groups_and_branches() {
             "enrich",
             "fetch_orders",
             "pick",
-            "enrich",
-            "fetch_orders"
+            "enrich_again",
+            "fetch_orders_again"
         ]
     );
     assert_eq!(
@@ -92,7 +103,7 @@ fn mermaid_shows_forks_and_route_labels() {
     let pipe = pipeline! {
         fetch_user,
         parallel { enrich, fetch_orders },
-        pick => { "gold" => [enrich], "basic" => [fetch_orders] },
+        pick => { "gold" => [enrich_again], "basic" => [fetch_orders_again] },
     };
     let m = pipe.to_mermaid();
     assert!(m.starts_with("flowchart TD\n"), "{m}");

@@ -27,6 +27,37 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         }
     }
 
+    // Stage names are distinct — except between branches of one route, of which only one
+    // runs — reported at the later of two stages with one name.
+    let stages: Vec<(usize, &syn::Path)> = a
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| match &node.kind {
+            FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => Some((i, path)),
+            FlatKind::Sub(_) => None,
+        })
+        .collect();
+    if stages.len() > 1 {
+        let n = stages.len();
+        let paths = stages.iter().map(|(_, p)| p);
+        checks.push(quote! {
+            const __FLUXIO_NAMES: [&str; #n] = [#(<#paths as #private::Stage>::META.name),*];
+        });
+        for (k, (i, path)) in stages.iter().enumerate().skip(1) {
+            let earlier: Vec<usize> = (0..k)
+                .filter(|&m| !exclusive(&a.nodes, stages[m].0, *i))
+                .collect();
+            if earlier.is_empty() {
+                continue;
+            }
+            let check = quote! {
+                const _: () = #private::check_distinct_name(&__FLUXIO_NAMES, &[#(#earlier),*], #k);
+            };
+            checks.push(respan(check, path.span()));
+        }
+    }
+
     let branch_tokens = |branch: Option<(u32, u32)>| match branch {
         Some((r, l)) => quote!(::core::option::Option::Some((#r, #l))),
         None => quote!(::core::option::Option::None),
@@ -130,6 +161,23 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
             })
         }
     }
+}
+
+/// Whether nodes `i` and `j` sit in different branches of one route (only one of them can
+/// run).
+fn exclusive(nodes: &[crate::pipeline::model::FlatNode], i: usize, j: usize) -> bool {
+    let mut a = nodes[i].branch;
+    while let Some((ri, li)) = a {
+        let mut b = nodes[j].branch;
+        while let Some((rj, lj)) = b {
+            if ri == rj {
+                return li != lj;
+            }
+            b = nodes[rj as usize].branch;
+        }
+        a = nodes[ri as usize].branch;
+    }
+    false
 }
 
 fn desc(private: &TokenStream, path: &syn::Path, group: u32, branch: &TokenStream) -> TokenStream {

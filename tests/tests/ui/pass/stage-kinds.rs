@@ -30,7 +30,8 @@ async fn nothing() {}
 
 fn main() {
     let _ = pipeline! {
-        async_one, sync_one, two, streamer, nothing, ctx_style,
+        async_one, sync_one, two, ctx_style,
+        // One stage in two branches of a route: only one of them runs.
         sync_route => { "x" => [nothing], "y" => [parallel { nothing, streamer }] },
     };
 }
