@@ -176,7 +176,20 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
-    /// The checkpoint's bytes do not decode.
+    /// A run checkpointed by another pipeline version does not fit this one, so
+    /// `allow_version_change` cannot resume it without running a finished stage again or
+    /// marking the wrong one done. Nothing was written.
+    #[error(
+        "run `{run_id}` cannot resume under this pipeline version (allow_version_change): \
+         {reason}; start it fresh, or resume it with the version that wrote it"
+    )]
+    IncompatibleCheckpoint {
+        /// The run.
+        run_id: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// The checkpoint's bytes do not decode, or do not fit the pipeline version they claim.
     #[error("checkpoint of run `{run_id}` is corrupt: {reason}")]
     CorruptCheckpoint {
         /// The run.

@@ -307,6 +307,84 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
     assert_eq!(out[c_out], 35);
 }
 
+#[stage(reads = [seed])]
+async fn lane(seed: &u64) -> Route {
+    Route::to(if *seed > 100 { "fast" } else { "slow" })
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn sb_slow(a_out: &u64) -> u64 {
+    a_out * 1000
+}
+
+/// `sb` of a later version that also writes `extra`.
+#[stage(name = "sb", reads = [a_out], writes = [b_out, extra])]
+async fn sb_more(a_out: &u64) -> (u64, String) {
+    (a_out * 10, "more".into())
+}
+
+/// `sb` of a later version that became a route.
+#[stage(name = "sb", reads = [a_out])]
+async fn sb_route(_a_out: &u64) -> Route {
+    Route::to("x")
+}
+
+#[tokio::test]
+async fn a_new_version_that_would_rerun_or_misplace_a_finished_stage_is_refused() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("r")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let before = stored(&store, "r").await;
+    let resume = |pipe: Pipeline| {
+        let pipe = pipe.with_resource(probe.clone()).with_store(store.clone());
+        async move {
+            pipe.invoke(Ctx::new())
+                .run_id("r")
+                .resume()
+                .allow_version_change()
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let refusals = [
+        // `sb` moved into a branch of a route that has not run (it may choose the other).
+        (
+            resume(pipeline! { sa, lane => { "fast" => [sb], "slow" => [sb_slow] }, sc }).await,
+            "stage `sb` finished, but it sits in branch `fast` of route `lane`, which has not run",
+        ),
+        // Two nodes named `sb`: which one ran cannot be told.
+        (
+            resume(pipeline! { sa, lane => { "fast" => [sb], "slow" => [sb] }, sc }).await,
+            "stage `sb` finished, and this version has several nodes of that name",
+        ),
+        // `sb` now writes a key it did not write when it ran.
+        (
+            resume(pipeline! { sa, sb_more, sc }).await,
+            "stage `sb` finished without writing `extra`, which it writes in this version",
+        ),
+        // `sb` is a route now, and it chose no branch when it ran.
+        (
+            resume(pipeline! { sa, sb_route => { "x" => [sb_slow] }, sc }).await,
+            "`sb` finished as a plain stage and is a route in this version",
+        ),
+    ];
+    for (err, says) in refusals {
+        assert!(
+            err.starts_with("run `r` cannot resume under this pipeline version")
+                && err.contains(says),
+            "{err}"
+        );
+    }
+    assert_eq!(stored(&store, "r").await, before, "nothing was written");
+    assert_eq!(probe.count("sb"), 1, "no finished stage ran again");
+}
+
 #[stage(reads = [picked], writes = [key_seen])]
 async fn s_pick(picked: &String) -> String {
     picked.clone()
@@ -552,6 +630,51 @@ async fn corrupt_checkpoints_are_errors_not_panics() {
     store.release("bad2", "tester").await.unwrap();
     let err = pipe.resume("bad2").await.unwrap_err();
     assert!(matches!(err, Error::CorruptCheckpoint { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_checkpoint_whose_entries_contradict_its_route_is_corrupt_not_a_panic() {
+    use fluxio::store::format::{Entry, Header, encode_entry, encode_header};
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = pipeline! { sa, lane => { "fast" => [sb], "slow" => [sb_slow] }, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    // Well-formed records that cannot have come from this pipeline: the route chose
+    // `slow`, yet `sb` of branch `fast` finished.
+    let entry = |node: u32, stage: &str, route: Option<&str>, writes: Vec<(String, Vec<u8>)>| {
+        encode_entry(&Entry {
+            node,
+            stage: stage.into(),
+            route: route.map(Into::into),
+            skipped: false,
+            writes,
+        })
+        .unwrap()
+    };
+    assert!(
+        store
+            .acquire("odd", "t", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let header = encode_header(&Header { values: vec![] }).unwrap();
+    store
+        .save("odd", "t", Save::start(pipe.version(), header))
+        .await
+        .unwrap();
+    for e in [
+        entry(1, "lane", Some("slow"), vec![]),
+        entry(2, "sb", None, vec![]),
+    ] {
+        store.save("odd", "t", Save::Entry(e)).await.unwrap();
+    }
+    store.release("odd", "t").await.unwrap();
+    let err = pipe.resume("odd").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptCheckpoint { reason, .. }
+            if reason.contains("`sb` finished, but it sits in branch `fast` of route `lane`, which chose `slow`")),
+        "{err:?}"
+    );
 }
 
 #[stage(writes = [key_seen])]

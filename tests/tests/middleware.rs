@@ -93,6 +93,23 @@ async fn retry_only_retries_what_its_predicate_accepts() {
     assert_eq!(flaky.calls(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_error_not_to_retry_after_a_retry_says_how_many_attempts_ran() {
+    let flaky = Flaky::failing(10);
+    // The first failure is retried, the second is not.
+    let retry =
+        Retry::constant(5, Duration::from_millis(10)).when(|e| e.to_string().ends_with(" 1"));
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(retry);
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 2);
+    assert_eq!(
+        err.to_string(),
+        "stage `work` failed: failed after 2 attempts: transient failure 2"
+    );
+}
+
 #[stage(reads = [words])]
 fn stream_fails(
     words: &String,

@@ -152,10 +152,9 @@ impl Retry {
         attempt: u32,
         err: StageError,
     ) -> Result<Duration, StageError> {
-        if !self.when.as_ref().is_none_or(|p| p(&err)) {
-            return Err(err);
-        }
-        if attempt >= self.max_attempts {
+        // Giving up — out of attempts, or an error not to retry — after more than one
+        // attempt says how many ran.
+        if attempt >= self.max_attempts || !self.when.as_ref().is_none_or(|p| p(&err)) {
             if attempt == 1 {
                 return Err(err);
             }

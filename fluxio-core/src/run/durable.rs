@@ -209,13 +209,17 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         let writes = known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
         let mut entry = format::Entry { writes, ..entry };
         if entry.node != INPUT_ENTRY {
-            match place(plan, run_id, &entry, &mut seen, reading)? {
+            let placed = match reading {
+                Reading::Strict => Some(place_strict(plan, run_id, &entry, &mut seen)?),
+                Reading::OtherVersion => place_by_name(plan, run_id, &entry, &mut seen)?,
+            };
+            match placed {
                 Some((i, route)) => {
                     restored.done.push((i, route, entry.skipped));
                     entry.node = i;
                 }
                 None => {
-                    tracing::warn!(run_id, stage = %entry.stage, "a finished stage of another pipeline version fits no stage of this one; its values are kept, and a stage of that name runs again");
+                    tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
                     entry.node = INPUT_ENTRY;
                     entry.route = None;
                 }
@@ -225,6 +229,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             rewritten.push(encoded(format::encode_entry(&entry), run_id, "<entry>")?);
         }
     }
+    check_fit(plan, run_id, &ctx, &restored, reading)?;
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -239,64 +244,172 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     })
 }
 
-/// The node a stage entry marks done, and its route's branch. When reading this version's
-/// checkpoint, an entry that does not fit is corruption; another version's finds its stage
-/// by name, and one that fits none is `None`.
-fn place(
+/// The node an entry of this version's checkpoint marks done, and its route's branch; an
+/// entry that does not fit is corruption.
+fn place_strict(
     plan: &Plan,
     run_id: &str,
     entry: &format::Entry,
     seen: &mut [bool],
-    reading: Reading,
-) -> Result<Option<(u32, Option<u32>)>> {
-    let misfit = |reason: String| match reading {
-        Reading::Strict => Err(corrupt(run_id, reason)),
-        Reading::OtherVersion => Ok(None),
-    };
-    let at = entry.node as usize;
-    let i = match plan.nodes.get(at) {
-        Some(node) if node.meta.name == entry.stage => at,
-        _ if reading == Reading::OtherVersion => {
-            let mut named =
-                (0..plan.nodes.len()).filter(|&i| plan.nodes[i].meta.name == entry.stage);
-            match (named.next(), named.next()) {
-                (Some(i), None) => i,
-                _ => return Ok(None),
-            }
-        }
-        Some(node) => {
-            return misfit(format!(
-                "node #{at} is `{}`, the entry is for `{}`",
-                node.meta.name, entry.stage
-            ));
-        }
-        None => {
-            return misfit(format!(
-                "an entry for node #{at} (`{}`), but the pipeline's nodes are #0 to #{}",
+) -> Result<(u32, Option<u32>)> {
+    let i = entry.node as usize;
+    let node = plan.nodes.get(i).ok_or_else(|| {
+        corrupt(
+            run_id,
+            format!(
+                "an entry for node #{i} (`{}`), but the pipeline's nodes are #0 to #{}",
                 entry.stage,
                 plan.nodes.len().saturating_sub(1)
+            ),
+        )
+    })?;
+    if node.meta.name != entry.stage {
+        return Err(corrupt(
+            run_id,
+            format!(
+                "node #{i} is `{}`, the entry is for `{}`",
+                node.meta.name, entry.stage
+            ),
+        ));
+    }
+    if std::mem::replace(&mut seen[i], true) {
+        return Err(corrupt(
+            run_id,
+            format!("stage `{}` (node #{i}) finished twice", entry.stage),
+        ));
+    }
+    let route = match &entry.route {
+        None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
+        Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
+            corrupt(
+                run_id,
+                format!("route `{}` has no branch `{label}`", entry.stage),
+            )
+        })? as u32),
+        None => None,
+    };
+    Ok((i as u32, route))
+}
+
+/// The node an entry of another version's checkpoint marks done, found by its stage's name:
+/// `None` when this version has no stage of that name (its values are kept). Whatever would
+/// make a finished stage run again, or mark the wrong one done, refuses the resume.
+fn place_by_name(
+    plan: &Plan,
+    run_id: &str,
+    entry: &format::Entry,
+    seen: &mut [bool],
+) -> Result<Option<(u32, Option<u32>)>> {
+    let misfit = |reason: String| Err(incompatible(run_id, reason));
+    let stage = &entry.stage;
+    let mut named = (0..plan.nodes.len()).filter(|&i| plan.nodes[i].meta.name == *stage);
+    let i = match (named.next(), named.next()) {
+        (None, _) => return Ok(None),
+        (Some(i), None) => i,
+        (Some(_), Some(_)) => {
+            return misfit(format!(
+                "stage `{stage}` finished, and this version has several nodes of that name: \
+                 which one ran cannot be told"
             ));
         }
     };
-    if std::mem::replace(&mut seen[i], true) {
-        return misfit(format!(
-            "stage `{}` (node #{i}) finished twice",
-            entry.stage
-        ));
-    }
     let node = &plan.nodes[i];
-    let route = match &entry.route {
-        None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
-        Some(label) => match node.labels.iter().position(|l| l == label) {
+    if node.meta.kind == crate::stage::StageKind::Pipeline {
+        return misfit(
+            "a nested pipeline finished, and nested pipelines have no name to find them by in \
+             another version"
+                .into(),
+        );
+    }
+    if std::mem::replace(&mut seen[i], true) {
+        return misfit(format!("stage `{stage}` finished twice"));
+    }
+    let route = match (&entry.route, node.labels.is_empty()) {
+        (None, true) => None,
+        (None, false) if entry.skipped => Some(super::exec::NO_BRANCH),
+        (None, false) => {
+            return misfit(format!(
+                "`{stage}` finished as a plain stage and is a route in this version"
+            ));
+        }
+        (Some(label), _) => match node.labels.iter().position(|l| l == label) {
             Some(branch) => Some(branch as u32),
             None => {
-                seen[i] = false;
-                return misfit(format!("route `{}` has no branch `{label}`", entry.stage));
+                return misfit(format!(
+                    "route `{stage}` chose `{label}`, a branch this version does not have"
+                ));
             }
         },
-        None => None,
     };
     Ok(Some((i as u32, route)))
+}
+
+/// Checks that the finished stages fit this pipeline: each inside a route branch sits in
+/// the branch its route (finished too) chose — else it would be skipped after it ran — and,
+/// for another version's checkpoint, holds every key it writes in this version (else its
+/// dependents would miss a value). In this version's own checkpoint a misfit is corruption.
+fn check_fit(
+    plan: &Plan,
+    run_id: &str,
+    ctx: &Ctx,
+    restored: &Restored,
+    reading: Reading,
+) -> Result<()> {
+    let misfit = |reason: String| match reading {
+        Reading::Strict => corrupt(run_id, reason),
+        Reading::OtherVersion => incompatible(run_id, reason),
+    };
+    let choice = |route: usize| {
+        restored
+            .done
+            .iter()
+            .find(|(i, _, _)| *i as usize == route)
+            .map(|&(_, branch, _)| branch)
+    };
+    for &(i, _, skipped) in &restored.done {
+        let node = &plan.nodes[i as usize];
+        let mut inside = node.branch;
+        while let Some((route, label)) = inside {
+            let route_node = &plan.nodes[route as usize];
+            let wanted = route_node
+                .labels
+                .get(label as usize)
+                .copied()
+                .unwrap_or("?");
+            let chose = match choice(route as usize) {
+                Some(Some(branch)) if branch == label => None,
+                Some(Some(branch)) => Some(match route_node.labels.get(branch as usize) {
+                    Some(other) => format!("chose `{other}`"),
+                    None => "was skipped".to_string(),
+                }),
+                Some(None) | None => Some("has not run".to_string()),
+            };
+            if let Some(chose) = chose {
+                return Err(misfit(format!(
+                    "stage `{}` finished, but it sits in branch `{wanted}` of route `{}`, \
+                     which {chose}",
+                    node.meta.name, route_node.meta.name
+                )));
+            }
+            inside = route_node.branch;
+        }
+        if !skipped && reading == Reading::OtherVersion {
+            if let Some(key) = node.writes.iter().find(|k| !ctx.contains_name(k.name)) {
+                return Err(misfit(format!(
+                    "stage `{}` finished without writing `{}`, which it writes in this version",
+                    node.meta.name, key.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn incompatible(run_id: &str, reason: String) -> Error {
+    Error::IncompatibleCheckpoint {
+        run_id: run_id.to_string(),
+        reason,
+    }
 }
 
 /// Runs `pipe` durably in `store`.
