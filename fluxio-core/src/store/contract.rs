@@ -561,6 +561,14 @@ async fn expired_lease_fences_the_old_owner(s: &dyn CheckpointStore) -> Outcome 
         (Save::Entry(b"stale".to_vec()), "a stale entry"),
         (Save::finish(RunStatus::Completed, None), "a stale finish"),
         (Save::start("v0", b"stale"), "a stale start"),
+        (
+            Save::Rewrite {
+                version: "v0".into(),
+                header: b"stale".to_vec(),
+                entries: vec![b"stale".to_vec()],
+            },
+            "a stale rewrite",
+        ),
     ] {
         lock_lost(s.save(r, "old", save).await, r, what)?;
     }
