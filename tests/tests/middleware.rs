@@ -453,3 +453,64 @@ async fn stages_sharing_a_name_and_their_reads_do_not_share_results() {
     assert_eq!(billing.invoke(input! { n: 1 }).await.unwrap()[out], 1_001);
     assert_eq!(cache.len(), 2);
 }
+
+/// Answers for every stage with the writes it is given, without calling it.
+struct Answer(fn() -> fluxio::Writes);
+
+impl Middleware for Answer {
+    fn handle<'a>(
+        &'a self,
+        _call: StageCall<'a>,
+        _next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        let writes = (self.0)();
+        Box::pin(async move { Ok(fluxio::StageOutput::Writes(writes)) })
+    }
+}
+
+#[tokio::test]
+async fn a_middleware_answering_for_a_stage_is_held_to_its_writes() {
+    let flaky = Flaky::failing(0);
+    let run = |answer: fn() -> fluxio::Writes| {
+        let pipe = pipeline! { work }
+            .with_resource(flaky.clone())
+            .with_middleware(Answer(answer));
+        async move { pipe.invoke(input! { n: 1 }).await }
+    };
+    // Its own writes: fine.
+    let ok = run(|| {
+        let mut w = fluxio::Writes::none();
+        w.push::<out>(42);
+        w
+    })
+    .await
+    .unwrap();
+    assert_eq!(ok[out], 42);
+    // A key the stage does not declare — here, over the run's input.
+    let err = run(|| {
+        let mut w = fluxio::Writes::none();
+        w.push::<out>(42);
+        w.push::<n>(777);
+        w
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UndeclaredWrite {
+                stage: "work",
+                key: "n"
+            }
+        ),
+        "{err:?}"
+    );
+    // Nothing at all: a success with empty writes is refused, naming the key.
+    let err = run(fluxio::Writes::none).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `work` failed: a middleware answered for the stage without calling it, and \
+         without writing `out`: return every key in its `writes`, or `StageOutput::Skip(reason)`"
+    );
+    assert_eq!(flaky.calls(), 0);
+}

@@ -25,6 +25,7 @@ mod retry;
 mod timeout;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use cache::Cache;
 pub use circuit::CircuitBreaker;
@@ -36,6 +37,7 @@ pub use timeout::Timeout;
 
 use crate::callback::{Callback, StageEvent};
 use crate::ctx::Ctx;
+use crate::error::Error;
 use crate::stage::{DynStage, StageEnv, StageError, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
@@ -83,6 +85,8 @@ pub struct Next<'a> {
     rest: &'a [Layer],
     stage: &'a dyn DynStage,
     env: &'a StageEnv,
+    /// Set when the middleware given this `Next` calls it (so it did not answer alone).
+    reached: &'a AtomicBool,
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -97,13 +101,29 @@ impl<'a> Next<'a> {
     /// Calls the rest of the chain (and so, eventually, the stage). Can be called again for
     /// another attempt.
     pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        self.reached.store(true, Ordering::Relaxed);
         match self.rest.split_first() {
+            Some((Layer::Custom(m), rest)) => {
+                let (stage, env) = (self.stage, self.env);
+                Box::pin(async move {
+                    let reached = AtomicBool::new(false);
+                    let next = Next {
+                        rest,
+                        stage,
+                        env,
+                        reached: &reached,
+                    };
+                    let out = m.handle(call, next).await;
+                    checked_answer(call.meta, out, reached.load(Ordering::Relaxed))
+                })
+            }
             Some((first, rest)) => first.handle(
                 call,
                 Next {
                     rest,
                     stage: self.stage,
                     env: self.env,
+                    reached: self.reached,
                 },
             ),
             None => self.stage.call(call.ctx, self.env),
@@ -253,8 +273,46 @@ pub(crate) fn call_through(
             rest: &chain[from..],
             stage: &*stage,
             env: &env,
+            reached: &AtomicBool::new(false),
         }
         .run(call)
         .await
     })
+}
+
+/// What a user's middleware returned, held to the stage's contract: only keys the stage
+/// declares in `writes` — and when it answered without calling `next`, every one of them
+/// (a middleware that answers for a stage writes what the stage would have, or skips it
+/// explicitly with [`StageOutput::Skip`]).
+fn checked_answer(
+    meta: &StageMeta,
+    out: Result<StageOutput, StageError>,
+    reached: bool,
+) -> Result<StageOutput, StageError> {
+    let Ok(StageOutput::Writes(writes)) = &out else {
+        return out;
+    };
+    let declared = meta.access.writes;
+    if let Some((key, _)) = writes
+        .iter()
+        .find(|(key, _)| !declared.iter().any(|k| k.name == *key))
+    {
+        return Err(StageError::new(Error::UndeclaredWrite {
+            stage: meta.name,
+            key,
+        }));
+    }
+    if !reached {
+        if let Some(missing) = declared
+            .iter()
+            .find(|k| !writes.iter().any(|(key, _)| key == k.name))
+        {
+            return Err(StageError::msg(format!(
+                "a middleware answered for the stage without calling it, and without writing `{}`: \
+                 return every key in its `writes`, or `StageOutput::Skip(reason)`",
+                missing.name
+            )));
+        }
+    }
+    out
 }
