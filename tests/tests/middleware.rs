@@ -514,3 +514,38 @@ async fn a_middleware_answering_for_a_stage_is_held_to_its_writes() {
     );
     assert_eq!(flaky.calls(), 0);
 }
+
+/// Skips every stage while `on` is set (a maintenance switch).
+struct Maintenance(Arc<std::sync::atomic::AtomicBool>);
+
+impl Middleware for Maintenance {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        if self.0.load(Ordering::SeqCst) {
+            return Box::pin(async { Ok(fluxio::StageOutput::Skip("maintenance".into())) });
+        }
+        next.run(call)
+    }
+}
+
+#[tokio::test]
+async fn a_skip_is_not_cached() {
+    let flaky = Flaky::failing(0);
+    let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Cache::ttl(Duration::from_secs(60)))
+        .with_middleware(Maintenance(on.clone()));
+    let first = pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert!(first.get(out).is_none());
+    on.store(false, Ordering::SeqCst);
+    let second = pipe.invoke(input! { n: 1 }).await.unwrap();
+    assert_eq!(
+        (second[out], flaky.calls()),
+        (2, 1),
+        "the stage ran once maintenance ended"
+    );
+}

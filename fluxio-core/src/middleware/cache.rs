@@ -111,7 +111,8 @@ struct Shared {
 /// Caches stage results: the key is the stage and the values of the keys it reads, so a
 /// stage called again with the same inputs within the TTL is not called — its cached writes
 /// are used. Two reads are the same when they are the same value in memory or when their
-/// encodings (the checkpoint encoding, bincode) are equal. Errors are not cached. At most
+/// encodings (the checkpoint encoding, bincode) are equal. Errors and skips (a middleware
+/// inside the cache answering `StageOutput::Skip`) are not cached. At most
 /// `max_entries` results are kept (10,000 by default; expired ones go first, then the
 /// oldest). Stream stages are never cached.
 ///
@@ -244,8 +245,12 @@ impl Cache {
         Some(out)
     }
 
-    /// Keeps `out` as the result for `key`.
+    /// Keeps `out` as the result for `key` — unless the stage was skipped: a skip is a
+    /// middleware's decision for that call (maintenance, say), not the stage's result.
     pub(crate) fn insert(&self, key: CacheKey, out: StageOutput, clock: Clock<'_>) {
+        if matches!(out, StageOutput::Skip(_)) {
+            return;
+        }
         let now = clock.now();
         let expires = now + self.ttl;
         let mut guard = self.entries();
