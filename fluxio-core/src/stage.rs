@@ -360,6 +360,22 @@ pub struct StageEnv {
     pub run_id: Option<Arc<str>>,
     /// The pipeline's callbacks (middleware reports retries to them).
     pub callbacks: Option<Arc<[Arc<dyn crate::Callback>]>>,
+    /// For a run without an id: a number that names it, when a stage asks ([`RunInfo`]);
+    /// 0 otherwise.
+    pub seq: u64,
+}
+
+impl StageEnv {
+    /// The [`RunInfo`] of a call of `stage`: the run's id, or for a run without one, an id
+    /// made from [`seq`](Self::seq) — the same for every stage and retry of the run.
+    pub fn run_info(&self, stage: &'static str) -> RunInfo {
+        let run_id = match (&self.run_id, self.seq) {
+            (Some(id), _) => Some(id.clone()),
+            (None, 0) => None,
+            (None, seq) => Some(format!("run-{}", crate::run::token_of(seq)).into()),
+        };
+        RunInfo::new(run_id, stage)
+    }
 }
 
 impl fmt::Debug for StageEnv {
@@ -369,6 +385,7 @@ impl fmt::Debug for StageEnv {
             .field("chunks", &self.chunks)
             .field("run_id", &self.run_id)
             .field("callbacks", &self.callbacks.as_ref().map_or(0, |c| c.len()))
+            .field("seq", &self.seq)
             .finish()
     }
 }
@@ -397,7 +414,8 @@ impl RunInfo {
         RunInfo { run_id, stage }
     }
 
-    /// The run's id (`None` for an anonymous run without store or callbacks).
+    /// The run's id: the one given with `.run_id(..)`, or one generated for the run. `None`
+    /// only for a `RunInfo` made by hand without one.
     pub fn run_id(&self) -> Option<&str> {
         self.run_id.as_deref()
     }

@@ -78,6 +78,7 @@ impl<S: Stage> StepHarness<S> {
             chunks,
             run_id: Some("step-harness".into()),
             callbacks: None,
+            seq: 0,
         };
         guarded(
             meta.name,

@@ -682,6 +682,39 @@ async fn idem(info: RunInfo) -> String {
     info.idempotency_key()
 }
 
+/// Fails its first call; reports the idempotency key of every call.
+#[stage(writes = [key_seen])]
+async fn idem_flaky(
+    info: RunInfo,
+    seen: Res<Arc<Mutex<Vec<String>>>>,
+) -> Result<String, StageError> {
+    let mut seen = seen.lock().unwrap();
+    seen.push(info.idempotency_key());
+    if seen.len() == 1 {
+        return Err(StageError::msg("first call fails"));
+    }
+    Ok(info.idempotency_key())
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_without_an_id_get_their_own_idempotency_key_kept_across_retries() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    // No id, no store, no callbacks: the leanest run still names itself for `RunInfo`.
+    let pipe = pipeline! { idem_flaky }
+        .with_resource(seen.clone())
+        .with_middleware(Retry::constant(2, Duration::from_millis(1)));
+    let first = pipe.invoke(Ctx::new()).await.unwrap();
+    let second = pipe.invoke(Ctx::new()).await.unwrap();
+    assert!(
+        first[key_seen].starts_with("run-") && first[key_seen].ends_with(":idem_flaky"),
+        "{}",
+        first[key_seen]
+    );
+    assert_ne!(first[key_seen], second[key_seen], "two runs, two keys");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], seen[1], "a retry keeps its run's key");
+}
+
 #[tokio::test]
 async fn stages_get_an_idempotency_key_from_run_id_and_stage() {
     let out = pipeline! { idem }

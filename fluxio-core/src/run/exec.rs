@@ -56,6 +56,7 @@ pub(crate) fn start_run(
         chunks: ChunkSink::new(chunks),
         run_id: None,
         callbacks: None,
+        seq: 0,
     };
     if let Some(reason) = run_id_problem(&opts) {
         return Box::pin(std::future::ready(Err(Error::BadRunId { reason })));
@@ -63,6 +64,10 @@ pub(crate) fn start_run(
     let traced = tracing::dispatcher::has_been_set();
     if pipe.callbacks.is_empty() && pipe.store.is_none() {
         let run_id: Option<Arc<str>> = opts.run_id.map(Into::into);
+        if run_id.is_none() {
+            // Named only if a stage asks (`RunInfo`): a number now, a string then.
+            env.seq = next_seq();
+        }
         env.run_id = run_id.clone();
         if opts.resume {
             return Box::pin(std::future::ready(Err(Error::NoStore {
@@ -183,7 +188,17 @@ impl Drop for CancelGuard {
 /// repeats — every container's main process is pid 1, and pids are reused — so the time it
 /// first needed one is part of it) and a counter.
 pub(crate) fn unique_token() -> String {
+    token_of(next_seq())
+}
+
+/// A number no other token of this process uses.
+pub(crate) fn next_seq() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The token of sequence number `seq` (from [`next_seq`]).
+pub(crate) fn token_of(seq: u64) -> String {
     static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let process = PROCESS.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
@@ -192,7 +207,7 @@ pub(crate) fn unique_token() -> String {
             .unwrap_or(0);
         format!("{:x}{:x}", std::process::id(), nanos)
     });
-    format!("{process}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    format!("{process}-{seq}")
 }
 
 /// The id of a run the caller did not name.

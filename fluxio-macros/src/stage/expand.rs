@@ -63,7 +63,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             let id = &p.ident;
             Some(quote! {
                 let #id: #private::RunInfo =
-                    #private::RunInfo::new(::core::clone::Clone::clone(&__fluxio_env.run_id), #name);
+                    __fluxio_env.run_info(#name);
             })
         }
         _ => None,
