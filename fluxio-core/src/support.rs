@@ -5,7 +5,8 @@ use futures_util::StreamExt;
 
 use crate::stage::{ChunkSink, StageError};
 
-/// Runs a sync stage's body on tokio's blocking pool, so it never stalls async stages.
+/// Runs a sync stage's body on tokio's blocking pool, so it never stalls async stages —
+/// inside the span it was called in (the stage's), as an async stage's code is.
 ///
 /// # Errors
 ///
@@ -15,7 +16,8 @@ where
     F: FnOnce() -> Result<T, StageError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(body).await {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(body)).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StageError::new(crate::run::panic_error(
             stage,

@@ -118,11 +118,25 @@ async fn where_am_i(n: &u64, seen: Res<Mutex<Vec<String>>>) -> u64 {
     *n
 }
 
+/// A sync stage: its body runs on tokio's blocking pool.
+#[stage(reads = [a], writes = [b])]
+fn where_am_i_blocking(a: &u64, seen: Res<Mutex<Vec<String>>>) -> u64 {
+    let span = tracing::Span::current();
+    seen.lock()
+        .unwrap()
+        .push(span.metadata().map_or("none", |m| m.name()).to_string());
+    *a
+}
+
 #[tokio::test]
 async fn stage_code_runs_inside_its_stage_span() {
     spans();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let pipe = pipeline! { where_am_i }.with_shared_resource(seen.clone());
+    let pipe = pipeline! { where_am_i, where_am_i_blocking }.with_shared_resource(seen.clone());
     pipe.invoke(input! { n: 1 }).await.unwrap();
-    assert_eq!(*seen.lock().unwrap(), ["fluxio.stage"]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["fluxio.stage", "fluxio.stage"],
+        "async and sync stages alike"
+    );
 }
