@@ -308,3 +308,23 @@ async fn a_failure_after_retries_is_reported_with_the_last_attempt() {
         .collect();
     assert_eq!(failed, [("second", 3)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_succeeds_on_a_retry_completes_with_that_attempt() {
+    let (sink, events) = sink();
+    let pipe = pipeline! { flaky }
+        .with_resource(std::sync::atomic::AtomicU32::new(0))
+        .with_middleware(Retry::constant(3, Duration::from_millis(5)))
+        .with_callback(sink);
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    let completed: Vec<(&str, u32)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageCompleted { stage, attempt, .. } => Some((*stage, *attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, [("flaky", 2)]);
+}

@@ -43,6 +43,8 @@ pub(crate) struct Site<'a> {
     pub(crate) ctx: &'a Ctx,
     pub(crate) env: &'a StageEnv,
     pub(crate) clock: Clock<'a>,
+    /// Where a call that `Retry` repeated leaves its last attempt (for the callbacks).
+    pub(crate) attempt: &'a std::cell::Cell<u32>,
 }
 
 /// What an entered middleware does on the way out (plain data: entering and leaving cost
@@ -481,6 +483,9 @@ impl Call {
     fn ascend(&mut self, site: &Site<'_>, mut out: StageResult) -> Option<StageResult> {
         while let Some(frame) = self.frames.pop() {
             let depth = self.frames.len();
+            if let Frame::Retry { attempt } = frame {
+                site.attempt.set(attempt);
+            }
             let key = match self.keys.last() {
                 Some((at, _)) if *at == depth => self.keys.pop().map(|(_, key)| key),
                 _ => None,

@@ -384,6 +384,8 @@ struct SchedState {
     traced: bool,
     /// The pipeline's middleware, when it has some (the driver runs stages through it).
     layers: Option<Arc<[Layer]>>,
+    /// With middleware and callbacks: per node, the attempt its last call ended on.
+    attempts: Option<Box<[std::cell::Cell<u32>]>>,
     /// The time, read at most once per wake-up of the run, for middleware that need it
     /// (cache expiry, timeouts): a clock read costs more than a trivial stage's bookkeeping.
     clock: std::cell::Cell<Option<tokio::time::Instant>>,
@@ -416,6 +418,10 @@ impl Scheduler {
     /// Runs every stage call through `layers`.
     pub(crate) fn set_layers(&mut self, layers: Arc<[Layer]>) {
         self.0.layers = (!layers.is_empty()).then_some(layers);
+        if self.0.layers.is_some() && self.0.obs.is_some() {
+            let n = self.0.plan.nodes.len();
+            self.0.attempts = Some((0..n).map(|_| std::cell::Cell::new(1)).collect());
+        }
     }
 
     fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, obs: Option<Observers>) -> Result<Self> {
@@ -451,6 +457,7 @@ impl Scheduler {
             spans: None,
             traced: tracing::dispatcher::has_been_set(),
             layers: None,
+            attempts: None,
             clock: std::cell::Cell::new(None),
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
@@ -575,8 +582,15 @@ impl SchedState {
         }
     }
 
+    /// The attempt node `i`'s last call ended on: what `Retry` counted (from the engine,
+    /// or from the error it gave up with).
+    fn attempt_of(&self, i: usize, error: Option<&Error>) -> u32 {
+        let counted = self.attempts.as_ref().map_or(1, |a| a[i].get());
+        counted.max(error.map_or(1, attempts_of))
+    }
+
     fn report_error(&self, i: usize, e: &Error) {
-        let attempt = attempts_of(e);
+        let attempt = self.attempt_of(i, Some(e));
         self.notify_timed(i, |c, ev, elapsed| {
             c.on_stage_error(&StageEvent { attempt, ..*ev }, e, elapsed)
         });
@@ -620,7 +634,7 @@ impl SchedState {
                         .flatten()
                     {
                         // The stage failed (after its retries): its fallback writes instead.
-                        let attempt = attempts_of(&e);
+                        let attempt = self.attempt_of(i, Some(&e));
                         self.notify(i, |c, ev| c.on_fallback(&StageEvent { attempt, ..*ev }, &e));
                         tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
                         let fut = stage.fallback(&self.ctx, &self.env);
@@ -735,7 +749,10 @@ impl SchedState {
         if self.plan.has_rollback[i] {
             self.rollback_order.push(i as u32);
         }
-        self.notify_timed(i, |c, ev, elapsed| c.on_stage_end(ev, elapsed));
+        let attempt = self.attempt_of(i, None);
+        self.notify_timed(i, |c, ev, elapsed| {
+            c.on_stage_end(&StageEvent { attempt, ..*ev }, elapsed)
+        });
     }
 
     /// Marks every node of route `i`'s other branches skipped.
@@ -939,6 +956,8 @@ impl SchedState {
 /// What the driver asks of a slot: start node `i`'s stage, or poll it.
 pub struct Op<'a> {
     layers: Option<&'a Arc<[Layer]>>,
+    /// Per node, the attempt its last call ended on (when callbacks want it).
+    attempts: Option<&'a [std::cell::Cell<u32>]>,
     clock: &'a std::cell::Cell<Option<tokio::time::Instant>>,
     node: usize,
     start: bool,
@@ -1008,6 +1027,7 @@ impl Op<'_> {
         let Exec::Stage(stage) = &node.exec else {
             return self.run(slot, cx, make);
         };
+        let attempt = std::cell::Cell::new(1);
         let site = Site {
             layers,
             meta: &node.meta,
@@ -1015,8 +1035,13 @@ impl Op<'_> {
             ctx: self.ctx,
             env: self.env,
             clock: Clock::Run(self.clock),
+            attempt: &attempt,
         };
-        engine.poll(self.start, slot, cx, &site, &make)
+        let polled = engine.poll(self.start, slot, cx, &site, &make);
+        if let (Some(attempts), Poll::Ready(_)) = (self.attempts, &polled) {
+            attempts[self.node].set(attempt.get());
+        }
+        polled
     }
 
     /// Like [`run`](Self::run) for a node the plan holds as a value (a nested pipeline).
@@ -1136,6 +1161,7 @@ where
 {
     let op = Op {
         layers: sched.layers.as_ref(),
+        attempts: sched.attempts.as_deref(),
         clock: &sched.clock,
         node: i,
         start,
