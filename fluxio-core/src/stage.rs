@@ -269,6 +269,18 @@ impl Resources {
         self.map.contains_key(&id)
     }
 
+    /// These resources, with those of `under` whose types these lack (a nested pipeline's
+    /// own resources over the outer run's).
+    pub(crate) fn over(&self, under: &Resources) -> Resources {
+        let mut map = under.map.clone();
+        map.extend(self.map.iter().map(|(k, v)| (*k, v.clone())));
+        Resources { map }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// The resource of type `T`.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Res<T>> {
         self.map
@@ -568,7 +580,8 @@ pub type StageFuture = Pin<Box<dyn Future<Output = Result<StageOutput, StageErro
 /// runtime only relies on the constant metadata and on `call`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a fluxio stage",
-    note = "add `#[fluxio::stage(reads = [...], writes = [...])]` to the function"
+    note = "add `#[fluxio::stage(reads = [...], writes = [...])]` to the function",
+    note = "to nest a pipeline held in a variable, write `sub.clone()` or `&sub`: `pipeline!` takes a bare name for a stage"
 )]
 pub trait Stage: Send + Sync + 'static {
     /// The stage's constant metadata.

@@ -508,6 +508,31 @@ async fn nested_pipelines_run_as_one_node() {
     assert_eq!(outer.graph().edges, vec![(0, 1)]);
 }
 
+/// A resource only the nested pipeline registers, and one both register.
+struct Greeting(&'static str);
+struct Suffix(&'static str);
+
+#[stage(reads = [seed], writes = [label])]
+async fn greet_seed(seed: &u64, greeting: Res<Greeting>, suffix: Res<Suffix>) -> String {
+    format!("{} {seed}{}", greeting.0, suffix.0)
+}
+
+#[tokio::test]
+async fn a_nested_pipeline_keeps_its_own_resources_and_the_outer_ones_fill_in() {
+    let inner = pipeline! { greet_seed }
+        .with_resource(Greeting("hello"))
+        .with_resource(Suffix("!"));
+    let outer = pipeline! { inner.clone(), after_label }.with_resource(Suffix("?"));
+    let out = outer.invoke(input! { seed: 1 }).await.unwrap();
+    assert_eq!(out[label], "hello 1!");
+    assert_eq!(out[picked], "hello 1!?");
+}
+
+#[stage(reads = [label], writes = [picked])]
+async fn after_label(label: &String, suffix: Res<Suffix>) -> String {
+    format!("{label}{}", suffix.0)
+}
+
 #[tokio::test]
 async fn runs_with_the_same_pipeline_are_independent() {
     let pipe = pipeline! { chain_1, chain_2, chain_3 }.with_resource(Arc::new(Probe::default()));

@@ -1063,7 +1063,11 @@ fn start_dyn(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> StageFuture {
         Exec::Pipeline(sub) => {
             let sub = sub.clone();
             let input = ctx.clone();
-            let env = env.clone();
+            let mut env = env.clone();
+            if !sub.resources.is_empty() {
+                // The nested pipeline keeps its own resources; the outer run's fill in.
+                env.resources = Arc::new(sub.resources.over(&env.resources));
+            }
             let writes = plan.nodes[i].writes.clone();
             Box::pin(async move {
                 let sched = Scheduler::new(sub.plan.clone(), input.clone(), env, None)
