@@ -328,3 +328,37 @@ async fn a_stage_that_succeeds_on_a_retry_completes_with_that_attempt() {
         .collect();
     assert_eq!(completed, [("flaky", 2)]);
 }
+
+#[stage(reads = [n], writes = [a])]
+async fn slow_step(n: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *n
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_follow_tokios_clock_so_a_paused_test_can_check_them() {
+    let (sink, events) = sink();
+    pipeline! { slow_step }
+        .with_callback(sink)
+        .invoke(input! { n: 1 })
+        .await
+        .unwrap();
+    let durations: Vec<Duration> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageCompleted { duration, .. } | Event::PipelineCompleted { duration, .. } => {
+                Some(*duration)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durations.len(), 2, "{durations:?}");
+    assert!(
+        durations
+            .iter()
+            .all(|d| *d >= Duration::from_secs(2) && *d < Duration::from_secs(3)),
+        "{durations:?}"
+    );
+}

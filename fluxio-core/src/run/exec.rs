@@ -16,7 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that durations reported to callbacks follow a paused test clock too.
+use tokio::time::Instant;
 
 use smallvec::SmallVec;
 
