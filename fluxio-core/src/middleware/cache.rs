@@ -154,7 +154,7 @@ impl Cache {
         }
     }
 
-    /// Keeps at most `n` results.
+    /// Keeps at most `n` results (at least one: `0` counts as `1`).
     #[must_use]
     pub fn max_entries(mut self, n: usize) -> Self {
         self.max_entries = n.max(1);
