@@ -386,9 +386,7 @@ struct SchedState {
     /// Whether a `tracing` subscriber was ever installed when the run started.
     traced: bool,
     /// The pipeline's middleware, when it has some (the driver runs stages through it).
-    layers: Option<Arc<[Layer]>>,
-    /// With middleware and callbacks: per node, the attempt its last call ended on.
-    attempts: Option<Box<[std::cell::Cell<u32>]>>,
+    layers: Option<Layered>,
     /// The time, read at most once per wake-up of the run, for middleware that need it
     /// (cache expiry, timeouts): a clock read costs more than a trivial stage's bookkeeping.
     clock: std::cell::Cell<Option<tokio::time::Instant>>,
@@ -420,11 +418,13 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Runs every stage call through `layers`.
     pub(crate) fn set_layers(&mut self, layers: Arc<[Layer]>) {
-        self.0.layers = (!layers.is_empty()).then_some(layers);
-        if self.0.layers.is_some() && self.0.obs.is_some() {
-            let n = self.0.plan.nodes.len();
-            self.0.attempts = Some((0..n).map(|_| std::cell::Cell::new(1)).collect());
-        }
+        let n = self.0.plan.nodes.len();
+        let attempts = self
+            .0
+            .obs
+            .is_some()
+            .then(|| (0..n).map(|_| std::cell::Cell::new(1)).collect());
+        self.0.layers = (!layers.is_empty()).then_some(Layered { layers, attempts });
     }
 
     fn new(plan: Arc<Plan>, input: Ctx, env: StageEnv, obs: Option<Observers>) -> Result<Self> {
@@ -460,7 +460,6 @@ impl Scheduler {
             spans: None,
             traced: tracing::dispatcher::has_been_set(),
             layers: None,
-            attempts: None,
             clock: std::cell::Cell::new(None),
             fallbacks: Vec::new(),
             rollback_order: Vec::new(),
@@ -588,7 +587,11 @@ impl SchedState {
     /// The attempt node `i`'s last call ended on: what `Retry` counted (from the engine,
     /// or from the error it gave up with).
     fn attempt_of(&self, i: usize, error: Option<&Error>) -> u32 {
-        let counted = self.attempts.as_ref().map_or(1, |a| a[i].get());
+        let counted = self
+            .layers
+            .as_ref()
+            .and_then(|l| l.attempts.as_ref())
+            .map_or(1, |a| a[i].get());
         counted.max(error.map_or(1, attempts_of))
     }
 
@@ -956,11 +959,16 @@ impl SchedState {
     }
 }
 
+/// A pipeline's middleware, as a run holds it.
+struct Layered {
+    layers: Arc<[Layer]>,
+    /// With callbacks: per node, the attempt its last call ended on.
+    attempts: Option<Box<[std::cell::Cell<u32>]>>,
+}
+
 /// What the driver asks of a slot: start node `i`'s stage, or poll it.
 pub struct Op<'a> {
-    layers: Option<&'a Arc<[Layer]>>,
-    /// Per node, the attempt its last call ended on (when callbacks want it).
-    attempts: Option<&'a [std::cell::Cell<u32>]>,
+    layers: Option<&'a Layered>,
     clock: &'a std::cell::Cell<Option<tokio::time::Instant>>,
     node: usize,
     start: bool,
@@ -1023,7 +1031,7 @@ impl Op<'_> {
     where
         F: Future<Output = std::result::Result<StageOutput, StageError>>,
     {
-        let Some(layers) = self.layers else {
+        let Some(Layered { layers, attempts }) = self.layers else {
             return self.run(slot, cx, make);
         };
         let node = &self.plan.nodes[self.node];
@@ -1041,7 +1049,7 @@ impl Op<'_> {
             attempt: &attempt,
         };
         let polled = engine.poll(self.start, slot, cx, &site, &make);
-        if let (Some(attempts), Poll::Ready(_)) = (self.attempts, &polled) {
+        if let (Some(attempts), Poll::Ready(_)) = (attempts, &polled) {
             attempts[self.node].set(attempt.get());
         }
         polled
@@ -1168,7 +1176,6 @@ where
 {
     let op = Op {
         layers: sched.layers.as_ref(),
-        attempts: sched.attempts.as_deref(),
         clock: &sched.clock,
         node: i,
         start,
