@@ -328,13 +328,14 @@ mod tests {
         }
     }
 
+    /// A result that is easy to tell apart (a skip would not be cached).
     fn out(text: &str) -> StageOutput {
-        StageOutput::Skip(text.into())
+        StageOutput::Route(crate::Route::to(text.to_string()))
     }
 
     fn text(out: Option<StageOutput>) -> Option<String> {
         match out {
-            Some(StageOutput::Skip(t)) => Some(t),
+            Some(StageOutput::Route(r)) => Some(r.label().to_string()),
             _ => None,
         }
     }
