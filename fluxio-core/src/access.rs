@@ -13,6 +13,9 @@ pub struct Access {
     pub reads: &'static [KeyDesc],
     /// Keys the stage writes.
     pub writes: &'static [KeyDesc],
+    /// Whether a success writes every key of `writes` (true for a stage returning its
+    /// values); a ctx-style stage writes only the keys it changes.
+    pub writes_all: bool,
 }
 
 /// How two accesses conflict.
@@ -31,11 +34,27 @@ impl Access {
     pub const NONE: Access = Access {
         reads: &[],
         writes: &[],
+        writes_all: true,
     };
 
-    /// Builds an access from its reads and writes.
+    /// Builds an access from its reads and writes, for a stage whose success writes every
+    /// key of `writes`.
     pub const fn new(reads: &'static [KeyDesc], writes: &'static [KeyDesc]) -> Self {
-        Access { reads, writes }
+        Access {
+            reads,
+            writes,
+            writes_all: true,
+        }
+    }
+
+    /// Builds the access of a ctx-style stage, which writes only the keys of `writes` it
+    /// changes.
+    pub const fn ctx_style(reads: &'static [KeyDesc], writes: &'static [KeyDesc]) -> Self {
+        Access {
+            reads,
+            writes,
+            writes_all: false,
+        }
     }
 }
 

@@ -427,7 +427,7 @@ impl RunInfo {
     }
 
     /// The run's id: the one given with `.run_id(..)`, or one generated for the run. `None`
-    /// only for a `RunInfo` made by hand without one.
+    /// only outside a run (a `RunInfo` made by hand, or from a default `StageEnv`).
     pub fn run_id(&self) -> Option<&str> {
         self.run_id.as_deref()
     }

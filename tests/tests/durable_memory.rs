@@ -385,6 +385,74 @@ async fn a_new_version_that_would_rerun_or_misplace_a_finished_stage_is_refused(
     assert_eq!(probe.count("sb"), 1, "no finished stage ran again");
 }
 
+/// A ctx-style stage: it declares `label` and `picked` and writes only `label`.
+#[stage(reads = [seed], writes = [label, picked])]
+async fn labels_only(ctx: Ctx) -> Ctx {
+    let seed = ctx[seed];
+    ctx.with(label, format!("seed {seed}"))
+}
+
+#[stage(reads = [label], writes = [key_seen])]
+async fn fails_once_on_label(label: &String, probe: Res<Arc<Probe>>) -> Result<String, StageError> {
+    probe.hit("fails_once_on_label")?;
+    Ok(label.clone())
+}
+
+#[tokio::test]
+async fn a_ctx_style_stage_that_wrote_part_of_its_writes_still_fits_a_new_version() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["fails_once_on_label"]);
+    pipeline! { labels_only, fails_once_on_label }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(input! { seed: 4 })
+        .run_id("ctx")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let out = pipeline! { labels_only, fails_once_on_label, sd_after_label }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("ctx")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(
+        (out[key_seen].as_str(), out[extra].as_str()),
+        ("seed 4", "seed 4!")
+    );
+}
+
+#[stage(reads = [key_seen], writes = [extra])]
+async fn sd_after_label(key_seen: &String) -> String {
+    format!("{key_seen}!")
+}
+
+#[tokio::test]
+async fn a_completed_run_resumes_to_its_result_under_any_version_allowed() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("done")
+        .await
+        .unwrap();
+    // A graph the run's stages would not fit (two nodes named `sb`): nothing runs, so
+    // nothing needs to fit.
+    let out = pipeline! { sa, lane => { "fast" => [sb], "slow" => [sb] }, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("done")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[c_out], 25);
+    assert_eq!(probe.count("sa"), 1);
+}
+
 #[stage(reads = [picked], writes = [key_seen])]
 async fn s_pick(picked: &String) -> String {
     picked.clone()

@@ -94,20 +94,36 @@ async fn retry_only_retries_what_its_predicate_accepts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_error_not_to_retry_after_a_retry_says_how_many_attempts_ran() {
+async fn an_error_not_to_retry_after_a_retry_is_returned_as_it_is_with_its_attempt_reported() {
     let flaky = Flaky::failing(10);
     // The first failure is retried, the second is not.
     let retry =
         Retry::constant(5, Duration::from_millis(10)).when(|e| e.to_string().ends_with(" 1"));
+    let (sink, events) = {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = events.clone();
+        (
+            fluxio::events::EventSink::new(move |e| log.lock().unwrap().push(e)),
+            events,
+        )
+    };
     let pipe = pipeline! { work }
         .with_resource(flaky.clone())
-        .with_middleware(retry);
+        .with_middleware(retry)
+        .with_callback(sink);
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     assert_eq!(flaky.calls(), 2);
-    assert_eq!(
-        err.to_string(),
-        "stage `work` failed: failed after 2 attempts: transient failure 2"
-    );
+    assert_eq!(err.to_string(), "stage `work` failed: transient failure 2");
+    let failed: Vec<u32> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            fluxio::events::Event::StageFailed { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [2]);
 }
 
 #[stage(reads = [words])]
@@ -509,10 +525,97 @@ async fn a_middleware_answering_for_a_stage_is_held_to_its_writes() {
     let err = run(fluxio::Writes::none).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "stage `work` failed: a middleware answered for the stage without calling it, and \
-         without writing `out`: return every key in its `writes`, or `StageOutput::Skip(reason)`"
+        "stage `work` failed: a middleware's answer for the stage does not write `out`: return \
+         every key in its `writes`, or `StageOutput::Skip(reason)`"
     );
     assert_eq!(flaky.calls(), 0);
+}
+
+/// Turns a stage's failure into a success with no writes.
+struct Swallow;
+
+impl Middleware for Swallow {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(async move {
+            match next.run(call).await {
+                Err(_) => Ok(fluxio::StageOutput::Writes(fluxio::Writes::none())),
+                ok => ok,
+            }
+        })
+    }
+}
+
+#[stage(reads = [n])]
+async fn pick_lane(n: &u64) -> Route {
+    Route::to(if *n > 1 { "big" } else { "small" })
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn big(n: &u64) -> u64 {
+    n * 100
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn small(n: &u64) -> u64 {
+    *n
+}
+
+/// Writes `out` only when `n` is even: a ctx-style stage writes what it changes.
+#[stage(reads = [n], writes = [out, words])]
+async fn maybe_out(ctx: Ctx) -> Ctx {
+    let n = ctx[n];
+    if n % 2 == 0 { ctx.with(out, n) } else { ctx }
+}
+
+/// Passes every call through.
+struct Observe;
+
+impl Middleware for Observe {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        next.run(call)
+    }
+}
+
+#[tokio::test]
+async fn a_middleware_cannot_hide_a_failure_or_overrule_a_route() {
+    // A failure turned into a success without the stage's writes.
+    let flaky = Flaky::failing(1);
+    let err = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Swallow)
+        .invoke(input! { n: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not write `out`"), "{err}");
+    // Writes for a route stage would let every branch run.
+    let err = pipeline! { pick_lane => { "big" => [big], "small" => [small] } }
+        .with_middleware(Answer(fluxio::Writes::none))
+        .invoke(input! { n: 2 })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("answered for a route stage with writes"),
+        "{err}"
+    );
+    // A ctx-style stage's own answer may write part of its `writes`.
+    let pipe = pipeline! { maybe_out }.with_middleware(Observe);
+    assert!(
+        pipe.invoke(input! { n: 1 })
+            .await
+            .unwrap()
+            .get(out)
+            .is_none()
+    );
+    assert_eq!(pipe.invoke(input! { n: 2 }).await.unwrap()[out], 2);
 }
 
 /// Skips every stage while `on` is set (a maintenance switch).

@@ -85,7 +85,7 @@ pub struct Next<'a> {
     rest: &'a [Layer],
     stage: &'a dyn DynStage,
     env: &'a StageEnv,
-    /// Set when the middleware given this `Next` calls it (so it did not answer alone).
+    /// Set when a call through this `Next` succeeded (the answer may be the stage's own).
     reached: &'a AtomicBool,
 }
 
@@ -101,7 +101,18 @@ impl<'a> Next<'a> {
     /// Calls the rest of the chain (and so, eventually, the stage). Can be called again for
     /// another attempt.
     pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        self.reached.store(true, Ordering::Relaxed);
+        let reached = self.reached;
+        let inner = self.rest_of_chain(call);
+        Box::pin(async move {
+            let out = inner.await;
+            if out.is_ok() {
+                reached.store(true, Ordering::Relaxed);
+            }
+            out
+        })
+    }
+
+    fn rest_of_chain(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         match self.rest.split_first() {
             Some((Layer::Custom(m), rest)) => {
                 let (stage, env) = (self.stage, self.env);
@@ -280,10 +291,11 @@ pub(crate) fn call_through(
     })
 }
 
-/// What a user's middleware returned, held to the stage's contract: only keys the stage
-/// declares in `writes` — and when it answered without calling `next`, every one of them
-/// (a middleware that answers for a stage writes what the stage would have, or skips it
-/// explicitly with [`StageOutput::Skip`]).
+/// What a user's middleware returned, held to the stage's contract: a route stage answers
+/// with a route, and writes hold only keys the stage declares in `writes` — and all of them,
+/// unless the stage is ctx-style (it writes what it changes) and the answer may be its own
+/// (a call through `next` succeeded). A middleware that answers for a stage writes what the
+/// stage would have, or skips it explicitly with [`StageOutput::Skip`].
 fn checked_answer(
     meta: &StageMeta,
     out: Result<StageOutput, StageError>,
@@ -292,6 +304,12 @@ fn checked_answer(
     let Ok(StageOutput::Writes(writes)) = &out else {
         return out;
     };
+    if meta.kind == crate::stage::StageKind::Route {
+        return Err(StageError::msg(
+            "a middleware answered for a route stage with writes: return the stage's \
+             `StageOutput::Route`, or `StageOutput::Skip(reason)` (no branch runs)",
+        ));
+    }
     let declared = meta.access.writes;
     if let Some((key, _)) = writes
         .iter()
@@ -302,14 +320,14 @@ fn checked_answer(
             key,
         }));
     }
-    if !reached {
+    if meta.access.writes_all || !reached {
         if let Some(missing) = declared
             .iter()
             .find(|k| !writes.iter().any(|(key, _)| key == k.name))
         {
             return Err(StageError::msg(format!(
-                "a middleware answered for the stage without calling it, and without writing `{}`: \
-                 return every key in its `writes`, or `StageOutput::Skip(reason)`",
+                "a middleware's answer for the stage does not write `{}`: return every key \
+                 in its `writes`, or `StageOutput::Skip(reason)`",
                 missing.name
             )));
         }

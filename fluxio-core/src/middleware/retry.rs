@@ -152,9 +152,12 @@ impl Retry {
         attempt: u32,
         err: StageError,
     ) -> Result<Duration, StageError> {
-        // Giving up — out of attempts, or an error not to retry — after more than one
-        // attempt says how many ran.
-        if attempt >= self.max_attempts || !self.when.as_ref().is_none_or(|p| p(&err)) {
+        // An error not to retry is returned as it is (a `CircuitOpen` stays one; the
+        // callbacks learn the attempt from the engine).
+        if !self.when.as_ref().is_none_or(|p| p(&err)) {
+            return Err(err);
+        }
+        if attempt >= self.max_attempts {
             if attempt == 1 {
                 return Err(err);
             }

@@ -118,9 +118,9 @@ enum Reading {
     /// Written by this pipeline's version: anything that does not fit is corruption.
     Strict,
     /// Written by another version (`allow_version_change`, or a replay): keys this pipeline
-    /// does not know are left out, entries find their stage by name, and an entry that
-    /// fits no stage (gone, renamed, or a route label that is no longer there) keeps its
-    /// values but not its done mark — that stage runs again.
+    /// does not know are left out, entries find their stage by its name (unique in this
+    /// graph), an entry whose stage is gone keeps its values, and whatever would run a
+    /// finished stage again or mark the wrong one done is refused (`IncompatibleCheckpoint`).
     OtherVersion,
 }
 
@@ -229,7 +229,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             rewritten.push(encoded(format::encode_entry(&entry), run_id, "<entry>")?);
         }
     }
-    check_fit(plan, run_id, &ctx, &restored, reading)?;
+    check_fit(plan, run_id, &restored, reading)?;
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -241,6 +241,22 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         ctx,
         restored,
         rewritten,
+    })
+}
+
+/// The final context of a completed run of another version: its values this pipeline
+/// knows, nothing placed or checked (nothing will run).
+fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration> {
+    let reading = Reading::OtherVersion;
+    let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
+    for bytes in &stored.entries {
+        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+        known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
+    }
+    Ok(Restoration {
+        ctx,
+        restored: Restored::default(),
+        rewritten: None,
     })
 }
 
@@ -324,6 +340,20 @@ fn place_by_name(
     if std::mem::replace(&mut seen[i], true) {
         return misfit(format!("stage `{stage}` finished twice"));
     }
+    // Its dependents will read what it writes in this version: it must have written it
+    // (a ctx-style stage writes only what it changed, so only its own entry can tell).
+    if node.meta.access.writes_all && !entry.skipped {
+        if let Some(key) = node
+            .writes
+            .iter()
+            .find(|k| !entry.writes.iter().any(|(name, _)| name == k.name))
+        {
+            return misfit(format!(
+                "stage `{stage}` finished without writing `{}`, which it writes in this version",
+                key.name
+            ));
+        }
+    }
     let route = match (&entry.route, node.labels.is_empty()) {
         (None, true) => None,
         (None, false) if entry.skipped => Some(super::exec::NO_BRANCH),
@@ -345,16 +375,9 @@ fn place_by_name(
 }
 
 /// Checks that the finished stages fit this pipeline: each inside a route branch sits in
-/// the branch its route (finished too) chose — else it would be skipped after it ran — and,
-/// for another version's checkpoint, holds every key it writes in this version (else its
-/// dependents would miss a value). In this version's own checkpoint a misfit is corruption.
-fn check_fit(
-    plan: &Plan,
-    run_id: &str,
-    ctx: &Ctx,
-    restored: &Restored,
-    reading: Reading,
-) -> Result<()> {
+/// the branch its route (finished too) chose — else it would be skipped after it ran. In
+/// this version's own checkpoint a misfit is corruption.
+fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -> Result<()> {
     let misfit = |reason: String| match reading {
         Reading::Strict => corrupt(run_id, reason),
         Reading::OtherVersion => incompatible(run_id, reason),
@@ -366,7 +389,7 @@ fn check_fit(
             .find(|(i, _, _)| *i as usize == route)
             .map(|&(_, branch, _)| branch)
     };
-    for &(i, _, skipped) in &restored.done {
+    for &(i, _, _) in &restored.done {
         let node = &plan.nodes[i as usize];
         let mut inside = node.branch;
         while let Some((route, label)) = inside {
@@ -392,14 +415,6 @@ fn check_fit(
                 )));
             }
             inside = route_node.branch;
-        }
-        if !skipped && reading == Reading::OtherVersion {
-            if let Some(key) = node.writes.iter().find(|k| !ctx.contains_name(k.name)) {
-                return Err(misfit(format!(
-                    "stage `{}` finished without writing `{}`, which it writes in this version",
-                    node.meta.name, key.name
-                )));
-            }
         }
     }
     Ok(())
@@ -530,7 +545,12 @@ async fn prepare(
             mut ctx,
             restored,
             rewritten,
-        } = restore(plan, run_id, &stored)?;
+        } = if stored.status == RunStatus::Completed && stored.version != plan.version {
+            // Nothing will run: only the values matter, not where its stages would sit.
+            final_context(plan, run_id, &stored)?
+        } else {
+            restore(plan, run_id, &stored)?
+        };
         // The resume's input adds keys; it never overrides what the run already holds.
         let mut added = Vec::new();
         for (name, value) in input.iter_slots() {

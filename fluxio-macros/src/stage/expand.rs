@@ -36,6 +36,10 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         (_, Exec::Blocking) => quote!(Sync),
         _ => quote!(Async),
     };
+    let access = match def.output {
+        Output::Ctx => quote!(ctx_style),
+        _ => quote!(new),
+    };
     let timeout = match def.timeout_nanos {
         Some(n) => {
             let n = n as u64;
@@ -245,7 +249,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 name: #name,
                 id: ::core::any::TypeId::of::<#ident>,
                 kind: #private::StageKind::#kind,
-                access: #private::Access::new(&[#(#reads),*], &[#(#writes),*]),
+                access: #private::Access::#access(&[#(#reads),*], &[#(#writes),*]),
                 timeout: #timeout,
                 resources: &[#(#resource_descs),*],
             };
