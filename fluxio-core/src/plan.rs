@@ -156,7 +156,7 @@ impl NodeSpec {
         node
     }
 
-    /// A nested pipeline, run as one node.
+    /// A nested pipeline, run as one node (named by `Pipeline::named`).
     pub fn pipeline(pipe: crate::run::Pipeline, branch: Option<(u32, u32)>) -> Self {
         let plan = pipe.plan();
         let mut writes: Vec<KeyDesc> = Vec::new();
@@ -169,10 +169,11 @@ impl NodeSpec {
         }
         NodeSpec {
             meta: StageMeta {
-                name: "pipeline",
+                name: pipe.name().unwrap_or(UNNAMED_PIPELINE),
                 id: std::any::TypeId::of::<crate::run::Pipeline>,
                 kind: StageKind::Pipeline,
-                access: crate::access::Access::NONE,
+                // It writes what its stages wrote, which need not be all it may write.
+                access: crate::access::Access::ctx_style(&[], &[]),
                 timeout: None,
                 resources: &[],
             },
@@ -196,6 +197,9 @@ impl NodeSpec {
         }
     }
 }
+
+/// The node name of a nested pipeline that was not given one.
+pub(crate) const UNNAMED_PIPELINE: &str = "pipeline";
 
 /// The executable plan behind a [`Pipeline`](crate::Pipeline).
 pub(crate) struct Plan {

@@ -950,3 +950,48 @@ async fn a_resume_without_a_run_id_or_an_empty_id_is_refused_saying_so() {
     assert_eq!(probe.count("sa"), 0);
     assert!(store.load("").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_named_nested_pipeline_is_reported_and_found_by_its_name() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let (sink, events) = {
+        let events = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log = events.clone();
+        (
+            fluxio::events::EventSink::new(move |e: fluxio::events::Event| {
+                if let fluxio::events::Event::StageCompleted { stage, .. } = e {
+                    log.lock().unwrap().push(stage.to_string());
+                }
+            }),
+            events,
+        )
+    };
+    let front = pipeline! { sa, sb }.named("front");
+    probe.set_failing(&["sc"]);
+    pipeline! { front.clone(), sc }
+        .with_resource(probe.clone())
+        .with_callback(sink)
+        .with_store(store.clone())
+        .invoke(input! { seed: 1 })
+        .run_id("named")
+        .await
+        .unwrap_err();
+    assert_eq!(*events.lock().unwrap(), ["front"]);
+    assert_eq!(
+        pipeline! { front.clone(), sc }.graph().nodes[0].name,
+        "front"
+    );
+    // A new version with a stage in front still finds `front` done.
+    probe.set_failing(&[]);
+    let out = pipeline! { s_label, front.clone(), sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("named")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[c_out], 25);
+    assert_eq!((probe.count("sa"), probe.count("sc")), (1, 2));
+}

@@ -330,10 +330,12 @@ fn place_by_name(
         }
     };
     let node = &plan.nodes[i];
-    if node.meta.kind == crate::stage::StageKind::Pipeline {
+    if node.meta.kind == crate::stage::StageKind::Pipeline
+        && node.meta.name == crate::plan::UNNAMED_PIPELINE
+    {
         return misfit(
-            "a nested pipeline finished, and nested pipelines have no name to find them by in \
-             another version"
+            "a nested pipeline finished, and it has no name to find it by in another version \
+             (name nested pipelines with `Pipeline::named`)"
                 .into(),
         );
     }

@@ -42,11 +42,14 @@ pub struct Pipeline {
     middleware: Arc<[Layer]>,
     /// The driver for runs through middleware (`pipeline!` generates one).
     layered_driver: Option<Driver>,
+    /// Its name as a node of another pipeline.
+    name: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
+            .field("name", &self.name)
             .field("version", &self.plan.version)
             .field(
                 "stages",
@@ -73,7 +76,28 @@ impl Pipeline {
             lease: durable::DEFAULT_LEASE,
             middleware: Arc::from(Vec::new()),
             layered_driver: None,
+            name: None,
         }
+    }
+
+    /// Names the pipeline for when it is nested in another (`pipeline! { checkout.clone(),
+    /// notify }`): its node is reported to callbacks and in errors, checkpointed, and keyed
+    /// for idempotency under `name` instead of `pipeline` — and a resume under another
+    /// version can find it by that name. Give each nested pipeline of one graph its own.
+    ///
+    /// ```
+    /// # use fluxio_core::Pipeline;
+    /// fn for_nesting(checkout: Pipeline) -> Pipeline {
+    ///     let checkout = checkout.named("checkout");
+    ///     assert_eq!(checkout.name(), Some("checkout"));
+    ///     checkout
+    /// }
+    /// # let _ = for_nesting;
+    /// ```
+    #[must_use]
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
     }
 
     /// Adds a middleware around every stage call. The first added is the outermost:
@@ -261,6 +285,11 @@ impl Pipeline {
     /// and process.
     pub fn version(&self) -> &str {
         &self.plan.version
+    }
+
+    /// The name given with [`named`](Self::named).
+    pub fn name(&self) -> Option<&'static str> {
+        self.name
     }
 
     /// Starts building a run on `input`; `.await` it to run.
