@@ -4,7 +4,7 @@
 //! touching several of them stays within one slot on a Redis Cluster:
 //!
 //! ```text
-//! <prefix>:{<run id>}:meta     hash: version, status, error, header
+//! <prefix>:{<run id>}:meta     hash: version, status, error, header, last_entry
 //! <prefix>:{<run id>}:entries  list: entry blobs, in save order
 //! <prefix>:{<run id>}:lock     string: the lock owner, with a PX expiry (the lease)
 //! ```
@@ -27,7 +27,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "fluxio:checkpoint";
 #[non_exhaustive]
 pub struct RunKeys {
     /// `<prefix>:{<run id>}:meta`: a hash with the fields `version`, `status`, `error`
-    /// (only for a run that failed) and `header`.
+    /// (only for a run that failed), `header`, and `last_entry` (the token of the last
+    /// entry appended, so that a resend does not append it twice).
     pub meta: String,
     /// `<prefix>:{<run id>}:entries`: a list of the encoded stage entries.
     pub entries: String,

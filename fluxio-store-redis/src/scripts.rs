@@ -35,14 +35,18 @@ end
 return 1
 ";
 
-/// `Save::Entry`: `ARGV = [owner, entry]`. Appends the entry. A finished run that is being
-/// resumed is live again, so a TTL set when it finished is removed. (`PTTL` answers both
-/// questions at once: -2 when the meta is missing, -1 when it has no TTL.)
+/// `Save::Entry`: `ARGV = [owner, entry, token]`. Appends the entry, unless the last entry
+/// appended carried the same `token` (unique per save call): then this is a resend of a save
+/// whose reply was lost, and it already ran. A finished run that is being resumed is live
+/// again, so a TTL set when it finished is removed. (`PTTL` answers both questions at once:
+/// -2 when the meta is missing, -1 when it has no TTL.)
 pub(crate) const SAVE_ENTRY: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl == -2 then return -1 end
+if redis.call('HGET', KEYS[2], 'last_entry') == ARGV[3] then return 1 end
 redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[2], 'last_entry', ARGV[3])
 if ttl >= 0 then
   redis.call('PERSIST', KEYS[2])
   redis.call('PERSIST', KEYS[3])

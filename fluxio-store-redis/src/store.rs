@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fluxio_core::store::{
@@ -41,9 +42,10 @@ const MAX_MILLIS: u64 = 1 << 50;
 /// Cloning is cheap and gives another handle to the same connection. The connection
 /// reconnects on its own after Redis restarts or the network drops: operations fail with
 /// [`StoreError::Backend`] while Redis is unreachable (within the timeouts of
-/// [`default_config`](Self::default_config)), and work again once it is back. Operations
-/// that can safely run twice (all but appending a stage's entry) are retried once when the
-/// connection turns out to be broken.
+/// [`default_config`](Self::default_config)), and work again once it is back. Every
+/// operation is retried once when the connection turns out to be broken (the first command
+/// after Redis restarted finds it so): all of them can run twice safely — appending a
+/// stage's entry carries a token, so a resend whose first attempt did run appends nothing.
 ///
 /// Redis keeps checkpoints only as durably as it is configured to: use AOF persistence if
 /// checkpoints must survive a Redis restart.
@@ -233,15 +235,8 @@ enum Request {
     Pipe(Pipeline),
 }
 
-/// Whether a request may be sent again when its first attempt failed on a broken
-/// connection (it might have run on the server before the connection broke).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Running it twice is the same as running it once.
-    Once,
-    /// Running it twice would write twice.
-    Never,
-}
+/// Numbers the entry saves of this process (with the owner, a save's token).
+static ENTRY_TOKENS: AtomicU64 = AtomicU64::new(0);
 
 impl Request {
     /// `EVALSHA <script> <keys>`; add the `ARGV` with `arg`.
@@ -267,17 +262,13 @@ impl Request {
         }
     }
 
-    async fn send<T: FromRedisValue>(
-        &self,
-        conn: &mut ConnectionManager,
-        retry: Retry,
-    ) -> RedisResult<T> {
+    /// Sends the request, and once more if the connection turned out to be broken (every
+    /// request of this store can run twice safely).
+    async fn send<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T> {
         match self.send_once(conn).await {
             // The connection manager reconnects after such an error; the second attempt
             // waits for the new connection.
-            Err(e) if retry == Retry::Once && is_broken_connection(&e) => {
-                self.send_once(conn).await
-            }
+            Err(e) if is_broken_connection(&e) => self.send_once(conn).await,
             other => other,
         }
     }
@@ -348,12 +339,12 @@ impl CheckpointStore for RedisStore {
             keys.meta.as_str(),
             keys.entries.as_str(),
         ];
-        let (request, retry) = match save {
+        let request = match save {
             Save::Start { version, header } => {
                 let script = &SCRIPTS.save_start;
                 let mut cmd = Request::script(script, &script_keys);
                 cmd.arg(owner).arg(version).arg(header.as_slice());
-                (Request::Script(script, cmd), Retry::Once)
+                Request::Script(script, cmd)
             }
             Save::Rewrite {
                 version,
@@ -367,14 +358,16 @@ impl CheckpointStore for RedisStore {
                     cmd.arg(entry.as_slice());
                 }
                 // It replaces everything: doing it twice leaves the same run.
-                (Request::Script(script, cmd), Retry::Once)
+                Request::Script(script, cmd)
             }
             Save::Entry(entry) => {
                 let script = &SCRIPTS.save_entry;
                 let mut cmd = Request::script(script, &script_keys);
-                cmd.arg(owner).arg(entry.as_slice());
-                // Appending twice would store the stage twice.
-                (Request::Script(script, cmd), Retry::Never)
+                // The token makes a resend after a lost reply append nothing: the script
+                // skips an entry whose token was the last one appended.
+                let token = format!("{owner}:{}", ENTRY_TOKENS.fetch_add(1, Ordering::Relaxed));
+                cmd.arg(owner).arg(entry.as_slice()).arg(token);
+                Request::Script(script, cmd)
             }
             Save::Finish { status, error } => {
                 let script = &SCRIPTS.save_finish;
@@ -384,16 +377,13 @@ impl CheckpointStore for RedisStore {
                     .arg(if error.is_some() { "1" } else { "0" })
                     .arg(error.as_deref().unwrap_or(""))
                     .arg(self.ttl_millis());
-                (Request::Script(script, cmd), Retry::Once)
+                Request::Script(script, cmd)
             }
         };
         let mut conn = self.conn.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            let reply: i64 = request
-                .send(&mut conn, retry)
-                .await
-                .map_err(backend("save"))?;
+            let reply: i64 = request.send(&mut conn).await.map_err(backend("save"))?;
             match reply {
                 scripts::OK => Ok(()),
                 scripts::LOCK_LOST => Err(StoreError::LockLost { run_id }),
@@ -417,10 +407,8 @@ impl CheckpointStore for RedisStore {
         let mut conn = self.conn.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = request
-                .send(&mut conn, Retry::Once)
-                .await
-                .map_err(backend("load"))?;
+            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) =
+                request.send(&mut conn).await.map_err(backend("load"))?;
             parse_run(&run_id, meta, entries).map_err(|e| e.into_store("load"))
         })
     }
@@ -432,10 +420,7 @@ impl CheckpointStore for RedisStore {
         let request = Request::Cmd(cmd);
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let _deleted: i64 = request
-                .send(&mut conn, Retry::Once)
-                .await
-                .map_err(backend("delete"))?;
+            let _deleted: i64 = request.send(&mut conn).await.map_err(backend("delete"))?;
             Ok(())
         })
     }
@@ -447,10 +432,7 @@ impl CheckpointStore for RedisStore {
         let request = Request::Cmd(cmd);
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let n: i64 = request
-                .send(&mut conn, Retry::Once)
-                .await
-                .map_err(backend("exists"))?;
+            let n: i64 = request.send(&mut conn).await.map_err(backend("exists"))?;
             Ok(n > 0)
         })
     }
@@ -498,10 +480,7 @@ fn lock_call(
     mut conn: ConnectionManager,
 ) -> BoxFuture<'static, StoreResult<bool>> {
     Box::pin(async move {
-        let reply: i64 = request
-            .send(&mut conn, Retry::Once)
-            .await
-            .map_err(backend(operation))?;
+        let reply: i64 = request.send(&mut conn).await.map_err(backend(operation))?;
         match reply {
             1 => Ok(true),
             0 => Ok(false),

@@ -64,7 +64,7 @@ async fn keys_share_the_run_hash_tag() {
     let meta: HashMap<String, Vec<u8>> = conn.hgetall(&keys.meta).await.unwrap();
     let mut fields: Vec<&str> = meta.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["header", "status", "version"]);
+    assert_eq!(fields, ["header", "last_entry", "status", "version"]);
     assert_eq!(meta["status"], b"running");
     let entries: Vec<Vec<u8>> = conn.lrange(&keys.entries, 0, -1).await.unwrap();
     assert_eq!(entries, vec![b"e".to_vec()]);
