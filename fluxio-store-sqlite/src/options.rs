@@ -59,8 +59,10 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// The most writes committed together in one transaction; 256 by default (at least 1).
     pub max_batch: usize,
-    /// Opens the file read-only: reads work, every write fails (the file must exist and have
-    /// the current schema). `false` by default.
+    /// Opens the file read-only: reads work (`load`, `exists`, so `diff`), every write fails
+    /// — taking a run's lock is a write, so `resume` and `replay` need a writable store, even
+    /// for a completed run. The file must exist and have the current schema. `false` by
+    /// default.
     pub read_only: bool,
 }
 

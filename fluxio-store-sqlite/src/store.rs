@@ -192,7 +192,7 @@ impl SqliteStore {
 
     /// Deletes the checkpoints of finished runs (completed, failed or rolled back) not updated for
     /// `older_than`, and returns how many runs it deleted. Runs whose lock is held are kept
-    /// (a failed run being resumed keeps its `failed` status until it finishes again).
+    /// (a run being resumed, whatever status it shows).
     /// Expired lock rows are deleted too; an expired lock already counts as free.
     ///
     /// The store never deletes finished runs by itself: call this periodically, with
