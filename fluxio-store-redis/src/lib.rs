@@ -31,3 +31,7 @@ pub use keys::{DEFAULT_KEY_PREFIX, RunKeys};
 pub use store::{
     DEFAULT_CONNECTION_RETRIES, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisStore,
 };
+
+/// The connection settings [`RedisStore::connect_with_config`] takes (the `redis` crate's
+/// `ConnectionManagerConfig`), so they can be named without depending on `redis` directly.
+pub use redis::aio::ConnectionManagerConfig;

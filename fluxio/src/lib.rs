@@ -126,7 +126,11 @@ pub mod store {
 
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub use fluxio_store_redis::{Error as RedisError, RedisStore};
+    pub use fluxio_store_redis::{
+        ConnectionManagerConfig as RedisConnectionConfig,
+        DEFAULT_KEY_PREFIX as REDIS_DEFAULT_KEY_PREFIX, Error as RedisError, RedisStore,
+        RunKeys as RedisRunKeys,
+    };
 }
 
 /// Test one stage at a time.

@@ -64,3 +64,19 @@ async fn a_redis_store_connects_with_question_mark() {
         "{text}"
     );
 }
+
+/// What the Redis store's API takes and gives can be named through the facade alone.
+#[tokio::test]
+async fn the_redis_stores_types_are_named_through_the_facade() {
+    use fluxio::store::{REDIS_DEFAULT_KEY_PREFIX, RedisConnectionConfig, RedisRunKeys};
+    let config: RedisConnectionConfig = RedisStore::default_config();
+    let err = RedisStore::connect_with_config("redis://127.0.0.1:1", config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    fn keys_of(store: &RedisStore, run: &str) -> RedisRunKeys {
+        store.run_keys(run)
+    }
+    let _ = keys_of;
+    assert_eq!(REDIS_DEFAULT_KEY_PREFIX, "fluxio:checkpoint");
+}
