@@ -6,7 +6,7 @@
 //! `SqliteStore` and `RedisStore` all pass every check; a store of your own should too:
 //!
 //! ```no_run
-//! use std::sync::{Arc, Mutex};
+//! use std::sync::Arc;
 //! use fluxio_core::store::{CheckpointStore, InMemoryStore, contract};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
