@@ -86,6 +86,17 @@ pub enum Error {
         /// The two writers.
         stages: [String; 2],
     },
+    /// A resume's input sets a key the run already holds (a resume input only adds keys).
+    #[error(
+        "the resume input of run `{run_id}` sets `{key}`, which the run already holds; a \
+         resume input may only add keys"
+    )]
+    ResumeInputClash {
+        /// The run.
+        run_id: String,
+        /// The key.
+        key: &'static str,
+    },
     /// A stage's read is not in the context: in a pipeline, because the stages that write
     /// it did not run (a route took another branch, or a middleware skipped them); on its
     /// own (`StepHarness`), because the input lacks it.

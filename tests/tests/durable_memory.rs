@@ -294,7 +294,7 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
         .allow_version_change()
         .await;
     assert!(
-        matches!(&out, Err(Error::MergeConflict { key: "b_out", .. })),
+        matches!(&out, Err(Error::ResumeInputClash { key: "b_out", .. })),
         "the value `sb` wrote is still in the run: {out:?}"
     );
     let out = v3
@@ -620,8 +620,13 @@ async fn resume_input_adds_keys_and_refuses_to_override() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::MergeConflict { key: "seed", .. }),
+        matches!(err, Error::ResumeInputClash { key: "seed", .. }),
         "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the resume input of run `m` sets `seed`, which the run already holds; a resume input \
+         may only add keys"
     );
 }
 

@@ -557,9 +557,9 @@ async fn prepare(
         let mut added = Vec::new();
         for (name, value) in input.iter_slots() {
             if ctx.contains_name(name) {
-                return Err(Error::MergeConflict {
+                return Err(Error::ResumeInputClash {
+                    run_id: run_id.to_string(),
                     key: name,
-                    stages: ["checkpoint".into(), "resume input".into()],
                 });
             }
             ctx.insert_slot(name, value.clone());
