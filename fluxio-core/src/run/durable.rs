@@ -60,6 +60,16 @@ fn store_err<'a>(
     move |e| Error::from_store(run_id, operation, e)
 }
 
+/// Stored entry `n` of run `run_id`, decoded.
+fn decode_entry(run_id: &str, n: usize, bytes: &[u8]) -> Result<format::Entry> {
+    format::decode_entry(bytes).map_err(|e| {
+        corrupt(
+            run_id,
+            format!("entry #{n} ({} bytes) does not decode: {e}", bytes.len()),
+        )
+    })
+}
+
 fn corrupt(run_id: &str, reason: impl Into<String>) -> Error {
     Error::CorruptCheckpoint {
         run_id: run_id.to_string(),
@@ -204,8 +214,8 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut restored = Restored::default();
     let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
-    for bytes in &stored.entries {
-        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+    for (n, bytes) in stored.entries.iter().enumerate() {
+        let entry = decode_entry(run_id, n, bytes)?;
         let writes = known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
         let mut entry = format::Entry { writes, ..entry };
         if entry.node != INPUT_ENTRY {
@@ -249,8 +259,8 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
 fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration> {
     let reading = Reading::OtherVersion;
     let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
-    for bytes in &stored.entries {
-        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+    for (n, bytes) in stored.entries.iter().enumerate() {
+        let entry = decode_entry(run_id, n, bytes)?;
         known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
     }
     Ok(Restoration {
@@ -646,8 +656,8 @@ pub(crate) async fn stored_input(
 fn final_values(run_id: &str, stored: &StoredRun) -> Result<BTreeMap<String, Vec<u8>>> {
     let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
     let mut values: BTreeMap<String, Vec<u8>> = header.values.into_iter().collect();
-    for bytes in &stored.entries {
-        let entry = format::decode_entry(bytes).map_err(|e| corrupt(run_id, e))?;
+    for (n, bytes) in stored.entries.iter().enumerate() {
+        let entry = decode_entry(run_id, n, bytes)?;
         values.extend(entry.writes);
     }
     Ok(values)
