@@ -36,6 +36,22 @@ fn sink() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events) {
     (EventSink::new(move |e| log.lock().unwrap().push(e)), events)
 }
 
+/// `(stage, attempt)` of every stage event named `name` (`stage.failed`, ...).
+fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.name() == name)
+        .filter_map(|e| match e {
+            Event::StageStarted { stage, attempt, .. }
+            | Event::StageCompleted { stage, attempt, .. }
+            | Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn names(events: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
     events
         .lock()
@@ -297,16 +313,7 @@ async fn a_failure_after_retries_is_reported_with_the_last_attempt() {
         .with_callback(sink);
     let err = pipe.invoke(input! { n: 500 }).await.unwrap_err();
     assert!(err.to_string().contains("after 3 attempts"), "{err}");
-    let failed: Vec<(&str, u32)> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(failed, [("second", 3)]);
+    assert_eq!(attempts(&events, "stage.failed"), [("second", 3)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,16 +324,7 @@ async fn a_stage_that_succeeds_on_a_retry_completes_with_that_attempt() {
         .with_middleware(Retry::constant(3, Duration::from_millis(5)))
         .with_callback(sink);
     pipe.invoke(input! { n: 1 }).await.unwrap();
-    let completed: Vec<(&str, u32)> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            Event::StageCompleted { stage, attempt, .. } => Some((*stage, *attempt)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(completed, [("flaky", 2)]);
+    assert_eq!(attempts(&events, "stage.completed"), [("flaky", 2)]);
 }
 
 #[stage(reads = [n], writes = [a])]

@@ -354,8 +354,8 @@ async fn load_of_a_missing_run_is_none(s: &dyn CheckpointStore) -> Outcome {
     Ok(())
 }
 
-async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
-    let r = "contract-replace";
+/// Run `r`, owned by `a`: started (`v1`, header `old`), one entry `e1`, failed with `x`.
+async fn failed_run(s: &dyn CheckpointStore, r: &str) -> Outcome {
     acquire(s, r, "a", LONG).await?;
     ok(s.save(r, "a", Save::start("v1", b"old")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"e1".to_vec())).await, "entry")?;
@@ -363,7 +363,12 @@ async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
         s.save(r, "a", Save::finish(RunStatus::Failed, Some("x")))
             .await,
         "finish",
-    )?;
+    )
+}
+
+async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-replace";
+    failed_run(s, r).await?;
     ok(
         s.save(r, "a", Save::start("v2", b"new")).await,
         "second start",
@@ -390,14 +395,7 @@ async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
 
 async fn rewrite_replaces_a_run_with_its_entries(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-rewrite";
-    acquire(s, r, "a", LONG).await?;
-    ok(s.save(r, "a", Save::start("v1", b"old")).await, "start")?;
-    ok(s.save(r, "a", Save::Entry(b"e1".to_vec())).await, "entry")?;
-    ok(
-        s.save(r, "a", Save::finish(RunStatus::Failed, Some("x")))
-            .await,
-        "finish",
-    )?;
+    failed_run(s, r).await?;
     // Enough entries to need more than one command on a store that batches them.
     let entries: Vec<Vec<u8>> = (0..1200u32).map(|i| i.to_be_bytes().to_vec()).collect();
     let rewrite = Save::Rewrite {
