@@ -294,7 +294,7 @@ async fn a_rollback_that_panics_is_a_failed_rollback_and_the_others_still_run() 
         *seen.0.lock().unwrap(),
         [
             "notify failed: stage `notify` failed: mail server down",
-            "ship_fragile rollback failed: stage `ship_fragile` failed: stage panicked: courier API changed",
+            "ship_fragile rollback failed: stage `ship_fragile` failed: panicked: courier API changed",
             "charge undone",
         ],
         "the stage itself did not fail: only its rollback"

@@ -284,7 +284,7 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
     let text = panic_text(&*payload);
     Error::Stage {
         stage,
-        source: Arc::from(StageError::msg(format!("stage panicked: {text}")).into_inner()),
+        source: Arc::from(StageError::msg(format!("panicked: {text}")).into_inner()),
     }
 }
 
