@@ -232,7 +232,7 @@ pub enum Error {
     /// A `CircuitBreaker` is open for the stage: it failed too often and is not called
     /// until the breaker's reset timeout has passed.
     #[error(
-        "circuit open for stage `{stage}`: it failed too often; calls resume after the reset timeout"
+        "circuit open for stage `{stage}`: it failed too often; the breaker lets a trial call through after its reset timeout"
     )]
     CircuitOpen {
         /// The stage.
