@@ -39,7 +39,9 @@ const fn inside_route(nodes: &[NodeDesc<'_>], j: usize, route: usize) -> bool {
     false
 }
 
-const fn mutually_exclusive(nodes: &[NodeDesc<'_>], i: usize, j: usize) -> bool {
+/// Whether nodes `i` and `j` sit in different branches of one route (only one of them can
+/// run in a run).
+pub(crate) const fn mutually_exclusive(nodes: &[NodeDesc<'_>], i: usize, j: usize) -> bool {
     let mut a = nodes[i].branch;
     while let Some((ri, li)) = a {
         let mut b = nodes[j].branch;

@@ -149,13 +149,17 @@ pub const fn check_route_use(meta: &crate::StageMeta, followed_by_branches: bool
     }
 }
 
-/// Compile-time check that stage `names[i]` is not the name of an earlier stage of the
-/// pipeline that may run in the same run (`others`: their indexes in `names`): a stage's
-/// name identifies it in checkpoints, events, errors and idempotency keys.
-pub const fn check_distinct_name(names: &[&str], others: &[usize], i: usize) {
-    let mut k = 0;
-    while k < others.len() {
-        if crate::access::str_eq(names[others[k]], names[i]) {
+/// Compile-time check that stage `names[i]` is not the name of an earlier node of the
+/// pipeline that may run in the same run (`nodes`: the nodes' route branches; a `""` name
+/// is a nested pipeline, not checked here): a stage's name identifies it in checkpoints,
+/// events, errors and idempotency keys.
+pub const fn check_distinct_name(nodes: &[crate::plan::NodeDesc<'_>], names: &[&str], i: usize) {
+    let mut j = 0;
+    while j < i {
+        if !names[j].is_empty()
+            && !crate::plan::mutually_exclusive(nodes, i, j)
+            && crate::access::str_eq(names[j], names[i])
+        {
             let msg = crate::access::ConstMsg::new()
                 .push("the pipeline has two stages named `")
                 .push(names[i])
@@ -163,7 +167,7 @@ pub const fn check_distinct_name(names: &[&str], others: &[usize], i: usize) {
                        use each stage once, or give one another name with `#[stage(name = \"...\")]`");
             panic!("{}", msg.as_str());
         }
-        k += 1;
+        j += 1;
     }
 }
 

@@ -27,41 +27,42 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         }
     }
 
-    // Stage names are distinct — except between branches of one route, of which only one
-    // runs — reported at the later of two stages with one name.
-    let stages: Vec<(usize, &syn::Path)> = a
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, node)| match &node.kind {
-            FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => Some((i, path)),
-            FlatKind::Sub(_) => None,
-        })
-        .collect();
-    if stages.len() > 1 {
-        let n = stages.len();
-        let paths = stages.iter().map(|(_, p)| p);
-        checks.push(quote! {
-            const __FLUXIO_NAMES: [&str; #n] = [#(<#paths as #private::Stage>::META.name),*];
-        });
-        for (k, (i, path)) in stages.iter().enumerate().skip(1) {
-            let earlier: Vec<usize> = (0..k)
-                .filter(|&m| !exclusive(&a.nodes, stages[m].0, *i))
-                .collect();
-            if earlier.is_empty() {
-                continue;
-            }
-            let check = quote! {
-                const _: () = #private::check_distinct_name(&__FLUXIO_NAMES, &[#(#earlier),*], #k);
-            };
-            checks.push(respan(check, path.span()));
-        }
-    }
-
     let branch_tokens = |branch: Option<(u32, u32)>| match branch {
         Some((r, l)) => quote!(::core::option::Option::Some((#r, #l))),
         None => quote!(::core::option::Option::None),
     };
+
+    // Stage names are distinct — except between branches of one route, of which only one
+    // runs (the plan's own exclusivity rule decides) — reported at the later of two
+    // stages with one name. Nested pipelines (no name known here) are "".
+    if a.nodes
+        .iter()
+        .filter(|node| stage_path(&node.kind).is_some())
+        .count()
+        > 1
+    {
+        let n = a.nodes.len();
+        let names = a.nodes.iter().map(|node| match stage_path(&node.kind) {
+            Some(path) => quote!(<#path as #private::Stage>::META.name),
+            None => quote!(""),
+        });
+        let branches = a.nodes.iter().map(|node| {
+            let branch = branch_tokens(node.branch);
+            quote!(#private::NodeDesc { reads: &[], writes: &[], group: 0, branch: #branch })
+        });
+        checks.push(quote! {
+            const __FLUXIO_NAMES: [&str; #n] = [#(#names),*];
+            const __FLUXIO_BRANCHES: [#private::NodeDesc<'static>; #n] = [#(#branches),*];
+        });
+        for (i, node) in a.nodes.iter().enumerate().skip(1) {
+            if let Some(path) = stage_path(&node.kind) {
+                let check = quote! {
+                    const _: () = #private::check_distinct_name(&__FLUXIO_BRANCHES, &__FLUXIO_NAMES, #i);
+                };
+                checks.push(respan(check, path.span()));
+            }
+        }
+    }
 
     let mut specs = Vec::new();
     let mut descs = Vec::new();
@@ -163,21 +164,12 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     }
 }
 
-/// Whether nodes `i` and `j` sit in different branches of one route (only one of them can
-/// run).
-fn exclusive(nodes: &[crate::pipeline::model::FlatNode], i: usize, j: usize) -> bool {
-    let mut a = nodes[i].branch;
-    while let Some((ri, li)) = a {
-        let mut b = nodes[j].branch;
-        while let Some((rj, lj)) = b {
-            if ri == rj {
-                return li != lj;
-            }
-            b = nodes[rj as usize].branch;
-        }
-        a = nodes[ri as usize].branch;
+/// The stage of a node (none for a nested pipeline).
+fn stage_path(kind: &FlatKind) -> Option<&syn::Path> {
+    match kind {
+        FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => Some(path),
+        FlatKind::Sub(_) => None,
     }
-    false
 }
 
 fn desc(private: &TokenStream, path: &syn::Path, group: u32, branch: &TokenStream) -> TokenStream {
