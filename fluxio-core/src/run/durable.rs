@@ -9,7 +9,7 @@ use super::exec::{Durability, Observers, Restored, RunOptions, Scheduler};
 use crate::ctx::{Ctx, Slot};
 use crate::error::{Error, Result};
 use crate::key::KeyDesc;
-use crate::plan::Plan;
+use crate::plan::{NodeSpec, Plan};
 use crate::stage::StageEnv;
 use crate::store::{CheckpointStore, RunStatus, Save, StoredRun, format};
 
@@ -257,12 +257,16 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
 /// The final context of a completed run of another version: its values this pipeline
 /// knows, nothing placed or checked (nothing will run).
 fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration> {
-    let reading = Reading::OtherVersion;
-    let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
-    for (n, bytes) in stored.entries.iter().enumerate() {
-        let entry = decode_entry(run_id, n, bytes)?;
-        known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
-    }
+    let mut ctx = Ctx::new();
+    let values = final_values(run_id, stored)?.into_iter().collect();
+    known_values(
+        plan,
+        run_id,
+        &mut ctx,
+        values,
+        Reading::OtherVersion,
+        "<final>",
+    )?;
     Ok(Restoration {
         ctx,
         restored: Restored::default(),
@@ -304,17 +308,43 @@ fn place_strict(
             format!("stage `{}` (node #{i}) finished twice", entry.stage),
         ));
     }
-    let route = match &entry.route {
-        None if entry.skipped && !node.labels.is_empty() => Some(super::exec::NO_BRANCH),
-        Some(label) => Some(node.labels.iter().position(|l| l == label).ok_or_else(|| {
-            corrupt(
-                run_id,
-                format!("route `{}` has no branch `{label}`", entry.stage),
-            )
-        })? as u32),
-        None => None,
-    };
+    let route = route_choice(node, entry).map_err(|misfit| {
+        corrupt(
+            run_id,
+            match misfit {
+                RouteMisfit::NoChoice => format!("route `{}` chose no branch", entry.stage),
+                RouteMisfit::UnknownLabel(label) => {
+                    format!("route `{}` has no branch `{label}`", entry.stage)
+                }
+            },
+        )
+    })?;
     Ok((i as u32, route))
+}
+
+/// Why a stage entry's route choice does not fit its node.
+enum RouteMisfit<'a> {
+    /// The node is a route, and the entry chose no branch (nor was skipped).
+    NoChoice,
+    /// The entry chose a label the node has no branch for.
+    UnknownLabel(&'a str),
+}
+
+/// The branch an entry of `node` chose: `None` for a plain stage, `NO_BRANCH` for a skipped
+/// route.
+fn route_choice<'a>(
+    node: &NodeSpec,
+    entry: &'a format::Entry,
+) -> std::result::Result<Option<u32>, RouteMisfit<'a>> {
+    match (&entry.route, node.labels.is_empty()) {
+        (None, true) => Ok(None),
+        (None, false) if entry.skipped => Ok(Some(super::exec::NO_BRANCH)),
+        (None, false) => Err(RouteMisfit::NoChoice),
+        (Some(label), _) => match node.labels.iter().position(|l| l == label) {
+            Some(branch) => Ok(Some(branch as u32)),
+            None => Err(RouteMisfit::UnknownLabel(label)),
+        },
+    }
 }
 
 /// The node an entry of another version's checkpoint marks done, found by its stage's name:
@@ -366,24 +396,15 @@ fn place_by_name(
             ));
         }
     }
-    let route = match (&entry.route, node.labels.is_empty()) {
-        (None, true) => None,
-        (None, false) if entry.skipped => Some(super::exec::NO_BRANCH),
-        (None, false) => {
-            return misfit(format!(
-                "`{stage}` finished as a plain stage and is a route in this version"
-            ));
-        }
-        (Some(label), _) => match node.labels.iter().position(|l| l == label) {
-            Some(branch) => Some(branch as u32),
-            None => {
-                return misfit(format!(
-                    "route `{stage}` chose `{label}`, a branch this version does not have"
-                ));
-            }
-        },
-    };
-    Ok(Some((i as u32, route)))
+    match route_choice(node, entry) {
+        Ok(route) => Ok(Some((i as u32, route))),
+        Err(RouteMisfit::NoChoice) => misfit(format!(
+            "`{stage}` finished as a plain stage and is a route in this version"
+        )),
+        Err(RouteMisfit::UnknownLabel(label)) => misfit(format!(
+            "route `{stage}` chose `{label}`, a branch this version does not have"
+        )),
+    }
 }
 
 /// Checks that the finished stages fit this pipeline: each inside a route branch sits in
