@@ -101,44 +101,28 @@ impl<'a> Next<'a> {
     /// Calls the rest of the chain (and so, eventually, the stage). Can be called again for
     /// another attempt.
     pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        let reached = self.reached;
-        let inner = self.rest_of_chain(call);
+        let this = *self;
         Box::pin(async move {
-            let out = inner.await;
-            if out.is_ok() {
-                reached.store(true, Ordering::Relaxed);
-            }
-            out
-        })
-    }
-
-    fn rest_of_chain(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        match self.rest.split_first() {
-            Some((Layer::Custom(m), rest)) => {
-                let (stage, env) = (self.stage, self.env);
-                Box::pin(async move {
+            let out = match this.rest.split_first() {
+                // A user's middleware: its answer is held to the stage's contract.
+                Some((Layer::Custom(m), rest)) => {
                     let reached = AtomicBool::new(false);
                     let next = Next {
                         rest,
-                        stage,
-                        env,
                         reached: &reached,
+                        ..this
                     };
                     let out = m.handle(call, next).await;
                     checked_answer(call.meta, out, reached.load(Ordering::Relaxed))
-                })
+                }
+                Some((first, rest)) => first.handle(call, Next { rest, ..this }).await,
+                None => this.stage.call(call.ctx, this.env).await,
+            };
+            if out.is_ok() {
+                this.reached.store(true, Ordering::Relaxed);
             }
-            Some((first, rest)) => first.handle(
-                call,
-                Next {
-                    rest,
-                    stage: self.stage,
-                    env: self.env,
-                    reached: self.reached,
-                },
-            ),
-            None => self.stage.call(call.ctx, self.env),
-        }
+            out
+        })
     }
 }
 
