@@ -256,6 +256,23 @@ fn lock_lost(result: StoreResult<()>, run_id: &str, what: &str) -> Outcome {
     }
 }
 
+/// One save of each kind, named, for checks that every kind is refused alike.
+fn every_kind_of_save(version: &str, bytes: &[u8]) -> [(Save, &'static str); 4] {
+    [
+        (Save::start(version, bytes), "start"),
+        (
+            Save::Rewrite {
+                version: version.into(),
+                header: bytes.to_vec(),
+                entries: vec![bytes.to_vec()],
+            },
+            "rewrite",
+        ),
+        (Save::Entry(bytes.to_vec()), "entry"),
+        (Save::finish(RunStatus::Failed, Some("x")), "finish"),
+    ]
+}
+
 /// A save that must fail as a backend error of `save` (not `LockLost`).
 fn refused(result: StoreResult<()>, what: &str) -> Outcome {
     match result {
@@ -623,23 +640,12 @@ async fn save_by_another_owner_is_lock_lost_and_writes_nothing(s: &dyn Checkpoin
     ok(s.save(r, "a", Save::start("v1", b"h")).await, "start")?;
     ok(s.save(r, "a", Save::Entry(b"1".to_vec())).await, "entry")?;
     let before = load(s, r).await?;
-    for (save, what) in [
-        (Save::start("v9", b"x"), "a start by another owner"),
-        (
-            Save::Rewrite {
-                version: "v9".into(),
-                header: b"x".to_vec(),
-                entries: vec![b"y".to_vec()],
-            },
-            "a rewrite by another owner",
-        ),
-        (Save::Entry(b"2".to_vec()), "an entry by another owner"),
-        (
-            Save::finish(RunStatus::Failed, Some("x")),
-            "a finish by another owner",
-        ),
-    ] {
-        lock_lost(s.save(r, "b", save).await, r, what)?;
+    for (save, kind) in every_kind_of_save("v9", b"x") {
+        lock_lost(
+            s.save(r, "b", save).await,
+            r,
+            &format!("a {kind} by another owner"),
+        )?;
     }
     same!(load(s, r).await?, before, "the run after refused saves");
     Ok(())
@@ -661,20 +667,8 @@ async fn expired_lease_fences_the_old_owner(s: &dyn CheckpointStore) -> Outcome 
         "an expired lease was renewed"
     );
     acquire(s, r, "new", LONG).await?;
-    for (save, what) in [
-        (Save::Entry(b"stale".to_vec()), "a stale entry"),
-        (Save::finish(RunStatus::Completed, None), "a stale finish"),
-        (Save::start("v0", b"stale"), "a stale start"),
-        (
-            Save::Rewrite {
-                version: "v0".into(),
-                header: b"stale".to_vec(),
-                entries: vec![b"stale".to_vec()],
-            },
-            "a stale rewrite",
-        ),
-    ] {
-        lock_lost(s.save(r, "old", save).await, r, what)?;
+    for (save, kind) in every_kind_of_save("v0", b"stale") {
+        lock_lost(s.save(r, "old", save).await, r, &format!("a stale {kind}"))?;
     }
     // The old owner's release does not free the new owner's lock.
     ok(s.release(r, "old").await, "release")?;
