@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use fluxio::events::{Event, EventSink};
 use fluxio::middleware::{Middleware, Next, StageCall};
 use fluxio::store::BoxFuture;
 use fluxio::{StageError, StageOutput};
@@ -69,6 +70,32 @@ impl Middleware for SkipStage {
 /// protobuf body, decoded, answered `200 OK`. HTTP/1.1 with keep-alive, one thread per
 /// connection. The OTLP test checks the span tree with it; the `otlp_sink` program runs it
 /// for CI's run of the `otlp` example.
+/// Every event of the runs a pipeline reports, in order.
+pub type Events = Arc<Mutex<Vec<Event>>>;
+
+/// A callback recording every event (`pipe.with_callback(sink)`), and the record.
+pub fn event_log() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    (EventSink::new(move |e| log.lock().unwrap().push(e)), events)
+}
+
+/// `(stage, attempt)` of every stage event named `name` (`stage.failed`, ...).
+pub fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.name() == name)
+        .filter_map(|e| match e {
+            Event::StageStarted { stage, attempt, .. }
+            | Event::StageCompleted { stage, attempt, .. }
+            | Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
 pub mod otlp {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use fluxio::events::{Event, EventSink};
+use fluxio::events::Event;
 use fluxio::prelude::*;
 use fluxio::{Error, StageEvent};
-use fluxio_tests::SkipStage;
+use fluxio_tests::{Events, SkipStage, attempts, event_log};
 
 fluxio::keys! {
     pub n: u64;
@@ -28,31 +28,17 @@ async fn second(a: &u64) -> Result<u64, StageError> {
     Ok(a * 2)
 }
 
-type Events = Arc<Mutex<Vec<Event>>>;
+/// The events of a successful run of `first, second`.
+const A_THEN_B: [&str; 6] = [
+    "pipeline.started",
+    "stage.started first",
+    "stage.completed first",
+    "stage.started second",
+    "stage.completed second",
+    "pipeline.completed",
+];
 
-fn sink() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events) {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let log = events.clone();
-    (EventSink::new(move |e| log.lock().unwrap().push(e)), events)
-}
-
-/// `(stage, attempt)` of every stage event named `name` (`stage.failed`, ...).
-fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
-    events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.name() == name)
-        .filter_map(|e| match e {
-            Event::StageStarted { stage, attempt, .. }
-            | Event::StageCompleted { stage, attempt, .. }
-            | Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn names(events: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
+fn names(events: &Events) -> Vec<String> {
     events
         .lock()
         .unwrap()
@@ -69,20 +55,10 @@ fn names(events: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
 
 #[tokio::test]
 async fn a_run_reports_its_lifecycle_in_order() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first, second }.with_callback(sink);
     pipe.invoke(input! { n: 1 }).run_id("ok-run").await.unwrap();
-    assert_eq!(
-        names(&events),
-        [
-            "pipeline.started",
-            "stage.started first",
-            "stage.completed first",
-            "stage.started second",
-            "stage.completed second",
-            "pipeline.completed",
-        ]
-    );
+    assert_eq!(names(&events), A_THEN_B);
     assert!(
         events
             .lock()
@@ -94,7 +70,7 @@ async fn a_run_reports_its_lifecycle_in_order() {
 
 #[tokio::test]
 async fn a_failure_reports_the_stage_then_the_pipeline() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first, second }.with_callback(sink);
     pipe.invoke(input! { n: 500 }).await.unwrap_err();
     let names = names(&events);
@@ -126,7 +102,7 @@ async fn right() -> u64 {
 
 #[tokio::test]
 async fn branches_not_taken_are_reported_skipped() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } }.with_callback(sink);
     pipe.invoke(input! { label: "l".into() }).await.unwrap();
     assert!(
@@ -144,7 +120,7 @@ async fn forever(n: &u64) -> u64 {
 
 #[tokio::test]
 async fn a_dropped_run_is_reported_cancelled() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { forever }.with_callback(sink);
     let run = tokio::spawn({
         let pipe = pipe.clone();
@@ -233,7 +209,7 @@ async fn retries_chunks_and_checkpoints_are_reported() {
 
 #[tokio::test]
 async fn callback_errors_for_missing_inputs_come_before_any_stage() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first }.with_callback(sink);
     let err = pipe.invoke(Ctx::new()).await.unwrap_err();
     assert!(matches!(err, Error::MissingInput { .. }));
@@ -247,7 +223,7 @@ async fn third(n: &u64) -> String {
 
 #[tokio::test]
 async fn a_stage_skipped_by_middleware_is_reported_skipped_only() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first, third }
         .with_middleware(SkipStage("first"))
         .with_callback(sink);
@@ -286,28 +262,18 @@ impl fluxio::Callback for Clumsy {
 
 #[tokio::test]
 async fn a_callback_that_panics_does_not_fail_the_run_or_silence_the_others() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first, second }
         .with_callback(Clumsy)
         .with_callback(sink);
     let out = pipe.invoke(input! { n: 1 }).run_id("clumsy").await.unwrap();
     assert_eq!(out[b], 4);
-    assert_eq!(
-        names(&events),
-        [
-            "pipeline.started",
-            "stage.started first",
-            "stage.completed first",
-            "stage.started second",
-            "stage.completed second",
-            "pipeline.completed"
-        ]
-    );
+    assert_eq!(names(&events), A_THEN_B);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failure_after_retries_is_reported_with_the_last_attempt() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { first, second }
         .with_middleware(Retry::constant(3, Duration::from_millis(5)))
         .with_callback(sink);
@@ -318,7 +284,7 @@ async fn a_failure_after_retries_is_reported_with_the_last_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stage_that_succeeds_on_a_retry_completes_with_that_attempt() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     let pipe = pipeline! { flaky }
         .with_resource(std::sync::atomic::AtomicU32::new(0))
         .with_middleware(Retry::constant(3, Duration::from_millis(5)))
@@ -335,7 +301,7 @@ async fn slow_step(n: &u64) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn durations_follow_tokios_clock_so_a_paused_test_can_check_them() {
-    let (sink, events) = sink();
+    let (sink, events) = event_log();
     pipeline! { slow_step }
         .with_callback(sink)
         .invoke(input! { n: 1 })

@@ -959,18 +959,7 @@ async fn a_resume_without_a_run_id_or_an_empty_id_is_refused_saying_so() {
 #[tokio::test]
 async fn a_named_nested_pipeline_is_reported_and_found_by_its_name() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    let (sink, events) = {
-        let events = Arc::new(Mutex::new(Vec::<String>::new()));
-        let log = events.clone();
-        (
-            fluxio::events::EventSink::new(move |e: fluxio::events::Event| {
-                if let fluxio::events::Event::StageCompleted { stage, .. } = e {
-                    log.lock().unwrap().push(stage.to_string());
-                }
-            }),
-            events,
-        )
-    };
+    let (sink, events) = fluxio_tests::event_log();
     let front = pipeline! { sa, sb }.named("front");
     probe.set_failing(&["sc"]);
     pipeline! { front.clone(), sc }
@@ -981,7 +970,11 @@ async fn a_named_nested_pipeline_is_reported_and_found_by_its_name() {
         .run_id("named")
         .await
         .unwrap_err();
-    assert_eq!(*events.lock().unwrap(), ["front"]);
+    let completed: Vec<&str> = fluxio_tests::attempts(&events, "stage.completed")
+        .into_iter()
+        .map(|(stage, _)| stage)
+        .collect();
+    assert_eq!(completed, ["front"]);
     assert_eq!(
         pipeline! { front.clone(), sc }.graph().nodes[0].name,
         "front"

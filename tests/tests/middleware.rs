@@ -99,14 +99,7 @@ async fn an_error_not_to_retry_after_a_retry_is_returned_as_it_is_with_its_attem
     // The first failure is retried, the second is not.
     let retry =
         Retry::constant(5, Duration::from_millis(10)).when(|e| e.to_string().ends_with(" 1"));
-    let (sink, events) = {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let log = events.clone();
-        (
-            fluxio::events::EventSink::new(move |e| log.lock().unwrap().push(e)),
-            events,
-        )
-    };
+    let (sink, events) = fluxio_tests::event_log();
     let pipe = pipeline! { work }
         .with_resource(flaky.clone())
         .with_middleware(retry)
@@ -114,14 +107,9 @@ async fn an_error_not_to_retry_after_a_retry_is_returned_as_it_is_with_its_attem
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     assert_eq!(flaky.calls(), 2);
     assert_eq!(err.to_string(), "stage `work` failed: transient failure 2");
-    let failed: Vec<u32> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            fluxio::events::Event::StageFailed { attempt, .. } => Some(*attempt),
-            _ => None,
-        })
+    let failed: Vec<u32> = fluxio_tests::attempts(&events, "stage.failed")
+        .into_iter()
+        .map(|(_, attempt)| attempt)
         .collect();
     assert_eq!(failed, [2]);
 }
