@@ -354,20 +354,23 @@ async fn refused(
 
 /// A start record, with the entries of a rewrite (inside the batch's transaction, so
 /// all of it or nothing).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one write's parts, as `apply` holds them"
-)]
 async fn start(
     conn: &mut SqliteConnection,
     run_id: &str,
     owner: &str,
-    version: &str,
-    header: Vec<u8>,
-    entries: &mut [Vec<u8>],
+    save: &mut Save,
     keep: bool,
     now: i64,
 ) -> Result<Reply, sqlx::Error> {
+    let (version, header, entries) = match save {
+        Save::Start { version, header } => (version, header, &mut [][..]),
+        Save::Rewrite {
+            version,
+            header,
+            entries,
+        } => (version, header, &mut entries[..]),
+        Save::Entry(_) | Save::Finish { .. } => unreachable!("`apply` passes start records only"),
+    };
     if !holds(conn, run_id, owner, now).await? {
         return Ok(Err(Failure::LockLost(run_id.to_string())));
     }
@@ -377,8 +380,8 @@ async fn start(
         .await?;
     sqlx::query(START_RUN)
         .bind(run_id)
-        .bind(version)
-        .bind(header)
+        .bind(version.as_str())
+        .bind(bytes(header, keep))
         .bind(now)
         .execute(&mut *conn)
         .await?;
@@ -417,35 +420,8 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                     refused(conn, run_id, owner, now).await
                 }
             }
-            Save::Start { version, header } => {
-                start(
-                    conn,
-                    run_id,
-                    owner,
-                    version,
-                    bytes(header, keep),
-                    &mut [],
-                    keep,
-                    now,
-                )
-                .await
-            }
-            Save::Rewrite {
-                version,
-                header,
-                entries,
-            } => {
-                start(
-                    conn,
-                    run_id,
-                    owner,
-                    version,
-                    bytes(header, keep),
-                    entries,
-                    keep,
-                    now,
-                )
-                .await
+            Save::Start { .. } | Save::Rewrite { .. } => {
+                start(conn, run_id, owner, save, keep, now).await
             }
             Save::Finish { status, error } => {
                 let done = sqlx::query(FINISH_RUN)
