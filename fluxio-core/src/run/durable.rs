@@ -415,40 +415,35 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
         Reading::Strict => corrupt(run_id, reason),
         Reading::OtherVersion => incompatible(run_id, reason),
     };
-    let choice = |route: usize| {
-        restored
-            .done
-            .iter()
-            .find(|(i, _, _)| *i as usize == route)
-            .map(|&(_, branch, _)| branch)
-    };
+    // Per node: `Some(branch)` when it finished (`branch`: a route's choice).
+    let mut finished = vec![None; plan.nodes.len()];
+    for &(i, branch, _) in &restored.done {
+        finished[i as usize] = Some(branch);
+    }
+    // Its innermost route suffices: that route, finished too, is checked in its own turn.
     for &(i, _, _) in &restored.done {
         let node = &plan.nodes[i as usize];
-        let mut inside = node.branch;
-        while let Some((route, label)) = inside {
-            let route_node = &plan.nodes[route as usize];
-            let wanted = route_node
-                .labels
-                .get(label as usize)
-                .copied()
-                .unwrap_or("?");
-            let chose = match choice(route as usize) {
-                Some(Some(branch)) if branch == label => None,
-                Some(Some(branch)) => Some(match route_node.labels.get(branch as usize) {
-                    Some(other) => format!("chose `{other}`"),
-                    None => "was skipped".to_string(),
-                }),
-                Some(None) | None => Some("has not run".to_string()),
-            };
-            if let Some(chose) = chose {
-                return Err(misfit(format!(
-                    "stage `{}` finished, but it sits in branch `{wanted}` of route `{}`, \
-                     which {chose}",
-                    node.meta.name, route_node.meta.name
-                )));
-            }
-            inside = route_node.branch;
-        }
+        let Some((route, label)) = node.branch else {
+            continue;
+        };
+        let route_node = &plan.nodes[route as usize];
+        let chose = match finished[route as usize] {
+            Some(Some(branch)) if branch == label => continue,
+            Some(Some(branch)) => match route_node.labels.get(branch as usize) {
+                Some(other) => format!("chose `{other}`"),
+                None => "was skipped".to_string(),
+            },
+            Some(None) | None => "has not run".to_string(),
+        };
+        let wanted = route_node
+            .labels
+            .get(label as usize)
+            .copied()
+            .unwrap_or("?");
+        return Err(misfit(format!(
+            "stage `{}` finished, but it sits in branch `{wanted}` of route `{}`, which {chose}",
+            node.meta.name, route_node.meta.name
+        )));
     }
     Ok(())
 }
