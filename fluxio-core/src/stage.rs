@@ -384,7 +384,7 @@ impl StageEnv {
         let run_id = match (&self.run_id, self.seq) {
             (Some(id), _) => Some(id.clone()),
             (None, 0) => None,
-            (None, seq) => Some(format!("run-{}", crate::run::token_of(seq)).into()),
+            (None, seq) => Some(crate::run::run_id_of(seq).into()),
         };
         RunInfo::new(run_id, stage)
     }

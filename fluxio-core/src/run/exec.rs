@@ -215,7 +215,12 @@ pub(crate) fn token_of(seq: u64) -> String {
 
 /// The id of a run the caller did not name.
 pub(crate) fn fresh_run_id() -> String {
-    format!("run-{}", unique_token())
+    run_id_of(next_seq())
+}
+
+/// The generated run id of sequence number `seq` (from [`next_seq`]).
+pub(crate) fn run_id_of(seq: u64) -> String {
+    format!("run-{}", token_of(seq))
 }
 
 pub(crate) struct Observers {
