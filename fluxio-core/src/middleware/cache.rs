@@ -21,13 +21,16 @@ use crate::store::BoxFuture;
 /// their hash computed once per call. The values are kept as they are in the context
 /// (shared, not copied); two are the same read when they are the same value in memory, or
 /// when their encodings (the checkpoint encoding) are equal.
+/// The values of a call's reads, in the stage's order.
+type Reads = SmallVec<[Slot; 1]>;
+
 pub(crate) struct CacheKey {
     hash: u64,
     /// The stage's type: stages of different modules may share a name.
     stage: TypeId,
     /// How to encode each of `reads`, in the same order.
     descs: &'static [KeyDesc],
-    reads: SmallVec<[Slot; 1]>,
+    reads: Reads,
 }
 
 impl CacheKey {
@@ -77,15 +80,12 @@ fn same_encoding(desc: &KeyDesc, a: &Slot, b: &Slot) -> bool {
     })
 }
 
-/// The values of a call's reads, in the stage's order.
-type Reads = SmallVec<[Slot; 1]>;
-
 struct Cached {
     hash: u64,
     /// Which insertion this is: `order` refers to entries by it.
     seq: u64,
     stage: TypeId,
-    reads: SmallVec<[Slot; 1]>,
+    reads: Reads,
     expires: Instant,
     out: StageOutput,
 }
