@@ -17,13 +17,13 @@ use crate::key::KeyDesc;
 use crate::stage::{StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
+/// The values of a call's reads, in the stage's order.
+type Reads = SmallVec<[Slot; 1]>;
+
 /// What a cached result is found by: the stage and the values of the keys it reads, with
 /// their hash computed once per call. The values are kept as they are in the context
 /// (shared, not copied); two are the same read when they are the same value in memory, or
 /// when their encodings (the checkpoint encoding) are equal.
-/// The values of a call's reads, in the stage's order.
-type Reads = SmallVec<[Slot; 1]>;
-
 pub(crate) struct CacheKey {
     hash: u64,
     /// The stage's type: stages of different modules may share a name.
