@@ -63,12 +63,17 @@ pub enum Error {
         type_name: &'static str,
     },
     /// A route stage chose a label that has no branch.
-    #[error("route stage `{stage}` chose `{label}`, which is not one of its branches")]
+    #[error(
+        "route stage `{stage}` chose `{label}`, which is not one of its branches ({})",
+        quoted_list(branches)
+    )]
     UnknownRoute {
         /// The route stage's name.
         stage: &'static str,
         /// The label it returned.
         label: String,
+        /// The labels of its branches, in the pipeline's order.
+        branches: Vec<&'static str>,
     },
     /// A ctx-style stage wrote a key it did not declare in `writes`.
     #[error("stage `{stage}` wrote `{key}`, which is not in its `writes`")]
@@ -98,18 +103,19 @@ pub enum Error {
         key: &'static str,
     },
     /// A stage's read is not in the context: in a pipeline, because the stages that write
-    /// it did not run (a route took another branch, or a middleware skipped them); on its
-    /// own (`StepHarness`), because the input lacks it.
-    #[error(
-        "stage `{stage}` reads `{key}`, but nothing wrote it: the stages that write it were \
-         skipped (a route took another branch, or a middleware skipped them), or the input \
-         lacks it"
-    )]
+    /// it did not run (a route took another branch, or a middleware skipped them) or did
+    /// not write it; on its own (`StepHarness`), because the input lacks it. `reason` says
+    /// which.
+    #[error("stage `{stage}` reads `{key}`, but nothing wrote it: {reason}")]
     MissingKey {
         /// The stage's name.
         stage: &'static str,
         /// The key's name.
         key: &'static str,
+        /// Why nothing wrote it: in a pipeline run, what became of each stage that writes
+        /// it (`` `apply_discount` is in branch `premium` of route `tier`, which was not
+        /// taken``).
+        reason: String,
     },
     /// The context holds a value under the key's name, but of another type: two keys
     /// (declared in different `keys!`) share a name.
@@ -232,11 +238,16 @@ pub enum Error {
     /// A `CircuitBreaker` is open for the stage: it failed too often and is not called
     /// until the breaker's reset timeout has passed.
     #[error(
-        "circuit open for stage `{stage}`: it failed too often; the breaker lets a trial call through after its reset timeout"
+        "circuit open for stage `{stage}`: it failed too often; the breaker lets a trial call \
+         through in {}",
+        round_duration(*retry_in)
     )]
     CircuitOpen {
         /// The stage.
         stage: &'static str,
+        /// How long until the breaker lets a trial call through (when no other call has
+        /// taken that trial first).
+        retry_in: Duration,
     },
     /// The run failed and its rollbacks ran: it cannot be resumed.
     #[error("run `{run_id}` was rolled back after it failed; start it fresh")]
@@ -316,6 +327,20 @@ pub(crate) fn short_type(name: &str) -> String {
 /// Two type names as short as they can be while still different (two versions of one
 /// crate give the same path twice: then the full names, which differ in nothing else
 /// either, at least show the paths).
+/// `d` to the millisecond (at least 1 ms): a wait shown to a person.
+fn round_duration(d: Duration) -> String {
+    format!("{:?}", Duration::from_millis((d.as_millis() as u64).max(1)))
+}
+
+/// `a`, `b`, `c` — each name in backquotes.
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn distinct_types(types: &[&str; 2]) -> [String; 2] {
     let short = [short_type(types[0]), short_type(types[1])];
     if short[0] == short[1] {

@@ -672,6 +672,8 @@ fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
         Error::MissingKey {
             stage,
             key: K::NAME,
+            // A pipeline run names the writers and what became of them.
+            reason: "the stages that write it did not run or did not write it".into(),
         }
     })
 }

@@ -62,6 +62,7 @@ impl<S: Stage> StepHarness<S> {
                 return Err(Error::MissingKey {
                     stage: meta.name,
                     key: key.name,
+                    reason: "the harness's input lacks it".into(),
                 });
             }
         }

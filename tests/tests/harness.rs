@@ -49,7 +49,8 @@ async fn checks_reads_before_calling() {
             err,
             Error::MissingKey {
                 stage: "fetch_user",
-                key: "user_id"
+                key: "user_id",
+                ..
             }
         ),
         "{err:?}"

@@ -222,6 +222,37 @@ async fn route_runs_one_branch_and_reports_the_others_skipped() {
     assert!(events.contains(&"start right".to_string()));
 }
 
+/// Writes `b_out` (not `picked`) in a branch.
+#[stage(writes = [b_out])]
+async fn other_branch() -> u64 {
+    1
+}
+
+#[tokio::test]
+async fn a_read_whose_writer_was_in_a_branch_not_taken_names_the_route() {
+    let pipe = pipeline! {
+        choose => { "l" => [left], "r" => [other_branch] },
+        after_route,
+    };
+    let err = pipe.invoke(input! { label: "r".into() }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `after_route` reads `picked`, but nothing wrote it: `left` is in branch `l` of \
+         route `choose`, which was not taken"
+    );
+    assert!(
+        matches!(
+            err,
+            Error::MissingKey {
+                stage: "after_route",
+                key: "picked",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_route_label_is_an_error_naming_stage_and_label() {
     let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } };
@@ -229,9 +260,18 @@ async fn unknown_route_label_is_an_error_naming_stage_and_label() {
         .invoke(input! { label: "sideways".into() })
         .await
         .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "route stage `choose` chose `sideways`, which is not one of its branches (`l`, `r`)"
+    );
     match err {
-        Error::UnknownRoute { stage, label } => {
-            assert_eq!((stage, label.as_str()), ("choose", "sideways"))
+        Error::UnknownRoute {
+            stage,
+            label,
+            branches,
+        } => {
+            assert_eq!((stage, label.as_str()), ("choose", "sideways"));
+            assert_eq!(branches, ["l", "r"]);
         }
         other => panic!("expected UnknownRoute, got {other:?}"),
     }

@@ -97,28 +97,31 @@ impl CircuitBreaker {
     }
 
     /// Whether a call of `stage` may go through now (and, if it is the half-open trial,
-    /// marks it).
-    pub(crate) fn admit(&self, stage: &'static str) -> bool {
+    /// marks it); refused, how long until a trial call may go through.
+    pub(crate) fn admit(&self, stage: &'static str) -> Result<(), Duration> {
         if self.shared.troubled.load(Ordering::Acquire) == 0 {
-            return true;
+            return Ok(());
         }
         let reset = self.reset;
-        self.update(stage, |state| match *state {
-            State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
-                *state = State::HalfOpen {
-                    since: Instant::now(),
-                };
-                true
+        self.update(stage, |state| {
+            let now = Instant::now();
+            let trial_at = match *state {
+                State::Closed { .. } => return Ok(()),
+                State::Open { until } => until,
+                // A trial is in flight: another one goes through if it never reports.
+                State::HalfOpen { since } => since + reset,
+            };
+            if now < trial_at {
+                return Err(trial_at - now);
             }
-            State::HalfOpen { since } if Instant::now() >= since + reset => {
-                *state = State::HalfOpen {
-                    since: Instant::now(),
-                };
-                true
-            }
-            State::Open { .. } | State::HalfOpen { .. } => false,
+            *state = State::HalfOpen { since: now };
+            Ok(())
         })
+    }
+
+    /// The error for a call of `stage` refused for `retry_in`.
+    pub(crate) fn refusal(stage: &'static str, retry_in: Duration) -> StageError {
+        StageError::new(Error::CircuitOpen { stage, retry_in })
     }
 
     /// Records how a call of `stage` ended.
@@ -155,10 +158,8 @@ impl Middleware for CircuitBreaker {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         let stage = call.meta.name;
-        if !self.admit(stage) {
-            return Box::pin(std::future::ready(Err(StageError::new(
-                Error::CircuitOpen { stage },
-            ))));
+        if let Err(retry_in) = self.admit(stage) {
+            return Box::pin(std::future::ready(Err(Self::refusal(stage, retry_in))));
         }
         Box::pin(async move {
             let out = next.run(call).await;

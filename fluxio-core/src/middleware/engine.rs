@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::cache::CacheKey;
 use super::retry::attempt_span;
-use super::{Clock, Layer, StageCall};
+use super::{CircuitBreaker, Clock, Layer, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::stage::{
@@ -107,10 +107,8 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
             }
         },
         Layer::Circuit(breaker) => {
-            if !breaker.admit(meta.name) {
-                return Enter::Answer(Err(StageError::new(Error::CircuitOpen {
-                    stage: meta.name,
-                })));
+            if let Err(retry_in) = breaker.admit(meta.name) {
+                return Enter::Answer(Err(CircuitBreaker::refusal(meta.name, retry_in)));
             }
             Frame::Circuit
         }

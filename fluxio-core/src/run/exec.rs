@@ -637,7 +637,12 @@ impl SchedState {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                let e = e.into_run_error(self.plan.nodes[i].meta.name);
+                let mut e = e.into_run_error(self.plan.nodes[i].meta.name);
+                if let Error::MissingKey { key, reason, .. } = &mut e {
+                    if let Some(why) = self.why_not_written(key) {
+                        *reason = why;
+                    }
+                }
                 if self.state[i] == RUNNING {
                     if let Some(stage) = self.plan.nodes[i]
                         .has_fallback
@@ -676,6 +681,7 @@ impl SchedState {
                     let e = Error::UnknownRoute {
                         stage: node.meta.name,
                         label: route.label().to_string(),
+                        branches: node.labels.clone(),
                     };
                     self.report_error(i, &e);
                     return Err(e);
@@ -767,6 +773,35 @@ impl SchedState {
     }
 
     /// Marks every node of route `i`'s other branches skipped.
+    /// What became of the stages that write `key` (for [`Error::MissingKey`]); `None` when
+    /// no stage writes it.
+    #[cold]
+    fn why_not_written(&self, key: &str) -> Option<String> {
+        let plan = &self.plan;
+        let writers = (0..plan.nodes.len())
+            .filter(|&k| plan.nodes[k].writes.iter().any(|d| d.name == key))
+            .map(|k| {
+                let node = &plan.nodes[k];
+                let name = node.meta.name;
+                match (self.state[k], node.branch) {
+                    (SKIPPED, Some((r, l))) => format!(
+                        "`{name}` is in branch `{}` of route `{}`, which was not taken",
+                        plan.nodes[r as usize].labels[l as usize], plan.nodes[r as usize].meta.name
+                    ),
+                    (DONE, _) if node.meta.access.writes_all => {
+                        format!("`{name}` was skipped by a middleware")
+                    }
+                    (DONE, _) => format!(
+                        "`{name}` did not write it (a ctx-style stage writes only what it \
+                         changes), or a middleware skipped it"
+                    ),
+                    _ => format!("`{name}` has not run"),
+                }
+            })
+            .collect::<Vec<_>>();
+        (!writers.is_empty()).then(|| writers.join("; "))
+    }
+
     fn mark_skipped(&mut self, i: usize, chosen: usize) {
         let plan = self.plan.clone();
         for (l, nodes) in plan.branch_members[i].iter().enumerate() {
