@@ -111,8 +111,9 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] if the URL is invalid or the server cannot be reached;
-    /// [`Error::Redis`] if it refuses to load the scripts.
+    /// [`Error::Connect`] if the URL is invalid, the server cannot be reached or refuses
+    /// the connection (a password it wants: put it in the URL,
+    /// `redis://:password@host:6379`); [`Error::Redis`] if it refuses to load the scripts.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with_config(url, Self::default_config()).await
     }
@@ -131,6 +132,12 @@ impl RedisStore {
         };
         let client = redis::Client::open(url).map_err(connect_err)?;
         let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(connect_err)?;
+        // One command first: a server refusing every command (a password it wants, say)
+        // answers once, not once per script of the pipeline below.
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
             .await
             .map_err(connect_err)?;
         preload_scripts(&mut conn).await?;

@@ -1,5 +1,5 @@
-//! Tests on a `redis-server` process of their own: a server crash and restart, and what the
-//! store sends per stage (measured with the server's command statistics, which other
+//! Tests on a `redis-server` process of their own: a server crash and restart, a server
+//! wanting a password, and what the store sends per stage (measured with the server's command statistics, which other
 //! clients of a shared server would disturb).
 
 #[macro_use]
@@ -290,4 +290,32 @@ async fn an_entry_saved_right_after_a_restart_goes_through() {
         [b"one".to_vec(), b"two".to_vec()],
         "each entry once"
     );
+}
+
+#[tokio::test]
+async fn a_server_wanting_a_password_is_reported_once_at_connect() {
+    let Some(server) = RedisServer::start("password", false).await else {
+        return;
+    };
+    let mut conn = raw(&server).await;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let err = RedisStore::connect(&server.url()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, fluxio_store_redis::Error::Connect { .. }),
+        "{err:?}"
+    );
+    assert!(text.contains(&server.url()), "{text}");
+    assert_eq!(text.matches("NOAUTH").count(), 1, "{text}");
+
+    let with_password = format!("redis://:s3cret@127.0.0.1:{}", server.port);
+    let store = RedisStore::connect(&with_password).await.unwrap();
+    assert!(store.load("nothing-here").await.unwrap().is_none());
 }
