@@ -1,6 +1,6 @@
 //! Tests on a `redis-server` process of their own: a server crash and restart, a server
-//! wanting a password, and what the store sends per stage (measured with the server's command statistics, which other
-//! clients of a shared server would disturb).
+//! wanting a password, and what the store sends per stage (measured with the server's
+//! command statistics, which other clients of a shared server would disturb).
 
 #[macro_use]
 mod common;
