@@ -650,3 +650,59 @@ async fn a_skip_is_not_cached() {
         "the stage ran once maintenance ended"
     );
 }
+
+/// A stage's own error type, as a user would declare it.
+#[derive(Debug, PartialEq)]
+struct Declined {
+    code: u16,
+}
+
+impl std::fmt::Display for Declined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "card declined ({})", self.code)
+    }
+}
+
+impl std::error::Error for Declined {}
+
+#[stage(reads = [n], writes = [out])]
+async fn charge(n: &u64) -> Result<u64, StageError> {
+    Err(Declined { code: *n as u16 })?
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
+    // Without middleware: the error's source is the stage's error.
+    let err = pipeline! { charge }
+        .invoke(input! { n: 51 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "stage `charge` failed: card declined (51)");
+    let Error::Stage { stage, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*stage, "charge");
+    assert_eq!(
+        source.downcast_ref::<Declined>(),
+        Some(&Declined { code: 51 })
+    );
+
+    // After retries, one more link: `RetriesExhausted`, whose source is the last error.
+    let err = pipeline! { charge }
+        .with_middleware(Retry::constant(2, Duration::from_millis(10)))
+        .invoke(input! { n: 52 })
+        .await
+        .unwrap_err();
+    let found = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<Declined>());
+    assert_eq!(found, Some(&Declined { code: 52 }), "{err:?}");
+    let Error::Stage { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    let exhausted = source
+        .downcast_ref::<fluxio::middleware::RetriesExhausted>()
+        .expect("the retries' error");
+    assert_eq!(exhausted.attempts, 2);
+}
