@@ -67,10 +67,10 @@ impl Ctx {
             .and_then(|slot| slot.downcast_ref::<K::Value>())
     }
 
-    /// Whether the context holds `key`.
+    /// Whether the context holds `key` (a value of the key's type under its name; see
+    /// [`contains_name`](Self::contains_name) for the name alone).
     pub fn contains<K: AsKey>(&self, key: K) -> bool {
-        let _ = key;
-        self.map.contains_key(<K::Key as Key>::NAME)
+        self.get(key).is_some()
     }
 
     /// Whether the context holds a key with this name.
@@ -211,15 +211,30 @@ impl<K: AsKey> std::ops::Index<K> for Ctx {
     /// # Panics
     ///
     /// When the context does not hold `key`; the message names the key.
+    #[track_caller]
     fn index(&self, key: K) -> &Self::Output {
         match self.get(key) {
             Some(value) => value,
-            None => panic!(
-                "the context holds no value for key `{}`",
-                <K::Key as Key>::NAME
+            None => index_failed(
+                self,
+                <K::Key as Key>::NAME,
+                std::any::type_name::<<K::Key as Key>::Value>(),
             ),
         }
     }
+}
+
+#[cold]
+#[track_caller]
+fn index_failed(ctx: &Ctx, name: &str, type_name: &str) -> ! {
+    if ctx.contains_name(name) {
+        panic!(
+            "the context holds a value of another type than `{}` under `{name}`: are two keys \
+             named `{name}`?",
+            crate::error::short_type(type_name)
+        )
+    }
+    panic!("the context holds no value for key `{name}`")
 }
 
 impl fmt::Debug for Ctx {

@@ -217,6 +217,8 @@ pub(crate) struct Plan {
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
+    /// For each input, the first stage that reads it.
+    pub(crate) input_readers: Vec<&'static str>,
     /// For each input: `(first reader, writer)` when a stage after its first reader writes
     /// it.
     pub(crate) inputs_written_later: Vec<Option<(&'static str, &'static str)>>,
@@ -326,6 +328,7 @@ impl Plan {
             }
         }
         let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
+        let input_readers = input_readers.iter().map(|&i| nodes[i].meta.name).collect();
         Plan {
             has_rollback,
             key_descs,
@@ -338,6 +341,7 @@ impl Plan {
             roots,
             branch_members,
             input_descs,
+            input_readers,
             inputs_written_later,
             graph,
             version,

@@ -126,3 +126,31 @@ proptest! {
         prop_assert!(is_conflict);
     }
 }
+
+mod other {
+    fluxio::keys! {
+        /// Named like the outer `name`, holding another type.
+        pub name: u64;
+    }
+}
+
+#[test]
+fn a_same_named_key_of_another_type_is_not_held() {
+    let ctx = Ctx::new().with(name, "ada".to_string());
+    assert!(ctx.contains(name));
+    assert!(!ctx.contains(other::name), "another type under the name");
+    assert!(ctx.contains_name("name"));
+    assert_eq!(ctx.get(other::name), None);
+
+    let panic =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx[other::name])).unwrap_err();
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert_eq!(
+        text,
+        "the context holds a value of another type than `u64` under `name`: are two keys \
+         named `name`?"
+    );
+    let panic = std::panic::catch_unwind(|| Ctx::new()[name].clone()).unwrap_err();
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert_eq!(text, "the context holds no value for key `name`");
+}

@@ -634,6 +634,45 @@ async fn a_value_of_another_type_under_the_name_is_not_called_missing() {
     );
 }
 
+static FIRST_CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[stage(reads = [seed], writes = [a_out])]
+fn counted_first(seed: &u64) -> u64 {
+    FIRST_CALLS.fetch_add(1, Ordering::SeqCst);
+    *seed
+}
+
+#[stage(reads = [a_out, texts::id])]
+fn text_after_a(a_out: &u64, id: &String) {
+    let _ = (a_out, id);
+}
+
+#[tokio::test]
+async fn an_input_of_another_type_is_refused_before_any_stage_runs() {
+    let pipe = pipeline! { counted_first, text_after_a };
+    let err = pipe
+        .invoke(input! { seed: 1, numbers::id: 7 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fluxio::Error::KeyType {
+                stage: "text_after_a",
+                key: "id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(FIRST_CALLS.load(Ordering::SeqCst), 0, "no stage ran");
+    // The right type runs.
+    pipe.invoke(input! { seed: 1, texts::id: "x".to_string() })
+        .await
+        .unwrap();
+    assert_eq!(FIRST_CALLS.load(Ordering::SeqCst), 1);
+}
+
 /// Depends on `a_out` (it runs after `sa`) without using its value.
 #[stage(reads = [a_out], writes = [d_out])]
 fn after_a(_a_out: &u64) -> u64 {

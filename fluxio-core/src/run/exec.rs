@@ -260,7 +260,17 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
         return Err(Error::KeyClash { key, types });
     }
     for (i, key) in plan.input_descs.iter().enumerate() {
-        if !input.contains_name(key.name) {
+        if let Some(value) = input.slot(key.name) {
+            // A value of another type under the key's name (a same-named key of another
+            // `keys!`): refused now, not when its reader gets to it.
+            if (**value).type_id() != (key.type_id)() {
+                return Err(Error::KeyType {
+                    stage: plan.input_readers[i],
+                    key: key.name,
+                    expected: (key.type_name)(),
+                });
+            }
+        } else {
             return Err(match plan.inputs_written_later[i] {
                 Some((reader, writer)) => Error::InputWrittenLater {
                     key: key.name,
