@@ -132,6 +132,19 @@ impl StageError {
         }
     }
 
+    /// Wraps an already boxed error (`Box<dyn Error + Send + Sync>`, what `?` on mixed
+    /// error types often gives; `String` and `&str` box with `.into()`). The box's own
+    /// error stays findable with `downcast_ref` on the run's error.
+    ///
+    /// ```
+    /// # use fluxio_core::StageError;
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = "disk full".into();
+    /// assert_eq!(StageError::from_boxed(boxed).to_string(), "disk full");
+    /// ```
+    pub fn from_boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        StageError { inner: error }
+    }
+
     /// The underlying error.
     pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.inner

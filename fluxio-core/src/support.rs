@@ -27,7 +27,8 @@ where
     }
 }
 
-/// Drains a stream stage's stream, sending every chunk to `sink`.
+/// Drains a stream stage's stream, sending every chunk to `sink`; `error` converts the
+/// stream's errors (see [`StageErrorKind`]).
 ///
 /// # Errors
 ///
@@ -36,26 +37,71 @@ pub async fn drive_stream<S, C, E>(
     stage: &'static str,
     stream: S,
     sink: ChunkSink,
+    error: impl Fn(E) -> StageError,
 ) -> Result<(), StageError>
 where
     S: Stream<Item = Result<C, E>>,
     C: Send + 'static,
-    E: Into<StageError>,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
-        sink.send(stage, item.map_err(Into::into)?).await;
+        sink.send(stage, item.map_err(&error)?).await;
     }
     Ok(())
 }
 
-/// Converts what a stage body returned into `Result<T, StageError>`.
-///
-/// # Errors
-///
-/// The body's error, converted.
-pub fn lift<T, E: Into<StageError>>(r: Result<T, E>) -> Result<T, StageError> {
-    r.map_err(Into::into)
+/// The error of a stage (or its fallback, or its rollback) as a [`StageError`]: the
+/// generated code calls `(&&e).stage_error_kind().stage_error(e)`, and method resolution
+/// on `e`'s concrete type picks the conversion. An error that converts into `StageError`
+/// (every `std::error::Error + Send + Sync + 'static`, and `StageError` itself) takes
+/// [`StageErrorKind`]; one that converts into a boxed error — `Box<dyn Error + Send +
+/// Sync>`, `String`, `&str`, and error reports such as `anyhow::Error` — takes
+/// [`BoxedErrorKind`]. (One trait cannot have both: `String` and `Box<dyn Error>` may
+/// implement `Error` some day, the coherence rules say.)
+pub trait StageErrorKind {
+    /// This error converts with [`ViaInto`].
+    fn stage_error_kind(&self) -> ViaInto {
+        ViaInto
+    }
+}
+
+impl<E: Into<StageError>> StageErrorKind for &E {}
+
+/// See [`StageErrorKind`]: the conversion of errors that box.
+pub trait BoxedErrorKind {
+    /// This error converts with [`ViaBox`].
+    fn stage_error_kind(&self) -> ViaBox {
+        ViaBox
+    }
+}
+
+impl<E: Into<BoxError>> BoxedErrorKind for &&E {}
+
+/// A boxed error of any type (what [`BoxedErrorKind`] errors convert into).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Converts errors that are `Into<StageError>`.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaInto;
+
+impl ViaInto {
+    /// `e` as a stage error.
+    #[inline]
+    pub fn stage_error<E: Into<StageError>>(self, e: E) -> StageError {
+        e.into()
+    }
+}
+
+/// Converts errors that are `Into<Box<dyn Error + Send + Sync>>`.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaBox;
+
+impl ViaBox {
+    /// `e` as a stage error.
+    #[inline]
+    pub fn stage_error<E: Into<BoxError>>(self, e: E) -> StageError {
+        StageError::from_boxed(e.into())
+    }
 }
 
 /// What a stage returns for one of its `writes`: exactly the key's value type.
@@ -193,7 +239,31 @@ impl IntoPipeline for &crate::Pipeline {
     }
 }
 
-/// What a rollback function may return: `()` or `Result<(), E>`.
+/// What a rollback function returns, converted: `()` or a `Result<(), E>` whose error
+/// converts as a stage's does (see [`StageErrorKind`]); called as
+/// `(&&r).rollback_kind().rollback(r)`.
+pub trait RollbackKind {
+    /// The rollback's outcome converts with [`RollbackInto`].
+    fn rollback_kind(&self) -> RollbackInto {
+        RollbackInto
+    }
+}
+
+impl RollbackKind for &() {}
+
+impl<E: Into<StageError>> RollbackKind for &Result<(), E> {}
+
+/// See [`RollbackKind`]: a rollback whose error boxes.
+pub trait BoxedRollbackKind {
+    /// The rollback's outcome converts with [`RollbackBox`].
+    fn rollback_kind(&self) -> RollbackBox {
+        RollbackBox
+    }
+}
+
+impl<E: Into<BoxError>> BoxedRollbackKind for &&Result<(), E> {}
+
+/// What a rollback whose error is `Into<StageError>` (or that returns `()`) returns.
 pub trait RollbackResult {
     /// Converts into the rollback's outcome.
     fn into_rollback(self) -> Result<(), StageError>;
@@ -208,5 +278,36 @@ impl RollbackResult for () {
 impl<E: Into<StageError>> RollbackResult for Result<(), E> {
     fn into_rollback(self) -> Result<(), StageError> {
         self.map_err(Into::into)
+    }
+}
+
+/// Converts a [`RollbackResult`].
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackInto;
+
+impl RollbackInto {
+    /// The rollback's outcome.
+    ///
+    /// # Errors
+    ///
+    /// The rollback's error.
+    #[inline]
+    pub fn rollback(self, r: impl RollbackResult) -> Result<(), StageError> {
+        r.into_rollback()
+    }
+}
+
+/// Converts a rollback's `Result<(), E>` whose error boxes.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackBox;
+
+impl RollbackBox {
+    /// The rollback's outcome.
+    ///
+    /// # Errors
+    ///
+    /// The rollback's error.
+    pub fn rollback<E: Into<BoxError>>(self, r: Result<(), E>) -> Result<(), StageError> {
+        r.map_err(|e| StageError::from_boxed(e.into()))
     }
 }

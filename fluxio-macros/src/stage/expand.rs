@@ -140,10 +140,24 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     };
     // `at`: where a value of the wrong type is reported (the stage's return type, or the
     // fallback's name in the attribute).
+    let convert_stream = {
+        let convert = crate::paths::respan(error_conversion(&private), def.ret_span);
+        quote!(|__fluxio_e| #convert)
+    };
     let body_for = |target: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
         let mut call = call_of(target);
         if def.fallible {
-            call = quote!(#private::lift(#call)?);
+            // Spanned at the return type: an error type that converts neither way is
+            // reported there.
+            let convert = crate::paths::respan(error_conversion(&private), def.ret_span);
+            call = quote! {
+                match #call {
+                    ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
+                    ::core::result::Result::Err(__fluxio_e) => {
+                        return ::core::result::Result::Err(#convert);
+                    }
+                }
+            };
         }
         let produce = match &def.output {
             Output::Unit => quote! {
@@ -190,7 +204,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
             },
             Output::Stream => quote! {
-                #private::drive_stream(#name, #call, __fluxio_chunks).await?;
+                #private::drive_stream(#name, #call, __fluxio_chunks, #convert_stream).await?;
                 ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
             },
         };
@@ -219,7 +233,12 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     let rollback = def.rollback.as_ref().map(|path| {
         let call = call_of(quote!(#path));
         let body = with_args(quote! {
-            #private::RollbackResult::into_rollback(#call)?;
+            {
+                #[allow(unused_imports)]
+                use #private::{BoxedRollbackKind as _, RollbackKind as _};
+                let __fluxio_r = #call;
+                (&&__fluxio_r).rollback_kind().rollback(__fluxio_r)?;
+            }
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
         });
         quote! {
@@ -274,6 +293,16 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
 
 /// What is emitted when the input has errors: the errors, plus a stage value with no
 /// behaviour so that uses of the stage elsewhere do not add a cascade of errors.
+/// `__fluxio_e` (a stage's error) as a `StageError`, the conversion picked by its type:
+/// see `fluxio_core::support::StageErrorKind`.
+fn error_conversion(private: &TokenStream) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports)]
+        use #private::{BoxedErrorKind as _, StageErrorKind as _};
+        (&&__fluxio_e).stage_error_kind().stage_error(__fluxio_e)
+    }}
+}
+
 pub(crate) fn fallback(
     item: &syn::ItemFn,
     krate: Option<&syn::Path>,
