@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::access::Access;
 use crate::ctx::{Ctx, Slot};
 use crate::error::Error;
@@ -324,12 +326,54 @@ pub(crate) struct RawChunk {
 pub struct ChunkSink {
     tx: Option<tokio::sync::mpsc::Sender<RawChunk>>,
     hooks: Option<Arc<ChunkHooks>>,
+    /// How long each stream stage has waited for the consumer (when the run streams).
+    waits: Option<Arc<ConsumerWaits>>,
 }
 
 /// Who hears about chunks: the run's callbacks.
 pub(crate) struct ChunkHooks {
     pub(crate) callbacks: Arc<[Arc<dyn crate::Callback>]>,
     pub(crate) run_id: Arc<str>,
+}
+
+/// Per stream stage: how long its sends have waited for a consumer that was behind
+/// (ended waits, and since when it waits now). A stage's timeout does not count that time:
+/// a slow consumer is not the stage's failure. Touched only when a send must wait.
+#[derive(Default)]
+struct ConsumerWaits(std::sync::Mutex<SmallVec<[ConsumerWait; 2]>>);
+
+struct ConsumerWait {
+    stage: &'static str,
+    ended: Duration,
+    since: Option<tokio::time::Instant>,
+}
+
+impl ConsumerWaits {
+    fn update(&self, stage: &'static str, f: impl FnOnce(&mut ConsumerWait)) {
+        let mut waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let pos = match waits.iter().position(|w| w.stage == stage) {
+            Some(pos) => pos,
+            None => {
+                waits.push(ConsumerWait {
+                    stage,
+                    ended: Duration::ZERO,
+                    since: None,
+                });
+                waits.len() - 1
+            }
+        };
+        f(&mut waits[pos]);
+    }
+
+    fn total(&self, stage: &str) -> Duration {
+        let waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        waits
+            .iter()
+            .find(|w| w.stage == stage)
+            .map_or(Duration::ZERO, |w| {
+                w.ended + w.since.map_or(Duration::ZERO, |t| t.elapsed())
+            })
+    }
 }
 
 impl fmt::Debug for ChunkSink {
@@ -342,12 +386,25 @@ impl fmt::Debug for ChunkSink {
 
 impl ChunkSink {
     pub(crate) fn new(tx: Option<tokio::sync::mpsc::Sender<RawChunk>>) -> Self {
-        ChunkSink { tx, hooks: None }
+        let waits = tx.is_some().then(Default::default);
+        ChunkSink {
+            tx,
+            hooks: None,
+            waits,
+        }
     }
 
     pub(crate) fn with_hooks(mut self, hooks: Option<Arc<ChunkHooks>>) -> Self {
         self.hooks = hooks;
         self
+    }
+
+    /// How long `stage`'s sends have waited for the consumer so far (a wait in progress
+    /// included).
+    pub(crate) fn consumer_wait(&self, stage: &str) -> Duration {
+        self.waits
+            .as_ref()
+            .map_or(Duration::ZERO, |w| w.total(stage))
     }
 
     /// Delivers one chunk; waits while the consumer is behind. Chunks of a run nobody
@@ -369,7 +426,22 @@ impl ChunkSink {
                 data: Box::new(data),
             };
             // A closed channel means the consumer went away; the run goes on without it.
+            let chunk = match tx.try_send(chunk) {
+                Err(tokio::sync::mpsc::error::TrySendError::Full(chunk)) => chunk,
+                _ => return,
+            };
+            // The consumer is behind: the wait is its, not the stage's.
+            let Some(waits) = &self.waits else {
+                let _ = tx.send(chunk).await;
+                return;
+            };
+            let started = tokio::time::Instant::now();
+            waits.update(stage, |w| w.since = Some(started));
             let _ = tx.send(chunk).await;
+            waits.update(stage, |w| {
+                w.ended += started.elapsed();
+                w.since = None;
+            });
         }
     }
 }

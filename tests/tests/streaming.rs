@@ -219,3 +219,84 @@ async fn a_durable_stream_resumes_by_its_id_without_streaming_finished_stages_ag
     assert_eq!(chunks, ["say_count: 3 words"]);
     assert_eq!(out.unwrap()[count], 3);
 }
+
+fluxio::keys! {
+    pub chunks_n: u64;
+    pub stall_ms: u64;
+}
+
+/// `chunks_n` chunks at once, then `stall_ms` of its own work before it ends.
+fn burst_then_stall(n: u64, stall_ms: u64) -> impl Stream<Item = Result<u64, StageError>> {
+    let stall = std::time::Duration::from_millis(stall_ms);
+    let burst = futures::stream::iter((0..n).map(Ok));
+    let stall = futures::stream::once(async move {
+        tokio::time::sleep(stall).await;
+        Ok(n)
+    });
+    burst.chain(stall)
+}
+
+#[stage(reads = [chunks_n, stall_ms], timeout = "200ms")]
+fn bursty(chunks_n: &u64, stall_ms: &u64) -> impl Stream<Item = Result<u64, StageError>> {
+    burst_then_stall(*chunks_n, *stall_ms)
+}
+
+/// The same without a timeout of its own (for the `Timeout` middleware).
+#[stage(reads = [chunks_n, stall_ms])]
+fn bursty_plain(chunks_n: &u64, stall_ms: &u64) -> impl Stream<Item = Result<u64, StageError>> {
+    burst_then_stall(*chunks_n, *stall_ms)
+}
+
+/// Reads every chunk, `delay` after each; how many it got and how the run ended.
+async fn read_slowly(
+    mut s: fluxio::StreamHandle<u64>,
+    delay: std::time::Duration,
+) -> (usize, Result<(), Error>) {
+    let mut got = 0;
+    while let Some(chunk) = s.next().await {
+        if let Err(e) = chunk {
+            return (got, Err(e));
+        }
+        got += 1;
+        tokio::time::sleep(delay).await;
+    }
+    (got, s.finish().await.map(|_| ()))
+}
+
+fn both_timeouts() -> [fluxio::Pipeline; 2] {
+    [
+        pipeline! { bursty },
+        pipeline! { bursty_plain }
+            .with_middleware(Timeout::new(std::time::Duration::from_millis(200))),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_does_not_time_out_the_stream_stage() {
+    // 100 chunks at once, read 10 ms apart: ~700 ms spent waiting for the consumer, against
+    // a 200 ms timeout (own timeout, then the `Timeout` middleware).
+    for pipe in both_timeouts() {
+        let s = pipe.stream::<u64>(input! { chunks_n: 100, stall_ms: 0 });
+        let (got, end) = read_slowly(s, std::time::Duration::from_millis(10)).await;
+        assert_eq!(got, 101);
+        assert!(end.is_ok(), "{end:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_stage_stalling_behind_a_slow_consumer_still_times_out() {
+    // The consumer holds the stage up ~200 ms; then the stage's own work takes 1 s.
+    for pipe in both_timeouts() {
+        let started = tokio::time::Instant::now();
+        let s = pipe.stream::<u64>(input! { chunks_n: 50, stall_ms: 1000 });
+        let (got, end) = read_slowly(s, std::time::Duration::from_millis(10)).await;
+        assert_eq!(got, 50, "every chunk sent before the stall arrives");
+        assert!(
+            matches!(end, Err(Error::Timeout { after, .. }) if after == std::time::Duration::from_millis(200)),
+            "{end:?}"
+        );
+        // 200 ms of its own, plus the consumer's share; far from the 1 s stall.
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(800), "{took:?}");
+    }
+}

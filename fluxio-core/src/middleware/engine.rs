@@ -318,6 +318,8 @@ struct Call {
     wait: Option<Pin<Box<Sleep>>>,
     /// Armed at the earliest deadline of the entered `Timeout`s, once the call waits.
     timer: Option<Pin<Box<Sleep>>>,
+    /// A stream stage's wait for its consumer that the deadlines were pushed back by.
+    consumer_wait: Duration,
 }
 
 impl std::fmt::Debug for Call {
@@ -626,6 +628,21 @@ impl Call {
             return None;
         }
         self.timer = None;
+        // A stream stage's time waiting for its consumer does not count: push the
+        // deadlines back by what it waited since the last look.
+        if site.meta.kind == StageKind::Stream {
+            let waited = site.env.chunks.consumer_wait(site.meta.name);
+            if waited > self.consumer_wait {
+                let extra = waited - self.consumer_wait;
+                self.consumer_wait = waited;
+                for frame in self.frames.items[..self.frames.len].iter_mut() {
+                    if let Frame::Timeout { deadline } = frame {
+                        *deadline += extra;
+                    }
+                }
+                return self.poll_timeouts(cx, site);
+            }
+        }
         self.delegated = None;
         self.wait = None;
         // The caches inside are left without a result.

@@ -393,7 +393,9 @@ struct SchedState {
     ready: SmallVec<[u32; 16]>,
     running: SmallVec<[u32; 16]>,
     /// Timeouts of running stages that have one.
-    deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>)>,
+    /// Timers of parked stages with a timeout: the node, its timer, and (stream stages)
+    /// how much consumer wait the timer has been pushed back by so far.
+    deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>, Duration)>,
     obs: Option<Observers>,
     durable: Option<Box<Durability>>,
     /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
@@ -568,8 +570,11 @@ impl SchedState {
         self.running.push(i as u32);
         // A stage that finishes on its first poll never needs its timer.
         if let Some(after) = self.plan.nodes[i].meta.timeout {
-            self.deadlines
-                .push((i as u32, Box::pin(tokio::time::sleep(after))));
+            self.deadlines.push((
+                i as u32,
+                Box::pin(tokio::time::sleep(after)),
+                Duration::ZERO,
+            ));
         }
     }
 
@@ -577,7 +582,7 @@ impl SchedState {
     fn unpark(&mut self, k: usize) -> usize {
         let i = self.running.swap_remove(k) as usize;
         if !self.deadlines.is_empty() {
-            self.deadlines.retain(|(d, _)| *d as usize != i);
+            self.deadlines.retain(|(d, ..)| *d as usize != i);
         }
         i
     }
@@ -990,22 +995,30 @@ impl SchedState {
     }
 
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
-        let expired = self
-            .deadlines
-            .iter_mut()
-            .find_map(|(i, sleep)| sleep.as_mut().poll(cx).is_ready().then_some(*i));
-        match expired {
-            Some(i) => {
-                let node = &self.plan.nodes[i as usize];
+        for k in 0..self.deadlines.len() {
+            let (i, sleep, credited) = &mut self.deadlines[k];
+            while sleep.as_mut().poll(cx).is_ready() {
+                let node = &self.plan.nodes[*i as usize];
+                // A stream stage's time waiting for its consumer does not count.
+                if node.meta.kind == crate::stage::StageKind::Stream {
+                    let waited = self.env.chunks.consumer_wait(node.meta.name);
+                    if waited > *credited {
+                        let later = sleep.deadline() + (waited - *credited);
+                        sleep.as_mut().reset(later);
+                        *credited = waited;
+                        continue;
+                    }
+                }
+                let (i, name) = (*i as usize, node.meta.name);
                 let e = Error::Timeout {
-                    stage: node.meta.name,
+                    stage: name,
                     after: node.meta.timeout.unwrap_or_default(),
                 };
-                self.report_error(i as usize, &e);
-                Err(e)
+                self.report_error(i, &e);
+                return Err(e);
             }
-            None => Ok(()),
         }
+        Ok(())
     }
 }
 
