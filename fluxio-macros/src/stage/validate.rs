@@ -165,10 +165,22 @@ pub(crate) fn stage_from_ast(cx: &mut Ctxt, args: StageArgs, item: ItemFn) -> Op
     let reads = o.reads.unwrap_or_default();
     let writes = o.writes.unwrap_or_default();
 
-    let exec = if sig.asyncness.is_some() {
-        Exec::Async
-    } else if returns_stream(&sig.output) {
+    // Rule: a stream stage is a plain `fn` returning the stream (its async work lives in
+    // the stream); `async fn` would make the stream the value of a future.
+    if let Some(token) = sig.asyncness.filter(|_| returns_stream(&sig.output)) {
+        cx.error_spanned_by(
+            token,
+            "a stream stage is a plain `fn` returning `impl Stream<Item = Result<C, E>>`: \
+             remove `async` (the stream does the async work, e.g. with `async_stream` or \
+             `futures::stream::unfold`)",
+        );
+    }
+    // (An `async fn` returning a stream, refused above, is taken as a stream stage, so
+    // that no other error adds to that one.)
+    let exec = if returns_stream(&sig.output) {
         Exec::Stream
+    } else if sig.asyncness.is_some() {
+        Exec::Async
     } else {
         Exec::Blocking
     };
