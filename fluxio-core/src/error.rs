@@ -324,9 +324,6 @@ pub(crate) fn short_type(name: &str) -> String {
     out
 }
 
-/// Two type names as short as they can be while still different (two versions of one
-/// crate give the same path twice: then the full names, which differ in nothing else
-/// either, at least show the paths).
 /// `d` to the millisecond (at least 1 ms): a wait shown to a person.
 fn round_duration(d: Duration) -> String {
     format!("{:?}", Duration::from_millis((d.as_millis() as u64).max(1)))
@@ -341,6 +338,9 @@ fn quoted_list(names: &[&str]) -> String {
         .join(", ")
 }
 
+/// Two type names as short as they can be while still different (two versions of one
+/// crate give the same path twice: then the full names, which differ in nothing else
+/// either, at least show the paths).
 fn distinct_types(types: &[&str; 2]) -> [String; 2] {
     let short = [short_type(types[0]), short_type(types[1])];
     if short[0] == short[1] {

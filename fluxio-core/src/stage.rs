@@ -7,9 +7,8 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use smallvec::SmallVec;
 
 use crate::access::Access;
 use crate::ctx::{Ctx, Slot};
@@ -326,8 +325,8 @@ pub(crate) struct RawChunk {
 pub struct ChunkSink {
     tx: Option<tokio::sync::mpsc::Sender<RawChunk>>,
     hooks: Option<Arc<ChunkHooks>>,
-    /// How long each stream stage has waited for the consumer (when the run streams).
-    waits: Option<Arc<ConsumerWaits>>,
+    /// When the run is streamed: the time its consumer has held it up.
+    consumer: Option<Arc<ConsumerClock>>,
 }
 
 /// Who hears about chunks: the run's callbacks.
@@ -336,43 +335,22 @@ pub(crate) struct ChunkHooks {
     pub(crate) run_id: Arc<str>,
 }
 
-/// Per stream stage: how long its sends have waited for a consumer that was behind
-/// (ended waits, and since when it waits now). A stage's timeout does not count that time:
-/// a slow consumer is not the stage's failure. Touched only when a send must wait.
-#[derive(Default)]
-struct ConsumerWaits(std::sync::Mutex<SmallVec<[ConsumerWait; 2]>>);
+/// How long the consumer of a streamed run has held it up: a streamed run advances only
+/// while its handle is polled, so from the moment the handle hands out a chunk until it is
+/// polled again, no stage of the run moves — that time is the consumer's. Timeouts do not
+/// count it (a slow reader is not a stage failing).
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerClock(AtomicU64);
 
-struct ConsumerWait {
-    stage: &'static str,
-    ended: Duration,
-    since: Option<tokio::time::Instant>,
-}
-
-impl ConsumerWaits {
-    fn update(&self, stage: &'static str, f: impl FnOnce(&mut ConsumerWait)) {
-        let mut waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let pos = match waits.iter().position(|w| w.stage == stage) {
-            Some(pos) => pos,
-            None => {
-                waits.push(ConsumerWait {
-                    stage,
-                    ended: Duration::ZERO,
-                    since: None,
-                });
-                waits.len() - 1
-            }
-        };
-        f(&mut waits[pos]);
+impl ConsumerClock {
+    /// Adds the time since `since` (when the handle handed out a chunk).
+    pub(crate) fn add_since(&self, since: tokio::time::Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    fn total(&self, stage: &str) -> Duration {
-        let waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        waits
-            .iter()
-            .find(|w| w.stage == stage)
-            .map_or(Duration::ZERO, |w| {
-                w.ended + w.since.map_or(Duration::ZERO, |t| t.elapsed())
-            })
+    fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -386,11 +364,10 @@ impl fmt::Debug for ChunkSink {
 
 impl ChunkSink {
     pub(crate) fn new(tx: Option<tokio::sync::mpsc::Sender<RawChunk>>) -> Self {
-        let waits = tx.is_some().then(Default::default);
         ChunkSink {
             tx,
             hooks: None,
-            waits,
+            consumer: None,
         }
     }
 
@@ -399,12 +376,15 @@ impl ChunkSink {
         self
     }
 
-    /// How long `stage`'s sends have waited for the consumer so far (a wait in progress
-    /// included).
-    pub(crate) fn consumer_wait(&self, stage: &str) -> Duration {
-        self.waits
-            .as_ref()
-            .map_or(Duration::ZERO, |w| w.total(stage))
+    pub(crate) fn with_consumer(mut self, consumer: Option<Arc<ConsumerClock>>) -> Self {
+        self.consumer = consumer;
+        self
+    }
+
+    /// How long the consumer has held the run up so far (zero when nobody streams it).
+    #[inline]
+    pub(crate) fn consumer_time(&self) -> Duration {
+        self.consumer.as_ref().map_or(Duration::ZERO, |c| c.total())
     }
 
     /// Delivers one chunk; waits while the consumer is behind. Chunks of a run nobody
@@ -426,22 +406,7 @@ impl ChunkSink {
                 data: Box::new(data),
             };
             // A closed channel means the consumer went away; the run goes on without it.
-            let chunk = match tx.try_send(chunk) {
-                Err(tokio::sync::mpsc::error::TrySendError::Full(chunk)) => chunk,
-                _ => return,
-            };
-            // The consumer is behind: the wait is its, not the stage's.
-            let Some(waits) = &self.waits else {
-                let _ = tx.send(chunk).await;
-                return;
-            };
-            let started = tokio::time::Instant::now();
-            waits.update(stage, |w| w.since = Some(started));
             let _ = tx.send(chunk).await;
-            waits.update(stage, |w| {
-                w.ended += started.elapsed();
-                w.since = None;
-            });
         }
     }
 }
@@ -745,6 +710,10 @@ pub fn read_key<'c, K: Key>(ctx: &'c Ctx, stage: &'static str) -> Result<&'c K::
         .ok_or_else(|| unreadable::<K>(ctx, stage))
 }
 
+/// The reason of an [`Error::MissingKey`] until the run that sees it says more.
+pub(crate) const MISSING_KEY_REASON: &str =
+    "the stages that write it did not run or did not write it";
+
 #[cold]
 fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
     StageError::new(if ctx.contains_name(K::NAME) {
@@ -758,7 +727,7 @@ fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
             stage,
             key: K::NAME,
             // A pipeline run names the writers and what became of them.
-            reason: "the stages that write it did not run or did not write it".into(),
+            reason: MISSING_KEY_REASON.into(),
         }
     })
 }

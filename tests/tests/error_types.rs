@@ -194,3 +194,41 @@ async fn fallbacks_and_rollbacks_may_fail_with_boxed_and_text_errors() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("undo failed too"), "{errors:?}");
 }
+
+static DECLINED: Declined = Declined(9);
+
+#[stage(reads = [n], writes = [out])]
+async fn by_reference(n: &u64) -> Result<u64, &'static Declined> {
+    if *n == 9 { Err(&DECLINED) } else { Ok(*n) }
+}
+
+#[stage(reads = [n], writes = [out])]
+fn opaque_error(n: &u64) -> Result<u64, impl StdError + Send + Sync + 'static> {
+    if *n == 0 { Err(Declined(0)) } else { Ok(*n) }
+}
+
+/// A stage whose return type comes from a `macro_rules!` argument (other hygiene).
+macro_rules! stage_returning {
+    ($name:ident, $($ret:tt)*) => {
+        #[stage(reads = [n], writes = [out])]
+        fn $name(n: &u64) -> $($ret)* {
+            if *n == 0 { Err(std::io::Error::other("zero")) } else { Ok(*n) }
+        }
+    };
+}
+
+stage_returning!(from_macro, Result<u64, std::io::Error>);
+
+#[tokio::test]
+async fn references_opaque_types_and_macro_written_stages_convert_too() {
+    let err = run(pipeline! { by_reference }, 9).await.unwrap_err();
+    assert_eq!(err.to_string(), "stage `by_reference` failed: declined 9");
+    let err = run(pipeline! { opaque_error }, 0).await.unwrap_err();
+    assert_eq!(
+        stage_source(&err).downcast_ref::<Declined>(),
+        Some(&Declined(0))
+    );
+    let err = run(pipeline! { from_macro }, 0).await.unwrap_err();
+    assert_eq!(err.to_string(), "stage `from_macro` failed: zero");
+    assert_eq!(run(pipeline! { from_macro }, 2).await.unwrap(), 2);
+}

@@ -254,6 +254,18 @@ async fn a_read_whose_writer_was_in_a_branch_not_taken_names_the_route() {
 }
 
 #[tokio::test]
+async fn a_read_a_nested_pipeline_did_not_write_names_the_nested_pipeline() {
+    let sub = pipeline! { choose => { "l" => [left], "r" => [other_branch] } }.named("sub");
+    let pipe = pipeline! { sub.clone(), after_route };
+    let err = pipe.invoke(input! { label: "r".into() }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `after_route` reads `picked`, but nothing wrote it: `sub` (a nested pipeline) \
+         did not write it"
+    );
+}
+
+#[tokio::test]
 async fn unknown_route_label_is_an_error_naming_stage_and_label() {
     let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } };
     let err = pipe

@@ -222,29 +222,45 @@ async fn a_durable_stream_resumes_by_its_id_without_streaming_finished_stages_ag
 
 fluxio::keys! {
     pub chunks_n: u64;
+    pub work_ms: u64;
     pub stall_ms: u64;
 }
 
-/// `chunks_n` chunks at once, then `stall_ms` of its own work before it ends.
-fn burst_then_stall(n: u64, stall_ms: u64) -> impl Stream<Item = Result<u64, StageError>> {
-    let stall = std::time::Duration::from_millis(stall_ms);
-    let burst = futures::stream::iter((0..n).map(Ok));
+/// `chunks_n` chunks, each after `work_ms` of the stage's own work, then `stall_ms` more
+/// of it before the stream ends.
+fn paced(n: u64, work_ms: u64, stall_ms: u64) -> impl Stream<Item = Result<u64, StageError>> {
+    let (work, stall) = (
+        std::time::Duration::from_millis(work_ms),
+        std::time::Duration::from_millis(stall_ms),
+    );
+    let chunks = futures::stream::iter(0..n).then(move |i| async move {
+        tokio::time::sleep(work).await;
+        Ok(i)
+    });
     let stall = futures::stream::once(async move {
         tokio::time::sleep(stall).await;
         Ok(n)
     });
-    burst.chain(stall)
+    chunks.chain(stall)
 }
 
-#[stage(reads = [chunks_n, stall_ms], timeout = "200ms")]
-fn bursty(chunks_n: &u64, stall_ms: &u64) -> impl Stream<Item = Result<u64, StageError>> {
-    burst_then_stall(*chunks_n, *stall_ms)
+#[stage(reads = [chunks_n, work_ms, stall_ms], timeout = "200ms")]
+fn timed_stream(
+    chunks_n: &u64,
+    work_ms: &u64,
+    stall_ms: &u64,
+) -> impl Stream<Item = Result<u64, StageError>> {
+    paced(*chunks_n, *work_ms, *stall_ms)
 }
 
 /// The same without a timeout of its own (for the `Timeout` middleware).
-#[stage(reads = [chunks_n, stall_ms])]
-fn bursty_plain(chunks_n: &u64, stall_ms: &u64) -> impl Stream<Item = Result<u64, StageError>> {
-    burst_then_stall(*chunks_n, *stall_ms)
+#[stage(reads = [chunks_n, work_ms, stall_ms])]
+fn plain_stream(
+    chunks_n: &u64,
+    work_ms: &u64,
+    stall_ms: &u64,
+) -> impl Stream<Item = Result<u64, StageError>> {
+    paced(*chunks_n, *work_ms, *stall_ms)
 }
 
 /// Reads every chunk, `delay` after each; how many it got and how the run ended.
@@ -263,40 +279,76 @@ async fn read_slowly(
     (got, s.finish().await.map(|_| ()))
 }
 
+/// The stream stage with its own 200 ms timeout, and without one behind a 200 ms
+/// `Timeout` middleware.
 fn both_timeouts() -> [fluxio::Pipeline; 2] {
     [
-        pipeline! { bursty },
-        pipeline! { bursty_plain }
+        pipeline! { timed_stream },
+        pipeline! { plain_stream }
             .with_middleware(Timeout::new(std::time::Duration::from_millis(200))),
     ]
 }
 
+const MS: std::time::Duration = std::time::Duration::from_millis(1);
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_consumer_does_not_time_out_the_stream_stage() {
-    // 100 chunks at once, read 10 ms apart: ~700 ms spent waiting for the consumer, against
-    // a 200 ms timeout (own timeout, then the `Timeout` middleware).
     for pipe in both_timeouts() {
-        let s = pipe.stream::<u64>(input! { chunks_n: 100, stall_ms: 0 });
-        let (got, end) = read_slowly(s, std::time::Duration::from_millis(10)).await;
+        // 100 chunks at once (the buffer fills), read 10 ms apart: ~1 s of the consumer's
+        // time against a 200 ms timeout.
+        let s = pipe.stream::<u64>(input! { chunks_n: 100, work_ms: 0, stall_ms: 0 });
+        let (got, end) = read_slowly(s, 10 * MS).await;
         assert_eq!(got, 101);
+        assert!(end.is_ok(), "{end:?}");
+        // 5 chunks, 10 ms of work each, read 100 ms apart (the buffer never fills).
+        let s = pipe.stream::<u64>(input! { chunks_n: 5, work_ms: 10, stall_ms: 0 });
+        let (got, end) = read_slowly(s, 100 * MS).await;
+        assert_eq!(got, 6);
         assert!(end.is_ok(), "{end:?}");
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_stage_stalling_behind_a_slow_consumer_still_times_out() {
-    // The consumer holds the stage up ~200 ms; then the stage's own work takes 1 s.
     for pipe in both_timeouts() {
+        // The consumer spends ~500 ms on the chunks; the stage's own work then takes 2 s.
         let started = tokio::time::Instant::now();
-        let s = pipe.stream::<u64>(input! { chunks_n: 50, stall_ms: 1000 });
-        let (got, end) = read_slowly(s, std::time::Duration::from_millis(10)).await;
+        let s = pipe.stream::<u64>(input! { chunks_n: 50, work_ms: 0, stall_ms: 2000 });
+        let (got, end) = read_slowly(s, 10 * MS).await;
         assert_eq!(got, 50, "every chunk sent before the stall arrives");
         assert!(
-            matches!(end, Err(Error::Timeout { after, .. }) if after == std::time::Duration::from_millis(200)),
+            matches!(end, Err(Error::Timeout { after, .. }) if after == 200 * MS),
             "{end:?}"
         );
-        // 200 ms of its own, plus the consumer's share; far from the 1 s stall.
+        // About 200 ms of its own plus the consumer's ~500 ms; far from the 2 s stall.
         let took = started.elapsed();
-        assert!(took < std::time::Duration::from_millis(800), "{took:?}");
+        assert!(took < 1500 * MS, "{took:?}");
+        // Without a consumer holding it up: the 200 ms.
+        let started = tokio::time::Instant::now();
+        let end = pipe
+            .stream::<u64>(input! { chunks_n: 0, work_ms: 0, stall_ms: 2000 })
+            .finish()
+            .await;
+        assert!(matches!(end, Err(Error::Timeout { .. })), "{end:?}");
+        assert!(started.elapsed() < 300 * MS, "{:?}", started.elapsed());
     }
+}
+
+#[stage(reads = [chunks_n], writes = [count], timeout = "200ms")]
+async fn slow_sibling(chunks_n: &u64) -> usize {
+    // 160 ms of its own work, in two steps: within its timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    *chunks_n as usize
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_does_not_time_out_other_stages_of_the_run() {
+    // The run advances only while the handle is polled: a consumer that holds on to each
+    // chunk for 100 ms also holds up `slow_sibling`, which must not pay for it.
+    let pipe = pipeline! { parallel { plain_stream, slow_sibling } };
+    let s = pipe.stream::<u64>(input! { chunks_n: 5, work_ms: 0, stall_ms: 0 });
+    let (got, end) = read_slowly(s, 100 * MS).await;
+    assert_eq!(got, 6);
+    assert!(end.is_ok(), "{end:?}");
 }

@@ -59,7 +59,8 @@ enum Frame {
     Cache,
     /// Tell the breaker how the call ended.
     Circuit,
-    /// Nothing; meanwhile, everything inside must end by `deadline`.
+    /// Nothing; meanwhile, everything inside must end by `deadline` — on the run's own
+    /// clock (see [`own_time`]).
     Timeout { deadline: Instant },
 }
 
@@ -117,12 +118,21 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
             Some(wait) => return Enter::Wait(wait),
         },
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
+        // The deadline on the run's own clock: the consumer's time (of a streamed run) is
+        // added back when the timer is set, so a slow reader does not use the time up.
         Layer::Timeout(t) => Frame::Timeout {
-            deadline: site.clock.now() + t.after,
+            deadline: own_time(site.clock.now(), site) + t.after,
         },
         Layer::Custom(_) => return Enter::Delegate,
     };
     Enter::Frame(frame, None)
+}
+
+/// `now` less the time the consumer of a streamed run has held it up: the clock timeouts
+/// count on (the same as `now` for a run nobody streams).
+fn own_time(now: Instant, site: &Site<'_>) -> Instant {
+    let consumer = site.env.chunks.consumer_time();
+    now.checked_sub(consumer).unwrap_or(now)
 }
 
 /// Leaves `layer` with `out`, doing what its `frame` says.
@@ -318,8 +328,6 @@ struct Call {
     wait: Option<Pin<Box<Sleep>>>,
     /// Armed at the earliest deadline of the entered `Timeout`s, once the call waits.
     timer: Option<Pin<Box<Sleep>>>,
-    /// A stream stage's wait for its consumer that the deadlines were pushed back by.
-    consumer_wait: Duration,
 }
 
 impl std::fmt::Debug for Call {
@@ -620,29 +628,28 @@ impl Call {
             Some(Layer::Timeout(t)) => t.after,
             _ => Duration::ZERO,
         };
-        if self.timer.as_ref().is_none_or(|t| t.deadline() != deadline) {
-            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
-        }
-        let timer = self.timer.as_mut()?;
-        if timer.as_mut().poll(cx).is_pending() {
-            return None;
-        }
-        self.timer = None;
-        // A stream stage's time waiting for its consumer does not count: push the
-        // deadlines back by what it waited since the last look.
-        if site.meta.kind == StageKind::Stream {
-            let waited = site.env.chunks.consumer_wait(site.meta.name);
-            if waited > self.consumer_wait {
-                let extra = waited - self.consumer_wait;
-                self.consumer_wait = waited;
-                for frame in self.frames.items[..self.frames.len].iter_mut() {
-                    if let Frame::Timeout { deadline } = frame {
-                        *deadline += extra;
+        // The deadline on the real clock, as the consumer's time stands now. When the timer
+        // fires, the consumer may have held the run up meanwhile: then the deadline moves
+        // and the timer is set again.
+        loop {
+            let at = deadline + site.env.chunks.consumer_time();
+            let timer = match &mut self.timer {
+                Some(timer) => {
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
                     }
+                    timer
                 }
-                return self.poll_timeouts(cx, site);
+                timer @ None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if deadline + site.env.chunks.consumer_time() == at {
+                break;
             }
         }
+        self.timer = None;
         self.delegated = None;
         self.wait = None;
         // The caches inside are left without a result.

@@ -30,7 +30,9 @@ use crate::error::{Error, Result};
 use crate::middleware::engine::{Engine, Site};
 use crate::middleware::{Clock, Layer};
 use crate::plan::{Exec, Plan};
-use crate::stage::{ChunkSink, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes};
+use crate::stage::{
+    ChunkSink, ConsumerClock, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes,
+};
 use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
 
 /// The future of a whole run.
@@ -44,7 +46,8 @@ pub(crate) struct RunOptions {
     pub(crate) allow_version_change: bool,
 }
 
-/// Starts a run of `pipe` on `input`; chunks go to `chunks` when someone streams them.
+/// Starts a run of `pipe` on `input`; chunks go to `chunks` when someone streams them
+/// (with the clock of the time the consumer holds the run up).
 ///
 /// Without callbacks or a store the run is exactly the driver's future: one allocation per
 /// run.
@@ -52,11 +55,12 @@ pub(crate) fn start_run(
     pipe: &Pipeline,
     input: Ctx,
     opts: RunOptions,
-    chunks: Option<tokio::sync::mpsc::Sender<RawChunk>>,
+    chunks: Option<(tokio::sync::mpsc::Sender<RawChunk>, Arc<ConsumerClock>)>,
 ) -> RunFuture {
+    let (tx, consumer) = chunks.unzip();
     let mut env = StageEnv {
         resources: pipe.resources.clone(),
-        chunks: ChunkSink::new(chunks),
+        chunks: ChunkSink::new(tx).with_consumer(consumer),
         run_id: None,
         callbacks: None,
         seq: 0,
@@ -392,9 +396,8 @@ struct SchedState {
     state: SmallVec<[u8; 16]>,
     ready: SmallVec<[u32; 16]>,
     running: SmallVec<[u32; 16]>,
-    /// Timeouts of running stages that have one.
-    /// Timers of parked stages with a timeout: the node, its timer, and (stream stages)
-    /// how much consumer wait the timer has been pushed back by so far.
+    /// Timers of parked stages with a timeout: the node, its timer, and the consumer's
+    /// time (of a streamed run) the timer already allows for.
     deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>, Duration)>,
     obs: Option<Observers>,
     durable: Option<Box<Durability>>,
@@ -653,7 +656,10 @@ impl SchedState {
             Ok(out) => out,
             Err(e) => {
                 let mut e = e.into_run_error(self.plan.nodes[i].meta.name);
-                if let Error::MissingKey { key, reason, .. } = &mut e {
+                // (A nested pipeline's own run already said why, from inside.)
+                if let Error::MissingKey { key, reason, .. } = &mut e
+                    && reason == crate::stage::MISSING_KEY_REASON
+                {
                     if let Some(why) = self.why_not_written(key) {
                         *reason = why;
                     }
@@ -787,7 +793,6 @@ impl SchedState {
         });
     }
 
-    /// Marks every node of route `i`'s other branches skipped.
     /// What became of the stages that write `key` (for [`Error::MissingKey`]); `None` when
     /// no stage writes it.
     #[cold]
@@ -803,6 +808,9 @@ impl SchedState {
                         "`{name}` is in branch `{}` of route `{}`, which was not taken",
                         plan.nodes[r as usize].labels[l as usize], plan.nodes[r as usize].meta.name
                     ),
+                    (DONE, _) if matches!(node.exec, crate::plan::Exec::Pipeline(_)) => {
+                        format!("`{name}` (a nested pipeline) did not write it")
+                    }
                     (DONE, _) if node.meta.access.writes_all => {
                         format!("`{name}` was skipped by a middleware")
                     }
@@ -817,6 +825,7 @@ impl SchedState {
         (!writers.is_empty()).then(|| writers.join("; "))
     }
 
+    /// Marks every node of route `i`'s other branches skipped.
     fn mark_skipped(&mut self, i: usize, chosen: usize) {
         let plan = self.plan.clone();
         for (l, nodes) in plan.branch_members[i].iter().enumerate() {
@@ -996,27 +1005,34 @@ impl SchedState {
 
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
         for k in 0..self.deadlines.len() {
-            let (i, sleep, credited) = &mut self.deadlines[k];
-            while sleep.as_mut().poll(cx).is_ready() {
-                let node = &self.plan.nodes[*i as usize];
-                // A stream stage's time waiting for its consumer does not count.
-                if node.meta.kind == crate::stage::StageKind::Stream {
-                    let waited = self.env.chunks.consumer_wait(node.meta.name);
-                    if waited > *credited {
-                        let later = sleep.deadline() + (waited - *credited);
-                        sleep.as_mut().reset(later);
-                        *credited = waited;
+            let (i, sleep, allowed) = &mut self.deadlines[k];
+            if sleep.as_mut().poll(cx).is_pending() {
+                continue;
+            }
+            // The time the consumer of a streamed run held it up since the timer was set
+            // does not count: move the deadline by that much, and fail only if it is still
+            // past.
+            let consumer = self.env.chunks.consumer_time();
+            if consumer > *allowed {
+                let later = sleep.deadline() + (consumer - *allowed);
+                *allowed = consumer;
+                if later > Instant::now() {
+                    sleep.as_mut().reset(later);
+                    // Registers the timer's waker (a deadline this close may fire at once:
+                    // then it fails, as `allowed` is up to date).
+                    if sleep.as_mut().poll(cx).is_pending() {
                         continue;
                     }
                 }
-                let (i, name) = (*i as usize, node.meta.name);
-                let e = Error::Timeout {
-                    stage: name,
-                    after: node.meta.timeout.unwrap_or_default(),
-                };
-                self.report_error(i, &e);
-                return Err(e);
             }
+            let node = &self.plan.nodes[*i as usize];
+            let (i, name) = (*i as usize, node.meta.name);
+            let e = Error::Timeout {
+                stage: name,
+                after: node.meta.timeout.unwrap_or_default(),
+            };
+            self.report_error(i, &e);
+            return Err(e);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -10,7 +11,7 @@ use futures_core::Stream;
 use super::Pipeline;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::stage::{Chunk, RawChunk};
+use crate::stage::{Chunk, ConsumerClock, RawChunk};
 
 /// How many chunks may wait for the consumer before stream stages are slowed down.
 const CHUNK_BUFFER: usize = 32;
@@ -38,6 +39,10 @@ pub struct StreamHandle<C> {
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
     result: Option<Result<Ctx>>,
     error_yielded: bool,
+    /// The time the consumer has held the run up (see [`ConsumerClock`]).
+    consumer: Arc<ConsumerClock>,
+    /// When the last chunk was handed out, until the next poll.
+    handed_at: Option<tokio::time::Instant>,
     _chunk: PhantomData<fn() -> C>,
 }
 
@@ -60,6 +65,8 @@ impl<C: Send + 'static> StreamHandle<C> {
             rx: Some(rx),
             result: None,
             error_yielded: false,
+            consumer: Arc::default(),
+            handed_at: None,
             _chunk: PhantomData,
         }
     }
@@ -102,9 +109,17 @@ impl<C: Send + 'static> StreamHandle<C> {
     fn started(&mut self) -> Option<&mut RunFuture> {
         if let Some(start) = self.start.take() {
             let (pipe, input, opts, tx) = *start;
-            self.run = Some(super::exec::start_run(&pipe, input, opts, Some(tx)));
+            let chunks = Some((tx, self.consumer.clone()));
+            self.run = Some(super::exec::start_run(&pipe, input, opts, chunks));
         }
         self.run.as_mut()
+    }
+
+    /// The consumer is back: the time since the last chunk was handed out was its.
+    fn consumer_back(&mut self) {
+        if let Some(at) = self.handed_at.take() {
+            self.consumer.add_since(at);
+        }
     }
 
     /// Waits for the run to end and returns its final context (chunks not yet consumed are
@@ -116,6 +131,7 @@ impl<C: Send + 'static> StreamHandle<C> {
     pub async fn finish(mut self) -> Result<Ctx> {
         // No one reads chunks any more: stream stages' sends return at once.
         self.rx = None;
+        self.consumer_back();
         self.started();
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
@@ -143,11 +159,15 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        this.consumer_back();
         this.started();
         loop {
             if let Some(rx) = &mut this.rx {
                 match rx.poll_recv(cx) {
-                    Poll::Ready(Some(raw)) => return Poll::Ready(Some(Self::convert(raw))),
+                    Poll::Ready(Some(raw)) => {
+                        this.handed_at = Some(tokio::time::Instant::now());
+                        return Poll::Ready(Some(Self::convert(raw)));
+                    }
                     // Every sender is gone: the run ended and all its chunks were delivered.
                     Poll::Ready(None) => this.rx = None,
                     Poll::Pending => {}

@@ -141,7 +141,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     // `at`: where a value of the wrong type is reported (the stage's return type, or the
     // fallback's name in the attribute).
     let convert_stream = {
-        let convert = crate::paths::respan(error_conversion(&private), def.ret_span);
+        let convert = error_conversion(&private, def.ret_span);
         quote!(|__fluxio_e| #convert)
     };
     let body_for = |target: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
@@ -149,7 +149,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         if def.fallible {
             // Spanned at the return type: an error type that converts neither way is
             // reported there.
-            let convert = crate::paths::respan(error_conversion(&private), def.ret_span);
+            let convert = error_conversion(&private, def.ret_span);
             call = quote! {
                 match #call {
                     ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
@@ -166,24 +166,32 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             },
             Output::Values => {
                 let n = def.writes.len();
-                let temps: Vec<_> = (0..n).map(|i| format_ident!("__fluxio_w{}", i)).collect();
+                // Bound and used with the span of the return type (or of the fallback's name),
+                // where a value of the wrong type is reported.
+                let temps: Vec<_> = (0..n)
+                    .map(|i| format_ident!("__fluxio_w{}", i, span = at))
+                    .collect();
                 let bind = if n == 1 {
                     let t = &temps[0];
                     quote!(let #t = #call;)
                 } else {
                     quote!(let (#(#temps),*) = #call;)
                 };
-                // Spanned at the return type, so a value of the wrong type is reported there.
+                // The conversion is spanned at the return type too; `__fluxio_writes` keeps
+                // the macro's span, as its binding does (a return type from a
+                // `macro_rules!` argument has another hygiene).
                 let pushes = def.writes.iter().zip(&temps).map(|(k, t)| {
                     let p = &k.0;
-                    let push = if own {
-                        quote!(__fluxio_writes.push::<#p>(
-                            #private::Written::<<#p as #private::Key>::Value>::written(#t)
-                        );)
+                    if own {
+                        let written = crate::paths::respan(
+                            quote!(#private::Written::<<#p as #private::Key>::Value>::written),
+                            at,
+                        );
+                        quote!(__fluxio_writes.push::<#p>(#written(#t));)
                     } else {
-                        quote!(__fluxio_writes.push::<#p>(#t);)
-                    };
-                    crate::paths::respan(push, at)
+                        let push = crate::paths::respan(quote!(push::<#p>), at);
+                        quote!(__fluxio_writes.#push(#t);)
+                    }
                 });
                 quote! {
                     #bind
@@ -237,7 +245,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 #[allow(unused_imports)]
                 use #private::{BoxedRollbackKind as _, RollbackKind as _};
                 let __fluxio_r = #call;
-                (&&__fluxio_r).rollback_kind().rollback(__fluxio_r)?;
+                (&#private::RollbackTag::of(&__fluxio_r)).rollback_kind().rollback(__fluxio_r)?;
             }
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
         });
@@ -291,18 +299,22 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     }
 }
 
-/// What is emitted when the input has errors: the errors, plus a stage value with no
-/// behaviour so that uses of the stage elsewhere do not add a cascade of errors.
 /// `__fluxio_e` (a stage's error) as a `StageError`, the conversion picked by its type:
-/// see `fluxio_core::support::StageErrorKind`.
-fn error_conversion(private: &TokenStream) -> TokenStream {
+/// see `fluxio_core::support::ErrorTag`. Only the method's name carries `at` (the return
+/// type), where an error type that converts neither way is reported; the variable keeps the
+/// macro's own span, as its binding does (a return type from a `macro_rules!` argument has
+/// another hygiene).
+fn error_conversion(private: &TokenStream, at: proc_macro2::Span) -> TokenStream {
+    let kind = proc_macro2::Ident::new("stage_error_kind", at);
     quote! {{
         #[allow(unused_imports)]
         use #private::{BoxedErrorKind as _, StageErrorKind as _};
-        (&&__fluxio_e).stage_error_kind().stage_error(__fluxio_e)
+        (&#private::ErrorTag::of(&__fluxio_e)).#kind().stage_error(__fluxio_e)
     }}
 }
 
+/// What is emitted when the input has errors: the errors, plus a stage value with no
+/// behaviour so that uses of the stage elsewhere do not add a cascade of errors.
 pub(crate) fn fallback(
     item: &syn::ItemFn,
     krate: Option<&syn::Path>,
