@@ -129,7 +129,9 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
 }
 
 /// `now` less the time the consumer of a streamed run has held it up: the clock timeouts
-/// count on (the same as `now` for a run nobody streams).
+/// count on (the same as `now` for a run nobody streams). Out of line: `enter` is on every
+/// stage call's path, a `Timeout` layer is not.
+#[inline(never)]
 fn own_time(now: Instant, site: &Site<'_>) -> Instant {
     let consumer = site.env.chunks.consumer_time();
     now.checked_sub(consumer).unwrap_or(now)
