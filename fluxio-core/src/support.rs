@@ -35,21 +35,50 @@ where
 /// # Errors
 ///
 /// The first error the stream yields; chunks sent before it stay delivered.
-pub async fn drive_stream<S, C, E>(
+pub async fn drive_stream<S>(
     stage: &'static str,
     stream: S,
     sink: ChunkSink,
-    error: impl Fn(E) -> StageError,
+    error: impl Fn(<S::Item as StreamItem>::Error) -> StageError,
 ) -> Result<(), StageError>
 where
-    S: Stream<Item = Result<C, E>>,
-    C: Send + 'static,
+    S: Stream,
+    S::Item: StreamItem,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
-        sink.send(stage, item.map_err(&error)?).await;
+        sink.send(stage, item.into_result().map_err(&error)?).await;
     }
     Ok(())
+}
+
+/// What a stream stage's stream yields: `Result<C, E>`, a chunk or the error that ends
+/// the stream.
+#[diagnostic::on_unimplemented(
+    message = "a stream stage's items must be `Result<C, E>`, not `{Self}`",
+    label = "the stream yields `{Self}`",
+    note = "wrap each chunk in `Ok(..)`: `impl Stream<Item = Result<C, StageError>>`; the first `Err` ends the stream and fails the stage"
+)]
+pub trait StreamItem {
+    /// The chunk type.
+    type Chunk: Send + 'static;
+    /// The error type.
+    type Error;
+    /// The item as a result.
+    ///
+    /// # Errors
+    ///
+    /// The stream's error.
+    fn into_result(self) -> Result<Self::Chunk, Self::Error>;
+}
+
+impl<C: Send + 'static, E> StreamItem for Result<C, E> {
+    type Chunk = C;
+    type Error = E;
+    #[inline(always)]
+    fn into_result(self) -> Result<C, E> {
+        self
+    }
 }
 
 /// The error of a stage (or its fallback, or a stream's item) as a [`StageError`]: the

@@ -140,6 +140,8 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     };
     // `at`: where a value of the wrong type is reported (the stage's return type, or the
     // fallback's name in the attribute).
+    // At the return type: a stream of something else than `Result`s is reported there.
+    let drive_stream = crate::paths::respan(quote!(#private::drive_stream), def.ret_span);
     let convert_stream = {
         let convert = error_conversion(&private, def.ret_span);
         quote!(|__fluxio_e| #convert)
@@ -212,7 +214,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 ::core::result::Result::Ok(#private::StageOutput::Writes(__fluxio_writes))
             },
             Output::Stream => quote! {
-                #private::drive_stream(#name, #call, __fluxio_chunks, #convert_stream).await?;
+                #drive_stream(#name, #call, __fluxio_chunks, #convert_stream).await?;
                 ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
             },
         };
