@@ -14,19 +14,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A stage returned an error or panicked.
-    #[error("stage `{stage}` failed: {source}")]
+    #[error("{}stage `{stage}` failed: {source}", run_prefix(run_id))]
     Stage {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one (given with `.run_id(..)`, or made for a run with
+        /// a store or callbacks).
+        run_id: Option<String>,
         /// What the stage reported.
         #[source]
         source: SharedError,
     },
     /// A stage ran longer than its timeout.
-    #[error("stage `{stage}` timed out after {after:?}")]
+    #[error("{}stage `{stage}` timed out after {after:?}", run_prefix(run_id))]
     Timeout {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one.
+        run_id: Option<String>,
         /// The timeout that elapsed.
         after: Duration,
     },
@@ -280,6 +285,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// `self` naming run `id`, if it is a stage's failure or timeout that does not name
+    /// one yet (they are made where the run is not known).
+    pub(crate) fn in_run(mut self, id: Option<&str>) -> Self {
+        if let (Some(id), Error::Stage { run_id, .. } | Error::Timeout { run_id, .. }) =
+            (id, &mut self)
+        {
+            if run_id.is_none() {
+                *run_id = Some(id.to_string());
+            }
+        }
+        self
+    }
+
     /// Maps a store error for run `run_id` during `operation`.
     pub(crate) fn from_store(
         run_id: &str,
@@ -322,6 +340,13 @@ pub(crate) fn short_type(name: &str) -> String {
     }
     flush(&mut token, &mut out);
     out
+}
+
+/// ``run `id`: `` before a message, or nothing for a run without an id.
+fn run_prefix(run_id: &Option<String>) -> String {
+    run_id
+        .as_deref()
+        .map_or_else(String::new, |id| format!("run `{id}`: "))
 }
 
 /// `d` to the millisecond (at least 1 ms): a wait shown to a person.

@@ -162,6 +162,7 @@ impl StageError {
             Ok(inner) => *inner,
             Err(other) => Error::Stage {
                 stage,
+                run_id: None,
                 source: Arc::from(other),
             },
         }

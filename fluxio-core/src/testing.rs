@@ -134,6 +134,7 @@ impl<S: Stage> StepHarness<S> {
             StageOutput::Route(r) => Ok(r),
             StageOutput::Writes(_) | StageOutput::Skip(_) => Err(Error::Stage {
                 stage: S::META.name,
+                run_id: None,
                 source: Arc::from(crate::StageError::msg("not a route stage").into_inner()),
             }),
         }
@@ -158,6 +159,10 @@ async fn guarded(
         None => caught.await,
         Some(after) => tokio::time::timeout(after, caught)
             .await
-            .unwrap_or(Err(Error::Timeout { stage, after })),
+            .unwrap_or(Err(Error::Timeout {
+                stage,
+                run_id: None,
+                after,
+            })),
     }
 }

@@ -116,7 +116,7 @@ async fn a_panic_is_the_stage_error_and_the_stage_timeout_applies() {
         .await
         .unwrap_err();
     match err {
-        Error::Timeout { stage, after } => {
+        Error::Timeout { stage, after, .. } => {
             assert_eq!((stage, after), ("hangs", Duration::from_millis(50)))
         }
         other => panic!("expected a timeout, got {other:?}"),

@@ -256,8 +256,13 @@ async fn timeout_middleware_limits_stages_without_their_own() {
     let pipe = pipeline! { sleepy }.with_middleware(Timeout::new(Duration::from_millis(50)));
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     match err {
-        Error::Timeout { stage, after } => {
-            assert_eq!((stage, after), ("sleepy", Duration::from_millis(50)))
+        Error::Timeout {
+            stage,
+            run_id,
+            after,
+        } => {
+            assert_eq!((stage, after), ("sleepy", Duration::from_millis(50)));
+            assert_eq!(run_id, None, "a run without an id");
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
@@ -678,7 +683,7 @@ async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "stage `charge` failed: card declined (51)");
-    let Error::Stage { stage, source } = &err else {
+    let Error::Stage { stage, source, .. } = &err else {
         panic!("{err:?}")
     };
     assert_eq!(*stage, "charge");
@@ -705,4 +710,31 @@ async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
         .downcast_ref::<fluxio::middleware::RetriesExhausted>()
         .expect("the retries' error");
     assert_eq!(exhausted.attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_failure_names_the_run_it_failed_in() {
+    let err = pipeline! { charge }
+        .invoke(input! { n: 51 })
+        .run_id("order-42")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "run `order-42`: stage `charge` failed: card declined (51)"
+    );
+    assert!(
+        matches!(&err, Error::Stage { run_id: Some(id), .. } if id == "order-42"),
+        "{err:?}"
+    );
+    let err = pipeline! { sleepy }
+        .with_middleware(Timeout::new(Duration::from_millis(50)))
+        .invoke(input! { n: 1 })
+        .run_id("order-43")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "run `order-43`: stage `sleepy` timed out after 50ms"
+    );
 }

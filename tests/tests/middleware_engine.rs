@@ -126,7 +126,7 @@ async fn a_timeout_outside_a_retry_limits_all_attempts_together() {
     let started = Instant::now();
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     match err {
-        Error::Timeout { stage, after } => {
+        Error::Timeout { stage, after, .. } => {
             assert_eq!((stage, after), ("scripted", Duration::from_millis(80)))
         }
         other => panic!("expected a timeout, got {other:?}"),

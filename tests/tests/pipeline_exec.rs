@@ -333,7 +333,7 @@ async fn stage_timeout_is_an_error_naming_stage_and_duration() {
     let pipe = pipeline! { slow };
     let err = pipe.invoke(Ctx::new()).await.unwrap_err();
     match err {
-        Error::Timeout { stage, after } => {
+        Error::Timeout { stage, after, .. } => {
             assert_eq!(stage, "slow");
             assert_eq!(after, Duration::from_millis(50));
         }

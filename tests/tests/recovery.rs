@@ -226,7 +226,7 @@ async fn a_skipped_stage_is_not_rolled_back_after_a_resume_either() {
     let err = pipe.resume("order-4").await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "stage `confirm` failed: confirmation failed"
+        "run `order-4`: stage `confirm` failed: confirmation failed"
     );
     assert_eq!(journal.entries(), ["pay 4"]);
 }

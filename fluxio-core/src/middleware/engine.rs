@@ -659,6 +659,7 @@ impl Call {
         self.frames.truncate(depth);
         Some(Err(StageError::new(Error::Timeout {
             stage: site.meta.name,
+            run_id: None,
             after,
         })))
     }

@@ -43,6 +43,7 @@ impl Middleware for Timeout {
                 Ok(out) => out,
                 Err(_) => Err(StageError::new(Error::Timeout {
                     stage: call.meta.name,
+                    run_id: None,
                     after: self.after,
                 })),
             }

@@ -85,6 +85,11 @@ pub(crate) fn start_run(
             Ok(sched) => pipe.start(sched),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        // A stage's failure names the run the caller named.
+        let run = match run_id.clone() {
+            Some(id) => Box::pin(async move { run.await.map_err(|e| e.in_run(Some(&id))) }),
+            None => run,
+        };
         // With no subscriber ever installed, the run stays a single allocation.
         return if traced {
             instrument_run(run, &pipe.plan.version, run_id.as_deref())
@@ -135,6 +140,14 @@ pub(crate) fn start_run(
                 Ok(sched) => pipe.start(sched).await,
                 Err(e) => Err(e),
             },
+        };
+        // A stage's failure names the run when it has an id of its own: one the caller gave,
+        // or a stored run's (needed to resume it). A made-up id of a run with callbacks
+        // only is left out.
+        let result = if opts.run_id.is_some() || pipe.store.is_some() {
+            result.map_err(|e| e.in_run(Some(&run_id)))
+        } else {
+            result
         };
         cancelled.armed = false;
         notify_all(&callbacks, |c| {
@@ -303,6 +316,7 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
     let text = panic_text(&*payload);
     Error::Stage {
         stage,
+        run_id: None,
         source: Arc::from(StageError::msg(format!("panicked: {text}")).into_inner()),
     }
 }
@@ -1029,6 +1043,7 @@ impl SchedState {
             let (i, name) = (*i as usize, node.meta.name);
             let e = Error::Timeout {
                 stage: name,
+                run_id: None,
                 after: node.meta.timeout.unwrap_or_default(),
             };
             self.report_error(i, &e);
