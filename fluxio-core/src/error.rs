@@ -18,8 +18,10 @@ pub enum Error {
     Stage {
         /// The stage's name.
         stage: &'static str,
-        /// The run's id, when it has one (given with `.run_id(..)`, or made for a run with
-        /// a store or callbacks).
+        /// The run's id, when it has one of its own: given with `.run_id(..)` (or
+        /// `resume`), or made for a run with a store (what resumes it). Set on the error the
+        /// run returns; callbacks get the error as the stage reported it (their event
+        /// carries the run id).
         run_id: Option<String>,
         /// What the stage reported.
         #[source]

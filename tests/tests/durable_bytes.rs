@@ -237,8 +237,11 @@ async fn bytes_written_grow_with_what_stages_write_not_with_the_context() {
     let total: usize = run.header.len() + run.entries.iter().map(Vec::len).sum::<usize>();
     let per_small_entry = run.entries[1..].iter().map(Vec::len).max().unwrap();
     eprintln!(
-        "100-stage run with a 1 MiB value: {total} bytes written in all ({:.3} MiB), largest small entry {per_small_entry} bytes",
-        total as f64 / (1 << 20) as f64
+        "100-stage run with a 1 MiB value: {total} bytes written in all ({:.3} MiB); an entry \
+         of a stage writing one u64: {} bytes for `s10` writing `k10`, {per_small_entry} for \
+         `s100` writing `k100`",
+        total as f64 / (1 << 20) as f64,
+        run.entries[9].len(),
     );
     assert!(
         total < (1 << 20) + 10_000,
