@@ -20,8 +20,8 @@ pub enum Error {
         stage: &'static str,
         /// The run's id, when it has one of its own: given with `.run_id(..)` (or
         /// `resume`), or made for a run with a store (what resumes it). Set on the error the
-        /// run returns; callbacks get the error as the stage reported it (their event
-        /// carries the run id).
+        /// run returns; callbacks, events and the checkpoint's error text get the error
+        /// without it (they carry the run id apart).
         run_id: Option<String>,
         /// What the stage reported.
         #[source]

@@ -738,3 +738,51 @@ async fn a_stage_failure_names_the_run_it_failed_in() {
         "run `order-43`: stage `sleepy` timed out after 50ms"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_past_the_clocks_range_is_no_limit() {
+    let flaky = Flaky::failing(0);
+    let ctx = pipeline! { work }
+        .with_resource(flaky)
+        .with_middleware(Timeout::new(Duration::MAX))
+        .invoke(input! { n: 2 })
+        .await
+        .unwrap();
+    assert_eq!(ctx[out], 4);
+}
+
+/// Keeps the error text each run ended with, as `on_run_end` saw it.
+#[derive(Default, Clone)]
+struct RunEnds(Arc<Mutex<Vec<String>>>);
+
+impl fluxio::Callback for RunEnds {
+    fn on_run_end(
+        &self,
+        _run_id: &str,
+        result: Result<&fluxio::Ctx, &Error>,
+        _took: std::time::Duration,
+    ) {
+        if let Err(e) = result {
+            self.0.lock().unwrap().push(e.to_string());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn callbacks_hear_a_failure_without_the_run_prefix_the_caller_gets() {
+    let ends = RunEnds::default();
+    let err = pipeline! { charge }
+        .with_callback(ends.clone())
+        .invoke(input! { n: 51 })
+        .run_id("order-44")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "run `order-44`: stage `charge` failed: card declined (51)"
+    );
+    assert_eq!(
+        *ends.0.lock().unwrap(),
+        ["stage `charge` failed: card declined (51)"]
+    );
+}

@@ -120,8 +120,10 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
         // The deadline on the run's own clock: the consumer's time (of a streamed run) is
         // added back when the timer is set, so a slow reader does not use the time up.
-        Layer::Timeout(t) => Frame::Timeout {
-            deadline: own_time(site.clock.now(), site) + t.after,
+        // (A limit past the clock's range is no limit.)
+        Layer::Timeout(t) => match own_time(site.clock.now(), site).checked_add(t.after) {
+            Some(deadline) => Frame::Timeout { deadline },
+            None => Frame::Pass,
         },
         Layer::Custom(_) => return Enter::Delegate,
     };
@@ -633,8 +635,9 @@ impl Call {
         // The deadline on the real clock, as the consumer's time stands now. When the timer
         // fires, the consumer may have held the run up meanwhile: then the deadline moves
         // and the timer is set again.
+        let real = |deadline: Instant| deadline.checked_add(site.env.chunks.consumer_time());
         loop {
-            let at = deadline + site.env.chunks.consumer_time();
+            let at = real(deadline)?;
             let timer = match &mut self.timer {
                 Some(timer) => {
                     if timer.deadline() != at {
@@ -647,7 +650,7 @@ impl Call {
             if timer.as_mut().poll(cx).is_pending() {
                 return None;
             }
-            if deadline + site.env.chunks.consumer_time() == at {
+            if real(deadline) == Some(at) {
                 break;
             }
         }

@@ -50,7 +50,7 @@ pub(crate) struct RunOptions {
 /// (with the clock of the time the consumer holds the run up).
 ///
 /// Without callbacks or a store the run is exactly the driver's future: one allocation per
-/// run.
+/// run (two when the caller names the run: the second names it in a stage's failure).
 pub(crate) fn start_run(
     pipe: &Pipeline,
     input: Ctx,
@@ -141,19 +141,18 @@ pub(crate) fn start_run(
                 Err(e) => Err(e),
             },
         };
-        // A stage's failure names the run when it has an id of its own: one the caller gave,
-        // or a stored run's (needed to resume it). A made-up id of a run with callbacks
-        // only is left out.
-        let result = if opts.run_id.is_some() || pipe.store.is_some() {
-            result.map_err(|e| e.in_run(Some(&run_id)))
-        } else {
-            result
-        };
         cancelled.armed = false;
         notify_all(&callbacks, |c| {
             c.on_run_end(&run_id, result.as_ref(), started.elapsed())
         });
-        result
+        // A stage's failure names the run when it has an id of its own: one the caller gave,
+        // or a stored run's (needed to resume it); a made-up id of a run with callbacks only
+        // is left out. Callbacks (told above) and the stored error text have the id apart.
+        if opts.run_id.is_some() || pipe.store.is_some() {
+            result.map_err(|e| e.in_run(Some(&run_id)))
+        } else {
+            result
+        }
     };
     Box::pin(tracing::Instrument::instrument(run, span))
 }
@@ -1028,7 +1027,9 @@ impl SchedState {
             // past.
             let consumer = self.env.chunks.consumer_time();
             if consumer > *allowed {
-                let later = sleep.deadline() + (consumer - *allowed);
+                let Some(later) = sleep.deadline().checked_add(consumer - *allowed) else {
+                    continue; // past the clock's range: never
+                };
                 *allowed = consumer;
                 if later > Instant::now() {
                     sleep.as_mut().reset(later);
