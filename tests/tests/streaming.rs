@@ -352,3 +352,38 @@ async fn a_slow_consumer_does_not_time_out_other_stages_of_the_run() {
     assert_eq!(got, 6);
     assert!(end.is_ok(), "{end:?}");
 }
+
+#[stage(reads = [words])]
+fn boxed_words(words: &String) -> futures::stream::BoxStream<'static, Result<String, StageError>> {
+    let words: Vec<_> = words.split(' ').map(|w| Ok(w.to_string())).collect();
+    futures::stream::iter(words).boxed()
+}
+
+#[stage(reads = [words])]
+fn pinned_words(
+    words: &String,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<String, StageError>> + Send>> {
+    let words: Vec<_> = words.split(' ').map(|w| Ok(w.to_uppercase())).collect();
+    Box::pin(futures::stream::iter(words))
+}
+
+#[tokio::test]
+async fn boxed_streams_are_stream_stages_too() {
+    let pipe = pipeline! { boxed_words, pinned_words };
+    let mut s = pipe.stream::<String>(input! { words: "a b".into() });
+    let mut got = Vec::new();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.unwrap();
+        got.push(format!("{}:{}", chunk.stage, chunk.data));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "boxed_words:a",
+            "boxed_words:b",
+            "pinned_words:A",
+            "pinned_words:B"
+        ]
+    );
+}

@@ -137,20 +137,56 @@ fn split_result(ret: &ReturnType) -> (bool, Option<Type>) {
     }
 }
 
-/// Whether the return type is `impl Stream<...>`.
+/// Whether the return type is a stream: `impl Stream<...>`, a boxed one (`BoxStream<..>`,
+/// `Pin<Box<dyn Stream<..> + ..>>`). Known by how it is written, as other roles are.
 fn returns_stream(ret: &ReturnType) -> bool {
     let ReturnType::Type(_, ty) = ret else {
         return false;
     };
-    let Type::ImplTrait(imp) = &**ty else {
-        return false;
+    is_stream(ty)
+}
+
+fn is_stream(ty: &Type) -> bool {
+    let names_stream = |bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, _>| {
+        bounds.iter().any(|b| match b {
+            syn::TypeParamBound::Trait(t) => {
+                t.path.segments.last().is_some_and(|s| s.ident == "Stream")
+            }
+            _ => false,
+        })
     };
-    imp.bounds.iter().any(|b| match b {
-        syn::TypeParamBound::Trait(t) => {
-            t.path.segments.last().is_some_and(|s| s.ident == "Stream")
+    match ty {
+        Type::ImplTrait(imp) => names_stream(&imp.bounds),
+        Type::TraitObject(obj) => names_stream(&obj.bounds),
+        Type::Path(p) => {
+            let Some(last) = p.path.segments.last() else {
+                return false;
+            };
+            if last.ident == "BoxStream" || last.ident == "LocalBoxStream" {
+                return true;
+            }
+            // `Pin<Box<dyn Stream<..>>>`
+            let inner = |seg: &syn::PathSegment| match &seg.arguments {
+                syn::PathArguments::AngleBracketed(args) => {
+                    args.args.iter().find_map(|a| match a {
+                        syn::GenericArgument::Type(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
+            let boxed_dyn_stream = |t: &Type| match t {
+                Type::Path(b) => b.path.segments.last().is_some_and(|seg| {
+                    seg.ident == "Box"
+                        && inner(seg)
+                            .is_some_and(|t| matches!(t, Type::TraitObject(_)) && is_stream(&t))
+                }),
+                _ => false,
+            };
+            last.ident == "Pin" && inner(last).is_some_and(|t| boxed_dyn_stream(&t))
         }
         _ => false,
-    })
+    }
 }
 
 /// Builds the model, recording every problem in `cx`.
