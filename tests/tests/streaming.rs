@@ -387,3 +387,33 @@ async fn boxed_streams_are_stream_stages_too() {
         ]
     );
 }
+
+#[stage(reads = [chunks_n], writes = [published], timeout = "300ms")]
+async fn hung_sibling(chunks_n: &u64) -> bool {
+    // A call that never answers in time.
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    *chunks_n > 0
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_hung_beside_a_stream_times_out_however_slow_the_reader() {
+    // 200 chunks of 5 ms each, read 20 ms apart (4 s of streaming): the stage beside the
+    // stream hangs, and its 300 ms are the clock's, not the stream's pace.
+    let pipe = pipeline! { parallel { plain_stream, hung_sibling } };
+    let started = tokio::time::Instant::now();
+    let s = pipe.stream::<u64>(input! { chunks_n: 200, work_ms: 5, stall_ms: 0 });
+    let (got, end) = read_slowly(s, 20 * MS).await;
+    assert!(
+        matches!(
+            &end,
+            Err(Error::Timeout {
+                stage: "hung_sibling",
+                ..
+            })
+        ),
+        "{end:?}"
+    );
+    assert!(got < 50, "{got}");
+    let took = started.elapsed();
+    assert!(took < 400 * MS, "{took:?}");
+}

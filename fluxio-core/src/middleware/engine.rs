@@ -118,7 +118,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
             Some(wait) => return Enter::Wait(wait),
         },
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
-        // The deadline on the run's own clock: the consumer's time (of a streamed run) is
+        // The deadline on the stage's own clock: for a stream stage, the consumer's time is
         // added back when the timer is set, so a slow reader does not use the time up.
         // (A limit past the clock's range is no limit.)
         Layer::Timeout(t) => match own_time(site.clock.now(), site).checked_add(t.after) {
@@ -130,13 +130,21 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
     Enter::Frame(frame, None)
 }
 
-/// `now` less the time the consumer of a streamed run has held it up: the clock timeouts
-/// count on (the same as `now` for a run nobody streams). Out of line: `enter` is on every
-/// stage call's path, a `Timeout` layer is not.
+/// For a stream stage, `now` less the time the consumer of the streamed run has held it up:
+/// the clock its timeouts count on (the same as `now` for a run nobody streams, and for
+/// other stages — a stage hung beside a stream must not be kept alive by a slow reader).
+/// Out of line: `enter` is on every stage call's path, a `Timeout` layer is not.
 #[inline(never)]
 fn own_time(now: Instant, site: &Site<'_>) -> Instant {
-    let consumer = site.env.chunks.consumer_time();
-    now.checked_sub(consumer).unwrap_or(now)
+    now.checked_sub(consumer_time(site)).unwrap_or(now)
+}
+
+/// The consumer's time that a stream stage's timeouts leave out (zero for other stages).
+fn consumer_time(site: &Site<'_>) -> Duration {
+    match site.meta.kind {
+        StageKind::Stream => site.env.chunks.consumer_time(),
+        _ => Duration::ZERO,
+    }
 }
 
 /// Leaves `layer` with `out`, doing what its `frame` says.
@@ -635,7 +643,7 @@ impl Call {
         // The deadline on the real clock, as the consumer's time stands now. When the timer
         // fires, the consumer may have held the run up meanwhile: then the deadline moves
         // and the timer is set again.
-        let real = |deadline: Instant| deadline.checked_add(site.env.chunks.consumer_time());
+        let real = |deadline: Instant| deadline.checked_add(consumer_time(site));
         loop {
             let at = real(deadline)?;
             let timer = match &mut self.timer {

@@ -586,11 +586,13 @@ impl SchedState {
         self.running.push(i as u32);
         // A stage that finishes on its first poll never needs its timer.
         if let Some(after) = self.plan.nodes[i].meta.timeout {
-            self.deadlines.push((
-                i as u32,
-                Box::pin(tokio::time::sleep(after)),
-                Duration::ZERO,
-            ));
+            // A stream stage's timer allows for the consumer's time from now on.
+            let consumer = match self.plan.nodes[i].meta.kind {
+                crate::stage::StageKind::Stream => self.env.chunks.consumer_time(),
+                _ => Duration::ZERO,
+            };
+            self.deadlines
+                .push((i as u32, Box::pin(tokio::time::sleep(after)), consumer));
         }
     }
 
@@ -1022,10 +1024,15 @@ impl SchedState {
             if sleep.as_mut().poll(cx).is_pending() {
                 continue;
             }
-            // The time the consumer of a streamed run held it up since the timer was set
-            // does not count: move the deadline by that much, and fail only if it is still
-            // past.
-            let consumer = self.env.chunks.consumer_time();
+            // A stream stage's timer leaves out the time the consumer held the run up since
+            // it was set (the stage waits for the consumer): move the deadline by that much,
+            // and fail only if it is still past. Other stages keep the clock's time — a
+            // stage hung beside a stream must not be kept alive by a slow reader.
+            let node = &self.plan.nodes[*i as usize];
+            let consumer = match node.meta.kind {
+                crate::stage::StageKind::Stream => self.env.chunks.consumer_time(),
+                _ => Duration::ZERO,
+            };
             if consumer > *allowed {
                 let Some(later) = sleep.deadline().checked_add(consumer - *allowed) else {
                     continue; // past the clock's range: never

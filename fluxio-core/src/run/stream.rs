@@ -161,6 +161,14 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
         let this = &mut *self;
         this.consumer_back();
         this.started();
+        // The run moves on at every poll, also while chunks wait in the buffer: its other
+        // stages are not held up by the consumer longer than one chunk's handling.
+        if let Some(run) = &mut this.run {
+            if let Poll::Ready(result) = run.as_mut().poll(cx) {
+                this.run = None;
+                this.result = Some(result);
+            }
+        }
         loop {
             if let Some(rx) = &mut this.rx {
                 match rx.poll_recv(cx) {
@@ -173,15 +181,9 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
                     Poll::Pending => {}
                 }
             }
-            if let Some(run) = &mut this.run {
-                match run.as_mut().poll(cx) {
-                    Poll::Ready(result) => {
-                        this.run = None;
-                        this.result = Some(result);
-                        continue;
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
+            if this.run.is_some() {
+                // Polled above: it waits, and so does the buffer.
+                return Poll::Pending;
             }
             if this.rx.is_some() {
                 // The run is over but chunks may still be queued: the next poll drains them.
