@@ -71,22 +71,30 @@ pub enum Error {
     },
     /// A route stage chose a label that has no branch.
     #[error(
-        "route stage `{stage}` chose `{label}`, which is not one of its branches ({})",
+        "{}route stage `{stage}` chose `{label}`, which is not one of its branches ({})",
+        run_prefix(run_id),
         quoted_list(branches)
     )]
     UnknownRoute {
         /// The route stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The label it returned.
         label: String,
         /// The labels of its branches, in the pipeline's order.
         branches: Vec<&'static str>,
     },
     /// A ctx-style stage wrote a key it did not declare in `writes`.
-    #[error("stage `{stage}` wrote `{key}`, which is not in its `writes`")]
+    #[error(
+        "{}stage `{stage}` wrote `{key}`, which is not in its `writes`",
+        run_prefix(run_id)
+    )]
     UndeclaredWrite {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The key written.
         key: &'static str,
     },
@@ -113,10 +121,15 @@ pub enum Error {
     /// it did not run (a route took another branch, or a middleware skipped them) or did
     /// not write it; on its own (`StepHarness`), because the input lacks it. `reason` says
     /// which.
-    #[error("stage `{stage}` reads `{key}`, but nothing wrote it: {reason}")]
+    #[error(
+        "{}stage `{stage}` reads `{key}`, but nothing wrote it: {reason}",
+        run_prefix(run_id)
+    )]
     MissingKey {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The key's name.
         key: &'static str,
         /// Why nothing wrote it: in a pipeline run, what became of each stage that writes
@@ -245,13 +258,16 @@ pub enum Error {
     /// A `CircuitBreaker` is open for the stage: it failed too often and is not called
     /// until the breaker's reset timeout has passed.
     #[error(
-        "circuit open for stage `{stage}`: it failed too often; the breaker lets a trial call \
-         through in {}",
+        "{}circuit open for stage `{stage}`: it failed too often; the breaker lets a trial \
+         call through in {}",
+        run_prefix(run_id),
         round_duration(*retry_in)
     )]
     CircuitOpen {
         /// The stage.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// How long until the breaker lets a trial call through (when no other call has
         /// taken that trial first).
         retry_in: Duration,
@@ -287,11 +303,18 @@ pub enum Error {
 }
 
 impl Error {
-    /// `self` naming run `id`, if it is a stage's failure or timeout that does not name
+    /// `self` naming run `id`, if it is an error of a stage in the run that does not name
     /// one yet (they are made where the run is not known).
     pub(crate) fn in_run(mut self, id: Option<&str>) -> Self {
-        if let (Some(id), Error::Stage { run_id, .. } | Error::Timeout { run_id, .. }) =
-            (id, &mut self)
+        if let (
+            Some(id),
+            Error::Stage { run_id, .. }
+            | Error::Timeout { run_id, .. }
+            | Error::MissingKey { run_id, .. }
+            | Error::UnknownRoute { run_id, .. }
+            | Error::UndeclaredWrite { run_id, .. }
+            | Error::CircuitOpen { run_id, .. },
+        ) = (id, &mut self)
         {
             if run_id.is_none() {
                 *run_id = Some(id.to_string());

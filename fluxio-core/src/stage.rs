@@ -601,6 +601,7 @@ impl Writes {
                 None => {
                     return Err(Error::UndeclaredWrite {
                         stage: meta.name,
+                        run_id: None,
                         key: name,
                     });
                 }
@@ -726,6 +727,7 @@ fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
     } else {
         Error::MissingKey {
             stage,
+            run_id: None,
             key: K::NAME,
             // A pipeline run names the writers and what became of them.
             reason: MISSING_KEY_REASON.into(),

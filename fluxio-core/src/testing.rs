@@ -61,6 +61,7 @@ impl<S: Stage> StepHarness<S> {
             if !input.contains_name(key.name) {
                 return Err(Error::MissingKey {
                     stage: meta.name,
+                    run_id: None,
                     key: key.name,
                     reason: "the harness's input lacks it".into(),
                 });

@@ -186,7 +186,7 @@ async fn circuit_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     assert!(
         matches!(
             err,
-            Error::CircuitOpen { stage: "work", retry_in } if retry_in == Duration::from_secs(20)
+            Error::CircuitOpen { stage: "work", retry_in, .. } if retry_in == Duration::from_secs(20)
         ),
         "{err:?}"
     );
@@ -378,6 +378,7 @@ async fn middleware_can_skip_a_stage_with_a_reason() {
                 stage: "after_work",
                 key: "out",
                 reason,
+                ..
             } if reason == "`work` was skipped by a middleware"
         ),
         "{err:?}"
@@ -519,7 +520,8 @@ async fn a_middleware_answering_for_a_stage_is_held_to_its_writes() {
             err,
             Error::UndeclaredWrite {
                 stage: "work",
-                key: "n"
+                key: "n",
+                ..
             }
         ),
         "{err:?}"

@@ -281,6 +281,7 @@ async fn unknown_route_label_is_an_error_naming_stage_and_label() {
             stage,
             label,
             branches,
+            ..
         } => {
             assert_eq!((stage, label.as_str()), ("choose", "sideways"));
             assert_eq!(branches, ["l", "r"]);
@@ -522,7 +523,9 @@ async fn ctx_style_stages_write_declared_keys_and_are_checked() {
         .await
         .unwrap_err();
     match err {
-        Error::UndeclaredWrite { stage, key } => assert_eq!((stage, key), ("ctx_sneaky", "never")),
+        Error::UndeclaredWrite { stage, key, .. } => {
+            assert_eq!((stage, key), ("ctx_sneaky", "never"))
+        }
         other => panic!("expected UndeclaredWrite, got {other:?}"),
     }
 }
@@ -780,4 +783,35 @@ mod short_names {
             .unwrap();
         assert_eq!(out[b_out], 4);
     }
+}
+
+#[tokio::test]
+async fn a_named_runs_mid_run_errors_name_it() {
+    let pipe = pipeline! { choose => { "l" => [left], "r" => [right] } };
+    let err = pipe
+        .invoke(input! { label: "up".into() })
+        .run_id("r-7")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "run `r-7`: route stage `choose` chose `up`, which is not one of its branches (`l`, `r`)"
+    );
+    let pipe = pipeline! {
+        choose => { "l" => [left], "r" => [other_branch] },
+        after_route,
+    };
+    let err = pipe
+        .invoke(input! { label: "r".into() })
+        .run_id("r-8")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingKey { run_id: Some(id), .. } if id == "r-8"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("run `r-8`: stage `after_route` reads `picked`")
+    );
 }

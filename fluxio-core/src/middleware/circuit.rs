@@ -121,7 +121,11 @@ impl CircuitBreaker {
 
     /// The error for a call of `stage` refused for `retry_in`.
     pub(crate) fn refusal(stage: &'static str, retry_in: Duration) -> StageError {
-        StageError::new(Error::CircuitOpen { stage, retry_in })
+        StageError::new(Error::CircuitOpen {
+            stage,
+            run_id: None,
+            retry_in,
+        })
     }
 
     /// Records how a call of `stage` ended.

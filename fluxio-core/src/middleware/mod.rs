@@ -301,6 +301,7 @@ fn checked_answer(
     {
         return Err(StageError::new(Error::UndeclaredWrite {
             stage: meta.name,
+            run_id: None,
             key,
         }));
     }

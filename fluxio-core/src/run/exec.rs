@@ -716,6 +716,7 @@ impl SchedState {
                 let Some(chosen) = node.labels.iter().position(|l| *l == route.label()) else {
                     let e = Error::UnknownRoute {
                         stage: node.meta.name,
+                        run_id: None,
                         label: route.label().to_string(),
                         branches: node.labels.clone(),
                     };
@@ -760,6 +761,7 @@ impl SchedState {
             let desc = node.writes.iter().find(|k| k.name == name).ok_or_else(|| {
                 Error::UndeclaredWrite {
                     stage: node.meta.name,
+                    run_id: None,
                     key: name,
                 }
             })?;
