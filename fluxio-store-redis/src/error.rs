@@ -13,7 +13,7 @@ use fluxio_core::store::StoreError;
 #[non_exhaustive]
 pub enum Error {
     /// The first connection to the server failed, or the URL is invalid.
-    #[error("cannot connect to redis at `{url}`: {source}")]
+    #[error("cannot connect to redis at `{url}`: {source}{}", connect_hint(source))]
     Connect {
         /// The URL, with any password replaced by `***`.
         url: String,
@@ -54,6 +54,16 @@ pub enum Error {
         /// The reply, as debug text.
         reply: String,
     },
+}
+
+/// What to do about a refused connection, when the refusal says.
+fn connect_hint(source: &redis::RedisError) -> &'static str {
+    match source.code() {
+        Some("NOAUTH") => {
+            " (the server wants a password: put it in the URL, `redis://:password@host:6379`)"
+        }
+        _ => "",
+    }
 }
 
 /// `Result` of this crate's fallible functions.

@@ -314,6 +314,7 @@ async fn a_server_wanting_a_password_is_reported_once_at_connect() {
     );
     assert!(text.contains(&server.url()), "{text}");
     assert_eq!(text.matches("NOAUTH").count(), 1, "{text}");
+    assert!(text.contains("put it in the URL"), "{text}");
 
     let with_password = format!("redis://:s3cret@127.0.0.1:{}", server.port);
     let store = RedisStore::connect(&with_password).await.unwrap();
