@@ -382,10 +382,15 @@ impl ChunkSink {
         self
     }
 
-    /// How long the consumer has held the run up so far (zero when nobody streams it).
+    /// How long the consumer has held the run up so far, as the timeouts of a stage of
+    /// `kind` leave it out: only a stream stage's do (it waits for the consumer; a stage hung
+    /// beside a stream must not be kept alive by a slow reader). Zero when nobody streams.
     #[inline]
-    pub(crate) fn consumer_time(&self) -> Duration {
-        self.consumer.as_ref().map_or(Duration::ZERO, |c| c.total())
+    pub(crate) fn consumer_time(&self, kind: StageKind) -> Duration {
+        match (&self.consumer, kind) {
+            (Some(c), StageKind::Stream) => c.total(),
+            _ => Duration::ZERO,
+        }
     }
 
     /// Delivers one chunk; waits while the consumer is behind. Chunks of a run nobody

@@ -285,87 +285,32 @@ impl IntoPipeline for &crate::Pipeline {
     }
 }
 
-/// What a rollback function returns, converted: `()` or a `Result<(), E>` whose error
-/// converts as a stage's does (see [`ErrorTag`]); called as
-/// `(&RollbackTag::of(&r)).rollback_kind().rollback(r)`.
-#[derive(Debug)]
-pub struct RollbackTag<R>(PhantomData<fn() -> R>);
-
-impl<R> RollbackTag<R> {
-    /// The tag of `r`'s type.
-    #[inline(always)]
-    pub fn of(_: &R) -> Self {
-        RollbackTag(PhantomData)
-    }
-}
-
-/// See [`RollbackTag`]: `()`, or an error that converts into `StageError`.
-pub trait RollbackKind {
-    /// The rollback's outcome converts with [`RollbackInto`].
-    #[inline(always)]
-    fn rollback_kind(&self) -> RollbackInto {
-        RollbackInto
-    }
-}
-
-impl<R: RollbackResult> RollbackKind for RollbackTag<R> {}
-
-/// See [`RollbackTag`]: a rollback whose error boxes.
-pub trait BoxedRollbackKind {
-    /// The rollback's outcome converts with [`RollbackBox`].
-    #[inline(always)]
-    fn rollback_kind(&self) -> RollbackBox {
-        RollbackBox
-    }
-}
-
-impl<E: Into<BoxError>> BoxedRollbackKind for &RollbackTag<Result<(), E>> {}
-
-/// What a rollback whose error is `Into<StageError>` (or that returns `()`) returns.
+/// What a rollback function returns: `()` or `Result<(), E>`. The generated code takes the
+/// result and converts its error as a stage's (see [`ErrorTag`]), so a rollback may fail
+/// with the same error types as its stage.
 pub trait RollbackResult {
-    /// Converts into the rollback's outcome.
-    fn into_rollback(self) -> Result<(), StageError>;
+    /// The error type (`Infallible` for `()`).
+    type Error;
+    /// The rollback's outcome.
+    ///
+    /// # Errors
+    ///
+    /// The rollback's error.
+    fn into_result(self) -> Result<(), Self::Error>;
 }
 
 impl RollbackResult for () {
-    fn into_rollback(self) -> Result<(), StageError> {
+    type Error = std::convert::Infallible;
+    #[inline(always)]
+    fn into_result(self) -> Result<(), Self::Error> {
         Ok(())
     }
 }
 
-impl<E: Into<StageError>> RollbackResult for Result<(), E> {
-    fn into_rollback(self) -> Result<(), StageError> {
-        self.map_err(Into::into)
-    }
-}
-
-/// Converts a [`RollbackResult`].
-#[derive(Debug, Clone, Copy)]
-pub struct RollbackInto;
-
-impl RollbackInto {
-    /// The rollback's outcome.
-    ///
-    /// # Errors
-    ///
-    /// The rollback's error.
-    #[inline]
-    pub fn rollback(self, r: impl RollbackResult) -> Result<(), StageError> {
-        r.into_rollback()
-    }
-}
-
-/// Converts a rollback's `Result<(), E>` whose error boxes.
-#[derive(Debug, Clone, Copy)]
-pub struct RollbackBox;
-
-impl RollbackBox {
-    /// The rollback's outcome.
-    ///
-    /// # Errors
-    ///
-    /// The rollback's error.
-    pub fn rollback<E: Into<BoxError>>(self, r: Result<(), E>) -> Result<(), StageError> {
-        r.map_err(|e| StageError::from_boxed(e.into()))
+impl<E> RollbackResult for Result<(), E> {
+    type Error = E;
+    #[inline(always)]
+    fn into_result(self) -> Result<(), E> {
+        self
     }
 }

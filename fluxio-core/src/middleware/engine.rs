@@ -139,12 +139,9 @@ fn own_time(now: Instant, site: &Site<'_>) -> Instant {
     now.checked_sub(consumer_time(site)).unwrap_or(now)
 }
 
-/// The consumer's time that a stream stage's timeouts leave out (zero for other stages).
+/// The consumer's time the stage's timeouts leave out.
 fn consumer_time(site: &Site<'_>) -> Duration {
-    match site.meta.kind {
-        StageKind::Stream => site.env.chunks.consumer_time(),
-        _ => Duration::ZERO,
-    }
+    site.env.chunks.consumer_time(site.meta.kind)
 }
 
 /// Leaves `layer` with `out`, doing what its `frame` says.

@@ -587,10 +587,7 @@ impl SchedState {
         // A stage that finishes on its first poll never needs its timer.
         if let Some(after) = self.plan.nodes[i].meta.timeout {
             // A stream stage's timer allows for the consumer's time from now on.
-            let consumer = match self.plan.nodes[i].meta.kind {
-                crate::stage::StageKind::Stream => self.env.chunks.consumer_time(),
-                _ => Duration::ZERO,
-            };
+            let consumer = self.env.chunks.consumer_time(self.plan.nodes[i].meta.kind);
             self.deadlines
                 .push((i as u32, Box::pin(tokio::time::sleep(after)), consumer));
         }
@@ -1027,14 +1024,9 @@ impl SchedState {
                 continue;
             }
             // A stream stage's timer leaves out the time the consumer held the run up since
-            // it was set (the stage waits for the consumer): move the deadline by that much,
-            // and fail only if it is still past. Other stages keep the clock's time — a
-            // stage hung beside a stream must not be kept alive by a slow reader.
+            // it was set: move the deadline by that much, and fail only if it is still past.
             let node = &self.plan.nodes[*i as usize];
-            let consumer = match node.meta.kind {
-                crate::stage::StageKind::Stream => self.env.chunks.consumer_time(),
-                _ => Duration::ZERO,
-            };
+            let consumer = self.env.chunks.consumer_time(node.meta.kind);
             if consumer > *allowed {
                 let Some(later) = sleep.deadline().checked_add(consumer - *allowed) else {
                     continue; // past the clock's range: never
@@ -1049,7 +1041,6 @@ impl SchedState {
                     }
                 }
             }
-            let node = &self.plan.nodes[*i as usize];
             let (i, name) = (*i as usize, node.meta.name);
             let e = Error::Timeout {
                 stage: name,

@@ -242,12 +242,13 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     });
     let rollback = def.rollback.as_ref().map(|path| {
         let call = call_of(quote!(#path));
+        // Its error converts as the stage's does; reported at the rollback's name.
+        let convert = error_conversion(&private, path.span());
         let body = with_args(quote! {
+            if let ::core::result::Result::Err(__fluxio_e) =
+                #private::RollbackResult::into_result(#call)
             {
-                #[allow(unused_imports)]
-                use #private::{BoxedRollbackKind as _, RollbackKind as _};
-                let __fluxio_r = #call;
-                (&#private::RollbackTag::of(&__fluxio_r)).rollback_kind().rollback(__fluxio_r)?;
+                return ::core::result::Result::Err(#convert);
             }
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
         });
