@@ -717,10 +717,6 @@ pub fn read_key<'c, K: Key>(ctx: &'c Ctx, stage: &'static str) -> Result<&'c K::
         .ok_or_else(|| unreadable::<K>(ctx, stage))
 }
 
-/// The reason of an [`Error::MissingKey`] until the run that sees it says more.
-pub(crate) const MISSING_KEY_REASON: &str =
-    "the stages that write it did not run or did not write it";
-
 #[cold]
 fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
     StageError::new(if ctx.contains_name(K::NAME) {
@@ -735,7 +731,7 @@ fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
             run_id: None,
             key: K::NAME,
             // A pipeline run names the writers and what became of them.
-            reason: MISSING_KEY_REASON.into(),
+            reason: "the stages that write it did not run or did not write it".into(),
         }
     })
 }

@@ -670,7 +670,7 @@ impl SchedState {
                 let mut e = e.into_run_error(self.plan.nodes[i].meta.name);
                 // (A nested pipeline's own run already said why, from inside.)
                 if let Error::MissingKey { key, reason, .. } = &mut e
-                    && reason == crate::stage::MISSING_KEY_REASON
+                    && !matches!(self.plan.nodes[i].exec, Exec::Pipeline(_))
                 {
                     if let Some(why) = self.why_not_written(key) {
                         *reason = why;
