@@ -227,6 +227,43 @@ async fn a_failed_half_open_trial_opens_the_circuit_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_outside_the_breaker_returns_an_open_circuit_at_once() {
+    let flaky = Flaky::failing(10);
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::constant(5, Duration::from_secs(1)))
+        .with_middleware(CircuitBreaker::new(2).reset_after(Duration::from_secs(60)))
+        .with_callback(sink);
+    let started = Instant::now();
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    // Two failing attempts open the circuit; the third is refused and not retried.
+    assert_eq!(flaky.calls(), 2);
+    assert!(
+        matches!(err, Error::CircuitOpen { stage: "work", .. }),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(2), "two backoffs, no more");
+    assert_eq!(fluxio_tests::attempts(&events, "stage.failed").len(), 1);
+
+    // A predicate that accepts it retries an open circuit too, until it gives up.
+    let flaky = Flaky::failing(10);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::constant(4, Duration::from_secs(1)).when(|_| true))
+        .with_middleware(CircuitBreaker::new(1).reset_after(Duration::from_secs(60)));
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 1);
+    assert!(
+        err.to_string().ends_with(
+            "failed after 4 attempts: circuit open for stage `work`: it failed too often; \
+             the breaker lets a trial call through in 57s"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn rate_limit_waits_for_tokens() {
     let flaky = Flaky::failing(0);
     let pipe = pipeline! { work }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Middleware, Next, StageCall};
+use crate::error::Error;
 use crate::stage::{StageError, StageKind, StageOutput};
 use crate::store::BoxFuture;
 
@@ -14,8 +15,12 @@ type Predicate = Arc<dyn Fn(&StageError) -> bool + Send + Sync>;
 ///
 /// Exponential backoff doubles the delay from `base` (100 ms by default) up to `max`
 /// (10 s), with full jitter: each wait is random in `[delay / 2, delay]`. A predicate
-/// ([`when`](Retry::when)) chooses which errors to retry. The final error says how many
-/// attempts ran. Stream stages are never retried.
+/// ([`when`](Retry::when)) chooses which errors to retry; without one, every error is
+/// retried except an open circuit ([`Error::CircuitOpen`], from a [`CircuitBreaker`]
+/// inside the retry): the breaker refuses calls until its trial, so it is returned at once.
+/// The final error says how many attempts ran. Stream stages are never retried.
+///
+/// [`CircuitBreaker`]: super::CircuitBreaker
 ///
 /// ```
 /// # use fluxio_core::middleware::Retry;
@@ -92,7 +97,9 @@ impl Retry {
         self
     }
 
-    /// Retries only the errors for which `pred` returns true.
+    /// Retries only the errors for which `pred` returns true. It replaces the default
+    /// (every error but [`Error::CircuitOpen`]): accept `CircuitOpen` here to retry an open
+    /// circuit too, e.g. with delays longer than the breaker's reset timeout.
     #[must_use]
     pub fn when(mut self, pred: impl Fn(&StageError) -> bool + Send + Sync + 'static) -> Self {
         self.when = Some(Arc::new(pred));
@@ -154,7 +161,11 @@ impl Retry {
     ) -> Result<Duration, StageError> {
         // An error not to retry is returned as it is (a `CircuitOpen` stays one; the
         // callbacks learn the attempt from the engine).
-        if !self.when.as_ref().is_none_or(|p| p(&err)) {
+        let retry = match &self.when {
+            Some(accepts) => accepts(&err),
+            None => !is_circuit_open(&err),
+        };
+        if !retry {
             return Err(err);
         }
         if attempt >= self.max_attempts {
@@ -173,6 +184,16 @@ impl Retry {
         crate::callback::notify_all(call.callbacks, |c| c.on_retry(&event, &err, delay));
         Ok(delay)
     }
+}
+
+/// Whether `err` is a breaker's refusal: the circuit refuses every call until its trial,
+/// usually seconds away, so calling again after a backoff of milliseconds would only use
+/// the attempts up and bury the refusal under `RetriesExhausted`.
+fn is_circuit_open(err: &StageError) -> bool {
+    matches!(
+        err.as_error().downcast_ref::<Error>(),
+        Some(Error::CircuitOpen { .. })
+    )
 }
 
 /// The span of one attempt, when a subscriber exists (see the executor).
