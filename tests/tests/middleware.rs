@@ -243,7 +243,11 @@ async fn a_retry_outside_the_breaker_returns_an_open_circuit_at_once() {
         matches!(err, Error::CircuitOpen { stage: "work", .. }),
         "{err:?}"
     );
-    assert_eq!(started.elapsed(), Duration::from_secs(2), "two backoffs, no more");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "two backoffs, no more"
+    );
     assert_eq!(fluxio_tests::attempts(&events, "stage.failed").len(), 1);
 
     // A predicate that accepts it retries an open circuit too, until it gives up.
@@ -261,6 +265,33 @@ async fn a_retry_outside_the_breaker_returns_an_open_circuit_at_once() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn callbacks_hear_the_attempt_of_a_retry_inside_a_users_middleware() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for fail_first in [2, 10] {
+        let flaky = Flaky::failing(fail_first);
+        let (sink, events) = fluxio_tests::event_log();
+        let pipe = pipeline! { work }
+            .with_resource(flaky.clone())
+            .with_middleware(Tag::new("outer", &log))
+            .with_middleware(Retry::constant(3, Duration::from_millis(5)))
+            .with_callback(sink);
+        let outcome = pipe.invoke(input! { n: 1 }).await;
+        assert_eq!(outcome.is_ok(), fail_first == 2);
+        assert_eq!(flaky.calls(), 3);
+        let ended = if fail_first == 2 {
+            "stage.completed"
+        } else {
+            "stage.failed"
+        };
+        assert_eq!(
+            fluxio_tests::attempts(&events, ended),
+            [("work", 3)],
+            "{ended} after three attempts"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -28,9 +28,8 @@ use super::retry::attempt_span;
 use super::{CircuitBreaker, Clock, Layer, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::stage::{
-    DynStage, StageEnv, StageError, StageFuture, StageKind, StageMeta, StageOutput,
-};
+use crate::stage::{DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput};
+use crate::store::BoxFuture;
 
 type StageResult = Result<StageOutput, StageError>;
 
@@ -177,8 +176,12 @@ fn leave(
     }
 }
 
+/// The rest of the chain, handed to boxed futures: they give the result and the attempt of
+/// the last call that went in.
+type Delegated = BoxFuture<'static, (StageResult, u32)>;
+
 /// The rest of the chain from `depth`, as boxed futures.
-fn delegated(site: &Site<'_>, depth: usize, attempt: u32) -> StageFuture {
+fn delegated(site: &Site<'_>, depth: usize, attempt: u32) -> Delegated {
     super::call_through(
         site.layers.clone(),
         depth,
@@ -332,7 +335,7 @@ struct Call {
     /// The span of the innermost retry's current attempt (none without a subscriber).
     span: Option<tracing::Span>,
     phase: Phase,
-    delegated: Option<StageFuture>,
+    delegated: Option<Delegated>,
     /// A rate-limit wait or a retry's backoff.
     wait: Option<Pin<Box<Sleep>>>,
     /// Armed at the earliest deadline of the entered `Timeout`s, once the call waits.
@@ -406,8 +409,9 @@ impl Call {
                         fut.as_mut().poll(cx)
                     };
                     match polled {
-                        Poll::Ready(out) => {
+                        Poll::Ready((out, attempt)) => {
                             self.delegated = None;
+                            site.attempt.set(attempt);
                             out
                         }
                         Poll::Pending => match self.poll_timeouts(cx, site) {
@@ -585,7 +589,8 @@ impl Call {
             Enter::Delegate => {
                 // The fast path makes first attempts only: retries go through `Call::poll`.
                 let mut fut = delegated(site, depth, 1);
-                if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                if let Poll::Ready((out, attempt)) = fut.as_mut().poll(cx) {
+                    site.attempt.set(attempt);
                     return Fast::Done(out);
                 }
                 let mut call = Call::suspended(depth, Phase::Delegated);

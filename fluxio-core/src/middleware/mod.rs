@@ -25,7 +25,7 @@ mod retry;
 mod timeout;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub use cache::Cache;
 pub use circuit::CircuitBreaker;
@@ -87,6 +87,8 @@ pub struct Next<'a> {
     env: &'a StageEnv,
     /// Set when a call through this `Next` succeeded (the answer may be the stage's own).
     reached: &'a AtomicBool,
+    /// The attempt of the last call that went in (for the callbacks: `Retry` raises it).
+    attempt: &'a AtomicU32,
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -102,6 +104,7 @@ impl<'a> Next<'a> {
     /// another attempt.
     pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         let this = *self;
+        this.attempt.store(call.attempt, Ordering::Relaxed);
         Box::pin(async move {
             let out = match this.rest.split_first() {
                 // A user's middleware: its answer is held to the stage's contract.
@@ -246,7 +249,8 @@ pub trait Middleware: Send + Sync + 'static {
 }
 
 /// Runs `stage` through `chain[from..]` as boxed futures (owned, so the future is
-/// `'static`): how the engine hands a call over to a user's middleware.
+/// `'static`): how the engine hands a call over to a user's middleware. The future gives
+/// the result and the attempt of the last call that went in.
 pub(crate) fn call_through(
     chain: Arc<[Layer]>,
     from: usize,
@@ -255,7 +259,7 @@ pub(crate) fn call_through(
     attempt: u32,
     ctx: Ctx,
     env: StageEnv,
-) -> crate::stage::StageFuture {
+) -> BoxFuture<'static, (Result<StageOutput, StageError>, u32)> {
     Box::pin(async move {
         let call = StageCall {
             meta: &meta,
@@ -264,14 +268,17 @@ pub(crate) fn call_through(
             ctx: &ctx,
             callbacks: env.callbacks.as_deref().unwrap_or(&[]),
         };
-        Next {
+        let last_attempt = AtomicU32::new(attempt);
+        let out = Next {
             rest: &chain[from..],
             stage: &*stage,
             env: &env,
             reached: &AtomicBool::new(false),
+            attempt: &last_attempt,
         }
         .run(call)
-        .await
+        .await;
+        (out, last_attempt.load(Ordering::Relaxed))
     })
 }
 
