@@ -1,6 +1,7 @@
 //! The middleware chain and the built-ins, on tokio's paused clock (no test sleeps in real
 //! time: the clock advances only when every task waits).
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -292,6 +293,46 @@ async fn callbacks_hear_the_attempt_of_a_retry_inside_a_users_middleware() {
             "{ended} after three attempts"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_past_the_clocks_range_are_no_panic() {
+    // A TTL of "forever" caches.
+    let flaky = Flaky::failing(0);
+    let cache = Cache::ttl(Duration::MAX);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(cache.clone());
+    assert_eq!(pipe.invoke(input! { n: 2 }).await.unwrap()[out], 4);
+    assert_eq!(pipe.invoke(input! { n: 2 }).await.unwrap()[out], 4);
+    assert_eq!((flaky.calls(), cache.len()), (1, 1));
+
+    // A circuit open "forever" refuses calls.
+    let flaky = Flaky::failing(10);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(CircuitBreaker::new(1).reset_after(Duration::MAX));
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::CircuitOpen { retry_in, .. } if retry_in > Duration::from_secs(86_400 * 365)),
+        "{err:?}"
+    );
+    assert_eq!(flaky.calls(), 1);
+
+    // A rate so low that its wait overflows a Duration waits, without failing the stage.
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(RateLimit::per_second(1e-300).burst(1));
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(86_400),
+        pipe.invoke(input! { n: 1 }).into_future(),
+    )
+    .await;
+    assert!(waited.is_err(), "still waiting after a day: {waited:?}");
+    assert_eq!(flaky.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -145,10 +145,11 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Results live for `ttl`.
+    /// Results live for `ttl` (at most 30 years: a longer one, `Duration::MAX` say, is cut
+    /// to that).
     pub fn ttl(ttl: Duration) -> Self {
         Cache {
-            ttl,
+            ttl: ttl.min(super::FOREVER),
             max_entries: 10_000,
             shared: Default::default(),
         }

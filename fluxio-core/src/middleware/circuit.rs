@@ -71,10 +71,11 @@ impl CircuitBreaker {
         }
     }
 
-    /// How long an open circuit stays open before a trial call.
+    /// How long an open circuit stays open before a trial call (at most 30 years: a longer
+    /// one is cut to that).
     #[must_use]
     pub fn reset_after(mut self, reset: Duration) -> Self {
-        self.reset = reset;
+        self.reset = reset.min(super::FOREVER);
         self
     }
 

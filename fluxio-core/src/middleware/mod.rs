@@ -129,6 +129,11 @@ impl<'a> Next<'a> {
     }
 }
 
+/// The longest duration the built-ins count with: longer TTLs, reset timeouts and waits are
+/// cut to it (30 years, as tokio's own "far future"), so adding one to the clock's time
+/// cannot overflow.
+pub(crate) const FOREVER: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
 /// Where the built-ins read the time.
 #[derive(Clone, Copy)]
 pub(crate) enum Clock<'a> {

@@ -41,11 +41,12 @@ impl RateLimit {
     ///
     /// # Panics
     ///
-    /// When `rate` is not a positive number.
+    /// When `rate` is not a finite number above zero (`f64::INFINITY` is no limit: leave
+    /// the middleware out instead).
     pub fn per_second(rate: f64) -> Self {
         assert!(
             rate.is_finite() && rate > 0.0,
-            "a rate limit needs a positive rate, got {rate}"
+            "a rate limit needs a finite rate above zero (calls per second), got {rate}"
         );
         RateLimit {
             rate,
@@ -85,7 +86,11 @@ impl RateLimit {
             bucket.tokens -= 1.0;
             None
         } else {
-            Some(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            // A rate so low that the wait overflows a `Duration` waits "forever".
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Some(
+                Duration::try_from_secs_f64(wait).map_or(super::FOREVER, |d| d.min(super::FOREVER)),
+            )
         }
     }
 }
