@@ -681,6 +681,8 @@ pub(crate) trait DynStage: Send + Sync + 'static {
     fn call(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
     fn fallback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
     fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture;
+    /// Whether the stage has a rollback: it acts outside its writes, so it is never cached.
+    fn has_rollback(&self) -> bool;
 }
 
 pub(crate) struct StageBox<S: Stage> {
@@ -702,6 +704,9 @@ impl<S: Stage> DynStage for StageBox<S> {
     }
     fn rollback(&self, ctx: &Ctx, env: &StageEnv) -> StageFuture {
         Stage::rollback(&self.stage, ctx, env)
+    }
+    fn has_rollback(&self) -> bool {
+        S::HAS_ROLLBACK
     }
 }
 

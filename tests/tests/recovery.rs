@@ -97,6 +97,27 @@ async fn notify(shipped: &bool, journal: Res<Arc<Journal>>) -> Result<(), StageE
     Ok(())
 }
 
+#[tokio::test]
+async fn a_stage_with_a_rollback_is_never_cached() {
+    // Through the built-in engine, and behind a user's middleware (boxed futures).
+    for behind_a_users_middleware in [false, true] {
+        let journal = Arc::new(Journal::default());
+        let cache = Cache::ttl(Duration::from_secs(60));
+        let mut pipe = pipeline! { charge, ship }.with_resource(journal.clone());
+        if behind_a_users_middleware {
+            pipe = pipe.with_middleware(SkipStage("nothing"));
+        }
+        let pipe = pipe.with_middleware(cache.clone());
+        for _ in 0..2 {
+            assert!(pipe.invoke(input! { order_id: 5 }).await.unwrap()[shipped]);
+        }
+        // The order is charged on every run: neither stage (both have a rollback) is cached.
+        let charges = journal.entries().iter().filter(|e| *e == "charge 5").count();
+        assert_eq!(charges, 2, "{:?}", journal.entries());
+        assert_eq!(cache.len(), 0);
+    }
+}
+
 #[derive(Clone, Default)]
 struct Rollbacks(Arc<Mutex<Vec<String>>>);
 

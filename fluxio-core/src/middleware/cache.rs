@@ -119,7 +119,9 @@ struct Shared {
 /// An entry keeps the values the call read (shared with the run's context, not copied)
 /// and the values it wrote, until it is evicted.
 ///
-/// Cache only stages whose result depends on their reads alone.
+/// Cache only stages whose result depends on their reads alone. Stages with a `rollback`
+/// are never cached: a rollback says the stage acts outside its writes (a payment, an
+/// email), which a cached result would skip.
 ///
 /// ```
 /// # use fluxio_core::middleware::Cache;
@@ -298,6 +300,9 @@ impl Middleware for Cache {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        if next.stage.has_rollback() {
+            return next.run(call);
+        }
         let Some(key) = self.key(call.meta, call.ctx) else {
             return next.run(call);
         };

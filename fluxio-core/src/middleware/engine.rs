@@ -97,6 +97,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
     let frame = match layer {
         Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
         Layer::Retry(_) => Frame::Retry { attempt: 1 },
+        Layer::Cache(_) if site.stage.has_rollback() => Frame::Pass,
         Layer::Cache(cache) => match cache.key(meta, site.ctx) {
             None => Frame::Pass,
             Some(key) => {
