@@ -335,6 +335,36 @@ async fn durations_past_the_clocks_range_are_no_panic() {
     assert_eq!(flaky.calls(), 1);
 }
 
+#[stage(reads = [n], writes = [out], timeout = "2s")]
+async fn budgeted(n: &u64, flaky: Res<Arc<Flaky>>) -> Result<u64, StageError> {
+    // `n` is how long each attempt takes, in ms.
+    tokio::time::sleep(Duration::from_millis(*n)).await;
+    flaky.call()?;
+    Ok(*n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stages_own_timeout_during_retries_reports_the_attempts_made() {
+    // (time per attempt, backoff, attempts that failed and attempts made by 2s): the
+    // timeout ends the third backoff, or the second attempt.
+    for (work_ms, backoff_ms, failed, made) in [(0, 700, 3, 3), (1_000, 100, 1, 2)] {
+        let flaky = Flaky::failing(100);
+        let (sink, events) = fluxio_tests::event_log();
+        let pipe = pipeline! { budgeted }
+            .with_resource(flaky.clone())
+            .with_middleware(Retry::constant(10, Duration::from_millis(backoff_ms)))
+            .with_callback(sink);
+        let err = pipe.invoke(input! { n: work_ms }).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        assert_eq!(flaky.calls(), failed);
+        assert_eq!(
+            fluxio_tests::attempts(&events, "stage.failed"),
+            [("budgeted", made)],
+            "{work_ms} ms per attempt, {backoff_ms} ms between"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_waits_for_tokens() {
     let flaky = Flaky::failing(0);

@@ -240,6 +240,18 @@ impl Engine {
         Engine(None)
     }
 
+    /// How many attempts the call in flight has made (the innermost `Retry`'s count; one
+    /// waiting to start is not counted), if one is in flight.
+    pub(crate) fn attempts_made(&self) -> Option<u32> {
+        let call = self.0.as_deref()?;
+        let next = call.attempt();
+        Some(if call.phase == Phase::Backoff {
+            next - 1
+        } else {
+            next
+        })
+    }
+
     /// Starts (when `start`) or advances the stage's call. `stage` is the slot of the
     /// stage's future, `make` creates it (once per attempt).
     pub(crate) fn poll<F>(

@@ -1144,8 +1144,15 @@ impl Op<'_> {
             attempt: &attempt,
         };
         let polled = engine.poll(self.start, slot, cx, &site, &make);
-        if let (Some(attempts), Poll::Ready(_)) = (attempts, &polled) {
-            attempts[self.node].set(attempt.get());
+        if let Some(attempts) = attempts {
+            // While the call waits, the attempt so far: the stage's own timeout may end it.
+            let so_far = match polled {
+                Poll::Ready(_) => Some(attempt.get()),
+                Poll::Pending => engine.attempts_made(),
+            };
+            if let Some(n) = so_far {
+                attempts[self.node].set(n);
+            }
         }
         polled
     }
