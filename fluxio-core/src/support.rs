@@ -47,7 +47,8 @@ where
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
-        sink.send(stage, item.into_result().map_err(&error)?).await;
+        sink.send(stage, StreamItem::into_result(item).map_err(&error)?)
+            .await;
     }
     Ok(())
 }
@@ -285,9 +286,49 @@ impl IntoPipeline for &crate::Pipeline {
     }
 }
 
+/// What a fallback function returns for a stage whose writes are a `T` (the value of its
+/// one key, a tuple in `writes` order, a `Route`, a `Ctx`, or `()`): `T` itself or
+/// `Result<T, E>`, whichever the stage returns. The generated code takes the result and
+/// converts its error as a stage's (see [`ErrorTag`]).
+#[diagnostic::on_unimplemented(
+    message = "a fallback returns what its stage writes, `{T}`, or `Result<{T}, E>` — not `{Self}`",
+    label = "this fallback returns `{Self}`"
+)]
+pub trait FallbackResult<T> {
+    /// The error type (`Infallible` for a plain value).
+    type Error;
+    /// The fallback's outcome.
+    ///
+    /// # Errors
+    ///
+    /// The fallback's error.
+    fn into_result(self) -> Result<T, Self::Error>;
+}
+
+impl<T> FallbackResult<T> for T {
+    type Error = std::convert::Infallible;
+    #[inline(always)]
+    fn into_result(self) -> Result<T, Self::Error> {
+        Ok(self)
+    }
+}
+
+impl<T, E> FallbackResult<T> for Result<T, E> {
+    type Error = E;
+    #[inline(always)]
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+}
+
 /// What a rollback function returns: `()` or `Result<(), E>`. The generated code takes the
 /// result and converts its error as a stage's (see [`ErrorTag`]), so a rollback may fail
 /// with the same error types as its stage.
+#[diagnostic::on_unimplemented(
+    message = "a rollback returns `()` or `Result<(), E>`, not `{Self}`",
+    label = "this rollback returns `{Self}`",
+    note = "a rollback undoes its stage's effects; what it returns is only whether that worked"
+)]
 pub trait RollbackResult {
     /// The error type (`Infallible` for `()`).
     type Error;

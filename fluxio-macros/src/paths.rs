@@ -26,6 +26,12 @@ pub(crate) fn debug_print(what: &str, tokens: &TokenStream) {
 /// `__private` path, helper idents) keep theirs. rustc reports an error on an expression
 /// whose tokens come from different places at the macro call as a whole, so generated
 /// checks are re-spanned entirely onto the user's token they are about.
+/// `tokens` reported at `at`, keeping the macro's own name resolution (hygiene): for
+/// generated code whose locals other generated code refers to.
+pub(crate) fn relocate(tokens: TokenStream, at: proc_macro2::Span) -> TokenStream {
+    respan(tokens, proc_macro2::Span::call_site().located_at(at))
+}
+
 pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
     use proc_macro2::{Group, TokenTree};
     tokens

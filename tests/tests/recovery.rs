@@ -67,6 +67,48 @@ async fn a_failing_fallback_fails_the_run_with_its_own_error() {
     );
 }
 
+#[stage(reads = [order_id], writes = [price], fallback = list_price)]
+async fn get_quote(_order_id: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg("quotes down"))
+}
+
+/// A fallback that cannot fail, for a stage that can.
+async fn list_price(order_id: &u64) -> u64 {
+    10 * order_id
+}
+
+#[stage(reads = [order_id], writes = [price, charged], fallback = manual_review)]
+async fn auto_approve(_order_id: &u64) -> (u64, bool) {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    (1, true)
+}
+
+/// A fallback that can fail (with a `String`), for a stage that cannot.
+async fn manual_review(order_id: &u64) -> Result<(u64, bool), String> {
+    if *order_id == 0 {
+        return Err("nobody to review it".into());
+    }
+    Ok((5, false))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_may_fail_or_not_whatever_its_stage_does() {
+    let out = pipeline! { get_quote }
+        .invoke(input! { order_id: 3 })
+        .await
+        .unwrap();
+    assert_eq!(out[price], 30);
+
+    let pipe = pipeline! { auto_approve }.with_middleware(Timeout::new(Duration::from_secs(1)));
+    let out = pipe.invoke(input! { order_id: 3 }).await.unwrap();
+    assert_eq!((out[price], out[charged]), (5, false));
+    let err = pipe.invoke(input! { order_id: 0 }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `auto_approve` failed: nobody to review it"
+    );
+}
+
 #[stage(reads = [order_id], writes = [charged], rollback = refund)]
 async fn charge(order_id: &u64, journal: Res<Arc<Journal>>) -> bool {
     journal.note(format!("charge {order_id}"));
@@ -112,7 +154,11 @@ async fn a_stage_with_a_rollback_is_never_cached() {
             assert!(pipe.invoke(input! { order_id: 5 }).await.unwrap()[shipped]);
         }
         // The order is charged on every run: neither stage (both have a rollback) is cached.
-        let charges = journal.entries().iter().filter(|e| *e == "charge 5").count();
+        let charges = journal
+            .entries()
+            .iter()
+            .filter(|e| *e == "charge 5")
+            .count();
         assert_eq!(charges, 2, "{:?}", journal.entries());
         assert_eq!(cache.len(), 0);
     }

@@ -110,7 +110,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     let args: Vec<&syn::Ident> = def.params.iter().map(|p| &p.ident).collect();
     // The body of a call of `target` (the stage's own function, or its fallback). `own`:
     // the stage's function, whose declared return type is checked against the keys with a
-    // clear message (a fallback's value keeps plain inference, so generic fallbacks work).
+    // clear message (a fallback's value or `Result` goes through `FallbackResult`).
     // A call of `target` with the stage's arguments (awaited for an async stage).
     let call_of = |target: TokenStream| -> TokenStream {
         let call = quote!(#target(#(#args),*));
@@ -146,9 +146,55 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         let convert = error_conversion(&private, def.ret_span);
         quote!(|__fluxio_e| #convert)
     };
+    // What the stage's writes are as one value (a fallback returns it, or a `Result` of it).
+    let written_type = match &def.output {
+        Output::Unit | Output::Stream => quote!(()),
+        Output::Values => {
+            let values = def
+                .writes
+                .iter()
+                .map(|k| {
+                    let p = &k.0;
+                    quote!(<#p as #private::Key>::Value)
+                })
+                .collect::<Vec<_>>();
+            if values.len() == 1 {
+                values[0].clone()
+            } else {
+                quote!((#(#values),*))
+            }
+        }
+        Output::Route => quote!(#private::Route),
+        Output::Ctx => quote!(#private::Ctx),
+    };
     let body_for = |target: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
         let mut call = call_of(target);
-        if def.fallible {
+        if !own {
+            // A fallback may return the writes or a `Result` of them, whichever its stage
+            // does; its error converts as a stage's, reported at its name.
+            let convert = error_conversion(&private, at);
+            let into_result = crate::paths::respan(
+                quote!(<_ as #private::FallbackResult<#written_type>>::into_result),
+                at,
+            );
+            // The conversion at the fallback's name (rustc reports a wrong return type once
+            // per span, so once); the call itself keeps its spans.
+            let take = crate::paths::relocate(
+                quote! {
+                    match #into_result(__fluxio_r) {
+                        ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
+                        ::core::result::Result::Err(__fluxio_e) => {
+                            return ::core::result::Result::Err(#convert);
+                        }
+                    }
+                },
+                at,
+            );
+            call = quote! {{
+                let __fluxio_r = #call;
+                #take
+            }};
+        } else if def.fallible {
             // Spanned at the return type: an error type that converts neither way is
             // reported there.
             let convert = error_conversion(&private, def.ret_span);
@@ -244,12 +290,20 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         let call = call_of(quote!(#path));
         // Its error converts as the stage's does; reported at the rollback's name.
         let convert = error_conversion(&private, path.span());
+        // Taken at the rollback's name, where a wrong return type is reported.
+        let take = crate::paths::relocate(
+            quote! {
+                if let ::core::result::Result::Err(__fluxio_e) =
+                    #private::RollbackResult::into_result(__fluxio_r)
+                {
+                    return ::core::result::Result::Err(#convert);
+                }
+            },
+            path.span(),
+        );
         let body = with_args(quote! {
-            if let ::core::result::Result::Err(__fluxio_e) =
-                #private::RollbackResult::into_result(#call)
-            {
-                return ::core::result::Result::Err(#convert);
-            }
+            let __fluxio_r = #call;
+            #take
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
         });
         quote! {
