@@ -10,11 +10,10 @@ pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can make a pipeline run fail. Every variant names what failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// A stage returned an error or panicked.
-    #[error("{}stage `{stage}` failed: {source}", run_prefix(run_id))]
     Stage {
         /// The stage's name.
         stage: &'static str,
@@ -24,11 +23,9 @@ pub enum Error {
         /// without it (they carry the run id apart).
         run_id: Option<String>,
         /// What the stage reported.
-        #[source]
         source: SharedError,
     },
     /// A stage ran longer than its timeout.
-    #[error("{}stage `{stage}` timed out after {after:?}", run_prefix(run_id))]
     Timeout {
         /// The stage's name.
         stage: &'static str,
@@ -38,18 +35,12 @@ pub enum Error {
         after: Duration,
     },
     /// A key the pipeline reads before any stage writes it was not in the input.
-    #[error("missing input `{key}`: the pipeline reads it and no stage writes it before")]
     MissingInput {
         /// The key's name.
         key: &'static str,
     },
     /// A key the pipeline reads before any stage writes it was not in the input — and a
     /// stage declared after its first reader writes it (most likely declared too late).
-    #[error(
-        "missing input `{key}`: stage `{reader}` reads it, and `{writer}`, which writes it, \
-         comes after `{reader}` in `pipeline!`; declare `{writer}` first, or pass `{key}` in \
-         the input"
-    )]
     InputWrittenLater {
         /// The key's name.
         key: &'static str,
@@ -59,10 +50,6 @@ pub enum Error {
         writer: &'static str,
     },
     /// A stage needs a `Res<T>` that was not registered with `.with_resource(..)`.
-    #[error(
-        "stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
-        short_type(type_name)
-    )]
     MissingResource {
         /// The stage's name.
         stage: &'static str,
@@ -70,11 +57,6 @@ pub enum Error {
         type_name: &'static str,
     },
     /// A route stage chose a label that has no branch.
-    #[error(
-        "{}route stage `{stage}` chose `{label}`, which is not one of its branches ({})",
-        run_prefix(run_id),
-        quoted_list(branches)
-    )]
     UnknownRoute {
         /// The route stage's name.
         stage: &'static str,
@@ -86,10 +68,6 @@ pub enum Error {
         branches: Vec<&'static str>,
     },
     /// A ctx-style stage wrote a key it did not declare in `writes`.
-    #[error(
-        "{}stage `{stage}` wrote `{key}`, which is not in its `writes`",
-        run_prefix(run_id)
-    )]
     UndeclaredWrite {
         /// The stage's name.
         stage: &'static str,
@@ -99,7 +77,6 @@ pub enum Error {
         key: &'static str,
     },
     /// Two branches of a fork wrote the same key.
-    #[error("`{}` and `{}` both wrote `{key}`", stages[0], stages[1])]
     MergeConflict {
         /// The key both wrote.
         key: &'static str,
@@ -107,10 +84,6 @@ pub enum Error {
         stages: [String; 2],
     },
     /// A resume's input sets a key the run already holds (a resume input only adds keys).
-    #[error(
-        "the resume input of run `{run_id}` sets `{key}`, which the run already holds; a \
-         resume input may only add keys"
-    )]
     ResumeInputClash {
         /// The run.
         run_id: String,
@@ -121,10 +94,6 @@ pub enum Error {
     /// it did not run (a route took another branch, or a middleware skipped them) or did
     /// not write it; on its own (`StepHarness`), because the input lacks it. `reason` says
     /// which.
-    #[error(
-        "{}stage `{stage}` reads `{key}`, but nothing wrote it: {reason}",
-        run_prefix(run_id)
-    )]
     MissingKey {
         /// The stage's name.
         stage: &'static str,
@@ -139,11 +108,6 @@ pub enum Error {
     },
     /// The context holds a value under the key's name, but of another type: two keys
     /// (declared in different `keys!`) share a name.
-    #[error(
-        "stage `{stage}` reads `{key}` as `{}`, but the context holds another type \
-         under that name: are two keys named `{key}`? Key names must be unique in a pipeline",
-        short_type(expected)
-    )]
     KeyType {
         /// The stage's name.
         stage: &'static str,
@@ -154,12 +118,6 @@ pub enum Error {
     },
     /// Two different keys of one pipeline have the same name (and different types); the
     /// pipeline refuses to run.
-    #[error(
-        "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
-         must be unique in a pipeline",
-        distinct_types(types)[0],
-        distinct_types(types)[1]
-    )]
     KeyClash {
         /// The shared name.
         key: &'static str,
@@ -167,11 +125,6 @@ pub enum Error {
         types: [&'static str; 2],
     },
     /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
-    #[error(
-        "stage `{stage}` streams `{}` chunks, not `{}`",
-        short_type(actual),
-        short_type(expected)
-    )]
     ChunkType {
         /// The stream stage's name.
         stage: &'static str,
@@ -181,19 +134,13 @@ pub enum Error {
         actual: &'static str,
     },
     /// The run's task was cancelled or aborted before it finished.
-    #[error("run cancelled")]
     Cancelled,
     /// `resume`, `replay` or `diff` found no checkpoint for the run.
-    #[error("no checkpoint for run `{run_id}`")]
     NoCheckpoint {
         /// The run.
         run_id: String,
     },
     /// The checkpoint was written by another version of the pipeline.
-    #[error(
-        "run `{run_id}` was checkpointed by pipeline version {stored}, this pipeline is version {current}; \
-         start it fresh, or resume with `.allow_version_change()` if the change is compatible"
-    )]
     CheckpointVersion {
         /// The run.
         run_id: String,
@@ -205,10 +152,6 @@ pub enum Error {
     /// Another invoke holds the run id (in this process or another sharing the store). Its
     /// lock goes when that run ends — or, if its process died, when the lease runs out
     /// (`with_lease`, 30 s by default).
-    #[error(
-        "run id `{run_id}` is in use by another invoke (its lock is held until that run ends, \
-         or until its lease runs out if its process died)"
-    )]
     RunIdInUse {
         /// The run.
         run_id: String,
@@ -216,10 +159,6 @@ pub enum Error {
     /// A run checkpointed by another pipeline version does not fit this one, so
     /// `allow_version_change` cannot resume it without running a finished stage again or
     /// marking the wrong one done. Nothing was written.
-    #[error(
-        "run `{run_id}` cannot resume under this pipeline version (allow_version_change): \
-         {reason}; start it fresh, or resume it with the version that wrote it"
-    )]
     IncompatibleCheckpoint {
         /// The run.
         run_id: String,
@@ -227,7 +166,6 @@ pub enum Error {
         reason: String,
     },
     /// The checkpoint's bytes do not decode, or do not fit the pipeline version they claim.
-    #[error("checkpoint of run `{run_id}` is corrupt: {reason}")]
     CorruptCheckpoint {
         /// The run.
         run_id: String,
@@ -235,7 +173,6 @@ pub enum Error {
         reason: String,
     },
     /// A value could not be encoded for a checkpoint.
-    #[error("run `{run_id}`: the value of `{key}` does not encode: {reason}")]
     Encode {
         /// The run.
         run_id: String,
@@ -245,24 +182,16 @@ pub enum Error {
         reason: String,
     },
     /// The checkpoint store failed.
-    #[error("run `{run_id}`: checkpoint store {operation} failed: {source}")]
     Store {
         /// The run.
         run_id: String,
         /// What the store was doing.
         operation: &'static str,
         /// The store's error.
-        #[source]
         source: SharedError,
     },
     /// A `CircuitBreaker` is open for the stage: it failed too often and is not called
     /// until the breaker's reset timeout has passed.
-    #[error(
-        "{}circuit open for stage `{stage}`: it failed too often; the breaker lets a trial \
-         call through in {}",
-        run_prefix(run_id),
-        round_duration(*retry_in)
-    )]
     CircuitOpen {
         /// The stage.
         stage: &'static str,
@@ -273,7 +202,6 @@ pub enum Error {
         retry_in: Duration,
     },
     /// The run failed and its rollbacks ran: it cannot be resumed.
-    #[error("run `{run_id}` was rolled back after it failed; start it fresh")]
     RolledBack {
         /// The run.
         run_id: String,
@@ -281,28 +209,236 @@ pub enum Error {
     /// A checkpoint store could not be set up (opened, connected, migrated): the store's
     /// own error, so that `SqliteStore::open(..).await?` and `RedisStore::connect(..).await?`
     /// work in a function returning `fluxio::Result`.
-    #[error("setting up the checkpoint store failed: {source}")]
     StoreSetup {
         /// The store's error (`fluxio::store::SqliteError`, `fluxio::store::RedisError`).
-        #[source]
         source: SharedError,
     },
     /// A durable operation was asked of a pipeline without a store.
-    #[error("`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline")]
     NoStore {
         /// The operation.
         operation: &'static str,
     },
     /// A run id is missing where one is needed (`.resume()` without `.run_id(..)`), or
     /// empty.
-    #[error("bad run id: {reason}")]
     BadRunId {
         /// What is wrong, and what to do.
         reason: &'static str,
     },
 }
 
+impl std::fmt::Display for Error {
+    #[allow(unused_variables)]
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Stage {
+                stage,
+                run_id,
+                source,
+            } => write!(f, "{}stage `{stage}` failed: {source}", run_prefix(run_id)),
+            Error::Timeout {
+                stage,
+                run_id,
+                after,
+            } => write!(
+                f,
+                "{}stage `{stage}` timed out after {after:?}",
+                run_prefix(run_id)
+            ),
+            Error::MissingInput { key } => write!(
+                f,
+                "missing input `{key}`: the pipeline reads it and no stage writes it before"
+            ),
+            Error::InputWrittenLater {
+                key,
+                reader,
+                writer,
+            } => write!(
+                f,
+                "missing input `{key}`: stage `{reader}` reads it, and `{writer}`, which writes it, \
+                comes after `{reader}` in `pipeline!`; declare `{writer}` first, or pass `{key}` in \
+                the input"
+            ),
+            Error::MissingResource { stage, type_name } => write!(
+                f,
+                "stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
+                short_type(type_name)
+            ),
+            Error::UnknownRoute {
+                stage,
+                run_id,
+                label,
+                branches,
+            } => write!(
+                f,
+                "{}route stage `{stage}` chose `{label}`, which is not one of its branches ({})",
+                run_prefix(run_id),
+                quoted_list(branches)
+            ),
+            Error::UndeclaredWrite { stage, run_id, key } => write!(
+                f,
+                "{}stage `{stage}` wrote `{key}`, which is not in its `writes`",
+                run_prefix(run_id)
+            ),
+            Error::MergeConflict { key, stages } => {
+                write!(f, "`{}` and `{}` both wrote `{key}`", stages[0], stages[1])
+            }
+            Error::ResumeInputClash { run_id, key } => write!(
+                f,
+                "the resume input of run `{run_id}` sets `{key}`, which the run already holds; a \
+                resume input may only add keys"
+            ),
+            Error::MissingKey {
+                stage,
+                run_id,
+                key,
+                reason,
+            } => write!(
+                f,
+                "{}stage `{stage}` reads `{key}`, but nothing wrote it: {reason}",
+                run_prefix(run_id)
+            ),
+            Error::KeyType {
+                stage,
+                key,
+                expected,
+            } => write!(
+                f,
+                "stage `{stage}` reads `{key}` as `{}`, but the context holds another type \
+                under that name: are two keys named `{key}`? Key names must be unique in a pipeline",
+                short_type(expected)
+            ),
+            Error::KeyClash { key, types } => write!(
+                f,
+                "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
+                must be unique in a pipeline",
+                distinct_types(types)[0],
+                distinct_types(types)[1]
+            ),
+            Error::ChunkType {
+                stage,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "stage `{stage}` streams `{}` chunks, not `{}`",
+                short_type(actual),
+                short_type(expected)
+            ),
+            Error::Cancelled => write!(f, "run cancelled"),
+            Error::NoCheckpoint { run_id } => write!(f, "no checkpoint for run `{run_id}`"),
+            Error::CheckpointVersion {
+                run_id,
+                stored,
+                current,
+            } => write!(
+                f,
+                "run `{run_id}` was checkpointed by pipeline version {stored}, this pipeline is version {current}; \
+                start it fresh, or resume with `.allow_version_change()` if the change is compatible"
+            ),
+            Error::RunIdInUse { run_id } => write!(
+                f,
+                "run id `{run_id}` is in use by another invoke (its lock is held until that run ends, \
+                or until its lease runs out if its process died)"
+            ),
+            Error::IncompatibleCheckpoint { run_id, reason } => write!(
+                f,
+                "run `{run_id}` cannot resume under this pipeline version (allow_version_change): \
+                {reason}; start it fresh, or resume it with the version that wrote it"
+            ),
+            Error::CorruptCheckpoint { run_id, reason } => {
+                write!(f, "checkpoint of run `{run_id}` is corrupt: {reason}")
+            }
+            Error::Encode {
+                run_id,
+                key,
+                reason,
+            } => write!(
+                f,
+                "run `{run_id}`: the value of `{key}` does not encode: {reason}"
+            ),
+            Error::Store {
+                run_id,
+                operation,
+                source,
+            } => write!(
+                f,
+                "run `{run_id}`: checkpoint store {operation} failed: {source}"
+            ),
+            Error::CircuitOpen {
+                stage,
+                run_id,
+                retry_in,
+            } => write!(
+                f,
+                "{}circuit open for stage `{stage}`: it failed too often; the breaker lets a trial \
+                call through in {}",
+                run_prefix(run_id),
+                round_duration(*retry_in)
+            ),
+            Error::RolledBack { run_id } => write!(
+                f,
+                "run `{run_id}` was rolled back after it failed; start it fresh"
+            ),
+            Error::StoreSetup { source } => {
+                write!(f, "setting up the checkpoint store failed: {source}")
+            }
+            Error::NoStore { operation } => write!(
+                f,
+                "`{operation}` needs a checkpoint store: add `.with_store(..)` to the pipeline"
+            ),
+            Error::BadRunId { reason } => write!(f, "bad run id: {reason}"),
+        }
+    }
+}
+
+/// The cause of a `Stage`, `Store` or `StoreSetup` error is the error it carries — not the
+/// `Arc` it is shared in, which `std`'s blanket impl would make a link of its own, hiding
+/// the cause's type from code that walks `source()` and downcasts.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Stage { source, .. }
+            | Error::Store { source, .. }
+            | Error::StoreSetup { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
 impl Error {
+    /// The innermost error of type `E` in this error's chain: itself, its
+    /// [`source()`](std::error::Error::source), that error's source, and so on.
+    ///
+    /// Your own error, however the middleware wrapped it: `err.find::<MyError>()` looks
+    /// through `Error::Stage`, `Retry`'s
+    /// [`RetriesExhausted`](crate::middleware::RetriesExhausted) and boxes. With `E =
+    /// Error` it gives the most specific fluxio error: a stage that timed out on its last
+    /// attempt under `Retry` is an `Error::Stage` whose innermost fluxio error is the
+    /// `Error::Timeout`.
+    ///
+    /// ```
+    /// # use fluxio_core::Error;
+    /// # use std::time::Duration;
+    /// fn timed_out(err: &Error) -> bool {
+    ///     matches!(err.find::<Error>(), Some(Error::Timeout { .. }))
+    /// }
+    /// let timeout = Error::Timeout { stage: "fetch", run_id: None, after: Duration::from_secs(1) };
+    /// assert!(timed_out(&timeout));
+    /// let wrapped = Error::Stage { stage: "fetch", run_id: None, source: std::sync::Arc::new(timeout) };
+    /// assert!(timed_out(&wrapped));
+    /// ```
+    pub fn find<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut found = None;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if let Some(hit) = e.downcast_ref::<E>() {
+                found = Some(hit);
+            }
+            next = e.source();
+        }
+        found
+    }
+
     /// `self` naming run `id`, if it is an error of a stage in the run that does not name
     /// one yet (they are made where the run is not known).
     pub(crate) fn in_run(mut self, id: Option<&str>) -> Self {

@@ -832,6 +832,12 @@ async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
         source.downcast_ref::<Declined>(),
         Some(&Declined { code: 51 })
     );
+    // The same through `std::error::Error::source`, as error reporters walk it.
+    assert_eq!(
+        std::error::Error::source(&err).and_then(|s| s.downcast_ref::<Declined>()),
+        Some(&Declined { code: 51 })
+    );
+    assert_eq!(err.find::<Declined>(), Some(&Declined { code: 51 }));
 
     // After retries, one more link: `RetriesExhausted`, whose source is the last error.
     let err = pipeline! { charge }
@@ -839,11 +845,11 @@ async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
         .invoke(input! { n: 52 })
         .await
         .unwrap_err();
-    let found = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
-        e.source()
-    })
-    .find_map(|e| e.downcast_ref::<Declined>());
-    assert_eq!(found, Some(&Declined { code: 52 }), "{err:?}");
+    assert_eq!(
+        err.find::<Declined>(),
+        Some(&Declined { code: 52 }),
+        "{err:?}"
+    );
     let Error::Stage { source, .. } = &err else {
         panic!("{err:?}")
     };
@@ -851,6 +857,34 @@ async fn a_stage_error_comes_back_as_its_own_type_in_the_source_chain() {
         .downcast_ref::<fluxio::middleware::RetriesExhausted>()
         .expect("the retries' error");
     assert_eq!(exhausted.attempts, 2);
+    let innermost = err.find::<Error>().expect("a fluxio error");
+    assert!(
+        std::ptr::eq(innermost, &err),
+        "the stage's error is the innermost"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_is_found_behind_the_retries_that_gave_up() {
+    let is_timeout = |e: &Error| matches!(e.find::<Error>(), Some(Error::Timeout { .. }));
+    let timed = pipeline! { sleepy }.with_middleware(Timeout::new(Duration::from_millis(100)));
+    let err = timed.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout { .. }) && is_timeout(&err),
+        "{err:?}"
+    );
+
+    let retried = pipeline! { sleepy }
+        .with_middleware(Retry::constant(2, Duration::from_millis(10)))
+        .with_middleware(Timeout::new(Duration::from_millis(100)));
+    let err = retried.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(matches!(err, Error::Stage { .. }), "{err:?}");
+    assert!(is_timeout(&err), "{err:?}");
+    assert_eq!(
+        err.find::<fluxio::middleware::RetriesExhausted>()
+            .map(|r| r.attempts),
+        Some(2)
+    );
 }
 
 #[tokio::test(start_paused = true)]
