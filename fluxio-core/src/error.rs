@@ -201,6 +201,15 @@ pub enum Error {
         /// taken that trial first).
         retry_in: Duration,
     },
+    /// A finished stage's rollback failed (an error or a panic), when a later failure
+    /// rolled the run back: what [`Callback::on_rollback`](crate::Callback::on_rollback)
+    /// hears. The run goes on with the other rollbacks, then fails with its own error.
+    RollbackFailed {
+        /// The stage whose rollback failed.
+        stage: &'static str,
+        /// The rollback's error.
+        source: SharedError,
+    },
     /// The run failed and its rollbacks ran: it cannot be resumed.
     RolledBack {
         /// The run.
@@ -375,6 +384,9 @@ impl std::fmt::Display for Error {
                 run_prefix(run_id),
                 round_duration(*retry_in)
             ),
+            Error::RollbackFailed { stage, source } => {
+                write!(f, "rollback of stage `{stage}` failed: {source}")
+            }
             Error::RolledBack { run_id } => write!(
                 f,
                 "run `{run_id}` was rolled back after it failed; start it fresh"
@@ -398,10 +410,47 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Stage { source, .. }
+            | Error::RollbackFailed { source, .. }
             | Error::Store { source, .. }
             | Error::StoreSetup { source, .. } => Some(&**source),
             _ => None,
         }
+    }
+}
+
+/// Why a stage with a fallback failed anyway: its fallback failed too. The source of the
+/// run's [`Error::Stage`]; its own [`source()`](std::error::Error::source) is the
+/// fallback's error, and it keeps the stage's.
+///
+/// ```text
+/// stage `price` failed: its fallback failed too: no cached price (the stage had failed: pricing service down)
+/// ```
+#[derive(Debug)]
+pub struct FallbackFailed {
+    /// The fallback's error.
+    pub fallback: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// The stage's own failure, which the fallback answered.
+    pub stage: Error,
+}
+
+impl std::fmt::Display for FallbackFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The stage's error without the "stage `x` failed: " its run error adds.
+        let stage: &dyn std::fmt::Display = match &self.stage {
+            Error::Stage { source, .. } => source,
+            other => other,
+        };
+        write!(
+            f,
+            "its fallback failed too: {} (the stage had failed: {stage})",
+            self.fallback
+        )
+    }
+}
+
+impl std::error::Error for FallbackFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.fallback)
     }
 }
 

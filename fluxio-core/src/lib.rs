@@ -24,7 +24,7 @@ pub mod testing;
 
 pub use callback::{Callback, LoggingCallback, StageEvent};
 pub use ctx::Ctx;
-pub use error::{Error, Result, SharedError};
+pub use error::{Error, FallbackFailed, Result, SharedError};
 pub use key::{AsKey, Key, KeyDesc};
 pub use plan::{Graph, GraphNode};
 pub use run::{CtxDiff, Invoke, Pipeline, StreamHandle};

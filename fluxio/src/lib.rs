@@ -99,8 +99,8 @@ struct ReadmeDoctests;
 pub use fluxio_core::events;
 pub use fluxio_core::middleware;
 pub use fluxio_core::{
-    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, Graph, GraphNode, Invoke, Key, KeyDesc,
-    LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo, Stage, StageError,
+    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, FallbackFailed, Graph, GraphNode, Invoke, Key,
+    KeyDesc, LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo, Stage, StageError,
     StageEvent, StageKind, StageMeta, StageOutput, StreamHandle, Writes,
 };
 

@@ -57,13 +57,22 @@ async fn a_fallback_produces_the_writes_after_the_retries_gave_up() {
 }
 
 #[tokio::test]
-async fn a_failing_fallback_fails_the_run_with_its_own_error() {
+async fn a_failing_fallback_fails_the_run_with_both_errors() {
     let journal = Arc::new(Journal::default());
     let pipe = pipeline! { fetch_price }.with_resource(journal.clone());
     let err = pipe.invoke(input! { order_id: 0 }).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "stage `fetch_price` failed: no cached price either"
+        "stage `fetch_price` failed: its fallback failed too: no cached price either (the \
+         stage had failed: pricing service down)"
+    );
+    let failed = err
+        .find::<fluxio::FallbackFailed>()
+        .expect("the fallback's failure");
+    assert_eq!(failed.fallback.to_string(), "no cached price either");
+    assert_eq!(
+        failed.stage.to_string(),
+        "stage `fetch_price` failed: pricing service down"
     );
 }
 
@@ -105,7 +114,8 @@ async fn a_fallback_may_fail_or_not_whatever_its_stage_does() {
     let err = pipe.invoke(input! { order_id: 0 }).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "stage `auto_approve` failed: nobody to review it"
+        "stage `auto_approve` failed: its fallback failed too: nobody to review it (the stage \
+         had failed: stage `auto_approve` timed out after 1s)"
     );
 }
 
@@ -361,7 +371,8 @@ async fn a_rollback_that_panics_is_a_failed_rollback_and_the_others_still_run() 
         *seen.0.lock().unwrap(),
         [
             "notify failed: stage `notify` failed: mail server down",
-            "ship_fragile rollback failed: stage `ship_fragile` failed: panicked: courier API changed",
+            "ship_fragile rollback failed: rollback of stage `ship_fragile` failed: panicked: \
+             courier API changed",
             "charge undone",
         ],
         "the stage itself did not fail: only its rollback"

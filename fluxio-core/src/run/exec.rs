@@ -423,8 +423,8 @@ struct SchedState {
     /// The time, read at most once per wake-up of the run, for middleware that need it
     /// (cache expiry, timeouts): a clock read costs more than a trivial stage's bookkeeping.
     clock: std::cell::Cell<Option<tokio::time::Instant>>,
-    /// Fallbacks running in place of failed stages.
-    fallbacks: Vec<(u32, StageFuture)>,
+    /// Fallbacks running in place of failed stages, with the stages' errors.
+    fallbacks: Vec<(u32, StageFuture, Error)>,
     /// Finished nodes that have a rollback, in the order they finished.
     rollback_order: Vec<u32>,
     /// Nodes a middleware skipped, until they are done: they did not run, so they report
@@ -688,7 +688,7 @@ impl SchedState {
                         tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "stage failed; running its fallback");
                         let fut = stage.fallback(&self.ctx, &self.env);
                         self.state[i] = FALLBACK;
-                        self.fallbacks.push((i as u32, fut));
+                        self.fallbacks.push((i as u32, fut, e));
                         return Ok(());
                     }
                 }
@@ -949,7 +949,13 @@ impl SchedState {
             *current = self.fallbacks[k].0 as usize;
             match self.fallbacks[k].1.as_mut().poll(cx) {
                 Poll::Ready(out) => {
-                    let (i, _) = self.fallbacks.swap_remove(k);
+                    let (i, _, stage) = self.fallbacks.swap_remove(k);
+                    let out = out.map_err(|e| {
+                        StageError::new(crate::error::FallbackFailed {
+                            fallback: e.into_inner(),
+                            stage,
+                        })
+                    });
                     self.complete(i as usize, out)?;
                     progressed = true;
                 }
@@ -1007,6 +1013,11 @@ impl SchedState {
     /// Node `i`'s rollback ended: reports how (`error` when it failed or panicked). The
     /// next rollback goes on either way.
     fn rollback_ended(&self, i: usize, error: Option<Error>) {
+        // Its stage did not fail: say that its rollback did.
+        let error = error.map(|e| match e {
+            Error::Stage { stage, source, .. } => Error::RollbackFailed { stage, source },
+            other => other,
+        });
         if let Some(e) = &error {
             tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "rollback failed");
         }
