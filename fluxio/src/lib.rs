@@ -160,7 +160,7 @@ macro_rules! input {
 pub mod prelude {
     pub use crate::input;
     pub use fluxio_core::middleware::{
-        Cache, CircuitBreaker, Middleware, RateLimit, Retry, Timeout,
+        Cache, CircuitBreaker, Middleware, MiddlewareExt, RateLimit, Retry, Timeout,
     };
     pub use fluxio_core::{
         Callback, CheckpointStore, Chunk, Ctx, InMemoryStore, Key, LoggingCallback, Pipeline, Res,

@@ -20,6 +20,21 @@ fn every_middleware() -> Pipeline {
     pipe
 }
 
+fn scoped_middleware() -> Pipeline {
+    // snippet: middleware.md 2
+    let pipe = pipeline! { fetch_user, parallel { enrich_profile, fetch_orders } }
+        .with_middleware(Retry::exponential(3).except(fetch_orders))    // not idempotent
+        .with_middleware(Cache::ttl(Duration::from_secs(60)).only(enrich_profile));
+    // end snippet
+    pipe
+}
+
+#[tokio::test]
+async fn scoped_middleware_runs() {
+    let out = scoped_middleware().invoke(input! { user_id: 7 }).await.unwrap();
+    assert_eq!(&out[profile][..], "Alice (pro)");
+}
+
 #[tokio::test]
 async fn every_middleware_runs() {
     let pipe = every_middleware();
@@ -31,7 +46,7 @@ async fn every_middleware_runs() {
 }
 
 mod maintenance {
-    // snippet: middleware.md 2
+    // snippet: middleware.md 3
     use fluxio::middleware::{Middleware, Next, StageCall};
     use fluxio::store::BoxFuture;
     use fluxio::{StageError, StageOutput};
@@ -145,7 +160,7 @@ mod recovery {
         }
     }
 
-    // snippet: middleware.md 3
+    // snippet: middleware.md 4
     // `Pricing` and `Payments` are your clients, registered with `.with_resource(..)`; their
     // methods here are examples.
     #[stage(reads = [order_id], writes = [price], fallback = cached_price)]

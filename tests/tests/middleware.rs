@@ -961,3 +961,126 @@ async fn callbacks_hear_a_failure_without_the_run_prefix_the_caller_gets() {
         ["stage `charge` failed: card declined (51)"]
     );
 }
+
+/// Calls per stage, failing the stages named in `failing`.
+#[derive(Default)]
+struct Counts {
+    calls: Mutex<Vec<&'static str>>,
+    failing: Vec<&'static str>,
+}
+
+impl Counts {
+    fn failing(stages: &[&'static str]) -> Arc<Self> {
+        Arc::new(Counts {
+            failing: stages.to_vec(),
+            ..Counts::default()
+        })
+    }
+    fn hit(&self, stage: &'static str) -> Result<(), StageError> {
+        self.calls.lock().unwrap().push(stage);
+        if self.failing.contains(&stage) {
+            return Err(StageError::msg(format!("{stage} is down")));
+        }
+        Ok(())
+    }
+    fn of(&self, stage: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == stage)
+            .count()
+    }
+}
+
+#[stage(reads = [n], writes = [words])]
+async fn spell(n: &u64, counts: Res<Arc<Counts>>) -> Result<String, StageError> {
+    counts.hit("spell")?;
+    Ok(n.to_string())
+}
+
+#[stage(reads = [n], writes = [out])]
+async fn double(n: &u64, counts: Res<Arc<Counts>>) -> Result<u64, StageError> {
+    counts.hit("double")?;
+    Ok(n * 2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scoped_middleware_applies_to_its_stages_only() {
+    // Behind a user's middleware too: the rest of the chain then runs as boxed futures.
+    for behind_a_users_middleware in [false, true] {
+        let scoped = |pipe: Pipeline| {
+            if behind_a_users_middleware {
+                pipe.with_middleware(fluxio_tests::SkipStage("nothing"))
+            } else {
+                pipe
+            }
+        };
+        // A cache of `spell` only.
+        let counts = Counts::failing(&[]);
+        let cache = Cache::ttl(Duration::from_secs(60)).only(spell);
+        let pipe = scoped(pipeline! { spell, double })
+            .with_resource(counts.clone())
+            .with_middleware(cache);
+        for _ in 0..3 {
+            let res = pipe.invoke(input! { n: 4 }).await.unwrap();
+            assert_eq!((&res[words][..], res[out]), ("4", 8));
+        }
+        assert_eq!((counts.of("spell"), counts.of("double")), (1, 3));
+
+        // Retries for all but `double`.
+        let counts = Counts::failing(&["spell", "double"]);
+        let retry = Retry::constant(3, Duration::from_millis(1)).except(double);
+        let pipe = scoped(pipeline! { spell })
+            .with_resource(counts.clone())
+            .with_middleware(retry.clone());
+        pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        let pipe = scoped(pipeline! { double })
+            .with_resource(counts.clone())
+            .with_middleware(retry);
+        pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert_eq!((counts.of("spell"), counts.of("double")), (3, 1));
+
+        // A time limit for `sleepy` only (a `work` call is not limited).
+        let flaky = Flaky::failing(0);
+        let timeout = Timeout::new(Duration::from_millis(10)).only(sleepy);
+        let pipe = scoped(pipeline! { sleepy }).with_middleware(timeout.clone());
+        let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    stage: "sleepy",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let pipe = scoped(pipeline! { work })
+            .with_resource(flaky)
+            .with_middleware(timeout);
+        assert_eq!(pipe.invoke(input! { n: 1 }).await.unwrap()[out], 2);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_users_middleware_can_be_scoped_too() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let counts = Counts::failing(&[]);
+    let pipe = pipeline! { spell, double }
+        .with_resource(counts)
+        .with_middleware(Tag::new("only-double", &log).only(double))
+        .with_middleware(Tag::new("not-double", &log).except(double));
+    pipe.invoke(input! { n: 2 }).await.unwrap();
+    let mut seen = log.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "not-double after spell: true",
+            "not-double before spell (attempt 1)",
+            "only-double after double: true",
+            "only-double before double (attempt 1)",
+        ]
+    );
+}

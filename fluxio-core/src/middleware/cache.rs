@@ -119,7 +119,8 @@ struct Shared {
 /// An entry keeps the values the call read (shared with the run's context, not copied)
 /// and the values it wrote, until it is evicted.
 ///
-/// Cache only stages whose result depends on their reads alone. Stages with a `rollback`
+/// Cache only stages whose result depends on their reads alone: scope the cache to them
+/// with [`only`](super::MiddlewareExt::only). Stages with a `rollback`
 /// are never cached: a rollback says the stage acts outside its writes (a payment, an
 /// email), which a cached result would skip.
 ///

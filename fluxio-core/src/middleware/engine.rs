@@ -95,6 +95,13 @@ enum Fast {
 fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
     let meta = site.meta;
     let frame = match layer {
+        Layer::Scoped(inner, scope) => {
+            return if scope.admits(meta) {
+                enter(inner, site)
+            } else {
+                Enter::Frame(Frame::Pass, None)
+            };
+        }
         Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
         Layer::Retry(_) => Frame::Retry { attempt: 1 },
         Layer::Cache(_) if site.stage.has_rollback() => Frame::Pass,
@@ -152,7 +159,7 @@ fn leave(
     site: &Site<'_>,
     out: StageResult,
 ) -> Leave {
-    match (frame, layer) {
+    match (frame, layer.unscoped()) {
         (Frame::Retry { attempt }, Layer::Retry(retry)) => match out {
             Err(err) => match retry.after_failure(&stage_call(site, attempt), attempt, err) {
                 Ok(delay) => Leave::Retry {
@@ -498,7 +505,9 @@ impl Call {
     /// A wait ended: take the rate-limit token, or start the next attempt.
     fn waited(&mut self, site: &Site<'_>) {
         if self.phase == Phase::Limited {
-            if let Some(Layer::RateLimit(limit)) = site.layers.get(self.frames.len()) {
+            if let Some(Layer::RateLimit(limit)) =
+                site.layers.get(self.frames.len()).map(Layer::unscoped)
+            {
                 if let Some(wait) = limit.take(site.meta.name) {
                     // Another caller took the token first.
                     self.wait = Some(Box::pin(tokio::time::sleep(wait)));
@@ -653,6 +662,10 @@ impl Call {
         let (depth, deadline) = earliest?;
         let after = match site.layers.get(depth) {
             Some(Layer::Timeout(t)) => t.after,
+            Some(Layer::Scoped(inner, _)) => match &**inner {
+                Layer::Timeout(t) => t.after,
+                _ => Duration::ZERO,
+            },
             _ => Duration::ZERO,
         };
         // The deadline on the real clock, as the consumer's time stands now. When the timer

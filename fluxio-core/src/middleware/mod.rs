@@ -7,7 +7,9 @@
 //! (short-circuit) — and then it must return an explicit result or error: there is no
 //! silent success with empty writes.
 //!
-//! Built-ins: [`Retry`], [`Cache`], [`CircuitBreaker`], [`RateLimit`], [`Timeout`]. Stream
+//! Built-ins: [`Retry`], [`Cache`], [`CircuitBreaker`], [`RateLimit`], [`Timeout`]. Any
+//! middleware applies to every stage unless scoped with [`MiddlewareExt::only`] or
+//! [`MiddlewareExt::except`]. Stream
 //! stages bypass `Retry` and `Cache` (a re-run would repeat chunks already delivered; cached
 //! chunks would never reach the consumer).
 //!
@@ -22,6 +24,7 @@ mod circuit;
 pub(crate) mod engine;
 mod rate_limit;
 mod retry;
+mod scoped;
 mod timeout;
 
 use std::sync::Arc;
@@ -33,6 +36,8 @@ pub use circuit::CircuitBreaker;
 pub use engine::Engine;
 pub use rate_limit::RateLimit;
 pub use retry::{RetriesExhausted, Retry};
+use scoped::Scope;
+pub use scoped::{MiddlewareExt, Scoped};
 pub use timeout::Timeout;
 
 use crate::callback::{Callback, StageEvent};
@@ -108,6 +113,9 @@ impl<'a> Next<'a> {
         Box::pin(async move {
             let out = match this.rest.split_first() {
                 // A user's middleware: its answer is held to the stage's contract.
+                Some((Layer::Scoped(_, scope), rest)) if !scope.admits(call.meta) => {
+                    Next { rest, ..this }.run(call).await
+                }
                 Some((Layer::Custom(m), rest)) => {
                     let reached = AtomicBool::new(false);
                     let next = Next {
@@ -171,35 +179,46 @@ pub(crate) enum Layer {
     RateLimit(RateLimit),
     Timeout(Timeout),
     Custom(Arc<dyn Middleware>),
+    /// A built-in for some stages only (never another `Scoped`; a user's middleware
+    /// scoped is a `Custom` that checks its scope itself).
+    Scoped(Box<Layer>, Scope),
 }
 
 impl Layer {
-    /// Wraps `m`, recognising the built-ins.
+    /// Wraps `m`, recognising the built-ins, alone or scoped.
     pub(crate) fn of<M: Middleware>(m: M) -> Layer {
         let any: Box<dyn std::any::Any> = Box::new(m);
-        let any = match any.downcast::<Retry>() {
-            Ok(r) => return Layer::Retry(*r),
+        let any = match built_in(any, Layer::Retry) {
+            Ok(layer) => return layer,
             Err(any) => any,
         };
-        let any = match any.downcast::<Cache>() {
-            Ok(c) => return Layer::Cache(*c),
+        let any = match built_in(any, Layer::Cache) {
+            Ok(layer) => return layer,
             Err(any) => any,
         };
-        let any = match any.downcast::<CircuitBreaker>() {
-            Ok(c) => return Layer::Circuit(*c),
+        let any = match built_in(any, Layer::Circuit) {
+            Ok(layer) => return layer,
             Err(any) => any,
         };
-        let any = match any.downcast::<RateLimit>() {
-            Ok(r) => return Layer::RateLimit(*r),
+        let any = match built_in(any, Layer::RateLimit) {
+            Ok(layer) => return layer,
             Err(any) => any,
         };
-        let any = match any.downcast::<Timeout>() {
-            Ok(t) => return Layer::Timeout(*t),
+        let any = match built_in(any, Layer::Timeout) {
+            Ok(layer) => return layer,
             Err(any) => any,
         };
         match any.downcast::<M>() {
             Ok(m) => Layer::Custom(Arc::new(*m)),
             Err(_) => unreachable!("a box made from an `M` holds an `M`"),
+        }
+    }
+
+    /// The middleware itself, scoped or not.
+    pub(crate) fn unscoped(&self) -> &Layer {
+        match self {
+            Layer::Scoped(inner, _) => inner,
+            layer => layer,
         }
     }
 
@@ -215,7 +234,27 @@ impl Layer {
             Layer::RateLimit(m) => m.handle(call, next),
             Layer::Timeout(m) => m.handle(call, next),
             Layer::Custom(m) => m.handle(call, next),
+            Layer::Scoped(m, scope) if scope.admits(call.meta) => m.handle(call, next),
+            Layer::Scoped(..) => next.run(call),
         }
+    }
+}
+
+/// `any` as the layer of built-in `B` (made by `wrap`), alone or scoped; or `any` back.
+fn built_in<B: 'static>(
+    any: Box<dyn std::any::Any>,
+    wrap: fn(B) -> Layer,
+) -> Result<Layer, Box<dyn std::any::Any>> {
+    let any = match any.downcast::<B>() {
+        Ok(b) => return Ok(wrap(*b)),
+        Err(any) => any,
+    };
+    match any.downcast::<Scoped<B>>() {
+        Ok(s) => {
+            let Scoped { inner, scope } = *s;
+            Ok(Layer::Scoped(Box::new(wrap(inner)), scope))
+        }
+        Err(any) => Err(any),
     }
 }
 
