@@ -84,6 +84,11 @@ pub trait Callback: Send + Sync + 'static {
     fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {}
     /// A run was dropped (cancelled) before it ended.
     fn on_run_cancelled(&self, run_id: &str) {}
+    /// A stage that had started was dropped before it ended: another stage failed the run
+    /// while it ran (heard before the run's end), or the run itself was dropped (before
+    /// `on_run_cancelled`). Every `on_stage_start` is followed by exactly one of
+    /// `on_stage_end`, `on_stage_error` or this.
+    fn on_stage_cancelled(&self, event: &StageEvent<'_>, elapsed: Duration) {}
     /// A stage failed and its fallback is producing its writes instead.
     fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {}
     /// The run failed and a finished stage's rollback ran (`error` if the rollback failed).
@@ -230,20 +235,24 @@ impl Callback for LoggingCallback {
     fn on_retry(&self, event: &StageEvent<'_>, error: &StageError, delay: Duration) {
         tracing::info!(run_id = event.run_id, stage = event.stage, attempt = event.attempt, delay_ms = delay.as_millis() as u64, error = %error, "stage will be retried");
     }
-    fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {
-        tracing::warn!(run_id = event.run_id, stage = event.stage, error = %error, "stage failed; its fallback runs");
-    }
+    // A fallback starting and a rollback failing are logged by the runtime itself (as
+    // warnings, with or without this callback): not twice.
     fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {
-        match error {
-            None => tracing::info!(
+        if error.is_none() {
+            tracing::info!(
                 run_id = event.run_id,
                 stage = event.stage,
                 "stage rolled back"
-            ),
-            Some(e) => {
-                tracing::warn!(run_id = event.run_id, stage = event.stage, error = %e, "stage rollback failed")
-            }
+            );
         }
+    }
+    fn on_stage_cancelled(&self, event: &StageEvent<'_>, elapsed: Duration) {
+        tracing::info!(
+            run_id = event.run_id,
+            stage = event.stage,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "stage cancelled"
+        );
     }
     fn on_run_cancelled(&self, run_id: &str) {
         tracing::info!(run_id, "run cancelled");

@@ -11,7 +11,9 @@ use crate::error::Error;
 /// One thing that happened in a run, named with the taxonomy of event-driven pipeline
 /// systems: `pipeline.started`, `pipeline.completed`, `pipeline.failed`,
 /// `pipeline.cancelled`, `stage.started`, `stage.completed`, `stage.failed`,
-/// `stage.skipped`. Serializable, so it can be stored or sent as it is.
+/// `stage.skipped`, and `stage.cancelled` (a started stage dropped before it ended, so
+/// that every `stage.started` has its end). Serializable, so it can be stored or sent as
+/// it is; durations serialize as milliseconds (`duration_ms`, fractional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 #[non_exhaustive]
@@ -28,6 +30,7 @@ pub enum Event {
         /// The run.
         run_id: String,
         /// How long it took.
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
         duration: Duration,
     },
     /// `pipeline.failed`
@@ -38,6 +41,7 @@ pub enum Event {
         /// The error's message.
         error: String,
         /// How long it ran.
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
         duration: Duration,
     },
     /// `pipeline.cancelled`: the run was dropped before it ended.
@@ -66,6 +70,7 @@ pub enum Event {
         /// The attempt, from 1.
         attempt: u32,
         /// How long it took.
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
         duration: Duration,
     },
     /// `stage.failed`
@@ -80,6 +85,21 @@ pub enum Event {
         /// The error's message.
         error: String,
         /// How long it ran.
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
+        duration: Duration,
+    },
+    /// `stage.cancelled`: the stage had started, and was dropped before it ended (another
+    /// stage failed the run, or the run was dropped).
+    #[serde(rename = "stage.cancelled")]
+    StageCancelled {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The attempt, from 1.
+        attempt: u32,
+        /// How long it ran.
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
         duration: Duration,
     },
     /// `stage.skipped`
@@ -94,6 +114,12 @@ pub enum Event {
     },
 }
 
+/// A duration as fractional milliseconds: what event stores and dashboards read, rather
+/// than serde's `{"secs", "nanos"}`.
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
 impl Event {
     /// The event's name: `pipeline.started`, `stage.completed`, ...
     pub fn name(&self) -> &'static str {
@@ -106,6 +132,7 @@ impl Event {
             Event::StageCompleted { .. } => "stage.completed",
             Event::StageFailed { .. } => "stage.failed",
             Event::StageSkipped { .. } => "stage.skipped",
+            Event::StageCancelled { .. } => "stage.cancelled",
         }
     }
 
@@ -119,7 +146,8 @@ impl Event {
             | Event::StageStarted { run_id, .. }
             | Event::StageCompleted { run_id, .. }
             | Event::StageFailed { run_id, .. }
-            | Event::StageSkipped { run_id, .. } => run_id,
+            | Event::StageSkipped { run_id, .. }
+            | Event::StageCancelled { run_id, .. } => run_id,
         }
     }
 }
@@ -207,6 +235,14 @@ impl<F: Fn(Event) + Send + Sync + 'static> Callback for EventSink<F> {
             run_id: e.run_id.into(),
             stage: e.stage,
             reason: reason.into(),
+        });
+    }
+    fn on_stage_cancelled(&self, e: &StageEvent<'_>, elapsed: Duration) {
+        (self.emit)(Event::StageCancelled {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+            duration: elapsed,
         });
     }
 }

@@ -11,6 +11,7 @@ fluxio::keys! {
     pub n: u64;
     pub a: u64;
     pub b: u64;
+    pub c: u64;
     pub label: String;
     pub words: String;
 }
@@ -47,7 +48,8 @@ fn names(events: &Events) -> Vec<String> {
             Event::StageStarted { stage, .. }
             | Event::StageCompleted { stage, .. }
             | Event::StageFailed { stage, .. }
-            | Event::StageSkipped { stage, .. } => format!("{} {stage}", e.name()),
+            | Event::StageSkipped { stage, .. }
+            | Event::StageCancelled { stage, .. } => format!("{} {stage}", e.name()),
             other => other.name().to_string(),
         })
         .collect()
@@ -132,10 +134,91 @@ async fn a_dropped_run_is_reported_cancelled() {
     }
     run.abort();
     let _ = run.await;
+    let names = names(&events);
     assert_eq!(
-        names(&events).last().map(String::as_str),
-        Some("pipeline.cancelled")
+        &names[names.len() - 2..],
+        ["stage.cancelled forever", "pipeline.cancelled"],
+        "the started stage ends too"
     );
+}
+
+#[stage(reads = [n], writes = [c])]
+async fn breaks(n: &u64) -> Result<u64, StageError> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Err(StageError::msg(format!("{n} broke")))
+}
+
+#[tokio::test(start_paused = true)]
+async fn siblings_dropped_by_a_failure_are_reported_cancelled_before_the_run_fails() {
+    let (sink, events) = event_log();
+    let pipe = pipeline! { parallel { forever, breaks } }.with_callback(sink);
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    let names = names(&events);
+    assert_eq!(
+        &names[names.len() - 3..],
+        [
+            "stage.failed breaks",
+            "stage.cancelled forever",
+            "pipeline.failed"
+        ]
+    );
+    // Every started stage ended one way.
+    let started = names
+        .iter()
+        .filter(|n| n.starts_with("stage.started"))
+        .count();
+    let ended = names
+        .iter()
+        .filter(|n| {
+            ["stage.completed", "stage.failed", "stage.cancelled"]
+                .iter()
+                .any(|end| n.starts_with(end))
+        })
+        .count();
+    assert_eq!(started, ended, "{names:?}");
+}
+
+#[stage(reads = [n], writes = [c], timeout = "50ms")]
+async fn stuck(n: &u64) -> u64 {
+    std::future::pending::<()>().await;
+    *n
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_timed_out_failed_and_its_sibling_is_cancelled() {
+    let (sink, events) = event_log();
+    let pipe = pipeline! { parallel { forever, stuck } }.with_callback(sink);
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout { stage: "stuck", .. }),
+        "{err:?}"
+    );
+    let names = names(&events);
+    assert_eq!(
+        &names[names.len() - 3..],
+        [
+            "stage.failed stuck",
+            "stage.cancelled forever",
+            "pipeline.failed"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_durations_serialize_as_milliseconds() {
+    let (sink, events) = event_log();
+    let pipe = pipeline! { slow_step }.with_callback(sink);
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    let completed = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.name() == "stage.completed")
+        .cloned()
+        .unwrap();
+    let json = serde_json::to_value(&completed).unwrap();
+    assert_eq!(json["type"], "stage.completed");
+    assert_eq!(json["duration_ms"], 2000.0, "{json}");
 }
 
 /// Counts the events that have no `Event` variant.

@@ -434,6 +434,13 @@ struct SchedState {
     rolling_back: Option<Box<RollingBack>>,
 }
 
+impl Drop for SchedState {
+    /// A run that failed, or was dropped, with stages in flight: they are cancelled.
+    fn drop(&mut self) {
+        self.cancel_in_flight();
+    }
+}
+
 /// A failed run undoing its finished stages, last finished first.
 struct RollingBack {
     error: Option<Error>,
@@ -600,6 +607,32 @@ impl SchedState {
             self.deadlines.retain(|(d, ..)| *d as usize != i);
         }
         i
+    }
+
+    /// Takes node `i` out of the running stages and fallbacks: it ended (failed) without
+    /// completing there.
+    fn forget(&mut self, i: usize) {
+        if let Some(k) = self.running.iter().position(|&n| n as usize == i) {
+            self.unpark(k);
+        }
+        self.fallbacks.retain(|(n, ..)| *n as usize != i);
+    }
+
+    /// Tells the callbacks that the stages still running (or running their fallback) are
+    /// dropped, and forgets them: the run failed or was dropped.
+    fn cancel_in_flight(&mut self) {
+        if self.obs.is_none() {
+            return;
+        }
+        let running = std::mem::take(&mut self.running);
+        for i in running.iter().chain(self.fallbacks.iter().map(|(i, ..)| i)) {
+            let i = *i as usize;
+            let attempt = self.attempt_of(i, None);
+            self.notify_timed(i, |c, ev, elapsed| {
+                c.on_stage_cancelled(&StageEvent { attempt, ..*ev }, elapsed);
+            });
+        }
+        self.fallbacks.clear();
     }
 
     /// Tells every callback about node `i`: `f` gets the callback and the node's event.
@@ -968,6 +1001,7 @@ impl SchedState {
 
     fn start_rollback(&mut self, error: Error) {
         tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
+        self.cancel_in_flight();
         self.running.clear();
         self.fallbacks.clear();
         self.rolling_back = Some(Box::new(RollingBack {
@@ -1058,6 +1092,7 @@ impl SchedState {
                 run_id: None,
                 after: node.meta.timeout.unwrap_or_default(),
             };
+            self.forget(i);
             self.report_error(i, &e);
             return Err(e);
         }
@@ -1260,6 +1295,7 @@ where
                         continue;
                     }
                     if current != usize::MAX {
+                        sched.forget(current);
                         sched.report_error(current, &e);
                     }
                     if !sched.rollback_order.is_empty() {
