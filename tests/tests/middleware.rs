@@ -159,6 +159,12 @@ async fn cache_reuses_results_for_the_same_reads_until_the_ttl() {
         1,
         "expired results are dropped when a new one is stored"
     );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.len),
+        (1, 3, 1),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1018,7 +1024,8 @@ async fn a_scoped_middleware_applies_to_its_stages_only() {
         };
         // A cache of `spell` only.
         let counts = Counts::failing(&[]);
-        let cache = Cache::ttl(Duration::from_secs(60)).only(spell);
+        let cache_stats = Cache::ttl(Duration::from_secs(60));
+        let cache = cache_stats.clone().only(spell);
         let pipe = scoped(pipeline! { spell, double })
             .with_resource(counts.clone())
             .with_middleware(cache);
@@ -1027,6 +1034,12 @@ async fn a_scoped_middleware_applies_to_its_stages_only() {
             assert_eq!((&res[words][..], res[out]), ("4", 8));
         }
         assert_eq!((counts.of("spell"), counts.of("double")), (1, 3));
+        let stats = cache_stats.stats();
+        assert_eq!(
+            (stats.hits, stats.misses),
+            (2, 1),
+            "`double` is not counted"
+        );
 
         // Retries for all but `double`.
         let counts = Counts::failing(&["spell", "double"]);

@@ -4,6 +4,7 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +107,22 @@ struct Shared {
     /// from users, who must not be able to aim at collisions.
     hasher: foldhash::fast::RandomState,
     entries: Mutex<Entries>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What a [`Cache`] has done so far: for a hit-rate metric, say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Calls answered from the cache (the stage was not called).
+    pub hits: u64,
+    /// Calls the cache could have answered but had no result for (the stage was called).
+    /// Calls it never answers — stream stages, stages with a rollback, reads that do not
+    /// encode — are neither.
+    pub misses: u64,
+    /// Results held now (expired ones included until they are evicted).
+    pub len: usize,
 }
 
 /// Caches stage results: the key is the stage and the values of the keys it reads, so a
@@ -175,6 +192,15 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Hits, misses and size so far (shared by the cache's clones).
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.shared.hits.load(Ordering::Relaxed),
+            misses: self.shared.misses.load(Ordering::Relaxed),
+            len: self.len(),
+        }
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.shared
             .entries
@@ -205,8 +231,21 @@ impl Cache {
         })
     }
 
-    /// The cached result for `key`, if there is one that has not expired.
+    /// The cached result for `key`, if there is one that has not expired; counted as a hit
+    /// or a miss.
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
+        let found = self.find(key, clock);
+        let count = if found.is_some() {
+            &self.shared.hits
+        } else {
+            &self.shared.misses
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The cached result for `key`, if there is one that has not expired.
+    fn find(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
         // Under the lock, only cheap checks: the same values in memory is a hit at once.
         // An entry whose values are other copies is taken out (shared, not copied) and its
         // encodings compared after the lock is released: encoding a large value must not

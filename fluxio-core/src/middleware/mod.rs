@@ -30,7 +30,7 @@ mod timeout;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-pub use cache::Cache;
+pub use cache::{Cache, CacheStats};
 pub use circuit::CircuitBreaker;
 #[doc(hidden)]
 pub use engine::Engine;
