@@ -57,3 +57,22 @@ pub fn stream_response(prompt: &String) -> impl Stream<Item = Result<String, Sta
             .collect::<Vec<_>>(),
     )
 }
+
+/// A one-stage pipeline's keys and stage, for the observability and operations guides.
+pub mod labels {
+    use fluxio::prelude::*;
+
+    fluxio::keys! {
+        pub order_id: u64;
+        pub label: String;
+    }
+
+    /// Fails for order 0.
+    #[stage(reads = [order_id], writes = [label])]
+    pub async fn make_label(order_id: &u64) -> Result<String, StageError> {
+        match order_id {
+            0 => Err(StageError::msg("no such order")),
+            id => Ok(format!("order {id}")),
+        }
+    }
+}

@@ -6,19 +6,8 @@ use std::sync::Mutex;
 
 use fluxio::prelude::*;
 
-fluxio::keys! {
-    pub order_id: u64;
-    pub label: String;
-}
-
-/// Fails for order 0.
-#[stage(reads = [order_id], writes = [label])]
-async fn make_label(order_id: &u64) -> Result<String, StageError> {
-    match order_id {
-        0 => Err(StageError::msg("no such order")),
-        id => Ok(format!("order {id}")),
-    }
-}
+// A one-stage pipeline that fails for order 0.
+use crate::common::labels::*;
 
 /// What became of a job.
 #[derive(Debug, PartialEq)]
