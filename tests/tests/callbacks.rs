@@ -12,6 +12,7 @@ fluxio::keys! {
     pub a: u64;
     pub b: u64;
     pub c: u64;
+    pub bad: Unencodable;
     pub label: String;
     pub words: String;
 }
@@ -407,5 +408,73 @@ async fn durations_follow_tokios_clock_so_a_paused_test_can_check_them() {
             .iter()
             .all(|d| *d >= Duration::from_secs(2) && *d < Duration::from_secs(3)),
         "{durations:?}"
+    );
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn quick_ok(n: &u64) -> u64 {
+    *n
+}
+
+#[stage(reads = [n], writes = [c])]
+async fn quick_fail(_n: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg("broke"))
+}
+
+/// A value that refuses to be encoded (a checkpoint cannot hold it).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("refuses"))
+    }
+}
+
+#[stage(reads = [n], writes = [bad])]
+async fn makes_bad(_n: &u64) -> Unencodable {
+    Unencodable
+}
+
+/// Every `stage.started` has exactly one end.
+fn every_start_ends(names: &[String]) {
+    for name in names
+        .iter()
+        .filter_map(|n| n.strip_prefix("stage.started "))
+    {
+        let ends = names
+            .iter()
+            .filter(|n| {
+                ["stage.completed ", "stage.failed ", "stage.cancelled "]
+                    .iter()
+                    .any(|end| n.strip_prefix(end) == Some(name))
+            })
+            .count();
+        assert_eq!(ends, 1, "`{name}` ends {ends} times: {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_a_durable_run_every_started_stage_ends_too() {
+    // A sibling whose entry was being stored when the run failed.
+    let (sink, events) = event_log();
+    let pipe = pipeline! { parallel { quick_ok, quick_fail } }
+        .with_store(fluxio::store::InMemoryStore::new())
+        .with_callback(sink);
+    pipe.invoke(input! { n: 1 }).run_id("d1").await.unwrap_err();
+    every_start_ends(&names(&events));
+
+    // A stage whose writes cannot be stored.
+    let (sink, events) = event_log();
+    let pipe = pipeline! { makes_bad }
+        .with_store(fluxio::store::InMemoryStore::new())
+        .with_callback(sink);
+    let err = pipe.invoke(input! { n: 1 }).run_id("d2").await.unwrap_err();
+    assert!(err.to_string().contains("does not encode"), "{err}");
+    let names = names(&events);
+    every_start_ends(&names);
+    assert!(
+        names.contains(&"stage.failed makes_bad".to_string()),
+        "{names:?}"
     );
 }

@@ -372,6 +372,44 @@ async fn a_stages_own_timeout_during_retries_reports_the_attempts_made() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_attempts_made_are_reported_behind_a_users_middleware_or_a_rate_limit() {
+    // `budgeted` takes `n` ms per attempt and fails here; its own timeout (2s) ends the
+    // retries. Behind a user's middleware (10 ms per attempt, 100 ms between): every
+    // attempt made is counted...
+    let flaky = Flaky::failing(1_000);
+    let (sink, events) = fluxio_tests::event_log();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let pipe = pipeline! { budgeted }
+        .with_resource(flaky.clone())
+        .with_middleware(Tag::new("outer", &log))
+        .with_middleware(Retry::constant(100, Duration::from_millis(100)))
+        .with_callback(sink);
+    let err = pipe.invoke(input! { n: 10 }).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    let made = flaky.calls();
+    assert!(made > 10, "{made}");
+    assert_eq!(
+        fluxio_tests::attempts(&events, "stage.failed"),
+        [("budgeted", made)]
+    );
+
+    // ...and waiting for a rate-limit token before its second attempt: one attempt made.
+    let flaky = Flaky::failing(1_000);
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { budgeted }
+        .with_resource(flaky.clone())
+        .with_middleware(Retry::constant(5, Duration::from_millis(10)))
+        .with_middleware(RateLimit::per_second(0.1).burst(1))
+        .with_callback(sink);
+    pipe.invoke(input! { n: 0 }).await.unwrap_err();
+    assert_eq!(flaky.calls(), 1);
+    assert_eq!(
+        fluxio_tests::attempts(&events, "stage.failed"),
+        [("budgeted", 1)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn rate_limit_waits_for_tokens() {
     let flaky = Flaky::failing(0);
     let pipe = pipeline! { work }

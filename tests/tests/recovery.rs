@@ -86,6 +86,29 @@ async fn list_price(order_id: &u64) -> u64 {
     10 * order_id
 }
 
+#[stage(reads = [order_id], writes = [price], fallback = panicking_price)]
+async fn unpriced(_order_id: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg("pricing service down"))
+}
+
+async fn panicking_price(_order_id: &u64) -> u64 {
+    panic!("price table missing")
+}
+
+#[tokio::test]
+async fn a_fallback_that_panics_fails_the_run_with_both_errors() {
+    let err = pipeline! { unpriced }
+        .invoke(input! { order_id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `unpriced` failed: its fallback failed too: panicked: price table missing (the \
+         stage had failed: pricing service down)"
+    );
+    assert!(err.find::<fluxio::FallbackFailed>().is_some(), "{err:?}");
+}
+
 #[stage(reads = [order_id], writes = [price, charged], fallback = manual_review)]
 async fn auto_approve(_order_id: &u64) -> (u64, bool) {
     tokio::time::sleep(Duration::from_secs(60)).await;

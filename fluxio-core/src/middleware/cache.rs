@@ -118,8 +118,9 @@ pub struct CacheStats {
     /// Calls answered from the cache (the stage was not called).
     pub hits: u64,
     /// Calls the cache could have answered but had no result for (the stage was called).
-    /// Calls it never answers — stream stages, stages with a rollback, reads that do not
-    /// encode — are neither.
+    /// Each attempt of a `Retry` outside the cache is a call of its own. Calls it never
+    /// answers — stream stages, stages with a rollback, reads that do not encode — are
+    /// neither.
     pub misses: u64,
     /// Results held now (expired ones included until they are evicted).
     pub len: usize,

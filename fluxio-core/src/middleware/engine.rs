@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -184,13 +185,22 @@ fn leave(
     }
 }
 
-/// The rest of the chain, handed to boxed futures: they give the result and the attempt of
-/// the last call that went in.
-type Delegated = BoxFuture<'static, (StageResult, u32)>;
+/// The rest of the chain, handed to boxed futures, and the attempt of the last call that
+/// went in (kept up to date while they run).
+struct Delegated {
+    fut: BoxFuture<'static, StageResult>,
+    attempt: Arc<AtomicU32>,
+}
+
+impl Delegated {
+    fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+}
 
 /// The rest of the chain from `depth`, as boxed futures.
 fn delegated(site: &Site<'_>, depth: usize, attempt: u32) -> Delegated {
-    super::call_through(
+    let (fut, attempt) = super::call_through(
         site.layers.clone(),
         depth,
         site.stage.clone(),
@@ -198,7 +208,8 @@ fn delegated(site: &Site<'_>, depth: usize, attempt: u32) -> Delegated {
         attempt,
         site.ctx.clone(),
         site.env.clone(),
-    )
+    );
+    Delegated { fut, attempt }
 }
 
 fn stage_call<'a>(site: &Site<'a>, attempt: u32) -> StageCall<'a> {
@@ -251,11 +262,14 @@ impl Engine {
     /// waiting to start is not counted), if one is in flight.
     pub(crate) fn attempts_made(&self) -> Option<u32> {
         let call = self.0.as_deref()?;
+        if let (Phase::Delegated, Some(rest)) = (call.phase, &call.delegated) {
+            return Some(rest.attempt());
+        }
         let next = call.attempt();
-        Some(if call.phase == Phase::Backoff {
-            next - 1
-        } else {
-            next
+        // Waiting for a backoff or a rate-limit token: the attempt has not started.
+        Some(match call.phase {
+            Phase::Backoff | Phase::Limited => next.saturating_sub(1).max(1),
+            _ => next,
         })
     }
 
@@ -420,18 +434,18 @@ impl Call {
                     out
                 }
                 Phase::Delegated => {
-                    let Some(fut) = self.delegated.as_mut() else {
+                    let Some(delegated) = self.delegated.as_mut() else {
                         return Poll::Pending;
                     };
                     let polled = if std::mem::take(&mut skip_poll) {
                         Poll::Pending
                     } else {
-                        fut.as_mut().poll(cx)
+                        delegated.fut.as_mut().poll(cx)
                     };
                     match polled {
-                        Poll::Ready((out, attempt)) => {
+                        Poll::Ready(out) => {
+                            site.attempt.set(delegated.attempt());
                             self.delegated = None;
-                            site.attempt.set(attempt);
                             out
                         }
                         Poll::Pending => match self.poll_timeouts(cx, site) {
@@ -610,13 +624,13 @@ impl Call {
             }
             Enter::Delegate => {
                 // The fast path makes first attempts only: retries go through `Call::poll`.
-                let mut fut = delegated(site, depth, 1);
-                if let Poll::Ready((out, attempt)) = fut.as_mut().poll(cx) {
-                    site.attempt.set(attempt);
+                let mut rest = delegated(site, depth, 1);
+                if let Poll::Ready(out) = rest.fut.as_mut().poll(cx) {
+                    site.attempt.set(rest.attempt());
                     return Fast::Done(out);
                 }
                 let mut call = Call::suspended(depth, Phase::Delegated);
-                call.delegated = Some(fut);
+                call.delegated = Some(rest);
                 call.span = span.cloned();
                 return Fast::Suspended(call);
             }

@@ -293,8 +293,8 @@ pub trait Middleware: Send + Sync + 'static {
 }
 
 /// Runs `stage` through `chain[from..]` as boxed futures (owned, so the future is
-/// `'static`): how the engine hands a call over to a user's middleware. The future gives
-/// the result and the attempt of the last call that went in.
+/// `'static`): how the engine hands a call over to a user's middleware. With the future,
+/// the attempt of the last call that went in, kept up to date while it runs.
 pub(crate) fn call_through(
     chain: Arc<[Layer]>,
     from: usize,
@@ -303,8 +303,13 @@ pub(crate) fn call_through(
     attempt: u32,
     ctx: Ctx,
     env: StageEnv,
-) -> BoxFuture<'static, (Result<StageOutput, StageError>, u32)> {
-    Box::pin(async move {
+) -> (
+    BoxFuture<'static, Result<StageOutput, StageError>>,
+    Arc<AtomicU32>,
+) {
+    let last_attempt = Arc::new(AtomicU32::new(attempt));
+    let seen = last_attempt.clone();
+    let fut = Box::pin(async move {
         let call = StageCall {
             meta: &meta,
             run_id: env.run_id.as_deref(),
@@ -312,18 +317,17 @@ pub(crate) fn call_through(
             ctx: &ctx,
             callbacks: env.callbacks.as_deref().unwrap_or(&[]),
         };
-        let last_attempt = AtomicU32::new(attempt);
-        let out = Next {
+        Next {
             rest: &chain[from..],
             stage: &*stage,
             env: &env,
             reached: &AtomicBool::new(false),
-            attempt: &last_attempt,
+            attempt: &seen,
         }
         .run(call)
-        .await;
-        (out, last_attempt.load(Ordering::Relaxed))
-    })
+        .await
+    });
+    (fut, last_attempt)
 }
 
 /// What a user's middleware returned, held to the stage's contract: a route stage answers

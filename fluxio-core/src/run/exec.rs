@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use super::Pipeline;
 use crate::callback::{Callback, StageEvent, notify_all};
 use crate::ctx::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, FallbackFailed, Result};
 use crate::middleware::engine::{Engine, Site};
 use crate::middleware::{Clock, Layer};
 use crate::plan::{Exec, Plan};
@@ -312,11 +312,30 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
 }
 
 pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + Send>) -> Error {
+    panicked(stage, payload, None)
+}
+
+/// The error of a stage (or its fallback, when `fallback_of` holds the stage's own error)
+/// that panicked.
+fn panicked(
+    stage: &'static str,
+    payload: Box<dyn std::any::Any + Send>,
+    fallback_of: Option<Error>,
+) -> Error {
     let text = panic_text(&*payload);
+    let panic = StageError::msg(format!("panicked: {text}")).into_inner();
+    let source: crate::error::SharedError = match fallback_of {
+        // As for a fallback's error: the run's error says both.
+        Some(stage) => Arc::new(FallbackFailed {
+            fallback: panic,
+            stage,
+        }),
+        None => Arc::from(panic),
+    };
     Error::Stage {
         stage,
         run_id: None,
-        source: Arc::from(StageError::msg(format!("panicked: {text}")).into_inner()),
+        source,
     }
 }
 
@@ -610,12 +629,13 @@ impl SchedState {
     }
 
     /// Takes node `i` out of the running stages and fallbacks: it ended (failed) without
-    /// completing there.
-    fn forget(&mut self, i: usize) {
+    /// completing there. The stage's own error when it was running its fallback.
+    fn forget(&mut self, i: usize) -> Option<Error> {
         if let Some(k) = self.running.iter().position(|&n| n as usize == i) {
             self.unpark(k);
         }
-        self.fallbacks.retain(|(n, ..)| *n as usize != i);
+        let k = self.fallbacks.iter().position(|(n, ..)| *n as usize == i)?;
+        Some(self.fallbacks.swap_remove(k).2)
     }
 
     /// Tells the callbacks that the stages still running (or running their fallback) are
@@ -625,7 +645,18 @@ impl SchedState {
             return;
         }
         let running = std::mem::take(&mut self.running);
-        for i in running.iter().chain(self.fallbacks.iter().map(|(i, ..)| i)) {
+        // A finished stage whose entry is still being stored has not completed either (its
+        // save is not polled again).
+        let persisting: SmallVec<[u32; 4]> = self
+            .durable
+            .as_mut()
+            .map(|d| d.pending.drain(..).map(|(i, ..)| i).collect())
+            .unwrap_or_default();
+        for i in running
+            .iter()
+            .chain(self.fallbacks.iter().map(|(i, ..)| i))
+            .chain(&persisting)
+        {
             let i = *i as usize;
             let attempt = self.attempt_of(i, None);
             self.notify_timed(i, |c, ev, elapsed| {
@@ -757,7 +788,13 @@ impl SchedState {
             }
         };
         if self.durable.is_some() {
-            let entry = self.entry(i, &writes, route, skipped)?;
+            let entry = match self.entry(i, &writes, route, skipped) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.report_error(i, &e);
+                    return Err(e);
+                }
+            };
             writes.apply(&mut self.ctx);
             if let Some(l) = route {
                 self.mark_skipped(i, l as usize);
@@ -932,7 +969,13 @@ impl SchedState {
                     let (i, route, size, _) = d.pending.swap_remove(k);
                     finished.push((i, route, size));
                 }
-                Poll::Ready(Err(e)) => return Err(Error::from_store(&d.run_id, "save", e)),
+                Poll::Ready(Err(e)) => {
+                    // The stage's end could not be recorded: it ends failed.
+                    let (i, ..) = d.pending.swap_remove(k);
+                    let e = Error::from_store(&d.run_id, "save", e);
+                    self.report_error(i as usize, &e);
+                    return Err(e);
+                }
                 Poll::Pending => k += 1,
             }
         }
@@ -984,7 +1027,7 @@ impl SchedState {
                 Poll::Ready(out) => {
                     let (i, _, stage) = self.fallbacks.swap_remove(k);
                     let out = out.map_err(|e| {
-                        StageError::new(crate::error::FallbackFailed {
+                        StageError::new(FallbackFailed {
                             fallback: e.into_inner(),
                             stage,
                         })
@@ -1284,18 +1327,20 @@ where
                         .nodes
                         .get(current)
                         .map_or("<fluxio runtime>", |n| n.meta.name);
-                    let e = panic_error(stage, payload);
                     if let Some(rb) = &mut sched.rolling_back {
                         // A rollback panicked: it failed (its stage had not); go on with
                         // the others.
                         rb.current = None;
                         if current != usize::MAX {
-                            sched.rollback_ended(current, Some(e));
+                            sched.rollback_ended(current, Some(panic_error(stage, payload)));
                         }
                         continue;
                     }
+                    let fallback_of = (current != usize::MAX)
+                        .then(|| sched.forget(current))
+                        .flatten();
+                    let e = panicked(stage, payload, fallback_of);
                     if current != usize::MAX {
-                        sched.forget(current);
                         sched.report_error(current, &e);
                     }
                     if !sched.rollback_order.is_empty() {
