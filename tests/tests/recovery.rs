@@ -402,3 +402,28 @@ async fn a_rollback_that_panics_is_a_failed_rollback_and_the_others_still_run() 
     );
     assert_eq!(journal.entries().last().unwrap(), "refund 5");
 }
+
+#[stage(reads = [order_id], writes = [shipped])]
+async fn fails_at_once(_order_id: &u64) -> Result<bool, StageError> {
+    Err(StageError::msg("warehouse closed"))
+}
+
+#[tokio::test]
+async fn a_durable_stage_is_rolled_back_even_if_its_entry_was_not_stored_yet() {
+    // `charge` finishes, and its sibling fails before the charge's entry is stored: the
+    // charge happened all the same, so it is refunded.
+    let journal = Arc::new(Journal::default());
+    let store = fluxio::store::InMemoryStore::new();
+    let pipe = pipeline! { parallel { charge, fails_at_once } }
+        .with_resource(journal.clone())
+        .with_store(store.clone());
+    let err = pipe
+        .invoke(input! { order_id: 9 })
+        .run_id("order-9")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("warehouse closed"), "{err}");
+    assert_eq!(journal.entries(), ["charge 9", "refund 9"]);
+    let resumed = pipe.resume("order-9").await.unwrap_err();
+    assert!(matches!(resumed, Error::RolledBack { .. }), "{resumed:?}");
+}

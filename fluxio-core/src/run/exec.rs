@@ -799,6 +799,11 @@ impl SchedState {
             if let Some(l) = route {
                 self.mark_skipped(i, l as usize);
             }
+            // Its effects happened: a failure from now on rolls it back, whether or not its
+            // entry was stored by then.
+            if self.plan.has_rollback[i] && !skipped {
+                self.rollback_order.push(i as u32);
+            }
             self.state[i] = PERSISTING;
             let d = self.durable.as_mut().expect("checked above");
             let size = entry.len();
@@ -868,7 +873,9 @@ impl SchedState {
             self.skipped.swap_remove(at);
             return;
         }
-        if self.plan.has_rollback[i] {
+        // (A durable run's stage was remembered when it finished, before its entry was
+        // stored.)
+        if self.plan.has_rollback[i] && self.durable.is_none() {
             self.rollback_order.push(i as u32);
         }
         let attempt = self.attempt_of(i, None);
