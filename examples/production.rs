@@ -134,7 +134,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .with_middleware(CircuitBreaker::new(5))
     .with_middleware(Retry::exponential(3).base_delay(Duration::from_millis(20)))
-    .with_middleware(Cache::ttl(Duration::from_secs(60)))
+    // Only what depends on its reads alone: not the user service's answers.
+    .with_middleware(
+        Cache::ttl(Duration::from_secs(60))
+            .only(enrich_profile)
+            .only(fetch_orders),
+    )
     .with_middleware(RateLimit::per_second(100.0))
     .with_middleware(Timeout::new(Duration::from_secs(10)))
     .with_callback(LoggingCallback::default())
