@@ -201,6 +201,16 @@ pub enum Error {
         /// taken that trial first).
         retry_in: Duration,
     },
+    /// A `RateLimit` set to refuse (`.refuse_when_limited()`) had no token for the stage:
+    /// it was not called.
+    RateLimited {
+        /// The stage.
+        stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
+        /// How long until the limit has a token again (when no other call takes it first).
+        retry_in: Duration,
+    },
     /// A finished stage's rollback failed (an error or a panic), when a later failure
     /// rolled the run back: what [`Callback::on_rollback`](crate::Callback::on_rollback)
     /// hears. The run goes on with the other rollbacks, then fails with its own error.
@@ -373,6 +383,17 @@ impl std::fmt::Display for Error {
                 f,
                 "run `{run_id}`: checkpoint store {operation} failed: {source}"
             ),
+            Error::RateLimited {
+                stage,
+                run_id,
+                retry_in,
+            } => write!(
+                f,
+                "{}stage `{stage}` was not called: its rate limit has no token left; the next \
+                comes in {}",
+                run_prefix(run_id),
+                round_duration(*retry_in)
+            ),
             Error::CircuitOpen {
                 stage,
                 run_id,
@@ -498,7 +519,8 @@ impl Error {
             | Error::MissingKey { run_id, .. }
             | Error::UnknownRoute { run_id, .. }
             | Error::UndeclaredWrite { run_id, .. }
-            | Error::CircuitOpen { run_id, .. },
+            | Error::CircuitOpen { run_id, .. }
+            | Error::RateLimited { run_id, .. },
         ) = (id, &mut self)
         {
             if run_id.is_none() {

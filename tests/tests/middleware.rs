@@ -410,6 +410,44 @@ async fn the_attempts_made_are_reported_behind_a_users_middleware_or_a_rate_limi
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rate_limit_can_refuse_instead_of_waiting() {
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(RateLimit::per_second(10.0).burst(1).refuse_when_limited());
+    let started = Instant::now();
+    assert_eq!(pipe.invoke(input! { n: 1 }).await.unwrap()[out], 2);
+    let err = pipe
+        .invoke(input! { n: 2 })
+        .run_id("busy-1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { stage: "work", retry_in, .. } if retry_in == Duration::from_millis(100)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "run `busy-1`: stage `work` was not called: its rate limit has no token left; the next \
+         comes in 100ms"
+    );
+    assert_eq!(flaky.calls(), 1, "a refused call does not call the stage");
+    assert_eq!(started.elapsed(), Duration::ZERO, "and does not wait");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(pipe.invoke(input! { n: 3 }).await.unwrap()[out], 6);
+
+    // The same behind a user's middleware (boxed futures).
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(fluxio_tests::SkipStage("nothing"))
+        .with_middleware(RateLimit::per_second(10.0).burst(1).refuse_when_limited());
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    let err = pipe.invoke(input! { n: 2 }).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert_eq!(flaky.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn rate_limit_waits_for_tokens() {
     let flaky = Flaky::failing(0);
     let pipe = pipeline! { work }

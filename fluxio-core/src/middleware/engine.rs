@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::cache::CacheKey;
 use super::retry::attempt_span;
-use super::{CircuitBreaker, Clock, Layer, StageCall};
+use super::{CircuitBreaker, Clock, Layer, RateLimit, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::stage::{DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput};
@@ -123,6 +123,9 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         }
         Layer::RateLimit(limit) => match limit.take(meta.name) {
             None => Frame::Pass,
+            Some(wait) if limit.refuse => {
+                return Enter::Answer(Err(RateLimit::refusal(meta.name, wait)));
+            }
             Some(wait) => return Enter::Wait(wait),
         },
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,

@@ -7,6 +7,7 @@ use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
+use crate::error::Error;
 use crate::stage::{StageError, StageOutput};
 use crate::store::BoxFuture;
 
@@ -17,7 +18,9 @@ struct Bucket {
 }
 
 /// Limits how often stages are called: a token bucket refilled at `rate` calls per second,
-/// holding at most `burst` tokens. A call without a token waits for one (it does not fail).
+/// holding at most `burst` tokens. A call without a token waits for one by default; with
+/// [`refuse_when_limited`](RateLimit::refuse_when_limited) it fails at once with
+/// [`Error::RateLimited`] instead (the stage is not called).
 /// One bucket for the whole pipeline by default, or one per stage with
 /// [`per_stage`](RateLimit::per_stage).
 ///
@@ -33,6 +36,7 @@ pub struct RateLimit {
     rate: f64,
     burst: f64,
     per_stage: bool,
+    pub(crate) refuse: bool,
     buckets: Arc<Mutex<FxHashMap<&'static str, Bucket>>>,
 }
 
@@ -52,6 +56,7 @@ impl RateLimit {
             rate,
             burst: rate.max(1.0),
             per_stage: false,
+            refuse: false,
             buckets: Default::default(),
         }
     }
@@ -68,6 +73,24 @@ impl RateLimit {
     pub fn per_stage(mut self) -> Self {
         self.per_stage = true;
         self
+    }
+
+    /// A call without a token fails at once with [`Error::RateLimited`] (saying when the
+    /// next token comes) instead of waiting for one: for callers that would rather shed
+    /// load than queue it.
+    #[must_use]
+    pub fn refuse_when_limited(mut self) -> Self {
+        self.refuse = true;
+        self
+    }
+
+    /// The error of a call refused for `retry_in`.
+    pub(crate) fn refusal(stage: &'static str, retry_in: Duration) -> StageError {
+        StageError::new(Error::RateLimited {
+            stage,
+            run_id: None,
+            retry_in,
+        })
     }
 
     /// Takes a token, or says how long to wait for one.
@@ -103,6 +126,9 @@ impl Middleware for RateLimit {
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         Box::pin(async move {
             while let Some(wait) = self.take(call.meta.name) {
+                if self.refuse {
+                    return Err(Self::refusal(call.meta.name, wait));
+                }
                 tokio::time::sleep(wait).await;
             }
             next.run(call).await
