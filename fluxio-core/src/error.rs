@@ -156,6 +156,13 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
+    /// This run lost its lock: it stalled past its lease (a paused process, a long GC-like
+    /// stop, a network partition) and another process took the run over. It stopped at its
+    /// next write, writing nothing more; the new owner carries the run on.
+    LockLost {
+        /// The run.
+        run_id: String,
+    },
     /// A run checkpointed by another pipeline version does not fit this one, so
     /// `allow_version_change` cannot resume it without running a finished stage again or
     /// marking the wrong one done. Nothing was written.
@@ -359,6 +366,11 @@ impl std::fmt::Display for Error {
                 "run id `{run_id}` is in use by another invoke (its lock is held until that run ends, \
                 or until its lease runs out if its process died)"
             ),
+            Error::LockLost { run_id } => write!(
+                f,
+                "run `{run_id}` lost its lock: it stalled past its lease and another owner took \
+                the run over; it stopped without writing more"
+            ),
             Error::IncompatibleCheckpoint { run_id, reason } => write!(
                 f,
                 "run `{run_id}` cannot resume under this pipeline version (allow_version_change): \
@@ -537,9 +549,12 @@ impl Error {
         e: crate::store::StoreError,
     ) -> Error {
         match e {
-            crate::store::StoreError::LockLost { .. } => Error::RunIdInUse {
+            crate::store::StoreError::LockLost { .. } => Error::LockLost {
                 run_id: run_id.to_string(),
             },
+            crate::store::StoreError::Corrupt { run_id, reason } => {
+                Error::CorruptCheckpoint { run_id, reason }
+            }
             crate::store::StoreError::Backend {
                 operation: op,
                 source,

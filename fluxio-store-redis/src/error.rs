@@ -76,7 +76,11 @@ impl Error {
 
     /// This error at the [`CheckpointStore`](fluxio_core::store::CheckpointStore) boundary.
     pub(crate) fn into_store(self, operation: &'static str) -> StoreError {
-        StoreError::backend(operation, self)
+        match self {
+            // Not a store failure: retrying will not help.
+            Error::Corrupt { run_id, reason } => StoreError::Corrupt { run_id, reason },
+            e => StoreError::backend(operation, e),
+        }
     }
 }
 

@@ -338,9 +338,20 @@ fn backend_message(result: Result<Option<fluxio_core::store::StoredRun>, StoreEr
     }
 }
 
+/// The reason of a `Corrupt` load (a record the store did not write: not to be retried).
+fn corrupt_reason(
+    run: &str,
+    result: Result<Option<fluxio_core::store::StoredRun>, StoreError>,
+) -> String {
+    match result {
+        Err(StoreError::Corrupt { run_id, reason }) if run_id == run => reason,
+        other => panic!("expected a corrupt checkpoint of `{run}`, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn damaged_meta_is_a_backend_error() {
-    let redis = redis_or_skip!("damaged_meta_is_a_backend_error");
+async fn damaged_meta_is_a_corrupt_checkpoint() {
+    let redis = redis_or_skip!("damaged_meta_is_a_corrupt_checkpoint");
     let store = &redis.store;
     let mut conn = redis.raw().await;
     let run = "damaged";
@@ -349,20 +360,19 @@ async fn damaged_meta_is_a_backend_error() {
     store.save(run, "me", start()).await.unwrap();
 
     let () = conn.hset(&keys.meta, "status", "paused").await.unwrap();
-    let msg = backend_message(store.load(run).await);
-    assert!(msg.contains("unknown status `paused`"), "{msg}");
-    assert!(msg.contains(run), "{msg}");
+    let reason = corrupt_reason(run, store.load(run).await);
+    assert!(reason.contains("unknown status `paused`"), "{reason}");
 
     let () = conn.hset(&keys.meta, "status", "running").await.unwrap();
     let () = conn.hdel(&keys.meta, "version").await.unwrap();
-    let msg = backend_message(store.load(run).await);
-    assert!(msg.contains("no field `version`"), "{msg}");
+    let reason = corrupt_reason(run, store.load(run).await);
+    assert!(reason.contains("no field `version`"), "{reason}");
 
     let () = conn.hset(&keys.meta, "version", b"\xff\xfe").await.unwrap();
-    let msg = backend_message(store.load(run).await);
-    assert!(msg.contains("not UTF-8"), "{msg}");
+    let reason = corrupt_reason(run, store.load(run).await);
+    assert!(reason.contains("not UTF-8"), "{reason}");
 
-    // Another type under the meta key: the server's error, still a Backend error.
+    // Another type under the meta key: the server's error (WRONGTYPE), a Backend error.
     let () = conn.del(&keys.meta).await.unwrap();
     let () = conn.set(&keys.meta, "not a hash").await.unwrap();
     backend_message(store.load(run).await);

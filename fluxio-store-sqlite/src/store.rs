@@ -311,10 +311,14 @@ impl CheckpointStore for SqliteStore {
         let inner = self.inner.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            inner
-                .load(&run_id)
-                .await
-                .map_err(|e| StoreError::backend("load", e))
+            inner.load(&run_id).await.map_err(|e| match e {
+                // Not a store failure: retrying will not help.
+                Error::UnknownStatus { run_id, status } => StoreError::Corrupt {
+                    run_id,
+                    reason: format!("unknown status `{status}` in the database"),
+                },
+                e => StoreError::backend("load", e),
+            })
         })
     }
 

@@ -243,7 +243,7 @@ async fn reopening_an_existing_file_keeps_its_data_and_other_tables() {
 }
 
 #[tokio::test]
-async fn a_run_with_an_unknown_status_is_a_load_error() {
+async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
     let db = TempDb::new("bad-status");
     let store = SqliteStore::open(db.path()).await.unwrap();
     assert!(store.acquire("r", "a", LONG).await.unwrap());
@@ -263,15 +263,13 @@ async fn a_run_with_an_unknown_status_is_a_load_error() {
         .execute(&mut conn)
         .await
         .unwrap();
+    // Not a store failure to retry: a record the store did not write.
     match store.load("r").await {
-        Err(
-            e @ StoreError::Backend {
-                operation: "load", ..
-            },
-        ) => {
-            assert!(e.to_string().contains("unknown status `paused`"), "{e}");
+        Err(StoreError::Corrupt { run_id, reason }) => {
+            assert_eq!(run_id, "r");
+            assert!(reason.contains("unknown status `paused`"), "{reason}");
         }
-        other => panic!("expected a load error, got {other:?}"),
+        other => panic!("expected a corrupt checkpoint, got {other:?}"),
     }
 }
 

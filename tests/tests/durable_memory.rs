@@ -848,10 +848,43 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
     probe.gate.as_ref().unwrap().add_permits(1);
     let err = run.await.unwrap().unwrap_err();
     assert!(
-        matches!(&err, Error::RunIdInUse { run_id } if run_id == "fence"),
+        matches!(&err, Error::LockLost { run_id } if run_id == "fence"),
         "{err:?}"
     );
     assert_eq!(probe.count("sb"), 0, "no stage ran after the lock was lost");
+}
+
+/// Wraps the in-memory store; loads find a record the store did not write.
+struct Damaged(InMemoryStore);
+
+impl ForwardStore for Damaged {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn load(
+        &self,
+        run_id: &str,
+    ) -> fluxio::store::BoxFuture<'static, StoreResult<Option<fluxio::store::StoredRun>>> {
+        let run_id = run_id.to_string();
+        Box::pin(async move {
+            Err(fluxio::store::StoreError::Corrupt {
+                run_id,
+                reason: "unknown status `zombie`".into(),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_record_the_store_did_not_write_is_a_corrupt_checkpoint_not_a_store_failure() {
+    let pipe = pipeline! { sa }
+        .with_resource(Arc::new(Probe::default()))
+        .with_store(Damaged(InMemoryStore::new()));
+    let err = pipe.resume("z-1").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptCheckpoint { run_id, reason } if run_id == "z-1" && reason.contains("zombie")),
+        "{err:?}"
+    );
 }
 
 /// An in-memory store whose `release` takes a while, as over a network.

@@ -107,7 +107,9 @@ async fn redis_stopped_mid_run_fails_clearly_and_the_run_resumes_when_it_is_back
             Ok(out) => break out,
             // The reconnecting connection may need a moment, and the dead run's lock must
             // expire (its lease) before another invoke may take the run over.
-            Err(Error::Store { .. } | Error::RunIdInUse { .. }) if Instant::now() < deadline => {
+            Err(Error::Store { .. } | Error::RunIdInUse { .. } | Error::LockLost { .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("resume failed: {e}"),

@@ -516,7 +516,7 @@ pub(crate) async fn run(
     };
     let finished = match &result {
         // A run whose lock was taken over must not write its end over the new owner's run.
-        Err(Error::RunIdInUse { .. }) => Ok(()),
+        Err(Error::LockLost { .. } | Error::RunIdInUse { .. }) => Ok(()),
         _ => store.save(&run_id, &owner, finish).await,
     };
     guard.release().await;

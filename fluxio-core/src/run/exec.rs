@@ -1001,7 +1001,7 @@ impl SchedState {
                         let _ = d.renew_at.as_mut().poll(cx);
                     }
                     Ok(false) => {
-                        return Err(Error::RunIdInUse {
+                        return Err(Error::LockLost {
                             run_id: d.run_id.to_string(),
                         });
                     }

@@ -41,6 +41,16 @@ pub enum StoreError {
         /// The run.
         run_id: String,
     },
+    /// What the store holds for the run is not a checkpoint it wrote (a missing field, an
+    /// unknown status): the run reports [`Error::CorruptCheckpoint`](crate::Error), to be
+    /// kept for inspection rather than retried.
+    #[error("the checkpoint of run `{run_id}` is corrupt: {reason}")]
+    Corrupt {
+        /// The run.
+        run_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The backend failed.
     #[error("{operation} failed: {source}")]
     Backend {
