@@ -220,6 +220,31 @@ async fn a_durable_stream_resumes_by_its_id_without_streaming_finished_stages_ag
     assert_eq!(out.unwrap()[count], 3);
 }
 
+#[tokio::test]
+async fn naming_a_stream_once_it_started_cancels_it_with_an_error() {
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { say }.with_store(store.clone());
+    let mut chunks = pipe.stream::<String>(input! { words: "a b c".into() });
+    assert_eq!(chunks.next().await.unwrap().unwrap().data, "a");
+    // Too late: the run started under a generated id.
+    let mut chunks = chunks.run_id("late-1");
+    let item = chunks.next().await.expect("the error, as the last item");
+    let err = item.unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRunId { reason } if reason.contains("before its handle is first polled")),
+        "{err:?}"
+    );
+    assert!(chunks.next().await.is_none());
+    assert!(matches!(chunks.finish().await, Err(Error::BadRunId { .. })));
+    assert!(!store.exists("late-1").await.unwrap());
+
+    // The same through `finish`, and for `.resume()`.
+    let mut chunks = pipe.stream::<String>(input! { words: "a b".into() });
+    chunks.next().await;
+    let out = chunks.resume().finish().await;
+    assert!(matches!(out, Err(Error::BadRunId { .. })), "{out:?}");
+}
+
 fluxio::keys! {
     pub chunks_n: u64;
     pub work_ms: u64;

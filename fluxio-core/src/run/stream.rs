@@ -30,7 +30,8 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 /// Before it is first polled, `.run_id(..)`, `.resume()` and `.allow_version_change()`
 /// configure the run as they do an invoke: a durable streaming run under your own id, and
 /// its continuation after a crash (stream stages that finished before are not run again,
-/// so their chunks are not streamed again).
+/// so their chunks are not streamed again). Called once the handle was polled, they cancel
+/// the run, which ends with [`Error::BadRunId`]: it had started under a generated id.
 #[must_use = "a stream does nothing unless polled"]
 pub struct StreamHandle<C> {
     /// What the run starts from, until the handle is first polled.
@@ -43,8 +44,15 @@ pub struct StreamHandle<C> {
     consumer: Arc<ConsumerClock>,
     /// When the last chunk was handed out, until the next poll.
     handed_at: Option<tokio::time::Instant>,
+    /// The run was configured after it had started: it is cancelled, and this is its error.
+    late: bool,
     _chunk: PhantomData<fn() -> C>,
 }
+
+/// Why a streamed run configured once it had started was cancelled.
+const LATE: &str = "`.run_id(..)`, `.resume()` and `.allow_version_change()` configure a \
+    streamed run before its handle is first polled; this run had started (under a \
+    generated id), so it was cancelled";
 
 impl<C> std::fmt::Debug for StreamHandle<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,17 +75,32 @@ impl<C: Send + 'static> StreamHandle<C> {
             error_yielded: false,
             consumer: Arc::default(),
             handed_at: None,
+            late: false,
             _chunk: PhantomData,
         }
     }
 
+    /// The run's options, before it starts; after, the run is cancelled (see [`LATE`]).
     fn options(&mut self) -> Option<&mut super::exec::RunOptions> {
+        if self.start.is_none() {
+            self.late = true;
+        }
         self.start.as_mut().map(|s| &mut s.2)
     }
 
+    /// Cancels a run configured after it started, leaving the error to report.
+    fn cancel_if_late(&mut self) {
+        if std::mem::take(&mut self.late) {
+            self.run = None;
+            self.rx = None;
+            self.result = Some(Err(Error::BadRunId { reason: LATE }));
+        }
+    }
+
     /// Names the run, as [`Invoke::run_id`](super::Invoke::run_id) does: in a durable
-    /// pipeline the id keys the checkpoint. Only before the handle is first polled (later
-    /// calls change nothing).
+    /// pipeline the id keys the checkpoint. Only before the handle is first polled: called
+    /// later, it cancels the run, which then ends with [`Error::BadRunId`] (it had started
+    /// under a generated id, and would have been stored under it).
     pub fn run_id(mut self, id: impl Into<String>) -> Self {
         if let Some(opts) = self.options() {
             opts.run_id = Some(id.into());
@@ -132,6 +155,7 @@ impl<C: Send + 'static> StreamHandle<C> {
         // No one reads chunks any more: stream stages' sends return at once.
         self.rx = None;
         self.consumer_back();
+        self.cancel_if_late();
         self.started();
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
@@ -160,6 +184,7 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.consumer_back();
+        this.cancel_if_late();
         this.started();
         // The run moves on at every poll, also while chunks wait in the buffer: its other
         // stages are not held up by the consumer longer than one chunk's handling.
