@@ -89,7 +89,10 @@ pub struct StageMeta {
 /// The error a stage returns.
 ///
 /// Build one with [`StageError::msg`], or let `?` convert any
-/// `std::error::Error + Send + Sync + 'static` into it.
+/// `std::error::Error + Send + Sync + 'static` into it. It is not itself a
+/// `std::error::Error` (that is what lets `?` convert every error into it): the error it
+/// holds is what a run's error chain shows, and what [`Error::find`](crate::Error::find)
+/// finds.
 ///
 /// ```
 /// # use fluxio_core::StageError;

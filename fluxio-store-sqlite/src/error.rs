@@ -36,7 +36,7 @@ pub enum Error {
         mode: String,
     },
     /// Creating or upgrading the schema failed.
-    #[error("cannot migrate the schema of sqlite database `{}`: {source}", path.display())]
+    #[error("cannot read or create the schema of sqlite database `{}`: {source}", path.display())]
     Migrate {
         /// The database file.
         path: PathBuf,

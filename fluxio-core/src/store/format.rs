@@ -137,12 +137,17 @@ fn decode_record<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Str
         return Err(format!("empty {what}"));
     };
     if version != FORMAT_VERSION {
+        // Garbage usually shows here first: say both readings.
         return Err(format!(
-            "{what} has format version {version}, this build reads version {FORMAT_VERSION}"
+            "{what} starts with byte {version}, not the format version this build reads \
+             ({FORMAT_VERSION}): the bytes are damaged, or written by another format version"
         ));
     }
     let (record, read): (T, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| format!("{what}: {e}"))?;
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
+            bincode::error::DecodeError::UnexpectedEnd { .. } => format!("{what} is cut short"),
+            e => format!("{what}: {e}"),
+        })?;
     if read != body.len() {
         return Err(format!("{what}: {} trailing bytes", body.len() - read));
     }
@@ -246,13 +251,11 @@ mod tests {
         assert_eq!(decode_entry(&bytes).unwrap(), e);
         let mut wrong = bytes.clone();
         wrong[0] = 9;
-        assert!(
-            decode_entry(&wrong)
-                .unwrap_err()
-                .contains("format version 9")
-        );
+        let err = decode_entry(&wrong).unwrap_err();
+        assert!(err.contains("starts with byte 9"), "{err}");
         assert!(decode_entry(&[]).is_err());
-        assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
+        let err = decode_entry(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(err.ends_with("is cut short"), "{err}");
     }
 
     #[test]
