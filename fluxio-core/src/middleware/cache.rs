@@ -4,7 +4,6 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +98,9 @@ struct Entries {
     table: HashTable<Cached>,
     order: VecDeque<(u64, u64, Instant)>,
     seq: u64,
+    /// Counted under the lock the lookup takes anyway (an atomic add per call cost more).
+    hits: u64,
+    misses: u64,
 }
 
 #[derive(Default)]
@@ -107,8 +109,6 @@ struct Shared {
     /// from users, who must not be able to aim at collisions.
     hasher: foldhash::fast::RandomState,
     entries: Mutex<Entries>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 /// What a [`Cache`] has done so far: for a hit-rate metric, say.
@@ -195,10 +195,11 @@ impl Cache {
 
     /// Hits, misses and size so far (shared by the cache's clones).
     pub fn stats(&self) -> CacheStats {
+        let entries = self.entries();
         CacheStats {
-            hits: self.shared.hits.load(Ordering::Relaxed),
-            misses: self.shared.misses.load(Ordering::Relaxed),
-            len: self.len(),
+            hits: entries.hits,
+            misses: entries.misses,
+            len: entries.table.len(),
         }
     }
 
@@ -235,41 +236,42 @@ impl Cache {
     /// The cached result for `key`, if there is one that has not expired; counted as a hit
     /// or a miss.
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        let found = self.find(key, clock);
-        let count = if found.is_some() {
-            &self.shared.hits
-        } else {
-            &self.shared.misses
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// The cached result for `key`, if there is one that has not expired.
-    fn find(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
         // Under the lock, only cheap checks: the same values in memory is a hit at once.
         // An entry whose values are other copies is taken out (shared, not copied) and its
         // encodings compared after the lock is released: encoding a large value must not
         // hold up every other run's cache calls.
         let now = clock.now();
         let (reads, out) = {
-            let entries = self.entries();
-            let c = entries
+            let mut guard = self.entries();
+            let entries = &mut *guard;
+            let Some(c) = entries
                 .table
-                .find(key.hash, |c| now < c.expires && key.may_be(c))?;
+                .find(key.hash, |c| now < c.expires && key.may_be(c))
+            else {
+                entries.misses += 1;
+                return None;
+            };
             if c.reads
                 .iter()
                 .zip(&key.reads)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
             {
+                entries.hits += 1;
                 return Some(c.out.clone());
             }
             (c.reads.clone(), c.out.clone())
         };
-        if key.same_reads(&reads) {
-            return Some(out);
+        let found = if key.same_reads(&reads) {
+            Some(out)
+        } else {
+            self.lookup_among_others(key, now)
+        };
+        let mut entries = self.entries();
+        match found {
+            Some(_) => entries.hits += 1,
+            None => entries.misses += 1,
         }
-        self.lookup_among_others(key, now)
+        found
     }
 
     /// The rare case: the first live entry with the key's hash was another key; look at
