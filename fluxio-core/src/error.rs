@@ -156,9 +156,10 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
-    /// This run lost its lock: it stalled past its lease (a paused process, a long GC-like
-    /// stop, a network partition) and another process took the run over. It stopped at its
-    /// next write, writing nothing more; the new owner carries the run on.
+    /// This run lost its lock: it stalled past its lease (a paused process, a long stop, a
+    /// network partition), and another process may have taken the run over. It stopped at
+    /// its next write or lease renewal, writing nothing more and running no rollbacks;
+    /// resume it (here or elsewhere) once no one holds it, if no one has.
     LockLost {
         /// The run.
         run_id: String,
@@ -245,7 +246,7 @@ pub enum Error {
         operation: &'static str,
     },
     /// A run id is missing where one is needed (`.resume()` without `.run_id(..)`), or
-    /// empty.
+    /// empty; or a streamed run was given one (or `.resume()`) after it had started.
     BadRunId {
         /// What is wrong, and what to do.
         reason: &'static str,
@@ -368,8 +369,8 @@ impl std::fmt::Display for Error {
             ),
             Error::LockLost { run_id } => write!(
                 f,
-                "run `{run_id}` lost its lock: it stalled past its lease and another owner took \
-                the run over; it stopped without writing more"
+                "run `{run_id}` lost its lock: it stalled past its lease, which another owner \
+                may have taken; it stopped without writing more or rolling back"
             ),
             Error::IncompatibleCheckpoint { run_id, reason } => write!(
                 f,
@@ -519,6 +520,27 @@ impl Error {
             next = e.source();
         }
         found
+    }
+
+    /// Whether the error is about a run as a whole — its id, lock, checkpoint or store —
+    /// rather than about one of its stages.
+    pub(crate) fn is_about_a_run(&self) -> bool {
+        matches!(
+            self,
+            Error::RunIdInUse { .. }
+                | Error::LockLost { .. }
+                | Error::NoCheckpoint { .. }
+                | Error::CheckpointVersion { .. }
+                | Error::IncompatibleCheckpoint { .. }
+                | Error::CorruptCheckpoint { .. }
+                | Error::ResumeInputClash { .. }
+                | Error::Encode { .. }
+                | Error::Store { .. }
+                | Error::StoreSetup { .. }
+                | Error::NoStore { .. }
+                | Error::RolledBack { .. }
+                | Error::BadRunId { .. }
+        )
     }
 
     /// `self` naming run `id`, if it is an error of a stage in the run that does not name

@@ -160,9 +160,18 @@ impl StageError {
     }
 
     pub(crate) fn into_run_error(self, stage: &'static str) -> Error {
-        // A fluxio error raised inside a stage (a nested pipeline, a harness) keeps its meaning.
+        // A fluxio error raised inside a stage (a nested pipeline, a harness) keeps its
+        // meaning — unless it is about another run as a whole (its lock, its checkpoint, its
+        // store: a stage that invoked or resumed another run): returned as it is, it would
+        // read as this run's (a lost lock skips the finish record and the rollbacks, a
+        // missing checkpoint tells a resume loop to start afresh).
         match self.inner.downcast::<Error>() {
-            Ok(inner) => *inner,
+            Ok(inner) if !inner.is_about_a_run() => *inner,
+            Ok(inner) => Error::Stage {
+                stage,
+                run_id: None,
+                source: Arc::new(*inner),
+            },
             Err(other) => Error::Stage {
                 stage,
                 run_id: None,

@@ -6,9 +6,9 @@ use fluxio_core::store::StoreError;
 ///
 /// [`RedisStore::connect`](crate::RedisStore::connect) returns it directly; the
 /// [`CheckpointStore`](fluxio_core::store::CheckpointStore) methods wrap it in
-/// [`StoreError::Backend`], naming the operation (`save`, `load`, `acquire`, ...). A write
-/// refused because another owner holds the run's lock is not an `Error` but
-/// [`StoreError::LockLost`].
+/// [`StoreError::Backend`], naming the operation (`save`, `load`, `acquire`, ...) — except
+/// [`Error::Corrupt`], which becomes [`StoreError::Corrupt`]. A write refused because
+/// another owner holds the run's lock is not an `Error` but [`StoreError::LockLost`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -7,9 +7,10 @@ use std::sync::Arc;
 ///
 /// At the [`CheckpointStore`](fluxio_core::store::CheckpointStore) boundary these errors are
 /// wrapped in [`StoreError::Backend`](fluxio_core::store::StoreError::Backend), which names
-/// the operation (`save`, `load`, `acquire`, ...); a save refused because the writer no
-/// longer holds the run's lock is [`StoreError::LockLost`](fluxio_core::store::StoreError)
-/// instead.
+/// the operation (`save`, `load`, `acquire`, ...) — except a save refused because the writer
+/// no longer holds the run's lock ([`StoreError::LockLost`](fluxio_core::store::StoreError))
+/// and a stored run this store did not write (an unknown status, a column of another type:
+/// [`StoreError::Corrupt`](fluxio_core::store::StoreError)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -36,7 +37,7 @@ pub enum Error {
         mode: String,
     },
     /// Creating or upgrading the schema failed.
-    #[error("cannot read or create the schema of sqlite database `{}`: {source}", path.display())]
+    #[error("cannot set up the schema of sqlite database `{}` (create, read or upgrade it): {source}", path.display())]
     Migrate {
         /// The database file.
         path: PathBuf,

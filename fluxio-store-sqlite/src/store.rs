@@ -317,6 +317,12 @@ impl CheckpointStore for SqliteStore {
                     run_id,
                     reason: format!("unknown status `{status}` in the database"),
                 },
+                // A column of another type than the store writes (edited by hand, or by
+                // another program).
+                Error::Sqlx(e @ sqlx::Error::ColumnDecode { .. }) => StoreError::Corrupt {
+                    run_id: run_id.clone(),
+                    reason: format!("its row does not read back: {e}"),
+                },
                 e => StoreError::backend("load", e),
             })
         })

@@ -271,6 +271,18 @@ async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
         }
         other => panic!("expected a corrupt checkpoint, got {other:?}"),
     }
+    // A column of another type than the store writes.
+    sqlx::query("UPDATE runs SET status = 'running', header = 5")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    match store.load("r").await {
+        Err(StoreError::Corrupt { run_id, reason }) => {
+            assert_eq!(run_id, "r");
+            assert!(reason.contains("does not read back"), "{reason}");
+        }
+        other => panic!("expected a corrupt checkpoint, got {other:?}"),
+    }
 }
 
 /// Another connection holds the database locked (an exclusive transaction) for longer than

@@ -445,6 +445,27 @@ async fn a_rate_limit_can_refuse_instead_of_waiting() {
     let err = pipe.invoke(input! { n: 2 }).await.unwrap_err();
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
     assert_eq!(flaky.calls(), 3);
+
+    // A refusal is not the stage's failure: a Retry outside returns it at once, and a
+    // breaker outside does not count it.
+    let pipe = pipeline! { work }
+        .with_resource(flaky.clone())
+        .with_middleware(CircuitBreaker::new(1).reset_after(Duration::from_secs(60)))
+        .with_middleware(Retry::exponential(3))
+        .with_middleware(RateLimit::per_second(0.1).burst(1).refuse_when_limited());
+    pipe.invoke(input! { n: 1 }).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "no backoff");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        pipe.invoke(input! { n: 4 }).await.unwrap()[out],
+        8,
+        "the circuit stayed closed"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -427,3 +427,106 @@ async fn a_durable_stage_is_rolled_back_even_if_its_entry_was_not_stored_yet() {
     let resumed = pipe.resume("order-9").await.unwrap_err();
     assert!(matches!(resumed, Error::RolledBack { .. }), "{resumed:?}");
 }
+
+/// An in-memory store that refuses the `n`th save (the start record is the first) as if
+/// another owner had taken the run's lock.
+#[derive(Clone)]
+struct LosesLock {
+    inner: fluxio::store::InMemoryStore,
+    at: usize,
+    saves: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl fluxio::store::ForwardStore for LosesLock {
+    fn target(&self) -> &dyn fluxio::store::CheckpointStore {
+        &self.inner
+    }
+    fn save(
+        &self,
+        run_id: &str,
+        owner: &str,
+        save: fluxio::store::Save,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        let n = self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n >= self.at {
+            let run_id = run_id.to_string();
+            return Box::pin(async move { Err(fluxio::store::StoreError::LockLost { run_id }) });
+        }
+        self.inner.save(run_id, owner, save)
+    }
+}
+
+#[tokio::test]
+async fn a_run_that_lost_its_lock_stops_without_rolling_back() {
+    let journal = Arc::new(Journal::default());
+    let store = LosesLock {
+        inner: fluxio::store::InMemoryStore::new(),
+        at: 3, // start, charge's entry, then ship's entry is refused
+        saves: Arc::default(),
+    };
+    let pipe = pipeline! { charge, ship }
+        .with_resource(journal.clone())
+        .with_store(store.clone());
+    let err = pipe
+        .invoke(input! { order_id: 4 })
+        .run_id("taken")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::LockLost { run_id } if run_id == "taken"),
+        "{err:?}"
+    );
+    // The new owner carries the run on: nothing is undone here, and no end is written.
+    assert_eq!(journal.entries(), ["charge 4", "ship"]);
+    let stored = store.inner.load("taken").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Running);
+}
+
+#[stage(reads = [order_id], writes = [charged])]
+async fn charges_through_another_run(
+    order_id: &u64,
+    payments: Res<fluxio::Pipeline>,
+) -> Result<bool, StageError> {
+    let out = payments
+        .invoke(input! { order_id: *order_id })
+        .run_id("payment-busy")
+        .await?;
+    Ok(out[charged])
+}
+
+#[tokio::test]
+async fn another_runs_error_inside_a_stage_is_the_stages_failure() {
+    // The payments run is held by someone else: the stage that invokes it fails, and the
+    // outer run is recorded failed — not taken for a run whose own lock is busy or lost.
+    let journal = Arc::new(Journal::default());
+    let payments_store = fluxio::store::InMemoryStore::new();
+    use fluxio::store::CheckpointStore as _;
+    assert!(
+        payments_store
+            .acquire("payment-busy", "someone", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let payments = pipeline! { charge }
+        .with_resource(journal.clone())
+        .with_store(payments_store);
+    let outer_store = fluxio::store::InMemoryStore::new();
+    let pipe = pipeline! { charges_through_another_run }
+        .with_resource(payments)
+        .with_store(outer_store.clone());
+    let err = pipe
+        .invoke(input! { order_id: 5 })
+        .run_id("order-5")
+        .await
+        .unwrap_err();
+    let Error::Stage { stage, source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*stage, "charges_through_another_run");
+    assert!(
+        matches!(source.downcast_ref::<Error>(), Some(Error::RunIdInUse { run_id }) if run_id == "payment-busy"),
+        "{err:?}"
+    );
+    let stored = outer_store.load("order-5").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Failed);
+}

@@ -220,13 +220,14 @@ async fn a_durable_stream_resumes_by_its_id_without_streaming_finished_stages_ag
     assert_eq!(out.unwrap()[count], 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn naming_a_stream_once_it_started_cancels_it_with_an_error() {
     let store = InMemoryStore::new();
-    let pipe = pipeline! { say }.with_store(store.clone());
-    let mut chunks = pipe.stream::<String>(input! { words: "a b c".into() });
-    assert_eq!(chunks.next().await.unwrap().unwrap().data, "a");
-    // Too late: the run started under a generated id.
+    let pipe = pipeline! { plain_stream }.with_store(store.clone());
+    let slow = || input! { chunks_n: 5, work_ms: 10, stall_ms: 0 };
+    let mut chunks = pipe.stream::<u64>(slow());
+    assert_eq!(chunks.next().await.unwrap().unwrap().data, 0);
+    // Too late: the run goes on under the id it started with.
     let mut chunks = chunks.run_id("late-1");
     let item = chunks.next().await.expect("the error, as the last item");
     let err = item.unwrap_err();
@@ -239,10 +240,16 @@ async fn naming_a_stream_once_it_started_cancels_it_with_an_error() {
     assert!(!store.exists("late-1").await.unwrap());
 
     // The same through `finish`, and for `.resume()`.
-    let mut chunks = pipe.stream::<String>(input! { words: "a b".into() });
+    let mut chunks = pipe.stream::<u64>(slow());
     chunks.next().await;
     let out = chunks.resume().finish().await;
     assert!(matches!(out, Err(Error::BadRunId { .. })), "{out:?}");
+
+    // Once the run has ended there is nothing to configure: its result stands.
+    let mut chunks = pipe.stream::<u64>(slow());
+    while chunks.next().await.is_some() {}
+    let out = chunks.run_id("after-the-end").finish().await;
+    assert!(out.is_ok(), "{out:?}");
 }
 
 fluxio::keys! {

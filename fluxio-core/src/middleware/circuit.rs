@@ -130,6 +130,20 @@ impl CircuitBreaker {
     }
 
     /// Records how a call of `stage` ended.
+    /// Tells the breaker how a call ended. A refusal from inside (a rate limit without a
+    /// token, another breaker) says nothing about the stage: it is not counted, and a trial
+    /// refused that way stays in flight until the reset timeout lets another through.
+    pub(crate) fn record_outcome(
+        &self,
+        stage: &'static str,
+        out: &Result<StageOutput, StageError>,
+    ) {
+        match out {
+            Err(e) if super::retry::is_refusal(e) => {}
+            out => self.record(stage, out.is_ok()),
+        }
+    }
+
     pub(crate) fn record(&self, stage: &'static str, ok: bool) {
         if ok && self.shared.troubled.load(Ordering::Acquire) == 0 {
             return;
@@ -168,7 +182,7 @@ impl Middleware for CircuitBreaker {
         }
         Box::pin(async move {
             let out = next.run(call).await;
-            self.record(stage, out.is_ok());
+            self.record_outcome(stage, &out);
             out
         })
     }

@@ -181,7 +181,7 @@ fn leave(
             Leave::Out(out)
         }
         (Frame::Circuit, Layer::Circuit(breaker)) => {
-            breaker.record(site.meta.name, out.is_ok());
+            breaker.record_outcome(site.meta.name, &out);
             Leave::Out(out)
         }
         _ => Leave::Out(out),

@@ -16,8 +16,9 @@ type Predicate = Arc<dyn Fn(&StageError) -> bool + Send + Sync>;
 /// Exponential backoff doubles the delay from `base` (100 ms by default) up to `max`
 /// (10 s), with full jitter: each wait is random in `[delay / 2, delay]`. A predicate
 /// ([`when`](Retry::when)) chooses which errors to retry; without one, every error is
-/// retried except an open circuit ([`Error::CircuitOpen`], from a [`CircuitBreaker`]
-/// inside the retry): the breaker refuses calls until its trial, so it is returned at once.
+/// retried except a refusal — an open circuit ([`Error::CircuitOpen`], from a
+/// [`CircuitBreaker`] inside the retry) or a rate limit set to refuse
+/// ([`Error::RateLimited`]): it stands until its `retry_in`, so it is returned at once.
 /// The final error says how many attempts ran. Stream stages are never retried.
 ///
 /// [`CircuitBreaker`]: super::CircuitBreaker
@@ -98,8 +99,8 @@ impl Retry {
     }
 
     /// Retries only the errors for which `pred` returns true. It replaces the default
-    /// (every error but [`Error::CircuitOpen`]): accept `CircuitOpen` here to retry an open
-    /// circuit too, e.g. with delays longer than the breaker's reset timeout.
+    /// (every error but [`Error::CircuitOpen`] and [`Error::RateLimited`]): accept them here
+    /// to retry refusals too, e.g. with delays longer than their `retry_in`.
     #[must_use]
     pub fn when(mut self, pred: impl Fn(&StageError) -> bool + Send + Sync + 'static) -> Self {
         self.when = Some(Arc::new(pred));
@@ -163,7 +164,7 @@ impl Retry {
         // callbacks learn the attempt from the engine).
         let retry = match &self.when {
             Some(accepts) => accepts(&err),
-            None => !is_circuit_open(&err),
+            None => !is_refusal(&err),
         };
         if !retry {
             return Err(err);
@@ -186,13 +187,14 @@ impl Retry {
     }
 }
 
-/// Whether `err` is a breaker's refusal: the circuit refuses every call until its trial,
-/// usually seconds away, so calling again after a backoff of milliseconds would only use
-/// the attempts up and bury the refusal under `RetriesExhausted`.
-fn is_circuit_open(err: &StageError) -> bool {
+/// Whether `err` is a middleware's refusal to call the stage (an open circuit, a rate
+/// limit without a token): the refusal stands until its `retry_in`, usually longer than a
+/// backoff, so calling again would only use the attempts up and bury the refusal under
+/// `RetriesExhausted` — and it says nothing about the stage's health.
+pub(crate) fn is_refusal(err: &StageError) -> bool {
     matches!(
         err.as_error().downcast_ref::<Error>(),
-        Some(Error::CircuitOpen { .. })
+        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
     )
 }
 

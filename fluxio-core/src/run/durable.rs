@@ -65,7 +65,11 @@ fn decode_entry(run_id: &str, n: usize, bytes: &[u8]) -> Result<format::Entry> {
     format::decode_entry(bytes).map_err(|e| {
         corrupt(
             run_id,
-            format!("entry #{n} ({} bytes) does not decode: {e}", bytes.len()),
+            format!(
+                "entry #{n} ({} byte{}) does not decode: {e}",
+                bytes.len(),
+                if bytes.len() == 1 { "" } else { "s" }
+            ),
         )
     })
 }
@@ -516,7 +520,7 @@ pub(crate) async fn run(
     };
     let finished = match &result {
         // A run whose lock was taken over must not write its end over the new owner's run.
-        Err(Error::LockLost { .. } | Error::RunIdInUse { .. }) => Ok(()),
+        Err(Error::LockLost { .. }) => Ok(()),
         _ => store.save(&run_id, &owner, finish).await,
     };
     guard.release().await;

@@ -1318,7 +1318,12 @@ where
             let advanced = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if sched.rolling_back.is_none() {
                     match step(&mut sched, &mut slots, cx, &mut current) {
-                        Poll::Ready(Err(e)) if !sched.rollback_order.is_empty() => {
+                        // A run that lost its lock stops as it is: another owner may carry
+                        // it on, and its stages' effects with it.
+                        Poll::Ready(Err(e))
+                            if !sched.rollback_order.is_empty()
+                                && !matches!(e, Error::LockLost { .. }) =>
+                        {
                             sched.start_rollback(e)
                         }
                         other => return other,

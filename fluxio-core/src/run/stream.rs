@@ -44,15 +44,13 @@ pub struct StreamHandle<C> {
     consumer: Arc<ConsumerClock>,
     /// When the last chunk was handed out, until the next poll.
     handed_at: Option<tokio::time::Instant>,
-    /// The run was configured after it had started: it is cancelled, and this is its error.
-    late: bool,
     _chunk: PhantomData<fn() -> C>,
 }
 
 /// Why a streamed run configured once it had started was cancelled.
 const LATE: &str = "`.run_id(..)`, `.resume()` and `.allow_version_change()` configure a \
-    streamed run before its handle is first polled; this run had started (under a \
-    generated id), so it was cancelled";
+    streamed run before its handle is first polled; this run had already started (a \
+    durable one under the id callbacks and `RunInfo` see), so it was cancelled";
 
 impl<C> std::fmt::Debug for StreamHandle<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,32 +73,26 @@ impl<C: Send + 'static> StreamHandle<C> {
             error_yielded: false,
             consumer: Arc::default(),
             handed_at: None,
-            late: false,
             _chunk: PhantomData,
         }
     }
 
-    /// The run's options, before it starts; after, the run is cancelled (see [`LATE`]).
+    /// The run's options, before it starts. While it runs, configuring it cancels it (see
+    /// [`LATE`]); once it has ended, there is nothing left to configure and its result
+    /// stands.
     fn options(&mut self) -> Option<&mut super::exec::RunOptions> {
-        if self.start.is_none() {
-            self.late = true;
+        if self.start.is_none() && self.run.take().is_some() {
+            // Dropping the run's future cancels it (and releases a durable run's lock).
+            self.rx = None;
+            self.result = Some(Err(Error::BadRunId { reason: LATE }));
         }
         self.start.as_mut().map(|s| &mut s.2)
     }
 
-    /// Cancels a run configured after it started, leaving the error to report.
-    fn cancel_if_late(&mut self) {
-        if std::mem::take(&mut self.late) {
-            self.run = None;
-            self.rx = None;
-            self.result = Some(Err(Error::BadRunId { reason: LATE }));
-        }
-    }
-
     /// Names the run, as [`Invoke::run_id`](super::Invoke::run_id) does: in a durable
     /// pipeline the id keys the checkpoint. Only before the handle is first polled: called
-    /// later, it cancels the run, which then ends with [`Error::BadRunId`] (it had started
-    /// under a generated id, and would have been stored under it).
+    /// while the run goes on, it cancels the run, which then ends with [`Error::BadRunId`]
+    /// (it had started under another id); called once the run has ended, it does nothing.
     pub fn run_id(mut self, id: impl Into<String>) -> Self {
         if let Some(opts) = self.options() {
             opts.run_id = Some(id.into());
@@ -155,7 +147,6 @@ impl<C: Send + 'static> StreamHandle<C> {
         // No one reads chunks any more: stream stages' sends return at once.
         self.rx = None;
         self.consumer_back();
-        self.cancel_if_late();
         self.started();
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
@@ -184,7 +175,6 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.consumer_back();
-        this.cancel_if_late();
         this.started();
         // The run moves on at every poll, also while chunks wait in the buffer: its other
         // stages are not held up by the consumer longer than one chunk's handling.
