@@ -259,29 +259,26 @@ async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
         .await
         .unwrap();
     let mut conn = raw(db.path()).await;
-    sqlx::query("UPDATE runs SET status = 'paused'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    // Not a store failure to retry: a record the store did not write.
-    match store.load("r").await {
-        Err(StoreError::Corrupt { run_id, reason }) => {
-            assert_eq!(run_id, "r");
-            assert!(reason.contains("unknown status `paused`"), "{reason}");
+    // Not a store failure to retry: a record the store did not write — an unknown status,
+    // then a column of another type than the store writes.
+    for (edit, expected) in [
+        (
+            "UPDATE runs SET status = 'paused'",
+            "unknown status `paused`",
+        ),
+        (
+            "UPDATE runs SET status = 'running', header = 5",
+            "does not read back",
+        ),
+    ] {
+        sqlx::query(edit).execute(&mut conn).await.unwrap();
+        match store.load("r").await {
+            Err(StoreError::Corrupt { run_id, reason }) => {
+                assert_eq!(run_id, "r");
+                assert!(reason.contains(expected), "{reason}");
+            }
+            other => panic!("expected a corrupt checkpoint after `{edit}`, got {other:?}"),
         }
-        other => panic!("expected a corrupt checkpoint, got {other:?}"),
-    }
-    // A column of another type than the store writes.
-    sqlx::query("UPDATE runs SET status = 'running', header = 5")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    match store.load("r").await {
-        Err(StoreError::Corrupt { run_id, reason }) => {
-            assert_eq!(run_id, "r");
-            assert!(reason.contains("does not read back"), "{reason}");
-        }
-        other => panic!("expected a corrupt checkpoint, got {other:?}"),
     }
 }
 
