@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Clock, Middleware, Next, StageCall};
 use crate::ctx::{Ctx, Slot};
 use crate::key::KeyDesc;
-use crate::stage::{StageError, StageKind, StageMeta, StageOutput};
+use crate::stage::{DynStage, StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
 /// The values of a call's reads, in the stage's order.
@@ -210,10 +210,15 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key of a call of stage `meta` on `ctx`: `None` for stream stages, and when a
-    /// read is missing or does not encode (such calls are not cached).
-    pub(crate) fn key(&self, meta: &StageMeta, ctx: &Ctx) -> Option<CacheKey> {
-        if meta.kind == StageKind::Stream {
+    /// The key of a call of `stage` (`meta`) on `ctx`: `None` for the calls never cached —
+    /// stream stages, stages with a rollback, and reads missing or that do not encode.
+    pub(crate) fn key(
+        &self,
+        meta: &StageMeta,
+        stage: &dyn DynStage,
+        ctx: &Ctx,
+    ) -> Option<CacheKey> {
+        if meta.kind == StageKind::Stream || stage.has_rollback() {
             return None;
         }
         let stage = (meta.id)();
@@ -343,10 +348,7 @@ impl Middleware for Cache {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        if next.stage.has_rollback() {
-            return next.run(call);
-        }
-        let Some(key) = self.key(call.meta, call.ctx) else {
+        let Some(key) = self.key(call.meta, next.stage, call.ctx) else {
             return next.run(call);
         };
         if let Some(hit) = self.lookup(&key, Clock::Direct) {

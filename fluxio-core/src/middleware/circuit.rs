@@ -139,7 +139,7 @@ impl CircuitBreaker {
         out: &Result<StageOutput, StageError>,
     ) {
         match out {
-            Err(e) if super::retry::is_refusal(e) => {}
+            Err(e) if super::is_refusal(e) => {}
             out => self.record(stage, out.is_ok()),
         }
     }

@@ -105,8 +105,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         }
         Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
         Layer::Retry(_) => Frame::Retry { attempt: 1 },
-        Layer::Cache(_) if site.stage.has_rollback() => Frame::Pass,
-        Layer::Cache(cache) => match cache.key(meta, site.ctx) {
+        Layer::Cache(cache) => match cache.key(meta, &**site.stage, site.ctx) {
             None => Frame::Pass,
             Some(key) => {
                 return match cache.lookup(&key, site.clock) {
@@ -677,12 +676,8 @@ impl Call {
             }
         }
         let (depth, deadline) = earliest?;
-        let after = match site.layers.get(depth) {
+        let after = match site.layers.get(depth).map(Layer::unscoped) {
             Some(Layer::Timeout(t)) => t.after,
-            Some(Layer::Scoped(inner, _)) => match &**inner {
-                Layer::Timeout(t) => t.after,
-                _ => Duration::ZERO,
-            },
             _ => Duration::ZERO,
         };
         // The deadline on the real clock, as the consumer's time stands now. When the timer

@@ -113,9 +113,6 @@ impl<'a> Next<'a> {
         Box::pin(async move {
             let out = match this.rest.split_first() {
                 // A user's middleware: its answer is held to the stage's contract.
-                Some((Layer::Scoped(_, scope), rest)) if !scope.admits(call.meta) => {
-                    Next { rest, ..this }.run(call).await
-                }
                 Some((Layer::Custom(m), rest)) => {
                     let reached = AtomicBool::new(false);
                     let next = Next {
@@ -135,6 +132,17 @@ impl<'a> Next<'a> {
             out
         })
     }
+}
+
+/// Whether `err` is a middleware's refusal to call the stage (an open circuit, a rate
+/// limit without a token): it stands until its `retry_in`, usually longer than a backoff,
+/// and says nothing about the stage's health — `Retry` does not retry it by default and a
+/// `CircuitBreaker` does not count it.
+pub(crate) fn is_refusal(err: &StageError) -> bool {
+    matches!(
+        err.as_error().downcast_ref::<Error>(),
+        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
+    )
 }
 
 /// The longest duration the built-ins count with: longer TTLs, reset timeouts and waits are
@@ -188,30 +196,15 @@ impl Layer {
     /// Wraps `m`, recognising the built-ins, alone or scoped.
     pub(crate) fn of<M: Middleware>(m: M) -> Layer {
         let any: Box<dyn std::any::Any> = Box::new(m);
-        let any = match built_in(any, Layer::Retry) {
-            Ok(layer) => return layer,
-            Err(any) => any,
-        };
-        let any = match built_in(any, Layer::Cache) {
-            Ok(layer) => return layer,
-            Err(any) => any,
-        };
-        let any = match built_in(any, Layer::Circuit) {
-            Ok(layer) => return layer,
-            Err(any) => any,
-        };
-        let any = match built_in(any, Layer::RateLimit) {
-            Ok(layer) => return layer,
-            Err(any) => any,
-        };
-        let any = match built_in(any, Layer::Timeout) {
-            Ok(layer) => return layer,
-            Err(any) => any,
-        };
-        match any.downcast::<M>() {
-            Ok(m) => Layer::Custom(Arc::new(*m)),
-            Err(_) => unreachable!("a box made from an `M` holds an `M`"),
-        }
+        built_in(any, Layer::Retry)
+            .or_else(|any| built_in(any, Layer::Cache))
+            .or_else(|any| built_in(any, Layer::Circuit))
+            .or_else(|any| built_in(any, Layer::RateLimit))
+            .or_else(|any| built_in(any, Layer::Timeout))
+            .unwrap_or_else(|any| match any.downcast::<M>() {
+                Ok(m) => Layer::Custom(Arc::new(*m)),
+                Err(_) => unreachable!("a box made from an `M` holds an `M`"),
+            })
     }
 
     /// The middleware itself, scoped or not.

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Middleware, Next, StageCall};
-use crate::error::Error;
 use crate::stage::{StageError, StageKind, StageOutput};
 use crate::store::BoxFuture;
 
@@ -22,6 +21,8 @@ type Predicate = Arc<dyn Fn(&StageError) -> bool + Send + Sync>;
 /// The final error says how many attempts ran. Stream stages are never retried.
 ///
 /// [`CircuitBreaker`]: super::CircuitBreaker
+/// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
+/// [`Error::RateLimited`]: crate::Error::RateLimited
 ///
 /// ```
 /// # use fluxio_core::middleware::Retry;
@@ -99,8 +100,11 @@ impl Retry {
     }
 
     /// Retries only the errors for which `pred` returns true. It replaces the default
-    /// (every error but [`Error::CircuitOpen`] and [`Error::RateLimited`]): accept them here
-    /// to retry refusals too, e.g. with delays longer than their `retry_in`.
+    /// (every error but [`Error::CircuitOpen`] and [`Error::RateLimited`]): accept them
+    /// here to retry refusals too, e.g. with delays longer than their `retry_in`.
+    ///
+    /// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
+    /// [`Error::RateLimited`]: crate::Error::RateLimited
     #[must_use]
     pub fn when(mut self, pred: impl Fn(&StageError) -> bool + Send + Sync + 'static) -> Self {
         self.when = Some(Arc::new(pred));
@@ -164,7 +168,9 @@ impl Retry {
         // callbacks learn the attempt from the engine).
         let retry = match &self.when {
             Some(accepts) => accepts(&err),
-            None => !is_refusal(&err),
+            // Calling again would only use the attempts up and bury the refusal under
+            // `RetriesExhausted`.
+            None => !super::is_refusal(&err),
         };
         if !retry {
             return Err(err);
@@ -185,17 +191,6 @@ impl Retry {
         crate::callback::notify_all(call.callbacks, |c| c.on_retry(&event, &err, delay));
         Ok(delay)
     }
-}
-
-/// Whether `err` is a middleware's refusal to call the stage (an open circuit, a rate
-/// limit without a token): the refusal stands until its `retry_in`, usually longer than a
-/// backoff, so calling again would only use the attempts up and bury the refusal under
-/// `RetriesExhausted` — and it says nothing about the stage's health.
-pub(crate) fn is_refusal(err: &StageError) -> bool {
-    matches!(
-        err.as_error().downcast_ref::<Error>(),
-        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
-    )
 }
 
 /// The span of one attempt, when a subscriber exists (see the executor).

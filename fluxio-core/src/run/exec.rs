@@ -312,31 +312,21 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
 }
 
 pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + Send>) -> Error {
-    panicked(stage, payload, None)
+    panic_message(payload).into_run_error(stage)
 }
 
-/// The error of a stage (or its fallback, when `fallback_of` holds the stage's own error)
-/// that panicked.
-fn panicked(
-    stage: &'static str,
-    payload: Box<dyn std::any::Any + Send>,
-    fallback_of: Option<Error>,
-) -> Error {
-    let text = panic_text(&*payload);
-    let panic = StageError::msg(format!("panicked: {text}")).into_inner();
-    let source: crate::error::SharedError = match fallback_of {
-        // As for a fallback's error: the run's error says both.
-        Some(stage) => Arc::new(FallbackFailed {
-            fallback: panic,
-            stage,
-        }),
-        None => Arc::from(panic),
-    };
-    Error::Stage {
+/// A panic as the error of what panicked.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> StageError {
+    StageError::msg(format!("panicked: {}", panic_text(&*payload)))
+}
+
+/// A fallback's failure (an error or a panic) after its stage failed with `stage`: the
+/// run's error says both.
+fn fallback_failed(stage: Error, fallback: StageError) -> StageError {
+    StageError::new(FallbackFailed {
+        fallback: fallback.into_inner(),
         stage,
-        run_id: None,
-        source,
-    }
+    })
 }
 
 /// How many attempts a stage's failure took: `Retry`'s count when it gave up, else 1.
@@ -716,6 +706,7 @@ impl SchedState {
         match out {
             Ok(StageOutput::Writes(w)) if self.durable.is_none() => {
                 w.apply(&mut self.ctx);
+                self.ran(i);
                 self.finish_node(i, None);
                 Ok(())
             }
@@ -765,7 +756,7 @@ impl SchedState {
             StageOutput::Writes(w) => (w, None),
             StageOutput::Skip(reason) => {
                 self.notify(i, |c, ev| c.on_stage_skip(ev, &reason));
-                if self.plan.has_rollback[i] || self.obs.is_some() {
+                if self.obs.is_some() {
                     self.skipped.push(i as u32);
                 }
                 // A skipped route stage takes no branch.
@@ -787,6 +778,9 @@ impl SchedState {
                 (Writes::none(), Some(chosen as u32))
             }
         };
+        if !skipped {
+            self.ran(i);
+        }
         if self.durable.is_some() {
             let entry = match self.entry(i, &writes, route, skipped) {
                 Ok(entry) => entry,
@@ -798,11 +792,6 @@ impl SchedState {
             writes.apply(&mut self.ctx);
             if let Some(l) = route {
                 self.mark_skipped(i, l as usize);
-            }
-            // Its effects happened: a failure from now on rolls it back, whether or not its
-            // entry was stored by then.
-            if self.plan.has_rollback[i] && !skipped {
-                self.rollback_order.push(i as u32);
             }
             self.state[i] = PERSISTING;
             let d = self.durable.as_mut().expect("checked above");
@@ -855,7 +844,7 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
-        if self.plan.has_rollback[i] || self.obs.is_some() {
+        if self.obs.is_some() {
             self.note_finished(i);
         }
         self.release(i);
@@ -864,7 +853,16 @@ impl SchedState {
         }
     }
 
-    /// Remembers a finished stage's rollback and tells the callbacks; out of line.
+    /// Node `i`'s function returned (it was not skipped): its effects happened, so a failure
+    /// from now on rolls it back — in a durable run whether or not its entry gets stored.
+    #[inline]
+    fn ran(&mut self, i: usize) {
+        if self.plan.has_rollback[i] {
+            self.rollback_order.push(i as u32);
+        }
+    }
+
+    /// Tells the callbacks a stage finished; out of line.
     #[cold]
     #[inline(never)]
     fn note_finished(&mut self, i: usize) {
@@ -872,11 +870,6 @@ impl SchedState {
             // Skipped (reported as such): it did not run, so it did not end either.
             self.skipped.swap_remove(at);
             return;
-        }
-        // (A durable run's stage was remembered when it finished, before its entry was
-        // stored.)
-        if self.plan.has_rollback[i] && self.durable.is_none() {
-            self.rollback_order.push(i as u32);
         }
         let attempt = self.attempt_of(i, None);
         self.notify_timed(i, |c, ev, elapsed| {
@@ -1033,12 +1026,7 @@ impl SchedState {
             match self.fallbacks[k].1.as_mut().poll(cx) {
                 Poll::Ready(out) => {
                     let (i, _, stage) = self.fallbacks.swap_remove(k);
-                    let out = out.map_err(|e| {
-                        StageError::new(FallbackFailed {
-                            fallback: e.into_inner(),
-                            stage,
-                        })
-                    });
+                    let out = out.map_err(|e| fallback_failed(stage, e));
                     self.complete(i as usize, out)?;
                     progressed = true;
                 }
@@ -1351,7 +1339,12 @@ where
                     let fallback_of = (current != usize::MAX)
                         .then(|| sched.forget(current))
                         .flatten();
-                    let e = panicked(stage, payload, fallback_of);
+                    let panic = panic_message(payload);
+                    let e = match fallback_of {
+                        Some(stage_error) => fallback_failed(stage_error, panic),
+                        None => panic,
+                    }
+                    .into_run_error(stage);
                     if current != usize::MAX {
                         sched.report_error(current, &e);
                     }

@@ -172,40 +172,15 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         if !own {
             // A fallback may return the writes or a `Result` of them, whichever its stage
             // does; its error converts as a stage's, reported at its name.
-            let convert = error_conversion(&private, at);
             let into_result = crate::paths::respan(
                 quote!(<_ as #private::FallbackResult<#written_type>>::into_result),
                 at,
             );
-            // The conversion at the fallback's name (rustc reports a wrong return type once
-            // per span, so once); the call itself keeps its spans.
-            let take = crate::paths::relocate(
-                quote! {
-                    match #into_result(__fluxio_r) {
-                        ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
-                        ::core::result::Result::Err(__fluxio_e) => {
-                            return ::core::result::Result::Err(#convert);
-                        }
-                    }
-                },
-                at,
-            );
-            call = quote! {{
-                let __fluxio_r = #call;
-                #take
-            }};
+            call = taken_at(&private, call, into_result, at);
         } else if def.fallible {
             // Spanned at the return type: an error type that converts neither way is
             // reported there.
-            let convert = error_conversion(&private, def.ret_span);
-            call = quote! {
-                match #call {
-                    ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
-                    ::core::result::Result::Err(__fluxio_e) => {
-                        return ::core::result::Result::Err(#convert);
-                    }
-                }
-            };
+            call = unwrap_or_return(&private, call, def.ret_span);
         }
         let produce = match &def.output {
             Output::Unit => quote! {
@@ -287,23 +262,15 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         }
     });
     let rollback = def.rollback.as_ref().map(|path| {
-        let call = call_of(quote!(#path));
-        // Its error converts as the stage's does; reported at the rollback's name.
-        let convert = error_conversion(&private, path.span());
-        // Taken at the rollback's name, where a wrong return type is reported.
-        let take = crate::paths::relocate(
-            quote! {
-                if let ::core::result::Result::Err(__fluxio_e) =
-                    #private::RollbackResult::into_result(__fluxio_r)
-                {
-                    return ::core::result::Result::Err(#convert);
-                }
-            },
+        // Its error converts as the stage's does; both reported at the rollback's name.
+        let call = taken_at(
+            &private,
+            call_of(quote!(#path)),
+            quote!(#private::RollbackResult::into_result),
             path.span(),
         );
         let body = with_args(quote! {
-            let __fluxio_r = #call;
-            #take
+            let () = #call;
             ::core::result::Result::Ok(#private::StageOutput::Writes(#private::Writes::none()))
         });
         quote! {
@@ -354,6 +321,44 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             #rollback
         }
     }
+}
+
+/// `result` (a `Result`) unwrapped, or its error converted to a `StageError` and returned;
+/// an error type that converts neither way is reported at `at`.
+fn unwrap_or_return(
+    private: &TokenStream,
+    result: TokenStream,
+    at: proc_macro2::Span,
+) -> TokenStream {
+    let convert = error_conversion(private, at);
+    quote! {
+        match #result {
+            ::core::result::Result::Ok(__fluxio_v) => __fluxio_v,
+            ::core::result::Result::Err(__fluxio_e) => {
+                return ::core::result::Result::Err(#convert);
+            }
+        }
+    }
+}
+
+/// What a fallback or a rollback `call` returned, turned into a `Result` by `into_result`
+/// (a trait's function) and unwrapped as [`unwrap_or_return`] does. All of it is reported at
+/// `at`, the function's name in the attribute — once: rustc reports a wrong return type once
+/// per span. The call itself keeps its spans.
+fn taken_at(
+    private: &TokenStream,
+    call: TokenStream,
+    into_result: TokenStream,
+    at: proc_macro2::Span,
+) -> TokenStream {
+    let take = crate::paths::relocate(
+        unwrap_or_return(private, quote!(#into_result(__fluxio_r)), at),
+        at,
+    );
+    quote! {{
+        let __fluxio_r = #call;
+        #take
+    }}
 }
 
 /// `__fluxio_e` (a stage's error) as a `StageError`, the conversion picked by its type:
