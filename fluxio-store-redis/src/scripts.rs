@@ -57,7 +57,7 @@ return 1
 /// `Save::Finish`: `ARGV = [owner, status, has_error ('1' or '0'), error, ttl_ms]`. Sets the
 /// status and the error (removing an older error when there is none), then expires the
 /// run's meta and entries after `ttl_ms` milliseconds, or keeps them forever when `ttl_ms`
-/// is `0`.
+/// is `0` or the run is not over (`running`, `rolling_back`).
 pub(crate) const SAVE_FINISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
@@ -67,7 +67,7 @@ else
   redis.call('HSET', KEYS[2], 'status', ARGV[2])
   redis.call('HDEL', KEYS[2], 'error')
 end
-if ARGV[5] ~= '0' and ARGV[2] ~= 'running' then
+if ARGV[5] ~= '0' and ARGV[2] ~= 'running' and ARGV[2] ~= 'rolling_back' then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 else

@@ -207,6 +207,15 @@ async fn ttl_is_set_when_a_run_finishes() {
     );
     assert_eq!(pttl(&mut conn, &keys.entries).await, -1);
 
+    // Rolling back is not an end: a resume must find it to run the rollbacks again.
+    store
+        .save(run, "me", finish(RunStatus::RollingBack))
+        .await
+        .unwrap();
+    for key in [&keys.meta, &keys.entries] {
+        assert_eq!(pttl(&mut conn, key).await, -1, "{key} while rolling back");
+    }
+
     store
         .save(run, "me", finish(RunStatus::Failed))
         .await

@@ -36,6 +36,8 @@ async fn purge_finished_deletes_old_finished_unlocked_runs() {
         ("failed", Some(RunStatus::Failed)),
         ("running", None),
         ("resuming", Some(RunStatus::Failed)),
+        // Not over: a resume runs its rollbacks again.
+        ("rolling-back", Some(RunStatus::RollingBack)),
     ] {
         assert!(s.acquire(run, "a", LONG).await.unwrap());
         s.save(run, "a", Save::start("v", b"h")).await.unwrap();
@@ -68,6 +70,7 @@ async fn purge_finished_deletes_old_finished_unlocked_runs() {
         ("expired", false),
         ("running", true),
         ("resuming", true),
+        ("rolling-back", true),
     ] {
         assert_eq!(s.exists(run).await.unwrap(), kept, "{run}");
     }

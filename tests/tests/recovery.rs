@@ -530,3 +530,75 @@ async fn another_runs_error_inside_a_stage_is_the_stages_failure() {
     let stored = outer_store.load("order-5").await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Failed);
 }
+
+// ---- Panics and timeouts with a fallback ----
+
+#[stage(reads = [order_id], writes = [price], fallback = journaled_list_price)]
+async fn panicking_quote(order_id: &u64, journal: Res<Arc<Journal>>) -> u64 {
+    journal.note("panicking_quote");
+    tokio::task::yield_now().await;
+    panic!("bad quote for {order_id}")
+}
+
+#[stage(reads = [order_id], writes = [price], fallback = sync_list_price)]
+fn panicking_sync_quote(order_id: &u64, journal: Res<Arc<Journal>>) -> u64 {
+    journal.note("panicking_sync_quote");
+    panic!("bad quote for {order_id}")
+}
+
+fn sync_list_price(order_id: &u64, _journal: Res<Arc<Journal>>) -> u64 {
+    10 * order_id
+}
+
+async fn journaled_list_price(order_id: &u64, _journal: Res<Arc<Journal>>) -> u64 {
+    10 * order_id
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_stage_gets_its_fallback_async_or_sync_and_is_not_retried() {
+    let journal = Arc::new(Journal::default());
+    let asynchronous = pipeline! { panicking_quote }
+        .with_resource(journal.clone())
+        .with_middleware(Retry::exponential(3));
+    let out = asynchronous.invoke(input! { order_id: 4 }).await.unwrap();
+    assert_eq!(out[price], 40);
+    let synchronous = pipeline! { panicking_sync_quote }
+        .with_resource(journal.clone())
+        .with_middleware(Retry::exponential(3));
+    let out = synchronous.invoke(input! { order_id: 5 }).await.unwrap();
+    assert_eq!(out[price], 50);
+    // A panic is a bug: calling again would repeat it.
+    assert_eq!(
+        journal.entries(),
+        ["panicking_quote", "panicking_sync_quote"]
+    );
+}
+
+#[stage(reads = [order_id], writes = [price], timeout = "100ms", fallback = slow_price)]
+async fn quick_failure(_order_id: &u64) -> Result<u64, StageError> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Err(StageError::msg("quotes down"))
+}
+
+#[stage(reads = [order_id], writes = [price], timeout = "100ms", fallback = slow_price)]
+async fn instant_failure(_order_id: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg("quotes down"))
+}
+
+async fn slow_price(_order_id: &u64) -> Result<u64, StageError> {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stages_timeout_covers_its_fallback() {
+    for pipe in [pipeline! { quick_failure }, pipeline! { instant_failure }] {
+        let started = tokio::time::Instant::now();
+        let err = pipe.invoke(input! { order_id: 1 }).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(100)),
+            "{err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+}

@@ -13,16 +13,31 @@ fluxio::keys! {
     pub b: u64;
 }
 
-/// Records the spans runs open, with their fields.
+/// Records the spans runs open, with their fields; and, in `closed`, the order in which
+/// spans open (`new ..`) and close (`close ..`).
 #[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<Vec<String>>>);
+struct SpanLog(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>);
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+/// A span's name and fields, kept with it until it closes.
+struct Described(String);
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            if let Some(Described(d)) = span.extensions().get::<Described>() {
+                self.1.lock().unwrap().push(format!("close {d}"));
+            }
+        }
+    }
+
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         struct Fields(String);
         impl tracing::field::Visit for Fields {
@@ -35,10 +50,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
         }
         let mut fields = Fields(String::new());
         attrs.record(&mut fields);
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{}{}", attrs.metadata().name(), fields.0));
+        let described = format!("{}{}", attrs.metadata().name(), fields.0);
+        self.1.lock().unwrap().push(format!("new {described}"));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Described(described.clone()));
+        }
+        self.0.lock().unwrap().push(described);
     }
 }
 
@@ -139,4 +156,49 @@ async fn stage_code_runs_inside_its_stage_span() {
         ["fluxio.stage", "fluxio.stage"],
         "async and sync stages alike"
     );
+}
+
+#[stage(reads = [n], writes = [a])]
+async fn quick(n: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    n + 1
+}
+
+#[stage(reads = [a], writes = [b])]
+async fn slow(a: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a * 2
+}
+
+#[tokio::test]
+async fn a_stages_span_closes_when_the_stage_ends() {
+    let log = spans();
+    for (pipe, id) in [
+        (pipeline! { quick, slow }, "span-ends"),
+        (
+            pipeline! { quick, slow }.with_store(InMemoryStore::new()),
+            "span-ends-durable",
+        ),
+    ] {
+        pipe.invoke(input! { n: 1 }).run_id(id).await.unwrap();
+        let order: Vec<String> = log
+            .1
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.ends_with(&format!("run_id={id}")))
+            .cloned()
+            .collect();
+        // (A run span's fields end with its version, not its id.)
+        assert_eq!(
+            order,
+            [
+                format!("new fluxio.stage stage=quick kind=async run_id={id}"),
+                format!("close fluxio.stage stage=quick kind=async run_id={id}"),
+                format!("new fluxio.stage stage=slow kind=async run_id={id}"),
+                format!("close fluxio.stage stage=slow kind=async run_id={id}"),
+            ],
+            "a span lasting until the run's end would give the stage the run's duration"
+        );
+    }
 }

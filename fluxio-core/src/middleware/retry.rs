@@ -17,7 +17,8 @@ type Predicate = Arc<dyn Fn(&StageError) -> bool + Send + Sync>;
 /// ([`when`](Retry::when)) chooses which errors to retry; without one, every error is
 /// retried except a refusal — an open circuit ([`Error::CircuitOpen`], from a
 /// [`CircuitBreaker`] inside the retry) or a rate limit set to refuse
-/// ([`Error::RateLimited`]): it stands until its `retry_in`, so it is returned at once.
+/// ([`Error::RateLimited`]): it stands until its `retry_in`, so it is returned at once —
+/// and a panic (a bug, which calling again would only repeat).
 /// The final error says how many attempts ran. Stream stages are never retried.
 ///
 /// [`CircuitBreaker`]: super::CircuitBreaker
@@ -100,8 +101,9 @@ impl Retry {
     }
 
     /// Retries only the errors for which `pred` returns true. It replaces the default
-    /// (every error but [`Error::CircuitOpen`] and [`Error::RateLimited`]): accept them
-    /// here to retry refusals too, e.g. with delays longer than their `retry_in`.
+    /// (every error but [`Error::CircuitOpen`], [`Error::RateLimited`] and panics): accept
+    /// them here to retry refusals too, e.g. with delays longer than their `retry_in`. (A
+    /// panic of an async stage is never retried: it ends the call where it happened.)
     ///
     /// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
     /// [`Error::RateLimited`]: crate::Error::RateLimited
@@ -169,8 +171,8 @@ impl Retry {
         let retry = match &self.when {
             Some(accepts) => accepts(&err),
             // Calling again would only use the attempts up and bury the refusal under
-            // `RetriesExhausted`.
-            None => !super::is_refusal(&err),
+            // `RetriesExhausted`; a panic is a bug, not a passing failure.
+            None => !super::is_refusal(&err) && !crate::run::is_panic(&err),
         };
         if !retry {
             return Err(err);

@@ -527,7 +527,13 @@ pub(crate) async fn run(
     match (result, finished) {
         (Ok(ctx), Ok(())) => Ok(ctx),
         (Ok(_), Err(e)) => Err(Error::from_store(&run_id, "save", e)),
-        (Err(e), _) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(save)) => {
+            // The run's own error is the answer; its stored status stays what it was
+            // (`running`: resumable; `rolling_back`: a resume runs the rollbacks again).
+            tracing::warn!(run_id = %run_id, error = %e, store_error = %save, "could not record how the run ended");
+            Err(e)
+        }
     }
 }
 
@@ -575,7 +581,7 @@ async fn prepare(
         }
         let Restoration {
             mut ctx,
-            restored,
+            mut restored,
             rewritten,
         } = if stored.status == RunStatus::Completed && stored.version != plan.version {
             // Nothing will run: only the values matter, not where its stages would sit.
@@ -602,6 +608,12 @@ async fn prepare(
         }
         // What would refuse the run is checked before anything is written.
         super::exec::preflight(plan, &ctx, env)?;
+        if stored.status == RunStatus::RollingBack {
+            // Its rollbacks were interrupted: they run again, and nothing else does.
+            restored.rolling_back = Some(Error::RolledBack {
+                run_id: run_id.to_string(),
+            });
+        }
         if let Some((header, entries)) = rewritten {
             // From now on the checkpoint is this version's, in one atomic write: a crash
             // leaves either the old one or the new one, and an instance still on the old
@@ -615,7 +627,15 @@ async fn prepare(
                 .save(run_id, owner, rewrite)
                 .await
                 .map_err(store_err(run_id, "save"))?;
-        } else if stored.status != RunStatus::Running {
+            if stored.status == RunStatus::RollingBack {
+                // A rewrite starts the run afresh as `running`: it is still rolling back.
+                let rolling_back = Save::finish(RunStatus::RollingBack, stored.error.as_deref());
+                store
+                    .save(run_id, owner, rolling_back)
+                    .await
+                    .map_err(store_err(run_id, "save"))?;
+            }
+        } else if !matches!(stored.status, RunStatus::Running | RunStatus::RollingBack) {
             // The run is live again: a failed or interrupted checkpoint says so until it
             // ends.
             let running = Save::finish(RunStatus::Running, None);

@@ -33,7 +33,7 @@ use crate::plan::{Exec, Plan};
 use crate::stage::{
     ChunkSink, ConsumerClock, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes,
 };
-use crate::store::{BoxFuture, CheckpointStore, Save, StoreResult, format};
+use crate::store::{BoxFuture, CheckpointStore, RunStatus, Save, StoreResult, format};
 
 /// The future of a whole run.
 pub type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
@@ -317,7 +317,32 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
 
 /// A panic as the error of what panicked.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> StageError {
-    StageError::msg(format!("panicked: {}", panic_text(&*payload)))
+    StageError::new(Panicked(panic_text(&*payload).to_string()))
+}
+
+/// The error of a stage (or fallback, rollback, middleware) that panicked: its panic's
+/// message.
+#[derive(Debug)]
+pub(crate) struct Panicked(String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// Whether `err` is, or was caused by, a panic.
+pub(crate) fn is_panic(err: &StageError) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err.as_error());
+    while let Some(cause) = e {
+        if cause.is::<Panicked>() {
+            return true;
+        }
+        e = cause.source();
+    }
+    false
 }
 
 /// A fallback's failure (an error or a panic) after its stage failed with `stage`: the
@@ -361,6 +386,10 @@ const PERSISTING: u8 = 4;
 const FALLBACK: u8 = 5;
 
 /// An entry being written: (node, chosen route label, size in bytes, the write).
+/// A parked stage's timer: the node, its timer, and the consumer's time (of a streamed
+/// run) the timer already allows for.
+type Deadline = (u32, Pin<Box<tokio::time::Sleep>>, Duration);
+
 type PendingEntry = (u32, Option<u32>, usize, BoxFuture<'static, StoreResult<()>>);
 
 /// A durable run's connection to its store.
@@ -378,6 +407,35 @@ pub(crate) struct Durability {
 }
 
 impl Durability {
+    /// Keeps the lease while the run lives (rolling back included): renews it every third
+    /// of it. `Err(LockLost)` when another owner holds the run now.
+    fn poll_lease(&mut self, cx: &mut Context<'_>) -> Result<()> {
+        let d = self;
+        if d.renewing.is_none() && d.renew_at.as_mut().poll(cx).is_ready() {
+            d.renewing = Some(d.store.renew(&d.run_id, &d.owner, d.lease));
+        }
+        if let Some(renewing) = &mut d.renewing {
+            if let Poll::Ready(r) = renewing.as_mut().poll(cx) {
+                d.renewing = None;
+                match r {
+                    Ok(true) => {
+                        let next = tokio::time::Instant::now() + d.lease / 3;
+                        d.renew_at.as_mut().reset(next);
+                        // Register the new deadline with this task.
+                        let _ = d.renew_at.as_mut().poll(cx);
+                    }
+                    Ok(false) => {
+                        return Err(Error::LockLost {
+                            run_id: d.run_id.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(Error::from_store(&d.run_id, "renew", e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(
         store: Arc<dyn CheckpointStore>,
         run_id: Arc<str>,
@@ -402,6 +460,9 @@ impl Durability {
 pub(crate) struct Restored {
     /// The finished nodes: `(node, route's branch, skipped by a middleware or a route)`.
     pub(crate) done: Vec<(u32, Option<u32>, bool)>,
+    /// The run was rolling back when it stopped: the resume runs the rollbacks of its
+    /// finished stages (again), then ends with this error.
+    pub(crate) rolling_back: Option<Error>,
 }
 
 /// The bookkeeping of one run: the context so far, which nodes wait, run, or are done.
@@ -420,7 +481,10 @@ struct SchedState {
     running: SmallVec<[u32; 16]>,
     /// Timers of parked stages with a timeout: the node, its timer, and the consumer's
     /// time (of a streamed run) the timer already allows for.
-    deadlines: Vec<(u32, Pin<Box<tokio::time::Sleep>>, Duration)>,
+    deadlines: Vec<Deadline>,
+    /// The timer of the last stage with a fallback that ended while parked: if its fallback
+    /// runs, the rest of the stage's time is the fallback's.
+    ended_deadline: Option<Deadline>,
     obs: Option<Observers>,
     durable: Option<Box<Durability>>,
     /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
@@ -454,6 +518,9 @@ impl Drop for SchedState {
 struct RollingBack {
     error: Option<Error>,
     current: Option<(u32, StageFuture)>,
+    /// A durable run's record that it is rolling back, being written: no rollback runs
+    /// before it is stored, so a resume never completes a run whose stages were undone.
+    recording: Option<BoxFuture<'static, StoreResult<()>>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -502,6 +569,7 @@ impl Scheduler {
             ready: SmallVec::new(),
             running: SmallVec::new(),
             deadlines: Vec::new(),
+            ended_deadline: None,
             ctx: input,
             env,
             obs,
@@ -518,7 +586,21 @@ impl Scheduler {
         };
         match restored {
             None => sched.ready = sched.plan.roots.iter().rev().copied().collect(),
-            Some(restored) => {
+            Some(mut restored) => {
+                if let Some(error) = restored.rolling_back.take() {
+                    for &(i, _, skipped) in &restored.done {
+                        if sched.plan.nodes[i as usize].has_rollback && !skipped {
+                            sched.rollback_order.push(i);
+                        }
+                    }
+                    // Its status says so already.
+                    sched.rolling_back = Some(Box::new(RollingBack {
+                        error: Some(error),
+                        current: None,
+                        recording: None,
+                    }));
+                    return Ok(Scheduler(Box::new(sched)));
+                }
                 // Replay the finished nodes' releases; whatever is left at zero is the
                 // frontier, including unfinished members of a half-done parallel block.
                 for &(i, route, skipped) in &restored.done {
@@ -612,8 +694,11 @@ impl SchedState {
     /// Takes the `k`th running node out of `running`.
     fn unpark(&mut self, k: usize) -> usize {
         let i = self.running.swap_remove(k) as usize;
-        if !self.deadlines.is_empty() {
-            self.deadlines.retain(|(d, ..)| *d as usize != i);
+        if let Some(k) = self.deadlines.iter().position(|(d, ..)| *d as usize == i) {
+            let deadline = self.deadlines.swap_remove(k);
+            if self.plan.nodes[i].has_fallback {
+                self.ended_deadline = Some(deadline);
+            }
         }
         i
     }
@@ -632,6 +717,11 @@ impl SchedState {
     /// dropped, and forgets them: the run failed or was dropped.
     fn cancel_in_flight(&mut self) {
         if self.obs.is_none() {
+            self.running.clear();
+            self.fallbacks.clear();
+            if let Some(d) = &mut self.durable {
+                d.pending.clear();
+            }
             return;
         }
         let running = std::mem::take(&mut self.running);
@@ -744,6 +834,16 @@ impl SchedState {
                         let fut = stage.fallback(&self.ctx, &self.env);
                         self.state[i] = FALLBACK;
                         self.fallbacks.push((i as u32, fut, e));
+                        // The stage's timeout is its whole budget, fallback included.
+                        let deadline = match self.ended_deadline.take() {
+                            Some(d) if d.0 as usize == i => Some(d),
+                            _ => self.plan.nodes[i].meta.timeout.map(|after| {
+                                let kind = self.plan.nodes[i].meta.kind;
+                                let consumer = self.env.chunks.consumer_time(kind);
+                                (i as u32, Box::pin(tokio::time::sleep(after)), consumer)
+                            }),
+                        };
+                        self.deadlines.extend(deadline);
                         return Ok(());
                     }
                 }
@@ -844,6 +944,10 @@ impl SchedState {
     #[inline]
     fn finish_node(&mut self, i: usize, route: Option<u32>) {
         self.state[i] = DONE;
+        if let Some(spans) = &mut self.spans {
+            // The stage's span closes as it ends, not with the run.
+            spans[i] = tracing::Span::none();
+        }
         if self.obs.is_some() {
             self.note_finished(i);
         }
@@ -979,29 +1083,7 @@ impl SchedState {
                 Poll::Pending => k += 1,
             }
         }
-        // Keep the lease while the run lives.
-        if d.renewing.is_none() && d.renew_at.as_mut().poll(cx).is_ready() {
-            d.renewing = Some(d.store.renew(&d.run_id, &d.owner, d.lease));
-        }
-        if let Some(renewing) = &mut d.renewing {
-            if let Poll::Ready(r) = renewing.as_mut().poll(cx) {
-                d.renewing = None;
-                match r {
-                    Ok(true) => {
-                        let next = tokio::time::Instant::now() + d.lease / 3;
-                        d.renew_at.as_mut().reset(next);
-                        // Register the new deadline with this task.
-                        let _ = d.renew_at.as_mut().poll(cx);
-                    }
-                    Ok(false) => {
-                        return Err(Error::LockLost {
-                            run_id: d.run_id.to_string(),
-                        });
-                    }
-                    Err(e) => return Err(Error::from_store(&d.run_id, "renew", e)),
-                }
-            }
-        }
+        d.poll_lease(cx)?;
         let progressed = !finished.is_empty();
         for (i, route, size) in finished {
             self.notify(i as usize, |c, ev| c.on_checkpoint(ev, size));
@@ -1026,6 +1108,7 @@ impl SchedState {
             match self.fallbacks[k].1.as_mut().poll(cx) {
                 Poll::Ready(out) => {
                     let (i, _, stage) = self.fallbacks.swap_remove(k);
+                    self.deadlines.retain(|(d, ..)| *d != i);
                     let out = out.map_err(|e| fallback_failed(stage, e));
                     self.complete(i as usize, out)?;
                     progressed = true;
@@ -1042,14 +1125,47 @@ impl SchedState {
         self.cancel_in_flight();
         self.running.clear();
         self.fallbacks.clear();
+        self.deadlines.clear();
+        // The stages' spans end here (the rollbacks are the run's).
+        self.spans = None;
+        // A durable run first records that it is rolling back (with the error that made it).
+        let recording = self.durable.as_ref().map(|d| {
+            let save = Save::finish(RunStatus::RollingBack, Some(&error.to_string()));
+            d.store.save(&d.run_id, &d.owner, save)
+        });
         self.rolling_back = Some(Box::new(RollingBack {
             error: Some(error),
             current: None,
+            recording,
         }));
     }
 
-    /// Runs the rollbacks one at a time, last finished first; then fails the run.
+    /// Runs the rollbacks one at a time, last finished first; then fails the run. A durable
+    /// run keeps its lease meanwhile, and runs no rollback before its store records that it
+    /// is rolling back.
     fn poll_rollback(&mut self, cx: &mut Context<'_>, current: &mut usize) -> Poll<Result<Ctx>> {
+        if let Some(d) = &mut self.durable {
+            // Lost, the run stops where it is: its status says `rolling_back`, and whoever
+            // resumes it runs the rollbacks again.
+            if let Err(e) = d.poll_lease(cx) {
+                return Poll::Ready(Err(e));
+            }
+            let rb = self.rolling_back.as_mut().expect("rolling back");
+            if let Some(recording) = &mut rb.recording {
+                match recording.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => rb.recording = None,
+                    Poll::Ready(Err(e)) => {
+                        // Nothing was undone: the run stays resumable as it was (a resume
+                        // runs the failed stage again), rather than undone without a trace.
+                        let failure = rb.error.take().unwrap_or(Error::Cancelled);
+                        let e = Error::from_store(&d.run_id, "save", e);
+                        tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+        }
         loop {
             let rb = self.rolling_back.as_mut().expect("rolling back");
             if rb.current.is_none() {
@@ -1145,12 +1261,24 @@ struct Layered {
     attempts: Option<Box<[std::cell::Cell<u32>]>>,
 }
 
-/// What the driver asks of a slot: start node `i`'s stage, or poll it.
+/// What an [`Op`] asks of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Create the stage's future and poll it.
+    Start,
+    /// Poll the future in the slot.
+    Poll,
+    /// Drop the future in the slot (the run failed): what it holds is given back before
+    /// the rollbacks run.
+    Cancel,
+}
+
+/// What the driver asks of a slot: start node `i`'s stage, poll it, or drop it.
 pub struct Op<'a> {
     layers: Option<&'a Layered>,
     clock: &'a std::cell::Cell<Option<tokio::time::Instant>>,
     node: usize,
-    start: bool,
+    mode: Mode,
     ctx: &'a Ctx,
     env: &'a StageEnv,
     plan: &'a Plan,
@@ -1160,7 +1288,7 @@ impl std::fmt::Debug for Op<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Op")
             .field("node", &self.node)
-            .field("start", &self.start)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -1182,8 +1310,13 @@ impl Op<'_> {
     where
         F: Future<Output = std::result::Result<StageOutput, StageError>>,
     {
-        if self.start {
-            slot.set(Some(make(self.ctx, self.env)));
+        match self.mode {
+            Mode::Start => slot.set(Some(make(self.ctx, self.env))),
+            Mode::Poll => {}
+            Mode::Cancel => {
+                slot.set(None);
+                return Poll::Pending;
+            }
         }
         let Some(fut) = slot.as_mut().as_pin_mut() else {
             return Poll::Pending;
@@ -1213,6 +1346,12 @@ impl Op<'_> {
         let Some(Layered { layers, attempts }) = self.layers else {
             return self.run(slot, cx, make);
         };
+        if self.mode == Mode::Cancel {
+            // What the middleware holds for the call (a user's middleware with the stage
+            // inside it, say) goes with the stage's future.
+            *engine = Engine::new();
+            return self.run(slot, cx, make);
+        }
         let node = &self.plan.nodes[self.node];
         let Exec::Stage(stage) = &node.exec else {
             return self.run(slot, cx, make);
@@ -1227,7 +1366,7 @@ impl Op<'_> {
             clock: Clock::Run(self.clock),
             attempt: &attempt,
         };
-        let polled = engine.poll(self.start, slot, cx, &site, &make);
+        let polled = engine.poll(self.mode == Mode::Start, slot, cx, &site, &make);
         if let Some(attempts) = attempts {
             // While the call waits, the attempt so far: the stage's own timeout may end it.
             let so_far = match polled {
@@ -1312,7 +1451,8 @@ where
                             if !sched.rollback_order.is_empty()
                                 && !matches!(e, Error::LockLost { .. }) =>
                         {
-                            sched.start_rollback(e)
+                            sched.start_rollback(e);
+                            cancel_slots(&sched, &mut slots, cx);
                         }
                         other => return other,
                     }
@@ -1336,10 +1476,31 @@ where
                         }
                         continue;
                     }
+                    let running = sched.state.get(current) == Some(&RUNNING);
                     let fallback_of = (current != usize::MAX)
                         .then(|| sched.forget(current))
                         .flatten();
                     let panic = panic_message(payload);
+                    if running && sched.plan.nodes[current].has_fallback {
+                        // The stage panicked: it failed, and its fallback writes instead (as
+                        // for a sync stage, whose panic is its error). Its future goes first.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            slot_op(&sched, &mut slots, current, Mode::Cancel, cx)
+                        }));
+                        match sched.complete(current, Err(panic)) {
+                            Ok(()) => continue,
+                            Err(e) if sched.rollback_order.is_empty() => {
+                                return Poll::Ready(Err(e));
+                            }
+                            Err(e) => {
+                                sched.start_rollback(e);
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    cancel_slots(&sched, &mut slots, cx);
+                                }));
+                                continue;
+                            }
+                        }
+                    }
                     let e = match fallback_of {
                         Some(stage_error) => fallback_failed(stage_error, panic),
                         None => panic,
@@ -1351,6 +1512,11 @@ where
                     if !sched.rollback_order.is_empty() {
                         // Undo what finished, then report the panic.
                         sched.start_rollback(e);
+                        // A future that panics again as it is dropped is dropped all the
+                        // same (the unwind drops it); its panic is the run's no more.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            cancel_slots(&sched, &mut slots, cx);
+                        }));
                         continue;
                     }
                     return Poll::Ready(Err(e));
@@ -1360,14 +1526,26 @@ where
     })
 }
 
-/// Starts (when `start`) or polls node `i`'s future through the driver's slots, inside the
-/// stage's span when there is one.
+/// Drops every stage future the driver still holds — those running beside the failure, a
+/// stage that timed out, one that panicked — before the rollbacks run: a rollback may need
+/// what they hold (a pool's connection, a lock).
+fn cancel_slots<S>(sched: &SchedState, slots: &mut S, cx: &mut Context<'_>)
+where
+    S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
+{
+    for i in 0..sched.plan.nodes.len() {
+        let _ = slot_op(sched, slots, i, Mode::Cancel, cx);
+    }
+}
+
+/// Starts, polls or drops node `i`'s future through the driver's slots, inside the stage's
+/// span when there is one.
 #[inline(always)]
 fn slot_op<S>(
     sched: &SchedState,
     slots: &mut S,
     i: usize,
-    start: bool,
+    mode: Mode,
     cx: &mut Context<'_>,
 ) -> Poll<std::result::Result<StageOutput, StageError>>
 where
@@ -1377,7 +1555,7 @@ where
         layers: sched.layers.as_ref(),
         clock: &sched.clock,
         node: i,
-        start,
+        mode,
         ctx: &sched.ctx,
         env: &sched.env,
         plan: &sched.plan,
@@ -1407,7 +1585,7 @@ where
     while k < sched.running.len() {
         let i = sched.running[k] as usize;
         *current = i;
-        match slot_op(sched, slots, i, false, cx) {
+        match slot_op(sched, slots, i, Mode::Poll, cx) {
             Poll::Ready(out) => {
                 sched.unpark(k);
                 sched.complete(i, out)?;
@@ -1420,7 +1598,7 @@ where
         // Start everything that is ready, polling each once right away.
         while let Some(i) = sched.pop_ready() {
             *current = i;
-            match slot_op(sched, slots, i, true, cx) {
+            match slot_op(sched, slots, i, Mode::Start, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
                 Poll::Pending => sched.park(i),
             }

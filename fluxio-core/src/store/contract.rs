@@ -583,6 +583,19 @@ async fn finish_sets_and_clears_the_error(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-error";
     acquire(s, r, "a", LONG).await?;
     ok(s.save(r, "a", Save::start("v1", b"h")).await, "start")?;
+    // Every status is kept as saved.
+    for status in [
+        RunStatus::RollingBack,
+        RunStatus::RolledBack,
+        RunStatus::Completed,
+        RunStatus::Running,
+    ] {
+        ok(
+            s.save(r, "a", Save::finish(status, Some("why"))).await,
+            status.as_str(),
+        )?;
+        same!(load(s, r).await?.status, status, "status as saved");
+    }
     let text = "stage `b` failed: ünïcödé \u{1F4A5}\nsecond line";
     ok(
         s.save(r, "a", Save::finish(RunStatus::Failed, Some(text)))

@@ -84,16 +84,23 @@ pub enum RunStatus {
     /// Failed, and the rollbacks of its finished stages ran: it cannot be resumed (its
     /// checkpoint still records the compensated stages as done); start it fresh.
     RolledBack,
+    /// Failed, and rolling back: recorded before the first rollback runs. Found by a
+    /// resume, the run's process stopped (or lost its lock) before the rollbacks ended:
+    /// the resume runs them again, and the run ends `RolledBack`. A store keeps such a run
+    /// as it keeps a running one (no expiry, no purge).
+    RollingBack,
 }
 
 impl RunStatus {
-    /// The status as stored: `running`, `failed`, `completed` or `rolled_back`.
+    /// The status as stored: `running`, `failed`, `completed`, `rolled_back` or
+    /// `rolling_back`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Failed => "failed",
             RunStatus::Completed => "completed",
             RunStatus::RolledBack => "rolled_back",
+            RunStatus::RollingBack => "rolling_back",
         }
     }
 
@@ -104,6 +111,7 @@ impl RunStatus {
             "failed" => Some(RunStatus::Failed),
             "completed" => Some(RunStatus::Completed),
             "rolled_back" => Some(RunStatus::RolledBack),
+            "rolling_back" => Some(RunStatus::RollingBack),
             _ => None,
         }
     }

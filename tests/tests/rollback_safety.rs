@@ -1,0 +1,344 @@
+//! What a failed run gives back before its rollbacks run, and how a durable run records
+//! that it is rolling back: never a resume that completes over undone stages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use fluxio::Error;
+use fluxio::prelude::*;
+use fluxio::store::{BoxFuture, CheckpointStore, ForwardStore, RunStatus, Save, StoreResult};
+use tokio::sync::Semaphore;
+
+fluxio::keys! {
+    pub seed: u64;
+    pub a_out: u64;
+    pub b_out: u64;
+    pub c_out: u64;
+}
+
+// ---- The stages still running when the run fails are dropped before the rollbacks ----
+
+/// A pool of one connection, which stages and rollbacks take from.
+type Pool = Semaphore;
+
+#[stage(reads = [seed], writes = [a_out], rollback = refund)]
+async fn charge(seed: &u64, pool: Res<Pool>) -> u64 {
+    let _ = pool;
+    *seed
+}
+
+async fn refund(seed: &u64, pool: Res<Pool>) {
+    let _ = seed;
+    // A rollback needs a connection, as any database call does.
+    let _conn = pool.acquire().await.unwrap();
+}
+
+#[stage(reads = [a_out], writes = [b_out], timeout = "100ms")]
+async fn slow_query(a_out: &u64, pool: Res<Pool>) -> u64 {
+    let _conn = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    *a_out
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn holder(a_out: &u64, pool: Res<Pool>) -> u64 {
+    let _conn = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    *a_out
+}
+
+#[stage(reads = [a_out], writes = [c_out])]
+async fn failer(a_out: &u64) -> Result<u64, StageError> {
+    let _ = a_out;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Err(StageError::msg("boom"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_timed_out_gives_back_what_it_holds_before_the_rollbacks() {
+    let pipe = pipeline! { charge, slow_query }.with_shared_resource(Arc::new(Pool::new(1)));
+    let out = tokio::time::timeout(Duration::from_secs(60), pipe.invoke(input! { seed: 1 })).await;
+    let Ok(out) = out else {
+        panic!("the rollback waited for the connection of the stage that timed out");
+    };
+    assert!(
+        matches!(
+            out,
+            Err(Error::Timeout {
+                stage: "slow_query",
+                ..
+            })
+        ),
+        "{:?}",
+        out.map(|_| ())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn siblings_of_a_failure_give_back_what_they_hold_before_the_rollbacks() {
+    let pipe = pipeline! { charge, parallel { holder, failer } }
+        .with_shared_resource(Arc::new(Pool::new(1)));
+    let out = tokio::time::timeout(Duration::from_secs(60), pipe.invoke(input! { seed: 1 })).await;
+    let Ok(out) = out else {
+        panic!("the rollback waited for the connection of a sibling that was cancelled");
+    };
+    assert!(
+        matches!(
+            out,
+            Err(Error::Stage {
+                stage: "failer",
+                ..
+            })
+        ),
+        "{:?}",
+        out.map(|_| ())
+    );
+}
+
+// ---- A durable run keeps its lease while rolling back ----
+
+/// Counts calls: each test has its own.
+#[derive(Default)]
+struct Count(AtomicU32);
+
+impl Count {
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How long a refund takes.
+struct RefundTime(Duration);
+
+#[stage(reads = [seed], writes = [a_out], rollback = timed_refund)]
+async fn pay(seed: &u64, refunds: Res<Refunds>, time: Res<RefundTime>) -> u64 {
+    let _ = (refunds, time);
+    *seed
+}
+
+async fn timed_refund(seed: &u64, refunds: Res<Refunds>, time: Res<RefundTime>) {
+    let _ = seed;
+    refunds.0.add();
+    tokio::time::sleep(time.0).await;
+}
+
+/// Refunds made.
+#[derive(Default)]
+struct Refunds(Count);
+
+/// Calls of `fail_once`.
+#[derive(Default)]
+struct Calls(Count);
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn then_fail(a_out: &u64) -> Result<u64, StageError> {
+    let _ = a_out;
+    Err(StageError::msg("card declined"))
+}
+
+#[tokio::test]
+async fn a_rollback_longer_than_the_lease_keeps_the_run_and_ends_rolled_back() {
+    // Real time: the in-memory store's leases are on the system clock.
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { pay, then_fail }
+        .with_resource(Refunds::default())
+        .with_resource(RefundTime(Duration::from_millis(900)))
+        .with_store(store.clone())
+        .with_lease(Duration::from_millis(300));
+    let other = store.clone();
+    // Another instance tries to take the run over while it is compensating.
+    let taker = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        other
+            .acquire("long-rollback", "someone-else", Duration::from_secs(5))
+            .await
+            .unwrap()
+    });
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("long-rollback")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stage {
+                stage: "then_fail",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !taker.await.unwrap(),
+        "another owner took the run while it was rolling back"
+    );
+    let stored = store.load("long-rollback").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::RolledBack);
+    let resumed = pipe.resume("long-rollback").await;
+    assert!(
+        matches!(resumed, Err(Error::RolledBack { .. })),
+        "{:?}",
+        resumed.map(|_| ())
+    );
+}
+
+// ---- An interrupted rollback is finished by the resume ----
+
+#[stage(reads = [seed], writes = [a_out], rollback = unreserve)]
+async fn reserve(seed: &u64, unreserved: Res<Unreserved>, time: Res<RefundTime>) -> u64 {
+    let _ = (unreserved, time);
+    *seed
+}
+
+async fn unreserve(seed: &u64, unreserved: Res<Unreserved>, time: Res<RefundTime>) {
+    let _ = seed;
+    tokio::time::sleep(time.0).await;
+    unreserved.0.add();
+}
+
+#[derive(Default)]
+struct Unreserved(Count);
+
+#[stage(reads = [a_out], writes = [b_out], rollback = timed_refund)]
+async fn pay_after(a_out: &u64, refunds: Res<Refunds>, time: Res<RefundTime>) -> u64 {
+    let _ = (refunds, time);
+    *a_out
+}
+
+#[stage(reads = [b_out], writes = [c_out])]
+async fn fail_once(b_out: &u64, calls: Res<Calls>) -> Result<u64, StageError> {
+    calls.0.add();
+    if calls.0.get() == 1 {
+        return Err(StageError::msg("transient"));
+    }
+    Ok(*b_out)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let unreserved = Arc::new(Unreserved::default());
+    let pipe = pipeline! { reserve, pay_after, fail_once }
+        .with_resource(Calls::default())
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(unreserved.clone())
+        .with_resource(RefundTime(Duration::ZERO))
+        .with_store(store.clone());
+    // `fail_once` fails; the rollbacks run, last first: the refund, then the unreserve,
+    // 10 s each. The run is dropped during the refund (a deploy, a caller's timeout).
+    let slow_unreserve = pipe
+        .clone()
+        .with_resource(RefundTime(Duration::from_secs(10)));
+    let dropped = tokio::time::timeout(
+        Duration::from_secs(1),
+        slow_unreserve
+            .invoke(input! { seed: 1 })
+            .run_id("dropped")
+            .into_future(),
+    )
+    .await;
+    assert!(dropped.is_err(), "still rolling back when dropped");
+    assert_eq!(refunds.0.get(), 1, "the payment was refunded");
+    assert_eq!(unreserved.0.get(), 0);
+    // The lock's release runs in the background.
+    tokio::task::yield_now().await;
+    let stored = store.load("dropped").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::RollingBack);
+    assert!(
+        stored.error.as_deref().unwrap_or("").contains("transient"),
+        "{:?}",
+        stored.error
+    );
+
+    // The resume does not complete the run over the refunded payment: it runs the rollbacks
+    // again (they are at least once, like stages) and refuses as for a rolled-back run.
+    let resumed = pipe.resume("dropped").await;
+    assert!(
+        matches!(&resumed, Err(Error::RolledBack { run_id }) if run_id == "dropped"),
+        "{:?}",
+        resumed.map(|c| c[c_out])
+    );
+    assert_eq!(refunds.0.get(), 2);
+    assert_eq!(unreserved.0.get(), 1);
+    let stored = store.load("dropped").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::RolledBack);
+    assert!(matches!(
+        pipe.resume("dropped").await,
+        Err(Error::RolledBack { .. })
+    ));
+}
+
+// ---- No rollback runs unless the store recorded that the run is rolling back ----
+
+/// The in-memory store, failing to record a run as rolling back (its backend is down).
+struct NoRollingBack(InMemoryStore);
+
+impl ForwardStore for NoRollingBack {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        if let Save::Finish {
+            status: RunStatus::RollingBack,
+            ..
+        } = save
+        {
+            return Box::pin(async {
+                Err(fluxio::store::StoreError::backend(
+                    "save",
+                    "connection refused",
+                ))
+            });
+        }
+        self.0.save(run_id, owner, save)
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let calls = Arc::new(Calls::default());
+    let broken = pipeline! { pay, pay_after_in_chain, fail_once }
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(calls.clone())
+        .with_resource(RefundTime(Duration::ZERO))
+        .with_store(NoRollingBack(store.clone()));
+    let err = broken
+        .invoke(input! { seed: 5 })
+        .run_id("unrecorded")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store { run_id, .. } if run_id == "unrecorded"),
+        "{err:?}"
+    );
+    assert_eq!(
+        refunds.0.get(),
+        0,
+        "nothing was undone without a record of it"
+    );
+    assert_eq!(
+        store.load("unrecorded").await.unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    // Resumed once the store works: the failed stage runs again, and the run completes.
+    let healthy = pipeline! { pay, pay_after_in_chain, fail_once }
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(calls.clone())
+        .with_resource(RefundTime(Duration::ZERO))
+        .with_store(store.clone());
+    let out = healthy.resume("unrecorded").await.unwrap();
+    assert_eq!(out[c_out], 5);
+    assert_eq!(refunds.0.get(), 0);
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn pay_after_in_chain(a_out: &u64) -> u64 {
+    *a_out
+}
