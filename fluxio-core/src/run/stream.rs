@@ -21,11 +21,13 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 /// A streaming run: a [`Stream`] of every chunk of every stream stage, in order, each
 /// tagged with its stage; then [`finish`](StreamHandle::finish) gives the final context.
 ///
-/// The run advances only while the handle is polled (it is not spawned), so the consumer
-/// sets the pace: a stream stage waits when the consumer is more than a few chunks behind.
-/// If the run fails, the stream yields the error as its last item.
+/// The run starts when the handle is first polled, on a task of its own (spawned on the
+/// current tokio runtime; outside one, it advances only while the handle is polled): its
+/// other stages and a durable run's lease do not wait for the consumer. The consumer sets
+/// the pace of the stream stages: one waits when the consumer is more than 32 chunks
+/// behind. If the run fails, the stream yields the error as its last item.
 ///
-/// Dropping the handle cancels the run.
+/// Dropping the handle cancels the run (aborts its task).
 ///
 /// Before it is first polled, `.run_id(..)`, `.resume()` and `.allow_version_change()`
 /// configure the run as they do an invoke: a durable streaming run under your own id, and
@@ -125,7 +127,17 @@ impl<C: Send + 'static> StreamHandle<C> {
         if let Some(start) = self.start.take() {
             let (pipe, input, opts, tx) = *start;
             let chunks = Some((tx, self.consumer.clone()));
-            self.run = Some(super::exec::start_run(&pipe, input, opts, chunks));
+            let run = super::exec::start_run(&pipe, input, opts, chunks);
+            self.run = Some(match tokio::runtime::Handle::try_current() {
+                // The run goes on while the consumer is away (its other stages, its lease),
+                // held back only where a stream stage waits for room in the chunk buffer.
+                Ok(rt) => {
+                    use tracing::Instrument;
+                    Box::pin(Spawned(rt.spawn(run.in_current_span())))
+                }
+                // Outside tokio, the consumer's polls drive it.
+                Err(_) => run,
+            });
         }
         self.run.as_mut()
     }
@@ -169,6 +181,31 @@ impl<C: Send + 'static> StreamHandle<C> {
     }
 }
 
+/// A streamed run on a task of its own: aborted (its stages cancelled) when dropped.
+struct Spawned(tokio::task::JoinHandle<Result<Ctx>>);
+
+impl Future for Spawned {
+    type Output = Result<Ctx>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Ctx>> {
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(out)) => Poll::Ready(out),
+            // The run catches its stages' panics: this one is the runtime's own. Carried
+            // on to the consumer, as it would be had the run been polled in place.
+            Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: its runtime shut down.
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Cancelled)),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl<C: Send + 'static> Stream for StreamHandle<C> {
     type Item = Result<Chunk<C>>;
 
@@ -176,41 +213,37 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
         let this = &mut *self;
         this.consumer_back();
         this.started();
-        // The run moves on at every poll, also while chunks wait in the buffer: its other
-        // stages are not held up by the consumer longer than one chunk's handling.
+        // Whether the run ended (on its task; polled in place outside tokio, where it moves
+        // on at every poll, also while chunks wait in the buffer).
         if let Some(run) = &mut this.run {
             if let Poll::Ready(result) = run.as_mut().poll(cx) {
                 this.run = None;
                 this.result = Some(result);
             }
         }
-        loop {
-            if let Some(rx) = &mut this.rx {
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(raw)) => {
-                        this.handed_at = Some(tokio::time::Instant::now());
-                        return Poll::Ready(Some(Self::convert(raw)));
-                    }
-                    // Every sender is gone: the run ended and all its chunks were delivered.
-                    Poll::Ready(None) => this.rx = None,
-                    Poll::Pending => {}
+        if let Some(rx) = &mut this.rx {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(raw)) => {
+                    this.handed_at = Some(tokio::time::Instant::now());
+                    return Poll::Ready(Some(Self::convert(raw)));
                 }
+                // Every sender is gone: the run ended and all its chunks were delivered.
+                Poll::Ready(None) => this.rx = None,
+                // The run goes on (polled above), or it is over and a chunk sender outlived
+                // it (a task the stage left behind, say): either wakes the consumer.
+                Poll::Pending => return Poll::Pending,
             }
-            if this.run.is_some() {
-                // Polled above: it waits, and so does the buffer.
-                return Poll::Pending;
-            }
-            if this.rx.is_some() {
-                // The run is over but chunks may still be queued: the next poll drains them.
-                continue;
-            }
-            if let Some(Err(e)) = &this.result {
-                if !this.error_yielded {
-                    this.error_yielded = true;
-                    return Poll::Ready(Some(Err(e.clone())));
-                }
-            }
-            return Poll::Ready(None);
         }
+        if this.run.is_some() {
+            // Polled above: it waits.
+            return Poll::Pending;
+        }
+        if let Some(Err(e)) = &this.result {
+            if !this.error_yielded {
+                this.error_yielded = true;
+                return Poll::Ready(Some(Err(e.clone())));
+            }
+        }
+        Poll::Ready(None)
     }
 }
