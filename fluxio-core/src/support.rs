@@ -292,7 +292,8 @@ impl IntoPipeline for &crate::Pipeline {
 /// converts its error as a stage's (see [`ErrorTag`]).
 #[diagnostic::on_unimplemented(
     message = "a fallback returns what its stage writes, `{T}`, or `Result<{T}, E>` — not `{Self}`",
-    label = "this fallback returns `{Self}`"
+    label = "this fallback returns `{Self}`",
+    note = "a fallback is called like its stage: an `async fn` for an async stage, a plain `fn` for a sync one"
 )]
 pub trait FallbackResult<T> {
     /// The error type (`Infallible` for a plain value).

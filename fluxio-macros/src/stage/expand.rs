@@ -120,6 +120,17 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             call
         }
     };
+    // A call of a fallback or rollback `path`, spanned at its name: for an async stage, one
+    // that is not an `async fn` is reported there ("`u64` is not a future ... consider
+    // making `fn path` asynchronous").
+    let companion_call_of = |path: &syn::Path| -> TokenStream {
+        let at = path.span();
+        if def.exec == Exec::Async {
+            quote_spanned!(at=> #path(#(#args),*).await)
+        } else {
+            quote_spanned!(at=> #path(#(#args),*))
+        }
+    };
     // `produce` (which uses the arguments) after binding them: on a blocking thread for a
     // blocking stage.
     let with_args = |produce: TokenStream| -> TokenStream {
@@ -167,8 +178,8 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         Output::Route => quote!(#private::Route),
         Output::Ctx => quote!(#private::Ctx),
     };
-    let body_for = |target: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
-        let mut call = call_of(target);
+    let body_for = |call: TokenStream, own: bool, at: proc_macro2::Span| -> TokenStream {
+        let mut call = call;
         if !own {
             // A fallback may return the writes or a `Result` of them, whichever its stage
             // does; its error converts as a stage's, reported at its name.
@@ -241,7 +252,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         };
         with_args(produce)
     };
-    let body = body_for(quote!(Self::run), true, def.ret_span);
+    let body = body_for(call_of(quote!(Self::run)), true, def.ret_span);
 
     let chunks = (def.exec == Exec::Stream)
         .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
@@ -252,7 +263,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         #chunks
     };
     let fallback = def.fallback.as_ref().map(|path| {
-        let body = body_for(quote!(#path), false, path.span());
+        let body = body_for(companion_call_of(path), false, path.span());
         quote! {
             const HAS_FALLBACK: bool = true;
             fn fallback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
@@ -265,7 +276,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         // Its error converts as the stage's does; both reported at the rollback's name.
         let call = taken_at(
             &private,
-            call_of(quote!(#path)),
+            companion_call_of(path),
             quote!(#private::RollbackResult::into_result),
             path.span(),
         );

@@ -168,7 +168,13 @@ pub(crate) fn parse_duration(text: &str, span: Span) -> syn::Result<u128> {
         if digits == 0 {
             return Err(err());
         }
-        let n: u128 = rest[..digits].parse().map_err(|_| err())?;
+        let too_long = || {
+            syn::Error::new(
+                span,
+                format!("invalid `timeout` \"{text}\": too long (at most about 584 years)"),
+            )
+        };
+        let n: u128 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = rest[digits..].trim_start();
         let unit_len = rest
             .find(|c: char| !c.is_alphabetic() && c != 'µ')
@@ -186,11 +192,17 @@ pub(crate) fn parse_duration(text: &str, span: Span) -> syn::Result<u128> {
         total = n
             .checked_mul(nanos)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(err)?;
+            .filter(|&t| t <= u64::MAX as u128)
+            .ok_or_else(too_long)?;
         rest = rest[unit_len..].trim_start();
     }
-    if total == 0 || total > u64::MAX as u128 {
-        return Err(err());
+    if total == 0 {
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "invalid `timeout` \"{text}\": a timeout must be longer than zero (leave `timeout` out for none)"
+            ),
+        ));
     }
     Ok(total)
 }
