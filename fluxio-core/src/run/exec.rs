@@ -1301,6 +1301,7 @@ impl Op<'_> {
 
     /// Starts (when asked) and polls the stage future held in `slot`; `make` creates it
     /// from the context and environment.
+    #[inline(always)]
     pub fn run<F>(
         self,
         mut slot: Pin<&mut Option<F>>,
