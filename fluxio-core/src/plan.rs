@@ -272,17 +272,21 @@ impl Plan {
             }
         }
 
+        // A key is an input when a stage reads it and no stage declared before it writes it
+        // — a writer in another branch of a route than the reader does not count: the two
+        // never both run.
         let mut input_descs: Vec<KeyDesc> = Vec::new();
         let mut input_readers: Vec<usize> = Vec::new();
-        let mut written: Vec<&'static str> = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             for r in &node.reads {
-                if !written.contains(&r.name) && !input_descs.iter().any(|k| k.name == r.name) {
+                let written_before = nodes[..i].iter().enumerate().any(|(w, writer)| {
+                    writer.writes.iter().any(|d| d.name == r.name) && !exclusive(&nodes, i, w)
+                });
+                if !written_before && !input_descs.iter().any(|k| k.name == r.name) {
                     input_descs.push(*r);
                     input_readers.push(i);
                 }
             }
-            written.extend(node.writes.iter().map(|k| k.name));
         }
         // An input that a stage after its first reader writes is most likely a stage
         // declared too late: the error for it, when it is missing, says so.

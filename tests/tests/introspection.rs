@@ -58,6 +58,28 @@ fn inputs_are_reads_no_earlier_stage_writes() {
     assert_eq!(pipe.inputs(), vec!["user_id", "tier"]);
 }
 
+#[tokio::test]
+async fn a_key_only_another_branch_writes_is_an_input() {
+    // `enrich` (branch "b") reads `user`, which only `fetch_user` (branch "a") writes: the
+    // two never both run, so `user` must come from the input.
+    let pipe = pipeline! { pick => { "a" => [fetch_user], "b" => [enrich] } };
+    assert_eq!(pipe.inputs(), vec!["tier", "user_id", "user"]);
+    // Checked before any stage runs, whichever branch would be taken.
+    let err = pipe
+        .invoke(input! { tier: "b".into(), user_id: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, fluxio::Error::MissingInput { key: "user" }),
+        "{err:?}"
+    );
+    let out = pipe
+        .invoke(input! { tier: "b".into(), user_id: 1, user: "ann".into() })
+        .await
+        .unwrap();
+    assert_eq!(out[profile], "ANN");
+}
+
 #[test]
 fn graph_holds_stages_edges_groups_and_branches() {
     let pipe = pipeline! {
