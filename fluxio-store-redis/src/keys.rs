@@ -4,8 +4,9 @@
 //! touching several of them stays within one slot on a Redis Cluster:
 //!
 //! ```text
-//! <prefix>:{<run id>}:meta     hash: version, status, error, header, last_entry
+//! <prefix>:{<run id>}:meta     hash: version, status, error, header
 //! <prefix>:{<run id>}:entries  list: entry blobs, in save order
+//! <prefix>:{<run id>}:tokens   set: the tokens of the entry saves appended (resends skip)
 //! <prefix>:{<run id>}:lock     string: the lock owner, with a PX expiry (the lease)
 //! ```
 //!
@@ -27,11 +28,13 @@ pub const DEFAULT_KEY_PREFIX: &str = "fluxio:checkpoint";
 #[non_exhaustive]
 pub struct RunKeys {
     /// `<prefix>:{<run id>}:meta`: a hash with the fields `version`, `status`, `error`
-    /// (only for a run that failed), `header`, and `last_entry` (the token of the last
-    /// entry appended, so that a resend does not append it twice).
+    /// (only for a run that failed) and `header`.
     pub meta: String,
     /// `<prefix>:{<run id>}:entries`: a list of the encoded stage entries.
     pub entries: String,
+    /// `<prefix>:{<run id>}:tokens`: a set of the tokens of the entry saves appended, so
+    /// that a save resent after a lost reply does not append its entry twice.
+    pub tokens: String,
     /// `<prefix>:{<run id>}:lock`: the lock owner, expiring when the lease runs out.
     pub lock: String,
 }
@@ -44,6 +47,7 @@ impl RunKeys {
         RunKeys {
             meta: format!("{base}meta"),
             entries: format!("{base}entries"),
+            tokens: format!("{base}tokens"),
             lock: format!("{base}lock"),
         }
     }

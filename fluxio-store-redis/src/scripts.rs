@@ -5,7 +5,7 @@
 //! passed in `KEYS` (never built inside a script), and all keys of one call share the run's
 //! hash tag, so the scripts run unchanged on a Redis Cluster.
 //!
-//! `save` scripts take `KEYS = [lock, meta, entries]`, `ARGV[1] = owner`, and return
+//! `save` scripts take `KEYS = [lock, meta, entries, tokens]`, `ARGV[1] = owner`, and return
 //! [`OK`] (written), [`LOCK_LOST`] (the lock is not held by `owner`: nothing was written) or
 //! [`NOT_STARTED`] (no start record: nothing was written). `GET` does not see an expired
 //! lock, so a lock whose lease ran out counts as lost.
@@ -27,7 +27,7 @@ pub(crate) const NOT_STARTED: i64 = -1;
 /// per `RPUSH` to stay within Lua's argument limits.
 pub(crate) const SAVE_START: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'status', 'running', 'header', ARGV[3])
 for i = 4, #ARGV, 500 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 499, #ARGV)))
@@ -35,21 +35,23 @@ end
 return 1
 ";
 
-/// `Save::Entry`: `ARGV = [owner, entry, token]`. Appends the entry, unless the last entry
-/// appended carried the same `token` (unique per save call): then this is a resend of a save
-/// whose reply was lost, and it already ran. A finished run that is being resumed is live
+/// `Save::Entry`: `ARGV = [owner, entry, token]`. Appends the entry, unless an entry with the
+/// same `token` (unique per save call) was appended before: then this is a resend of a save
+/// whose reply was lost, and it already ran — also when other saves ran in between (stages
+/// of a parallel block save at once, and a broken connection resends them all). The tokens
+/// are kept in a set beside the entries, as long as they are. A finished run that is being resumed is live
 /// again, so a TTL set when it finished is removed. (`PTTL` answers both questions at once:
 /// -2 when the meta is missing, -1 when it has no TTL.)
 pub(crate) const SAVE_ENTRY: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl == -2 then return -1 end
-if redis.call('HGET', KEYS[2], 'last_entry') == ARGV[3] then return 1 end
+if redis.call('SADD', KEYS[4], ARGV[3]) == 0 then return 1 end
 redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[2], 'last_entry', ARGV[3])
 if ttl >= 0 then
   redis.call('PERSIST', KEYS[2])
   redis.call('PERSIST', KEYS[3])
+  redis.call('PERSIST', KEYS[4])
 end
 return 1
 ";
@@ -70,9 +72,11 @@ end
 if ARGV[5] ~= '0' and ARGV[2] ~= 'running' and ARGV[2] ~= 'rolling_back' then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
 else
   redis.call('PERSIST', KEYS[2])
   redis.call('PERSIST', KEYS[3])
+  redis.call('PERSIST', KEYS[4])
 end
 return 1
 ";

@@ -345,6 +345,7 @@ impl CheckpointStore for RedisStore {
             keys.lock.as_str(),
             keys.meta.as_str(),
             keys.entries.as_str(),
+            keys.tokens.as_str(),
         ];
         let request = match save {
             Save::Start { version, header } => {
@@ -371,7 +372,7 @@ impl CheckpointStore for RedisStore {
                 let script = &SCRIPTS.save_entry;
                 let mut cmd = Request::script(script, &script_keys);
                 // The token makes a resend after a lost reply append nothing: the script
-                // skips an entry whose token was the last one appended.
+                // skips an entry whose token it appended before.
                 let token = format!("{owner}:{}", ENTRY_TOKENS.fetch_add(1, Ordering::Relaxed));
                 cmd.arg(owner).arg(entry.as_slice()).arg(token);
                 Request::Script(script, cmd)
@@ -423,7 +424,7 @@ impl CheckpointStore for RedisStore {
     fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
         let keys = self.run_keys(run_id);
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(&keys.meta).arg(&keys.entries);
+        cmd.arg(&keys.meta).arg(&keys.entries).arg(&keys.tokens);
         let request = Request::Cmd(cmd);
         let mut conn = self.conn.clone();
         Box::pin(async move {

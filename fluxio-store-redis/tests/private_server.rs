@@ -210,9 +210,8 @@ async fn a_stage_entry_is_one_evalsha() {
                 "evalsha",
                 "get",
                 "pttl",
-                // The last entry's token: a resend after a lost reply appends nothing.
-                "hget",
-                "hset",
+                // The save's token: a resend after a lost reply appends nothing.
+                "sadd",
                 "rpush",
                 "config|resetstat",
                 "info"

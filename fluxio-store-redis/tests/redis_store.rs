@@ -42,7 +42,8 @@ async fn keys_share_the_run_hash_tag() {
     assert_eq!(keys.meta, format!("{p}:{{{run}}}:meta"));
     assert_eq!(keys.entries, format!("{p}:{{{run}}}:entries"));
     assert_eq!(keys.lock, format!("{p}:{{{run}}}:lock"));
-    for key in [&keys.meta, &keys.entries, &keys.lock] {
+    assert_eq!(keys.tokens, format!("{p}:{{{run}}}:tokens"));
+    for key in [&keys.meta, &keys.entries, &keys.lock, &keys.tokens] {
         assert_eq!(common::hash_tag(key), run, "{key}");
     }
 
@@ -60,11 +61,12 @@ async fn keys_share_the_run_hash_tag() {
     assert_eq!(kind(keys.meta.clone()).await, "hash");
     assert_eq!(kind(keys.entries.clone()).await, "list");
     assert_eq!(kind(keys.lock.clone()).await, "string");
+    assert_eq!(kind(keys.tokens.clone()).await, "set");
 
     let meta: HashMap<String, Vec<u8>> = conn.hgetall(&keys.meta).await.unwrap();
     let mut fields: Vec<&str> = meta.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["header", "last_entry", "status", "version"]);
+    assert_eq!(fields, ["header", "status", "version"]);
     assert_eq!(meta["status"], b"running");
     let entries: Vec<Vec<u8>> = conn.lrange(&keys.entries, 0, -1).await.unwrap();
     assert_eq!(entries, vec![b"e".to_vec()]);
@@ -83,7 +85,7 @@ async fn keys_share_the_run_hash_tag() {
         .await
         .unwrap();
     all.sort();
-    let mut expected = vec![keys.entries, keys.lock, keys.meta];
+    let mut expected = vec![keys.entries, keys.lock, keys.meta, keys.tokens];
     expected.sort();
     assert_eq!(all, expected);
 }
@@ -104,7 +106,7 @@ async fn braces_in_run_ids_do_not_break_the_hash_tag() {
         keys.meta,
         format!("{}:{{tenant%7B7%7D/job%7D%7B}}:meta", redis.prefix)
     );
-    for key in [&keys.meta, &keys.entries, &keys.lock] {
+    for key in [&keys.meta, &keys.entries, &keys.lock, &keys.tokens] {
         assert_eq!(key.matches('{').count(), 1, "{key}");
         assert_eq!(key.matches('}').count(), 1, "{key}");
         assert_eq!(common::hash_tag(key), "tenant%7B7%7D/job%7D%7B");
@@ -114,10 +116,11 @@ async fn braces_in_run_ids_do_not_break_the_hash_tag() {
         .arg(&keys.meta)
         .arg(&keys.entries)
         .arg(&keys.lock)
+        .arg(&keys.tokens)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     assert_eq!(store.load(run).await.unwrap().unwrap().entries.len(), 1);
 }
 
@@ -163,9 +166,12 @@ async fn default_key_prefix() {
     // A run id of its own under the shared default prefix; deleted by the guard.
     let run = common::unique_prefix("default_key_prefix");
     let keys = store.run_keys(&run);
-    redis
-        .extra_keys
-        .extend([keys.meta.clone(), keys.entries.clone(), keys.lock.clone()]);
+    redis.extra_keys.extend([
+        keys.meta.clone(),
+        keys.entries.clone(),
+        keys.lock.clone(),
+        keys.tokens.clone(),
+    ]);
     assert_eq!(DEFAULT_KEY_PREFIX, "fluxio:checkpoint");
     assert_eq!(keys.meta, format!("fluxio:checkpoint:{{{run}}}:meta"));
 
@@ -212,7 +218,7 @@ async fn ttl_is_set_when_a_run_finishes() {
         .save(run, "me", finish(RunStatus::RollingBack))
         .await
         .unwrap();
-    for key in [&keys.meta, &keys.entries] {
+    for key in [&keys.meta, &keys.entries, &keys.tokens] {
         assert_eq!(pttl(&mut conn, key).await, -1, "{key} while rolling back");
     }
 
@@ -220,7 +226,7 @@ async fn ttl_is_set_when_a_run_finishes() {
         .save(run, "me", finish(RunStatus::Failed))
         .await
         .unwrap();
-    for key in [&keys.meta, &keys.entries] {
+    for key in [&keys.meta, &keys.entries, &keys.tokens] {
         let ttl = pttl(&mut conn, key).await;
         assert!(ttl > 0 && ttl <= 5_000, "{key}: {ttl}");
     }
@@ -234,12 +240,13 @@ async fn ttl_is_set_when_a_run_finishes() {
         .unwrap();
     assert_eq!(pttl(&mut conn, &keys.meta).await, -1);
     assert_eq!(pttl(&mut conn, &keys.entries).await, -1);
+    assert_eq!(pttl(&mut conn, &keys.tokens).await, -1);
 
     store
         .save(run, "me", finish(RunStatus::Completed))
         .await
         .unwrap();
-    for key in [&keys.meta, &keys.entries] {
+    for key in [&keys.meta, &keys.entries, &keys.tokens] {
         let ttl = pttl(&mut conn, key).await;
         assert!(ttl > 0 && ttl <= 5_000, "{key}: {ttl}");
     }
