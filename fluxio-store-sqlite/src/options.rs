@@ -57,7 +57,8 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// How many connections serve reads (`load`, `exists`) at once; 4 by default (at least 1).
     pub read_connections: u32,
-    /// The most writes committed together in one transaction; 256 by default (at least 1).
+    /// The most writes committed together in one transaction; 256 by default (at least 1,
+    /// at most 4,096: the length of the writer's queue).
     pub max_batch: usize,
     /// Opens the file read-only: reads work (`load`, `exists`, so `diff`), every write fails
     /// — taking a run's lock is a write, so `resume` and `replay` need a writable store, even

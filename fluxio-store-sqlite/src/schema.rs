@@ -3,8 +3,8 @@
 //! Tables (version 1):
 //!
 //! - `runs(run_id TEXT PRIMARY KEY, version TEXT, status TEXT, error TEXT, header BLOB,
-//!   updated_at_ms INTEGER)`: one row per run; `status` is `running`, `failed` or `completed`;
-//!   `updated_at_ms` is set by the start and finish records (wall-clock milliseconds since
+//!   updated_at_ms INTEGER)`: one row per run; `status` is `running`, `failed`,
+//!   `completed`, `rolled_back` or `rolling_back`; `updated_at_ms` is set by the start and finish records (wall-clock milliseconds since
 //!   the UNIX epoch).
 //! - `entries(run_id TEXT, seq INTEGER, bytes BLOB, PRIMARY KEY (run_id, seq))`: one row per
 //!   finished stage, `seq` counting from 0 in the order they were saved.

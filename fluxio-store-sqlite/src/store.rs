@@ -164,7 +164,15 @@ impl SqliteStore {
             .connect_lazy_with(connect.clone());
         let counters = Arc::new(Counters::default());
         let (writer, queue) = mpsc::channel(QUEUE);
-        runtime.spawn(Writer::new(conn, connect, counters.clone(), options.max_batch).run(queue));
+        runtime.spawn(
+            Writer::new(
+                conn,
+                connect,
+                counters.clone(),
+                options.max_batch.min(QUEUE),
+            )
+            .run(queue),
+        );
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,

@@ -222,3 +222,18 @@ async fn a_failing_statement_fails_only_its_own_write() {
     // The writer goes on with other writes.
     assert!(store.renew("a", "a", LONG).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_batch_limit_past_the_queue_is_the_queue() {
+    // "No limit", say: the writer does not reserve room for it (it died on `usize::MAX`,
+    // and every write after failed with "the writer stopped").
+    let db = TempDb::new("huge-batch");
+    let options = fluxio_store_sqlite::SqliteOptions::new().max_batch(usize::MAX);
+    let store = SqliteStore::open_with(db.path(), options).await.unwrap();
+    assert!(store.acquire("r", "me", LONG).await.unwrap());
+    store.save("r", "me", Save::start("v", b"h")).await.unwrap();
+    assert_eq!(
+        store.load("r").await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+}
