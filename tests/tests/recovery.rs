@@ -602,3 +602,20 @@ async fn a_stages_timeout_covers_its_fallback() {
         assert_eq!(started.elapsed(), Duration::from_millis(100));
     }
 }
+
+#[stage(reads = [order_id], writes = [price])]
+fn always_panics(order_id: &u64, journal: Res<Arc<Journal>>) -> u64 {
+    journal.note("always_panics");
+    panic!("bad quote for {order_id}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_is_not_retried_even_when_the_predicate_says_so() {
+    let journal = Arc::new(Journal::default());
+    let pipe = pipeline! { always_panics }
+        .with_resource(journal.clone())
+        .with_middleware(Retry::exponential(3).when(|_| true));
+    let err = pipe.invoke(input! { order_id: 1 }).await.unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert_eq!(journal.entries(), ["always_panics"]);
+}

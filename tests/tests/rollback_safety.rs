@@ -342,3 +342,204 @@ async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
 async fn pay_after_in_chain(a_out: &u64) -> u64 {
     *a_out
 }
+
+// ---- A store in trouble while rolling back ----
+
+#[stage(reads = [seed], writes = [a_out], rollback = late_refund)]
+async fn charge_card(seed: &u64, refunds: Res<Refunds>) -> u64 {
+    let _ = refunds;
+    *seed
+}
+
+/// A refund whose effect lands at its end, 10 s in.
+async fn late_refund(seed: &u64, refunds: Res<Refunds>) {
+    let _ = seed;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    refunds.0.add();
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn decline_once(a_out: &u64, calls: Res<Calls>) -> Result<u64, StageError> {
+    calls.0.add();
+    if calls.0.get() == 1 {
+        return Err(StageError::msg("card declined"));
+    }
+    Ok(*a_out)
+}
+
+/// The in-memory store, failing to renew a lease once (a store blip).
+struct RenewBlip(InMemoryStore, std::sync::atomic::AtomicBool);
+
+impl ForwardStore for RenewBlip {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        if !self.1.swap(true, Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(fluxio::store::StoreError::backend("renew", "timed out"))
+            });
+        }
+        self.0.renew(run_id, owner, lease)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_while_rolling_back_does_not_stop_the_rollbacks() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let calls = Arc::new(Calls::default());
+    let pipe = pipeline! { charge_card, decline_once }
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(calls.clone())
+        .with_store(RenewBlip(
+            store.clone(),
+            std::sync::atomic::AtomicBool::new(false),
+        ))
+        .with_lease(Duration::from_secs(3));
+    let err = pipe
+        .invoke(input! { seed: 7 })
+        .run_id("blip")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stage {
+                stage: "decline_once",
+                ..
+            }
+        ),
+        "the run's own error, not the renewal's: {err:?}"
+    );
+    assert_eq!(refunds.0.get(), 1);
+    assert_eq!(
+        store.load("blip").await.unwrap().unwrap().status,
+        RunStatus::RolledBack
+    );
+}
+
+/// The in-memory store, storing entries 50 ms late (a network round trip).
+struct SlowEntries(InMemoryStore);
+
+impl ForwardStore for SlowEntries {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        if let Save::Entry(_) = &save {
+            let (store, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());
+            return Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                store.save(&run_id, &owner, save).await
+            });
+        }
+        self.0.save(run_id, owner, save)
+    }
+}
+
+#[stage(reads = [seed], writes = [c_out])]
+async fn decline_later(seed: &u64) -> Result<u64, StageError> {
+    let _ = seed;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Err(StageError::msg("declined"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_whose_entry_was_being_stored_is_rolled_back_by_the_resume_too() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let pipe = pipeline! { parallel { charge_card, decline_later } }
+        .with_shared_resource(refunds.clone())
+        .with_store(SlowEntries(store.clone()));
+    // `charge_card` returned at once; its entry is still being stored when `decline_later`
+    // fails at 10 ms. The process stops 1 s into the refund.
+    let dropped = tokio::time::timeout(
+        Duration::from_secs(1),
+        pipe.invoke(input! { seed: 1 })
+            .run_id("pending-entry")
+            .into_future(),
+    )
+    .await;
+    assert!(dropped.is_err(), "still rolling back when dropped");
+    tokio::task::yield_now().await;
+    assert_eq!(
+        store.load("pending-entry").await.unwrap().unwrap().status,
+        RunStatus::RollingBack
+    );
+    assert_eq!(refunds.0.get(), 0);
+    let resumed = pipe.resume("pending-entry").await;
+    assert!(
+        matches!(resumed, Err(Error::RolledBack { .. })),
+        "{:?}",
+        resumed.map(|_| ())
+    );
+    assert_eq!(refunds.0.get(), 1, "the charge was refunded by the resume");
+}
+
+// ---- A cancelled stage that panics as it is dropped ----
+
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("a guard that panics when dropped");
+        }
+    }
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn guarded(a_out: &u64) -> u64 {
+    let _guard = PanicOnDrop;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    *a_out
+}
+
+#[stage(reads = [seed], writes = [a_out], rollback = quick_refund)]
+async fn quick_charge(seed: &u64) -> u64 {
+    *seed
+}
+
+async fn quick_refund(seed: &u64) {
+    let _ = seed;
+}
+
+#[derive(Default)]
+struct RollbackLog(std::sync::Mutex<Vec<(String, bool)>>);
+
+impl Callback for RollbackLog {
+    fn on_rollback(&self, event: &fluxio::StageEvent<'_>, error: Option<&Error>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.stage.to_string(), error.is_some()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sibling_panicking_as_it_is_dropped_leaves_the_rollbacks_as_they_are() {
+    let log = Arc::new(RollbackLog::default());
+    let pipe = pipeline! { quick_charge, parallel { guarded, failer } }.with_callback(log.clone());
+    let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stage {
+                stage: "failer",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        *log.0.lock().unwrap(),
+        [("quick_charge".to_string(), false)],
+        "one rollback, of the stage that has one, which went through"
+    );
+}

@@ -482,3 +482,21 @@ async fn a_durable_stream_keeps_its_lease_while_the_consumer_pauses() {
     assert_eq!(rest, (1..100).collect::<Vec<_>>());
     s.finish().await.unwrap();
 }
+
+#[stage(reads = [chunks_n], writes = [count])]
+async fn counted_after(chunks_n: &u64) -> usize {
+    // Still running when the consumer gets the chunk.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    *chunks_n as usize
+}
+
+#[tokio::test]
+async fn naming_a_stream_after_its_run_ended_unseen_changes_nothing() {
+    let pipe = pipeline! { numbers, counted_after };
+    let mut s = pipe.stream::<u64>(input! { chunks_n: 1 });
+    assert_eq!(s.next().await.unwrap().unwrap().data, 0);
+    // The run ends on its task meanwhile; the handle has not seen it yet.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let out = s.run_id("too-late").finish().await.unwrap();
+    assert_eq!(out[count], 1);
+}

@@ -101,9 +101,9 @@ impl Retry {
     }
 
     /// Retries only the errors for which `pred` returns true. It replaces the default
-    /// (every error but [`Error::CircuitOpen`], [`Error::RateLimited`] and panics): accept
-    /// them here to retry refusals too, e.g. with delays longer than their `retry_in`. (A
-    /// panic of an async stage is never retried: it ends the call where it happened.)
+    /// (every error but [`Error::CircuitOpen`] and [`Error::RateLimited`]): accept them here
+    /// to retry refusals too, e.g. with delays longer than their `retry_in`. A panic is
+    /// never retried, whatever `pred` says.
     ///
     /// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
     /// [`Error::RateLimited`]: crate::Error::RateLimited
@@ -168,12 +168,15 @@ impl Retry {
     ) -> Result<Duration, StageError> {
         // An error not to retry is returned as it is (a `CircuitOpen` stays one; the
         // callbacks learn the attempt from the engine).
-        let retry = match &self.when {
-            Some(accepts) => accepts(&err),
-            // Calling again would only use the attempts up and bury the refusal under
-            // `RetriesExhausted`; a panic is a bug, not a passing failure.
-            None => !super::is_refusal(&err) && !crate::run::is_panic(&err),
-        };
+        // A panic is a bug, not a passing failure: never called again (an async stage's
+        // panic does not even get here).
+        let retry = !crate::run::is_panic(&err)
+            && match &self.when {
+                Some(accepts) => accepts(&err),
+                // Calling again would only use the attempts up and bury the refusal under
+                // `RetriesExhausted`.
+                None => !super::is_refusal(&err),
+            };
         if !retry {
             return Err(err);
         }

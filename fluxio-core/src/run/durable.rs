@@ -503,6 +503,7 @@ pub(crate) async fn run(
 
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
     let rolled_back = durability.rolled_back.clone();
+    let rolling_back = durability.rolling_back.clone();
     let result = match Scheduler::with_state(plan, ctx, env, obs, Some(durability), restored) {
         Ok(sched) => pipe.start(sched).await,
         Err(e) => Err(e),
@@ -518,9 +519,13 @@ pub(crate) async fn run(
             Save::finish(status, Some(&e.to_string()))
         }
     };
+    let interrupted = rolling_back.load(std::sync::atomic::Ordering::SeqCst)
+        && !rolled_back.load(std::sync::atomic::Ordering::SeqCst);
     let finished = match &result {
         // A run whose lock was taken over must not write its end over the new owner's run.
         Err(Error::LockLost { .. }) => Ok(()),
+        // Its rollbacks did not all run: it stays `rolling_back`, for a resume to finish.
+        Err(_) if interrupted => Ok(()),
         _ => store.save(&run_id, &owner, finish).await,
     };
     guard.release().await;
@@ -614,7 +619,11 @@ async fn prepare(
                 run_id: run_id.to_string(),
             });
         }
-        if let Some((header, entries)) = rewritten {
+        // A run rolling back is not rewritten for this version: only its rollbacks run, and
+        // nothing is stored but its end.
+        if let Some((header, entries)) =
+            rewritten.filter(|_| stored.status != RunStatus::RollingBack)
+        {
             // From now on the checkpoint is this version's, in one atomic write: a crash
             // leaves either the old one or the new one, and an instance still on the old
             // version is told the version changed (not that the checkpoint is corrupt).
@@ -627,14 +636,6 @@ async fn prepare(
                 .save(run_id, owner, rewrite)
                 .await
                 .map_err(store_err(run_id, "save"))?;
-            if stored.status == RunStatus::RollingBack {
-                // A rewrite starts the run afresh as `running`: it is still rolling back.
-                let rolling_back = Save::finish(RunStatus::RollingBack, stored.error.as_deref());
-                store
-                    .save(run_id, owner, rolling_back)
-                    .await
-                    .map_err(store_err(run_id, "save"))?;
-            }
         } else if !matches!(stored.status, RunStatus::Running | RunStatus::RollingBack) {
             // The run is live again: a failed or interrupted checkpoint says so until it
             // ends.

@@ -404,6 +404,9 @@ pub(crate) struct Durability {
     renewing: Option<BoxFuture<'static, StoreResult<bool>>>,
     /// Set when the run's rollbacks ran (the run's end is then `rolled_back`).
     pub(crate) rolled_back: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the store recorded that the run is rolling back: unless its rollbacks all
+    /// ran, its end is left as that (a resume runs them again).
+    pub(crate) rolling_back: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Durability {
@@ -429,7 +432,13 @@ impl Durability {
                             run_id: d.run_id.to_string(),
                         });
                     }
-                    Err(e) => return Err(Error::from_store(&d.run_id, "renew", e)),
+                    Err(e) => {
+                        // Tried again in a third of the lease, if the run goes on.
+                        let next = tokio::time::Instant::now() + d.lease / 3;
+                        d.renew_at.as_mut().reset(next);
+                        let _ = d.renew_at.as_mut().poll(cx);
+                        return Err(Error::from_store(&d.run_id, "renew", e));
+                    }
                 }
             }
         }
@@ -451,6 +460,7 @@ impl Durability {
             renew_at: Box::pin(tokio::time::sleep(lease / 3)),
             renewing: None,
             rolled_back: Arc::default(),
+            rolling_back: Arc::default(),
         }
     }
 }
@@ -518,9 +528,13 @@ impl Drop for SchedState {
 struct RollingBack {
     error: Option<Error>,
     current: Option<(u32, StageFuture)>,
-    /// A durable run's record that it is rolling back, being written: no rollback runs
-    /// before it is stored, so a resume never completes a run whose stages were undone.
-    recording: Option<BoxFuture<'static, StoreResult<()>>>,
+    /// The entries of finished stages still being stored when the run failed: stored
+    /// before the run records that it is rolling back, so a resume knows to roll them back.
+    saving: Vec<BoxFuture<'static, StoreResult<()>>>,
+    /// A durable run's record that it is rolling back, to be written (`Some(None)`: not
+    /// started yet): no rollback runs before it is stored, so a resume never completes a
+    /// run whose stages were undone.
+    recording: Option<Option<BoxFuture<'static, StoreResult<()>>>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -594,9 +608,13 @@ impl Scheduler {
                         }
                     }
                     // Its status says so already.
+                    if let Some(d) = &sched.durable {
+                        d.rolling_back.store(true, Ordering::SeqCst);
+                    }
                     sched.rolling_back = Some(Box::new(RollingBack {
                         error: Some(error),
                         current: None,
+                        saving: Vec::new(),
                         recording: None,
                     }));
                     return Ok(Scheduler(Box::new(sched)));
@@ -737,13 +755,20 @@ impl SchedState {
             .chain(self.fallbacks.iter().map(|(i, ..)| i))
             .chain(&persisting)
         {
-            let i = *i as usize;
-            let attempt = self.attempt_of(i, None);
-            self.notify_timed(i, |c, ev, elapsed| {
-                c.on_stage_cancelled(&StageEvent { attempt, ..*ev }, elapsed);
-            });
+            self.report_cancelled(*i as usize);
         }
         self.fallbacks.clear();
+    }
+
+    /// Tells the callbacks node `i` was dropped before it ended.
+    fn report_cancelled(&self, i: usize) {
+        if self.obs.is_none() {
+            return;
+        }
+        let attempt = self.attempt_of(i, None);
+        self.notify_timed(i, |c, ev, elapsed| {
+            c.on_stage_cancelled(&StageEvent { attempt, ..*ev }, elapsed);
+        });
     }
 
     /// Tells every callback about node `i`: `f` gets the callback and the node's event.
@@ -961,7 +986,9 @@ impl SchedState {
     /// from now on rolls it back — in a durable run whether or not its entry gets stored.
     #[inline]
     fn ran(&mut self, i: usize) {
-        if self.plan.has_rollback[i] {
+        // Once: a stage whose completion panicked (its entry did not encode, say) is
+        // treated as having panicked, and its fallback then completes it again.
+        if self.plan.has_rollback[i] && !self.rollback_order.contains(&(i as u32)) {
             self.rollback_order.push(i as u32);
         }
     }
@@ -1122,6 +1149,18 @@ impl SchedState {
 
     fn start_rollback(&mut self, error: Error) {
         tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
+        // Entries still being stored are finished first (their stages are in
+        // `rollback_order`: a resume must know to roll them back); their stages did not
+        // complete in the run, which reports them cancelled.
+        let pending = self
+            .durable
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.pending))
+            .unwrap_or_default();
+        for (i, ..) in &pending {
+            self.report_cancelled(*i as usize);
+        }
+        let saving = pending.into_iter().map(|(.., save)| save).collect();
         self.cancel_in_flight();
         self.running.clear();
         self.fallbacks.clear();
@@ -1129,42 +1168,79 @@ impl SchedState {
         // The stages' spans end here (the rollbacks are the run's).
         self.spans = None;
         // A durable run first records that it is rolling back (with the error that made it).
-        let recording = self.durable.as_ref().map(|d| {
-            let save = Save::finish(RunStatus::RollingBack, Some(&error.to_string()));
-            d.store.save(&d.run_id, &d.owner, save)
-        });
+        let recording = self.durable.as_ref().map(|_| None);
         self.rolling_back = Some(Box::new(RollingBack {
             error: Some(error),
             current: None,
+            saving,
             recording,
         }));
+    }
+
+    /// A durable run's steps before its rollbacks: the entries being stored, then the record
+    /// that it is rolling back, all while keeping its lease. `Some` when the run ends here.
+    fn poll_rollback_record(&mut self, cx: &mut Context<'_>) -> Option<Poll<Result<Ctx>>> {
+        let d = self.durable.as_mut()?;
+        match d.poll_lease(cx) {
+            // Lost, the run stops where it is: its status says `rolling_back` (or
+            // `running`, if not recorded yet), and whoever resumes it takes it from there.
+            Err(e @ Error::LockLost { .. }) => return Some(Poll::Ready(Err(e))),
+            // A passing failure: tried again later; the rollbacks go on.
+            Err(e) => tracing::warn!(error = %e, "could not renew the lease while rolling back"),
+            Ok(()) => {}
+        }
+        let rb = self.rolling_back.as_mut().expect("rolling back");
+        let mut k = 0;
+        while k < rb.saving.len() {
+            match rb.saving[k].as_mut().poll(cx) {
+                Poll::Pending => k += 1,
+                Poll::Ready(r) => {
+                    drop(rb.saving.swap_remove(k));
+                    if let Err(e) = r {
+                        let e = Error::from_store(&d.run_id, "save", e);
+                        if matches!(e, Error::LockLost { .. }) {
+                            return Some(Poll::Ready(Err(e)));
+                        }
+                        tracing::warn!(error = %e, "could not store a finished stage's entry before rolling back");
+                    }
+                }
+            }
+        }
+        if !rb.saving.is_empty() {
+            return Some(Poll::Pending);
+        }
+        let Some(recording) = &mut rb.recording else {
+            return None;
+        };
+        let record = recording.get_or_insert_with(|| {
+            let error = rb.error.as_ref().map(ToString::to_string);
+            let save = Save::finish(RunStatus::RollingBack, error.as_deref());
+            d.store.save(&d.run_id, &d.owner, save)
+        });
+        match record.as_mut().poll(cx) {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(Ok(())) => {
+                rb.recording = None;
+                d.rolling_back.store(true, Ordering::SeqCst);
+                None
+            }
+            Poll::Ready(Err(e)) => {
+                // Nothing was undone: the run stays resumable as it was (a resume runs the
+                // failed stage again), rather than undone without a trace.
+                let failure = rb.error.take().unwrap_or(Error::Cancelled);
+                let e = Error::from_store(&d.run_id, "save", e);
+                tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
+                Some(Poll::Ready(Err(e)))
+            }
+        }
     }
 
     /// Runs the rollbacks one at a time, last finished first; then fails the run. A durable
     /// run keeps its lease meanwhile, and runs no rollback before its store records that it
     /// is rolling back.
     fn poll_rollback(&mut self, cx: &mut Context<'_>, current: &mut usize) -> Poll<Result<Ctx>> {
-        if let Some(d) = &mut self.durable {
-            // Lost, the run stops where it is: its status says `rolling_back`, and whoever
-            // resumes it runs the rollbacks again.
-            if let Err(e) = d.poll_lease(cx) {
-                return Poll::Ready(Err(e));
-            }
-            let rb = self.rolling_back.as_mut().expect("rolling back");
-            if let Some(recording) = &mut rb.recording {
-                match recording.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(())) => rb.recording = None,
-                    Poll::Ready(Err(e)) => {
-                        // Nothing was undone: the run stays resumable as it was (a resume
-                        // runs the failed stage again), rather than undone without a trace.
-                        let failure = rb.error.take().unwrap_or(Error::Cancelled);
-                        let e = Error::from_store(&d.run_id, "save", e);
-                        tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            }
+        if let Some(ended) = self.poll_rollback_record(cx) {
+            return ended;
         }
         loop {
             let rb = self.rolling_back.as_mut().expect("rolling back");
@@ -1453,7 +1529,7 @@ where
                                 && !matches!(e, Error::LockLost { .. }) =>
                         {
                             sched.start_rollback(e);
-                            cancel_slots(&sched, &mut slots, cx);
+                            cancel_slots_guarded(&sched, &mut slots, cx);
                         }
                         other => return other,
                     }
@@ -1469,12 +1545,16 @@ where
                         .get(current)
                         .map_or("<fluxio runtime>", |n| n.meta.name);
                     if let Some(rb) = &mut sched.rolling_back {
+                        if current == usize::MAX {
+                            // Not a rollback: the store's code, polled while rolling back. It
+                            // would panic again: the run ends (a durable one stays
+                            // `rolling_back` if recorded, for a resume to finish).
+                            return Poll::Ready(Err(panic_error(stage, payload)));
+                        }
                         // A rollback panicked: it failed (its stage had not); go on with
                         // the others.
                         rb.current = None;
-                        if current != usize::MAX {
-                            sched.rollback_ended(current, Some(panic_error(stage, payload)));
-                        }
+                        sched.rollback_ended(current, Some(panic_error(stage, payload)));
                         continue;
                     }
                     let running = sched.state.get(current) == Some(&RUNNING);
@@ -1495,9 +1575,7 @@ where
                             }
                             Err(e) => {
                                 sched.start_rollback(e);
-                                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                    cancel_slots(&sched, &mut slots, cx);
-                                }));
+                                cancel_slots_guarded(&sched, &mut slots, cx);
                                 continue;
                             }
                         }
@@ -1513,11 +1591,7 @@ where
                     if !sched.rollback_order.is_empty() {
                         // Undo what finished, then report the panic.
                         sched.start_rollback(e);
-                        // A future that panics again as it is dropped is dropped all the
-                        // same (the unwind drops it); its panic is the run's no more.
-                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            cancel_slots(&sched, &mut slots, cx);
-                        }));
+                        cancel_slots_guarded(&sched, &mut slots, cx);
                         continue;
                     }
                     return Poll::Ready(Err(e));
@@ -1529,13 +1603,17 @@ where
 
 /// Drops every stage future the driver still holds — those running beside the failure, a
 /// stage that timed out, one that panicked — before the rollbacks run: a rollback may need
-/// what they hold (a pool's connection, a lock).
-fn cancel_slots<S>(sched: &SchedState, slots: &mut S, cx: &mut Context<'_>)
+/// what they hold (a pool's connection, a lock). A future that panics as it is dropped is
+/// dropped all the same (the unwind drops it), and the others after it: its panic is the
+/// run's no more.
+fn cancel_slots_guarded<S>(sched: &SchedState, slots: &mut S, cx: &mut Context<'_>)
 where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
     for i in 0..sched.plan.nodes.len() {
-        let _ = slot_op(sched, slots, i, Mode::Cancel, cx);
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            slot_op(sched, slots, i, Mode::Cancel, cx)
+        }));
     }
 }
 

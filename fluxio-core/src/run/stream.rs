@@ -39,6 +39,8 @@ pub struct StreamHandle<C> {
     /// What the run starts from, until the handle is first polled.
     start: Option<Box<(Pipeline, Ctx, super::exec::RunOptions, Sender)>>,
     run: Option<RunFuture>,
+    /// The run's task, when it was spawned.
+    task: Option<tokio::task::AbortHandle>,
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
     result: Option<Result<Ctx>>,
     error_yielded: bool,
@@ -70,6 +72,7 @@ impl<C: Send + 'static> StreamHandle<C> {
         StreamHandle {
             start: Some(Box::new((pipe, input, Default::default(), tx))),
             run: None,
+            task: None,
             rx: Some(rx),
             result: None,
             error_yielded: false,
@@ -83,7 +86,10 @@ impl<C: Send + 'static> StreamHandle<C> {
     /// [`LATE`]); once it has ended, there is nothing left to configure and its result
     /// stands.
     fn options(&mut self) -> Option<&mut super::exec::RunOptions> {
-        if self.start.is_none() && self.run.take().is_some() {
+        // A run that ended on its task (its end not seen yet) is not cancelled: too late
+        // to configure, as for one whose end the handle saw.
+        let ended = self.task.as_ref().is_some_and(|t| t.is_finished());
+        if self.start.is_none() && !ended && self.run.take().is_some() {
             // Dropping the run's future cancels it (and releases a durable run's lock).
             self.rx = None;
             self.result = Some(Err(Error::BadRunId { reason: LATE }));
@@ -133,7 +139,9 @@ impl<C: Send + 'static> StreamHandle<C> {
                 // held back only where a stream stage waits for room in the chunk buffer.
                 Ok(rt) => {
                     use tracing::Instrument;
-                    Box::pin(Spawned(rt.spawn(run.in_current_span())))
+                    let task = rt.spawn(run.in_current_span());
+                    self.task = Some(task.abort_handle());
+                    Box::pin(Spawned(task))
                 }
                 // Outside tokio, the consumer's polls drive it.
                 Err(_) => run,
