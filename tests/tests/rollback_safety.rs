@@ -543,3 +543,158 @@ async fn a_sibling_panicking_as_it_is_dropped_leaves_the_rollbacks_as_they_are()
         "one rollback, of the stage that has one, which went through"
     );
 }
+
+/// The in-memory store, failing the first entry save (a store blip).
+struct FirstEntryFails(InMemoryStore, std::sync::atomic::AtomicBool);
+
+impl ForwardStore for FirstEntryFails {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        if matches!(save, Save::Entry(_)) && !self.1.swap(true, Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(fluxio::store::StoreError::backend(
+                    "save",
+                    "connection reset",
+                ))
+            });
+        }
+        self.0.save(run_id, owner, save)
+    }
+}
+
+#[stage(reads = [a_out], writes = [b_out])]
+async fn after_charge(a_out: &u64) -> u64 {
+    *a_out
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_rollback_runs_for_a_stage_the_checkpoint_does_not_hold() {
+    // `charge_card` ran, but its entry was not stored: a refund here could not be run again
+    // by a resume if the process stopped during it. So nothing is undone, and the run stays
+    // resumable: the resume runs `charge_card` again (as any stage whose end was not
+    // recorded), then the rest.
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let pipe = pipeline! { charge_card, after_charge }
+        .with_shared_resource(refunds.clone())
+        .with_store(FirstEntryFails(
+            store.clone(),
+            std::sync::atomic::AtomicBool::new(false),
+        ));
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("lost-entry")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store { run_id, .. } if run_id == "lost-entry"),
+        "{err:?}"
+    );
+    assert_eq!(refunds.0.get(), 0);
+    assert_eq!(
+        store.load("lost-entry").await.unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    let out = pipe.resume("lost-entry").await.unwrap();
+    assert_eq!(out[b_out], 1);
+    assert_eq!(refunds.0.get(), 0);
+}
+
+/// The in-memory store, panicking as it records a run rolling back (a bug in the store).
+struct PanicsRecording(InMemoryStore);
+
+impl ForwardStore for PanicsRecording {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        if let Save::Finish {
+            status: RunStatus::RollingBack,
+            ..
+        } = save
+        {
+            return Box::pin(async { panic!("store bug while recording rolling_back") });
+        }
+        self.0.save(run_id, owner, save)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panicking_before_the_rollbacks_ends_the_run_with_its_panic() {
+    let store = InMemoryStore::new();
+    let log = Arc::new(RollbackLog::default());
+    let pipe = pipeline! { charge_card, decline_once }
+        .with_resource(Refunds::default())
+        .with_resource(Calls::default())
+        .with_callback(log.clone())
+        .with_store(PanicsRecording(store.clone()));
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("panic-record")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("store bug while recording"),
+        "the store's panic, not a second poll's: {err}"
+    );
+    assert!(
+        log.0.lock().unwrap().is_empty(),
+        "no rollback ran, so none is reported"
+    );
+}
+
+/// The in-memory store, panicking whenever it renews a lease.
+struct PanicsRenewing(InMemoryStore);
+
+impl ForwardStore for PanicsRenewing {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn renew(
+        &self,
+        _run_id: &str,
+        _owner: &str,
+        _lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        Box::pin(async { panic!("store bug while renewing") })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panicking_during_the_rollbacks_leaves_the_run_for_a_resume() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let calls = Arc::new(Calls::default());
+    let pipe = pipeline! { charge_card, decline_once }
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(calls.clone())
+        .with_store(PanicsRenewing(store.clone()))
+        .with_lease(Duration::from_secs(3));
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("panic-renew")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("store bug while renewing"),
+        "{err}"
+    );
+    assert_eq!(refunds.0.get(), 0, "stopped 1 s into the 10 s refund");
+    assert_eq!(
+        store.load("panic-renew").await.unwrap().unwrap().status,
+        RunStatus::RollingBack
+    );
+    let healthy = pipeline! { charge_card, decline_once }
+        .with_shared_resource(refunds.clone())
+        .with_shared_resource(calls.clone())
+        .with_store(store.clone());
+    let resumed = healthy.resume("panic-renew").await;
+    assert!(
+        matches!(resumed, Err(Error::RolledBack { .. })),
+        "{:?}",
+        resumed.map(|_| ())
+    );
+    assert_eq!(refunds.0.get(), 1);
+}

@@ -407,6 +407,9 @@ pub(crate) struct Durability {
     /// Set once the store recorded that the run is rolling back: unless its rollbacks all
     /// ran, its end is left as that (a resume runs them again).
     pub(crate) rolling_back: Arc<std::sync::atomic::AtomicBool>,
+    /// A finished stage's entry could not be stored: a resume would not know it ran, so no
+    /// rollback may run (it could not be run again after a crash).
+    entry_lost: bool,
 }
 
 impl Durability {
@@ -461,6 +464,7 @@ impl Durability {
             renewing: None,
             rolled_back: Arc::default(),
             rolling_back: Arc::default(),
+            entry_lost: false,
         }
     }
 }
@@ -1101,8 +1105,10 @@ impl SchedState {
                     finished.push((i, route, size));
                 }
                 Poll::Ready(Err(e)) => {
-                    // The stage's end could not be recorded: it ends failed.
+                    // The stage's end could not be recorded: it ends failed (and no
+                    // rollback runs: see `poll_rollback_record`).
                     let (i, ..) = d.pending.swap_remove(k);
+                    d.entry_lost = true;
                     let e = Error::from_store(&d.run_id, "save", e);
                     self.report_error(i as usize, &e);
                     return Err(e);
@@ -1202,12 +1208,22 @@ impl SchedState {
                             return Some(Poll::Ready(Err(e)));
                         }
                         tracing::warn!(error = %e, "could not store a finished stage's entry before rolling back");
+                        d.entry_lost = true;
                     }
                 }
             }
         }
         if !rb.saving.is_empty() {
             return Some(Poll::Pending);
+        }
+        if d.entry_lost && rb.recording.is_some() {
+            // A stage ran that the checkpoint does not hold: were it rolled back here and
+            // the process stopped, no resume would roll it back again. Nothing is undone;
+            // the run stays resumable (a resume runs that stage again, as any stage whose
+            // end was not recorded).
+            let failure = rb.error.take().unwrap_or(Error::Cancelled);
+            tracing::warn!(error = %failure, "run failed, and a finished stage's checkpoint entry could not be stored: no rollback ran");
+            return Some(Poll::Ready(Err(failure)));
         }
         let Some(recording) = &mut rb.recording else {
             return None;
@@ -1534,6 +1550,8 @@ where
                         other => return other,
                     }
                 }
+                // From here on, `current` names a rollback only while one is polled.
+                current = usize::MAX;
                 sched.poll_rollback(cx, &mut current)
             }));
             match advanced {
