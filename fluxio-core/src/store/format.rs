@@ -23,6 +23,33 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<LIMIT>()
 }
 
+/// Decodes a `T` from the front of `bytes`, with a limit fitted to their length: bincode
+/// allocates a string or byte buffer as long as its length prefix claims before reading it,
+/// so a 7-byte record claiming a gigabyte would allocate one. Decoding claims at most 16
+/// bytes per byte read (an integer claims its full width however short its varint; a
+/// string's content claims what it reads), so a claim past 16 times the input is a lie,
+/// refused before anything is allocated.
+fn decode_limited<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice as decode;
+    let most = bytes.len().saturating_mul(16);
+    if most <= 1 << 12 {
+        decode(bytes, standard().with_limit::<{ 1 << 12 }>())
+    } else if most <= 1 << 16 {
+        decode(bytes, standard().with_limit::<{ 1 << 16 }>())
+    } else if most <= 1 << 20 {
+        decode(bytes, standard().with_limit::<{ 1 << 20 }>())
+    } else if most <= 1 << 24 {
+        decode(bytes, standard().with_limit::<{ 1 << 24 }>())
+    } else if most <= 1 << 28 {
+        decode(bytes, standard().with_limit::<{ 1 << 28 }>())
+    } else {
+        decode(bytes, config())
+    }
+}
+
 /// Encodes a context value at the end of `out` (the `encode` of a
 /// [`KeyDesc`](crate::KeyDesc)). The encoding of a value is self-delimiting: values encoded
 /// one after the other can be told apart again.
@@ -90,8 +117,7 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
 pub fn decode_value<V: DeserializeOwned + Send + Sync + 'static>(
     bytes: &[u8],
 ) -> Result<Arc<AnyValue>, String> {
-    let (value, read): (V, usize) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    let (value, read): (V, usize) = decode_limited(bytes).map_err(|e| e.to_string())?;
     if read != bytes.len() {
         return Err(format!(
             "{} trailing bytes after a `{}`",
@@ -143,11 +169,11 @@ fn decode_record<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Str
              ({FORMAT_VERSION}): the bytes are damaged, or written by another format version"
         ));
     }
-    let (record, read): (T, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
-            bincode::error::DecodeError::UnexpectedEnd { .. } => format!("{what} is cut short"),
-            e => format!("{what}: {e}"),
-        })?;
+    let (record, read): (T, usize) = decode_limited(body).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. }
+        | bincode::error::DecodeError::LimitExceeded => format!("{what} is cut short"),
+        e => format!("{what}: {e}"),
+    })?;
     if read != body.len() {
         return Err(format!("{what}: {} trailing bytes", body.len() - read));
     }
