@@ -388,14 +388,23 @@ fn version_of(nodes: &[NodeSpec], edges: &[(usize, usize)]) -> String {
         field("node");
         field(node.meta.name);
         field(node.meta.kind.as_str());
-        let mut reads: Vec<&str> = node.reads.iter().map(|k| k.name).collect();
+        // With their types: a checkpoint written with a key of another type would decode
+        // into a wrong value (bincode is not self-describing), not fail.
+        let typed = |k: &KeyDesc| (k.name, (k.type_name)());
+        let mut reads: Vec<(&str, &str)> = node.reads.iter().map(typed).collect();
         reads.sort_unstable();
-        let mut writes: Vec<&str> = node.writes.iter().map(|k| k.name).collect();
+        let mut writes: Vec<(&str, &str)> = node.writes.iter().map(typed).collect();
         writes.sort_unstable();
         field("reads");
-        reads.iter().for_each(|k| field(k));
+        reads.iter().for_each(|(k, t)| {
+            field(k);
+            field(t);
+        });
         field("writes");
-        writes.iter().for_each(|k| field(k));
+        writes.iter().for_each(|(k, t)| {
+            field(k);
+            field(t);
+        });
         field(&node.group.to_string());
         match node.branch {
             Some((r, l)) => field(&format!("branch {r} {l}")),

@@ -140,9 +140,34 @@ fn mermaid_shows_forks_and_route_labels() {
 fn version_is_stable_across_builds_and_processes() {
     // A fixed flow has a fixed version: nothing random (hasher seeds, map order) enters it.
     let pipe = pipeline! { fetch_user, enrich };
-    assert_eq!(pipe.version(), "68b2592b28ac9a56");
+    assert_eq!(pipe.version(), "a455ec86b76b5499");
     assert_eq!(pipe.version().len(), 16);
     assert_eq!(pipeline! { fetch_user, enrich }.version(), pipe.version());
+}
+
+/// The same flow with `user_id` of another type.
+mod retyped {
+    use fluxio::prelude::*;
+
+    fluxio::keys! {
+        pub user_id: i64;
+        pub user: String;
+    }
+
+    #[stage(reads = [user_id], writes = [user])]
+    pub async fn fetch_user(user_id: &i64) -> String {
+        format!("u{user_id}")
+    }
+}
+
+#[test]
+fn version_changes_with_a_keys_type() {
+    // A checkpoint written with a `u64` would decode into a wrong `i64` (bincode is not
+    // self-describing): a resume must see another version, not the same one.
+    assert_ne!(
+        pipeline! { fetch_user }.version(),
+        pipeline! { retyped::fetch_user }.version()
+    );
 }
 
 #[test]
