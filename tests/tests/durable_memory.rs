@@ -1026,3 +1026,37 @@ async fn a_named_nested_pipeline_is_reported_and_found_by_its_name() {
     assert_eq!(out[c_out], 25);
     assert_eq!((probe.count("sa"), probe.count("sc")), (1, 2));
 }
+
+#[stage(reads = [b_out], writes = [extra])]
+async fn sx(b_out: &u64) -> String {
+    format!("x{b_out}")
+}
+
+#[tokio::test]
+async fn a_finished_nested_pipeline_that_gained_a_stage_is_refused() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    pipeline! { pipeline! { sa, sb }.named("front"), sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(input! { seed: 1 })
+        .run_id("grown")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    // `front` finished before `sx` was added to it: marked done, `sx` would never run.
+    let err = pipeline! { pipeline! { sa, sb, sx }.named("front"), sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("grown")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleCheckpoint { reason, .. }
+            if reason.contains("`front`") && reason.contains("`extra`")),
+        "{err:?}"
+    );
+}

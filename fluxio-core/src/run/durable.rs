@@ -400,6 +400,22 @@ fn place_by_name(
             ));
         }
     }
+    // A nested pipeline writes what its stages wrote, so a key it may write in this version
+    // and did not write may be a stage added to it, which would never run: refused (also
+    // when its run just took another route branch — the entry cannot tell the two apart).
+    if node.meta.kind == crate::stage::StageKind::Pipeline && !entry.skipped {
+        if let Some(key) = node
+            .writes
+            .iter()
+            .find(|k| !entry.writes.iter().any(|(name, _)| name == k.name))
+        {
+            return misfit(format!(
+                "nested pipeline `{stage}` finished without writing `{}`, which it may write \
+                 in this version: a stage added to it would never run",
+                key.name
+            ));
+        }
+    }
     match route_choice(node, entry) {
         Ok(route) => Ok(Some((i as u32, route))),
         Err(RouteMisfit::NoChoice) => misfit(format!(
