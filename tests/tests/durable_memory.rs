@@ -1060,3 +1060,39 @@ async fn a_finished_nested_pipeline_that_gained_a_stage_is_refused() {
         "{err:?}"
     );
 }
+
+/// A default `b_out`, for a new version to put in front of `sb`.
+#[stage(reads = [a_out], writes = [b_out])]
+async fn s_default(a_out: &u64) -> u64 {
+    a_out + 998
+}
+
+#[tokio::test]
+async fn a_new_stage_that_would_overwrite_a_finished_stages_value_is_refused() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    pipeline! { sa, sb, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(input! { seed: 1 })
+        .run_id("overwrite")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    // In a fresh run `sb`'s `b_out` replaces `s_default`'s; resumed, `s_default` would run
+    // after `sb` and replace its value.
+    let err = pipeline! { sa, s_default, sb, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("overwrite")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleCheckpoint { reason, .. }
+            if reason.contains("`s_default`") && reason.contains("`b_out`") && reason.contains("`sb`")),
+        "{err:?}"
+    );
+}

@@ -465,6 +465,43 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
             node.meta.name, route_node.meta.name
         )));
     }
+    if reading == Reading::OtherVersion {
+        // A stage of the new version declared before a finished one, writing a key that
+        // one wrote, would run after it and replace its value (in a fresh run, the later
+        // stage's write is the one that stays) — unless a finished route keeps it from
+        // running.
+        let kept_out = |mut i: usize| {
+            while let Some((route, label)) = plan.nodes[i].branch {
+                if matches!(finished[route as usize], Some(Some(b)) if b != label) {
+                    return true;
+                }
+                i = route as usize;
+            }
+            false
+        };
+        for &(f, _, skipped) in &restored.done {
+            let done = &plan.nodes[f as usize];
+            if skipped {
+                continue;
+            }
+            for (u, before) in plan.nodes[..f as usize].iter().enumerate() {
+                if finished[u].is_some() || kept_out(u) {
+                    continue;
+                }
+                if let Some(key) = before
+                    .writes
+                    .iter()
+                    .find(|k| done.writes.iter().any(|w| w.name == k.name))
+                {
+                    return Err(misfit(format!(
+                        "stage `{}` has not run and writes `{}` before `{}`, which finished: \
+                         it would replace the value `{}` wrote",
+                        before.meta.name, key.name, done.meta.name, done.meta.name
+                    )));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
