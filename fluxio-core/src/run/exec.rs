@@ -988,11 +988,20 @@ impl SchedState {
 
     /// Node `i`'s function returned (it was not skipped): its effects happened, so a failure
     /// from now on rolls it back — in a durable run whether or not its entry gets stored.
-    #[inline]
+    #[inline(always)]
     fn ran(&mut self, i: usize) {
+        if self.plan.has_rollback[i] {
+            self.remember_rollback(i);
+        }
+    }
+
+    /// Out of line: few stages have a rollback.
+    #[cold]
+    #[inline(never)]
+    fn remember_rollback(&mut self, i: usize) {
         // Once: a stage whose completion panicked (its entry did not encode, say) is
         // treated as having panicked, and its fallback then completes it again.
-        if self.plan.has_rollback[i] && !self.rollback_order.contains(&(i as u32)) {
+        if !self.rollback_order.contains(&(i as u32)) {
             self.rollback_order.push(i as u32);
         }
     }
