@@ -702,6 +702,19 @@ impl Call {
                 break;
             }
         }
+        // The attempts a `Retry` inside made: its frame is dropped with the rest.
+        let inner_retry = self.frames.as_slice()[depth..]
+            .iter()
+            .any(|f| matches!(f, Frame::Retry { .. }));
+        match (self.phase, &self.delegated) {
+            (Phase::Delegated, Some(rest)) => site.attempt.set(rest.attempt()),
+            _ if !inner_retry => {}
+            // Waiting for a backoff or a rate-limit token: that attempt has not started.
+            (Phase::Backoff | Phase::Limited, _) => {
+                site.attempt.set(self.attempt().saturating_sub(1).max(1));
+            }
+            _ => site.attempt.set(self.attempt()),
+        }
         self.timer = None;
         self.delegated = None;
         self.wait = None;

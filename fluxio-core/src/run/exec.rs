@@ -764,9 +764,10 @@ impl SchedState {
         self.fallbacks.clear();
     }
 
-    /// Tells the callbacks node `i` was dropped before it ended.
+    /// Tells the callbacks node `i` was dropped before it ended — unless a middleware
+    /// skipped it (reported as such: its entry was being stored).
     fn report_cancelled(&self, i: usize) {
-        if self.obs.is_none() {
+        if self.obs.is_none() || self.skipped.contains(&(i as u32)) {
             return;
         }
         let attempt = self.attempt_of(i, None);
