@@ -16,6 +16,71 @@ fluxio::keys! {
     pub c_out: u64;
 }
 
+/// What a [`Faulty`] store's `save` does instead, if anything.
+type SaveFault =
+    Box<dyn Fn(&str, &str, &Save) -> Option<BoxFuture<'static, StoreResult<()>>> + Send + Sync>;
+/// What a [`Faulty`] store's `renew` does instead, if anything.
+type RenewFault = Box<dyn Fn() -> Option<BoxFuture<'static, StoreResult<bool>>> + Send + Sync>;
+
+/// The in-memory store with a fault: its `save` or `renew` answers, for the calls it
+/// picks, what the fault gives (a failure, a delay, a panic).
+struct Faulty {
+    inner: InMemoryStore,
+    save: SaveFault,
+    renew: RenewFault,
+}
+
+impl Faulty {
+    fn on_save_call(
+        inner: &InMemoryStore,
+        fault: impl Fn(&str, &str, &Save) -> Option<BoxFuture<'static, StoreResult<()>>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Faulty {
+            inner: inner.clone(),
+            save: Box::new(fault),
+            renew: Box::new(|| None),
+        }
+    }
+
+    fn on_save(
+        inner: &InMemoryStore,
+        fault: impl Fn(&Save) -> Option<BoxFuture<'static, StoreResult<()>>> + Send + Sync + 'static,
+    ) -> Self {
+        Self::on_save_call(inner, move |_, _, save| fault(save))
+    }
+
+    fn on_renew(
+        inner: &InMemoryStore,
+        fault: impl Fn() -> Option<BoxFuture<'static, StoreResult<bool>>> + Send + Sync + 'static,
+    ) -> Self {
+        Faulty {
+            inner: inner.clone(),
+            save: Box::new(|_, _, _| None),
+            renew: Box::new(fault),
+        }
+    }
+}
+
+impl ForwardStore for Faulty {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.inner
+    }
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
+        (self.save)(run_id, owner, &save).unwrap_or_else(|| self.inner.save(run_id, owner, save))
+    }
+    fn renew(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'static, StoreResult<bool>> {
+        (self.renew)().unwrap_or_else(|| self.inner.renew(run_id, owner, lease))
+    }
+}
+
 // ---- The stages still running when the run fails are dropped before the rollbacks ----
 
 /// A pool of one connection, which stages and rollbacks take from.
@@ -275,30 +340,6 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
 
 // ---- No rollback runs unless the store recorded that the run is rolling back ----
 
-/// The in-memory store, failing to record a run as rolling back (its backend is down).
-struct NoRollingBack(InMemoryStore);
-
-impl ForwardStore for NoRollingBack {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
-        if let Save::Finish {
-            status: RunStatus::RollingBack,
-            ..
-        } = save
-        {
-            return Box::pin(async {
-                Err(fluxio::store::StoreError::backend(
-                    "save",
-                    "connection refused",
-                ))
-            });
-        }
-        self.0.save(run_id, owner, save)
-    }
-}
-
 #[tokio::test]
 async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
     let store = InMemoryStore::new();
@@ -308,7 +349,23 @@ async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
         .with_shared_resource(refunds.clone())
         .with_shared_resource(calls.clone())
         .with_resource(RefundTime(Duration::ZERO))
-        .with_store(NoRollingBack(store.clone()));
+        .with_store(Faulty::on_save(&store, |save| {
+            matches!(
+                save,
+                Save::Finish {
+                    status: RunStatus::RollingBack,
+                    ..
+                }
+            )
+            .then(|| {
+                Box::pin(async {
+                    Err(fluxio::store::StoreError::backend(
+                        "save",
+                        "connection refused",
+                    ))
+                }) as BoxFuture<'static, StoreResult<()>>
+            })
+        }));
     let err = broken
         .invoke(input! { seed: 5 })
         .run_id("unrecorded")
@@ -367,28 +424,6 @@ async fn decline_once(a_out: &u64, calls: Res<Calls>) -> Result<u64, StageError>
     Ok(*a_out)
 }
 
-/// The in-memory store, failing to renew a lease once (a store blip).
-struct RenewBlip(InMemoryStore, std::sync::atomic::AtomicBool);
-
-impl ForwardStore for RenewBlip {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn renew(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        if !self.1.swap(true, Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(fluxio::store::StoreError::backend("renew", "timed out"))
-            });
-        }
-        self.0.renew(run_id, owner, lease)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failed_renewal_while_rolling_back_does_not_stop_the_rollbacks() {
     let store = InMemoryStore::new();
@@ -397,10 +432,16 @@ async fn a_failed_renewal_while_rolling_back_does_not_stop_the_rollbacks() {
     let pipe = pipeline! { charge_card, decline_once }
         .with_shared_resource(refunds.clone())
         .with_shared_resource(calls.clone())
-        .with_store(RenewBlip(
-            store.clone(),
-            std::sync::atomic::AtomicBool::new(false),
-        ))
+        .with_store({
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            Faulty::on_renew(&store, move || {
+                (!failed.swap(true, Ordering::SeqCst)).then(|| {
+                    Box::pin(async {
+                        Err(fluxio::store::StoreError::backend("renew", "timed out"))
+                    }) as BoxFuture<'static, StoreResult<bool>>
+                })
+            })
+        })
         .with_lease(Duration::from_secs(3));
     let err = pipe
         .invoke(input! { seed: 7 })
@@ -424,25 +465,6 @@ async fn a_failed_renewal_while_rolling_back_does_not_stop_the_rollbacks() {
     );
 }
 
-/// The in-memory store, storing entries 50 ms late (a network round trip).
-struct SlowEntries(InMemoryStore);
-
-impl ForwardStore for SlowEntries {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
-        if let Save::Entry(_) = &save {
-            let (store, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());
-            return Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                store.save(&run_id, &owner, save).await
-            });
-        }
-        self.0.save(run_id, owner, save)
-    }
-}
-
 #[stage(reads = [seed], writes = [c_out])]
 async fn decline_later(seed: &u64) -> Result<u64, StageError> {
     let _ = seed;
@@ -456,7 +478,20 @@ async fn a_stage_whose_entry_was_being_stored_is_rolled_back_by_the_resume_too()
     let refunds = Arc::new(Refunds::default());
     let pipe = pipeline! { parallel { charge_card, decline_later } }
         .with_shared_resource(refunds.clone())
-        .with_store(SlowEntries(store.clone()));
+        .with_store({
+            let inner = store.clone();
+            Faulty::on_save_call(&store, move |run_id, owner, save| {
+                matches!(save, Save::Entry(_)).then(|| {
+                    let (inner, save) = (inner.clone(), save.clone());
+                    let (run_id, owner) = (run_id.to_string(), owner.to_string());
+                    // Stored 50 ms late (a network round trip).
+                    Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        inner.save(&run_id, &owner, save).await
+                    }) as BoxFuture<'static, StoreResult<()>>
+                })
+            })
+        });
     // `charge_card` returned at once; its entry is still being stored when `decline_later`
     // fails at 10 ms. The process stops 1 s into the refund.
     let dropped = tokio::time::timeout(
@@ -544,26 +579,6 @@ async fn a_sibling_panicking_as_it_is_dropped_leaves_the_rollbacks_as_they_are()
     );
 }
 
-/// The in-memory store, failing the first entry save (a store blip).
-struct FirstEntryFails(InMemoryStore, std::sync::atomic::AtomicBool);
-
-impl ForwardStore for FirstEntryFails {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
-        if matches!(save, Save::Entry(_)) && !self.1.swap(true, Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(fluxio::store::StoreError::backend(
-                    "save",
-                    "connection reset",
-                ))
-            });
-        }
-        self.0.save(run_id, owner, save)
-    }
-}
-
 #[stage(reads = [a_out], writes = [b_out])]
 async fn after_charge(a_out: &u64) -> u64 {
     *a_out
@@ -579,10 +594,21 @@ async fn no_rollback_runs_for_a_stage_the_checkpoint_does_not_hold() {
     let refunds = Arc::new(Refunds::default());
     let pipe = pipeline! { charge_card, after_charge }
         .with_shared_resource(refunds.clone())
-        .with_store(FirstEntryFails(
-            store.clone(),
-            std::sync::atomic::AtomicBool::new(false),
-        ));
+        .with_store({
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            Faulty::on_save(&store, move |save| {
+                (matches!(save, Save::Entry(_)) && !failed.swap(true, Ordering::SeqCst)).then(
+                    || {
+                        Box::pin(async {
+                            Err(fluxio::store::StoreError::backend(
+                                "save",
+                                "connection reset",
+                            ))
+                        }) as BoxFuture<'static, StoreResult<()>>
+                    },
+                )
+            })
+        });
     let err = pipe
         .invoke(input! { seed: 1 })
         .run_id("lost-entry")
@@ -602,25 +628,6 @@ async fn no_rollback_runs_for_a_stage_the_checkpoint_does_not_hold() {
     assert_eq!(refunds.0.get(), 0);
 }
 
-/// The in-memory store, panicking as it records a run rolling back (a bug in the store).
-struct PanicsRecording(InMemoryStore);
-
-impl ForwardStore for PanicsRecording {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
-        if let Save::Finish {
-            status: RunStatus::RollingBack,
-            ..
-        } = save
-        {
-            return Box::pin(async { panic!("store bug while recording rolling_back") });
-        }
-        self.0.save(run_id, owner, save)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_store_panicking_before_the_rollbacks_ends_the_run_with_its_panic() {
     let store = InMemoryStore::new();
@@ -629,7 +636,22 @@ async fn a_store_panicking_before_the_rollbacks_ends_the_run_with_its_panic() {
         .with_resource(Refunds::default())
         .with_resource(Calls::default())
         .with_callback(log.clone())
-        .with_store(PanicsRecording(store.clone()));
+        .with_store(Faulty::on_save(&store, |save| {
+            matches!(
+                save,
+                Save::Finish {
+                    status: RunStatus::RollingBack,
+                    ..
+                }
+            )
+            .then(|| {
+                Box::pin(async {
+                    panic!("store bug while recording rolling_back");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                }) as BoxFuture<'static, StoreResult<()>>
+            })
+        }));
     let err = pipe
         .invoke(input! { seed: 1 })
         .run_id("panic-record")
@@ -645,23 +667,6 @@ async fn a_store_panicking_before_the_rollbacks_ends_the_run_with_its_panic() {
     );
 }
 
-/// The in-memory store, panicking whenever it renews a lease.
-struct PanicsRenewing(InMemoryStore);
-
-impl ForwardStore for PanicsRenewing {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn renew(
-        &self,
-        _run_id: &str,
-        _owner: &str,
-        _lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        Box::pin(async { panic!("store bug while renewing") })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_store_panicking_during_the_rollbacks_leaves_the_run_for_a_resume() {
     let store = InMemoryStore::new();
@@ -670,7 +675,13 @@ async fn a_store_panicking_during_the_rollbacks_leaves_the_run_for_a_resume() {
     let pipe = pipeline! { charge_card, decline_once }
         .with_shared_resource(refunds.clone())
         .with_shared_resource(calls.clone())
-        .with_store(PanicsRenewing(store.clone()))
+        .with_store(Faulty::on_renew(&store, || {
+            Some(Box::pin(async {
+                panic!("store bug while renewing");
+                #[allow(unreachable_code)]
+                Ok(true)
+            }) as BoxFuture<'static, StoreResult<bool>>)
+        }))
         .with_lease(Duration::from_secs(3));
     let err = pipe
         .invoke(input! { seed: 1 })
