@@ -16,6 +16,14 @@ fluxio::keys! {
     pub c_out: u64;
 }
 
+/// A store call that fails, as when the store's backend is unreachable.
+fn failing<T: Send + 'static>(
+    operation: &'static str,
+    why: &'static str,
+) -> BoxFuture<'static, StoreResult<T>> {
+    Box::pin(async move { Err(fluxio::store::StoreError::backend(operation, why)) })
+}
+
 /// What a [`Faulty`] store's `save` does instead, if anything.
 type SaveFault =
     Box<dyn Fn(&str, &str, &Save) -> Option<BoxFuture<'static, StoreResult<()>>> + Send + Sync>;
@@ -357,14 +365,7 @@ async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
                     ..
                 }
             )
-            .then(|| {
-                Box::pin(async {
-                    Err(fluxio::store::StoreError::backend(
-                        "save",
-                        "connection refused",
-                    ))
-                }) as BoxFuture<'static, StoreResult<()>>
-            })
+            .then(|| failing("save", "connection refused"))
         }));
     let err = broken
         .invoke(input! { seed: 5 })
@@ -435,11 +436,7 @@ async fn a_failed_renewal_while_rolling_back_does_not_stop_the_rollbacks() {
         .with_store({
             let failed = std::sync::atomic::AtomicBool::new(false);
             Faulty::on_renew(&store, move || {
-                (!failed.swap(true, Ordering::SeqCst)).then(|| {
-                    Box::pin(async {
-                        Err(fluxio::store::StoreError::backend("renew", "timed out"))
-                    }) as BoxFuture<'static, StoreResult<bool>>
-                })
+                (!failed.swap(true, Ordering::SeqCst)).then(|| failing("renew", "timed out"))
             })
         })
         .with_lease(Duration::from_secs(3));
@@ -597,16 +594,8 @@ async fn no_rollback_runs_for_a_stage_the_checkpoint_does_not_hold() {
         .with_store({
             let failed = std::sync::atomic::AtomicBool::new(false);
             Faulty::on_save(&store, move |save| {
-                (matches!(save, Save::Entry(_)) && !failed.swap(true, Ordering::SeqCst)).then(
-                    || {
-                        Box::pin(async {
-                            Err(fluxio::store::StoreError::backend(
-                                "save",
-                                "connection reset",
-                            ))
-                        }) as BoxFuture<'static, StoreResult<()>>
-                    },
-                )
+                (matches!(save, Save::Entry(_)) && !failed.swap(true, Ordering::SeqCst))
+                    .then(|| failing("save", "connection reset"))
             })
         });
     let err = pipe
