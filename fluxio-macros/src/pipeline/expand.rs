@@ -74,10 +74,18 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         slots.push(quote!(let mut #slot = ::core::pin::pin!(::core::option::Option::None);));
         match &node.kind {
             FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => {
-                let call = respan(
-                    quote!(#private::Stage::call(&#path, __fluxio_c, __fluxio_e)),
-                    path.span(),
+                // At the path, where "not a fluxio stage" is reported; the closure's
+                // parameters keep the macro's hygiene (the path may come from another
+                // macro's arguments, with its own).
+                let at = path.span();
+                let head = respan(quote!(#private::Stage::call), at);
+                let amp = respan(quote!(&), at);
+                let mut args = proc_macro2::Group::new(
+                    proc_macro2::Delimiter::Parenthesis,
+                    quote!(#amp #path, __fluxio_c, __fluxio_e),
                 );
+                args.set_span(at);
+                let call = quote!(#head #args);
                 arms.push(quote! {
                     #i => __fluxio_op.run(#slot.as_mut(), __fluxio_cx, |__fluxio_c, __fluxio_e| #call),
                 });

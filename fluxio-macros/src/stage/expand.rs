@@ -80,7 +80,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
                 let id = &p.ident;
                 Some(quote! {
                     let #id: #private::Res<#ty> = match #id {
-                        ::core::option::Option::Some(r) => r,
+                        ::core::option::Option::Some(__fluxio_r) => __fluxio_r,
                         ::core::option::Option::None => {
                             return ::core::result::Result::Err(
                                 #private::missing_resource(#name, ::core::any::type_name::<#ty>()),
@@ -92,21 +92,31 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             _ => None,
         })
         .collect();
-    let bind_reads: Vec<TokenStream> = def.params.iter().filter_map(|p| {
-        let (id, ty) = (&p.ident, &p.ty);
-        match &p.role {
-            ParamRole::Read(key) => {
-                let k = &key.0;
-                Some(quote_spanned! {ty.span()=>
-                    let #id: #ty = <#ty as #private::FromRead<'_, <#k as #private::Key>::Value>>::from_read(
-                        #private::read_key::<#k>(&__fluxio_ctx, #name)?,
-                    );
-                })
+    let bind_reads: Vec<TokenStream> = def
+        .params
+        .iter()
+        .filter_map(|p| {
+            let (id, ty) = (&p.ident, &p.ty);
+            match &p.role {
+                ParamRole::Read(key) => {
+                    let k = &key.0;
+                    // The conversion at the parameter's type, where a wrong type is reported;
+                    // `__fluxio_ctx` keeps the macro's hygiene (the type may come from another
+                    // macro's arguments, with its own).
+                    let from_read = quote_spanned! {ty.span()=>
+                        <#ty as #private::FromRead<'_, <#k as #private::Key>::Value>>::from_read
+                    };
+                    Some(quote! {
+                        let #id: #ty = #from_read(#private::read_key::<#k>(&__fluxio_ctx, #name)?);
+                    })
+                }
+                ParamRole::Ctx => Some(
+                    quote!(let #id: #private::Ctx = ::core::clone::Clone::clone(&__fluxio_ctx);),
+                ),
+                ParamRole::Resource(_) | ParamRole::RunInfo => None,
             }
-            ParamRole::Ctx => Some(quote!(let #id: #private::Ctx = ::core::clone::Clone::clone(&__fluxio_ctx);)),
-            ParamRole::Resource(_) | ParamRole::RunInfo => None,
-        }
-    }).collect();
+        })
+        .collect();
     let args: Vec<&syn::Ident> = def.params.iter().map(|p| &p.ident).collect();
     // The body of a call of `target` (the stage's own function, or its fallback). `own`:
     // the stage's function, whose declared return type is checked against the keys with a

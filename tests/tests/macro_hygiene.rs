@@ -1,0 +1,67 @@
+//! The macros' generated code keeps its own names to itself: stages and pipelines written
+//! inside a user's `macro_rules!`, with stage paths and parameter types from its arguments,
+//! and user items that share a name with something the expansion binds.
+
+#![allow(non_upper_case_globals)]
+
+use fluxio::prelude::*;
+
+fluxio::keys! {
+    pub n: u64;
+    pub out: u64;
+    pub doubled: u64;
+}
+
+/// A stage whose read parameter's type comes in as the macro's loose tokens.
+macro_rules! reader_of_tokens {
+    ($name:ident, $($ty:tt)*) => {
+        #[stage(reads = [n], writes = [out])]
+        fn $name(n: $($ty)*) -> u64 {
+            *n + 1
+        }
+    };
+}
+
+reader_of_tokens!(plus_one, &u64);
+
+#[stage(reads = [out], writes = [doubled])]
+async fn double(out: &u64) -> u64 {
+    out * 2
+}
+
+/// A pipeline of the stages given as the macro's arguments.
+macro_rules! pipeline_of {
+    ($($stage:path),*) => {
+        pipeline! { $($stage),* }
+    };
+}
+
+/// A user item named like a binding in the expansion of a stage with a resource.
+const r: u8 = 0;
+
+/// What the resource stage adds.
+struct Step(u64);
+
+#[stage(reads = [n], writes = [out])]
+async fn add_step(n: &u64, step: Res<Step>) -> u64 {
+    n + step.0 + u64::from(r)
+}
+
+#[tokio::test]
+async fn stages_and_pipelines_from_a_users_macros_compile_and_run() {
+    let ctx = pipeline_of!(plus_one, double)
+        .invoke(input! { n: 4 })
+        .await
+        .unwrap();
+    assert_eq!((ctx[out], ctx[doubled]), (5, 10));
+}
+
+#[tokio::test]
+async fn a_user_item_named_like_a_generated_binding_changes_nothing() {
+    let ctx = pipeline! { add_step }
+        .with_resource(Step(10))
+        .invoke(input! { n: 1 })
+        .await
+        .unwrap();
+    assert_eq!(ctx[out], 11);
+}
