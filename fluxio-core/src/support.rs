@@ -19,13 +19,25 @@ where
     T: Send + 'static,
 {
     let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(body)).await {
+    // Dropped (the run failed or was dropped) before the pool started it, the body never
+    // starts: a call already running finishes, as blocking code must.
+    let mut task = AbortOnDrop(tokio::task::spawn_blocking(move || span.in_scope(body)));
+    match (&mut task.0).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StageError::new(crate::run::panic_error(
             stage,
             e.into_panic(),
         ))),
         Err(_) => Err(StageError::new(crate::Error::Cancelled)),
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

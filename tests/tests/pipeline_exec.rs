@@ -815,3 +815,48 @@ async fn a_named_runs_mid_run_errors_name_it() {
             .starts_with("run `r-8`: stage `after_route` reads `picked`")
     );
 }
+
+/// How many sync bodies started.
+#[derive(Default)]
+struct Started(std::sync::atomic::AtomicU32);
+
+#[stage(reads = [seed], writes = [a_out])]
+fn occupy_pool_a(seed: &u64, started: Res<Started>) -> u64 {
+    started.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    *seed
+}
+
+#[stage(reads = [seed], writes = [b_out])]
+fn occupy_pool_b(seed: &u64, started: Res<Started>) -> u64 {
+    started.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    *seed
+}
+
+#[stage(reads = [seed], writes = [c_out])]
+async fn fails_soon(seed: &u64) -> Result<u64, StageError> {
+    let _ = seed;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    Err(StageError::msg("failed"))
+}
+
+#[test]
+fn a_sync_stage_waiting_for_the_blocking_pool_never_starts_once_its_run_failed() {
+    // One blocking thread: one of the two sync stages runs, the other waits for it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Arc::new(Started::default());
+    rt.block_on(async {
+        let pipe = pipeline! { parallel { occupy_pool_a, occupy_pool_b, fails_soon } }
+            .with_shared_resource(started.clone());
+        pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    });
+    // Past the running one's end: the waiting one would have started by now.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    drop(rt);
+    assert_eq!(started.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
