@@ -21,8 +21,7 @@ where
     let span = tracing::Span::current();
     // Dropped (the run failed or was dropped) before the pool started it, the body never
     // starts: a call already running finishes, as blocking code must.
-    let mut task = AbortOnDrop(tokio::task::spawn_blocking(move || span.in_scope(body)));
-    match (&mut task.0).await {
+    match AbortOnDrop(tokio::task::spawn_blocking(move || span.in_scope(body))).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StageError::new(crate::run::panic_error(
             stage,
@@ -32,8 +31,19 @@ where
     }
 }
 
-/// A task aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A spawned task's handle, awaited as the handle is, that aborts the task when dropped.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -202,9 +202,20 @@ async fn timed_refund(seed: &u64, refunds: Res<Refunds>, time: Res<RefundTime>) 
 #[derive(Default)]
 struct Refunds(Count);
 
-/// Calls of `fail_once`.
+/// Calls of a stage that fails the first time.
 #[derive(Default)]
 struct Calls(Count);
+
+impl Calls {
+    /// Counts a call: the first fails with `why`, the others give `value`.
+    fn fail_first(&self, why: &'static str, value: u64) -> Result<u64, StageError> {
+        self.0.add();
+        if self.0.get() == 1 {
+            return Err(StageError::msg(why));
+        }
+        Ok(value)
+    }
+}
 
 #[stage(reads = [a_out], writes = [b_out])]
 async fn then_fail(a_out: &u64) -> Result<u64, StageError> {
@@ -284,11 +295,7 @@ async fn pay_after(a_out: &u64, refunds: Res<Refunds>, time: Res<RefundTime>) ->
 
 #[stage(reads = [b_out], writes = [c_out])]
 async fn fail_once(b_out: &u64, calls: Res<Calls>) -> Result<u64, StageError> {
-    calls.0.add();
-    if calls.0.get() == 1 {
-        return Err(StageError::msg("transient"));
-    }
-    Ok(*b_out)
+    calls.fail_first("transient", *b_out)
 }
 
 #[tokio::test(start_paused = true)]
@@ -418,11 +425,7 @@ async fn late_refund(seed: &u64, refunds: Res<Refunds>) {
 
 #[stage(reads = [a_out], writes = [b_out])]
 async fn decline_once(a_out: &u64, calls: Res<Calls>) -> Result<u64, StageError> {
-    calls.0.add();
-    if calls.0.get() == 1 {
-        return Err(StageError::msg("card declined"));
-    }
-    Ok(*a_out)
+    calls.fail_first("card declined", *a_out)
 }
 
 #[tokio::test(start_paused = true)]

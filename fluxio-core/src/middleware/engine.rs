@@ -263,16 +263,7 @@ impl Engine {
     /// How many attempts the call in flight has made (the innermost `Retry`'s count; one
     /// waiting to start is not counted), if one is in flight.
     pub(crate) fn attempts_made(&self) -> Option<u32> {
-        let call = self.0.as_deref()?;
-        if let (Phase::Delegated, Some(rest)) = (call.phase, &call.delegated) {
-            return Some(rest.attempt());
-        }
-        let next = call.attempt();
-        // Waiting for a backoff or a rate-limit token: the attempt has not started.
-        Some(match call.phase {
-            Phase::Backoff | Phase::Limited => next.saturating_sub(1).max(1),
-            _ => next,
-        })
+        Some(self.0.as_deref()?.attempts_made())
     }
 
     /// Starts (when `start`) or advances the stage's call. `stage` is the slot of the
@@ -706,14 +697,8 @@ impl Call {
         let inner_retry = self.frames.as_slice()[depth..]
             .iter()
             .any(|f| matches!(f, Frame::Retry { .. }));
-        match (self.phase, &self.delegated) {
-            (Phase::Delegated, Some(rest)) => site.attempt.set(rest.attempt()),
-            _ if !inner_retry => {}
-            // Waiting for a backoff or a rate-limit token: that attempt has not started.
-            (Phase::Backoff | Phase::Limited, _) => {
-                site.attempt.set(self.attempt().saturating_sub(1).max(1));
-            }
-            _ => site.attempt.set(self.attempt()),
+        if inner_retry || self.phase == Phase::Delegated {
+            site.attempt.set(self.attempts_made());
         }
         self.timer = None;
         self.delegated = None;
@@ -726,6 +711,20 @@ impl Call {
             run_id: None,
             after,
         })))
+    }
+
+    /// How many attempts the call has made (the innermost `Retry`'s count, or the delegated
+    /// chain's; one waiting to start is not counted).
+    fn attempts_made(&self) -> u32 {
+        if let (Phase::Delegated, Some(rest)) = (self.phase, &self.delegated) {
+            return rest.attempt();
+        }
+        let next = self.attempt();
+        // Waiting for a backoff or a rate-limit token: the attempt has not started.
+        match self.phase {
+            Phase::Backoff | Phase::Limited => next.saturating_sub(1).max(1),
+            _ => next,
+        }
     }
 
     /// The attempt of the innermost `Retry` (1 without one).

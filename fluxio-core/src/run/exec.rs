@@ -385,11 +385,11 @@ const PERSISTING: u8 = 4;
 /// Failed; its fallback is running.
 const FALLBACK: u8 = 5;
 
-/// An entry being written: (node, chosen route label, size in bytes, the write).
 /// A parked stage's timer: the node, its timer, and the consumer's time (of a streamed
 /// run) the timer already allows for.
 type Deadline = (u32, Pin<Box<tokio::time::Sleep>>, Duration);
 
+/// An entry being written: (node, chosen route label, size in bytes, the write).
 type PendingEntry = (u32, Option<u32>, usize, BoxFuture<'static, StoreResult<()>>);
 
 /// A durable run's connection to its store.
@@ -415,37 +415,31 @@ pub(crate) struct Durability {
 impl Durability {
     /// Keeps the lease while the run lives (rolling back included): renews it every third
     /// of it. `Err(LockLost)` when another owner holds the run now.
+    /// A failed renewal is tried again a third of the lease later, if the run goes on.
     fn poll_lease(&mut self, cx: &mut Context<'_>) -> Result<()> {
-        let d = self;
-        if d.renewing.is_none() && d.renew_at.as_mut().poll(cx).is_ready() {
-            d.renewing = Some(d.store.renew(&d.run_id, &d.owner, d.lease));
+        if self.renewing.is_none() && self.renew_at.as_mut().poll(cx).is_ready() {
+            self.renewing = Some(self.store.renew(&self.run_id, &self.owner, self.lease));
         }
-        if let Some(renewing) = &mut d.renewing {
-            if let Poll::Ready(r) = renewing.as_mut().poll(cx) {
-                d.renewing = None;
-                match r {
-                    Ok(true) => {
-                        let next = tokio::time::Instant::now() + d.lease / 3;
-                        d.renew_at.as_mut().reset(next);
-                        // Register the new deadline with this task.
-                        let _ = d.renew_at.as_mut().poll(cx);
-                    }
-                    Ok(false) => {
-                        return Err(Error::LockLost {
-                            run_id: d.run_id.to_string(),
-                        });
-                    }
-                    Err(e) => {
-                        // Tried again in a third of the lease, if the run goes on.
-                        let next = tokio::time::Instant::now() + d.lease / 3;
-                        d.renew_at.as_mut().reset(next);
-                        let _ = d.renew_at.as_mut().poll(cx);
-                        return Err(Error::from_store(&d.run_id, "renew", e));
-                    }
-                }
-            }
+        let Some(renewing) = &mut self.renewing else {
+            return Ok(());
+        };
+        let Poll::Ready(renewed) = renewing.as_mut().poll(cx) else {
+            return Ok(());
+        };
+        self.renewing = None;
+        if !matches!(renewed, Ok(false)) {
+            let next = tokio::time::Instant::now() + self.lease / 3;
+            self.renew_at.as_mut().reset(next);
+            // Register the new deadline with this task.
+            let _ = self.renew_at.as_mut().poll(cx);
         }
-        Ok(())
+        match renewed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::LockLost {
+                run_id: self.run_id.to_string(),
+            }),
+            Err(e) => Err(Error::from_store(&self.run_id, "renew", e)),
+        }
     }
 
     pub(crate) fn new(
@@ -493,8 +487,7 @@ struct SchedState {
     state: SmallVec<[u8; 16]>,
     ready: SmallVec<[u32; 16]>,
     running: SmallVec<[u32; 16]>,
-    /// Timers of parked stages with a timeout: the node, its timer, and the consumer's
-    /// time (of a streamed run) the timer already allows for.
+    /// Timers of parked stages with a timeout (and of fallbacks, which have what is left).
     deadlines: Vec<Deadline>,
     /// The timer of the last stage with a fallback that ended while parked: if its fallback
     /// runs, the rest of the stage's time is the fallback's.
@@ -535,10 +528,10 @@ struct RollingBack {
     /// The entries of finished stages still being stored when the run failed: stored
     /// before the run records that it is rolling back, so a resume knows to roll them back.
     saving: Vec<BoxFuture<'static, StoreResult<()>>>,
-    /// A durable run's record that it is rolling back, to be written (`Some(None)`: not
-    /// started yet): no rollback runs before it is stored, so a resume never completes a
-    /// run whose stages were undone.
-    recording: Option<Option<BoxFuture<'static, StoreResult<()>>>>,
+    /// A durable run's record that it is rolling back, being written: no rollback runs
+    /// before it is stored (`Durability::rolling_back`), so a resume never completes a run
+    /// whose stages were undone.
+    recording: Option<BoxFuture<'static, StoreResult<()>>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -605,12 +598,14 @@ impl Scheduler {
         match restored {
             None => sched.ready = sched.plan.roots.iter().rev().copied().collect(),
             Some(mut restored) => {
-                if let Some(error) = restored.rolling_back.take() {
-                    for &(i, _, skipped) in &restored.done {
-                        if sched.plan.nodes[i as usize].has_rollback && !skipped {
-                            sched.rollback_order.push(i);
-                        }
+                // The finished stages' rollbacks, in the order they finished (a skipped
+                // stage did not run: there is nothing to roll back).
+                for &(i, _, skipped) in &restored.done {
+                    if sched.plan.nodes[i as usize].has_rollback && !skipped {
+                        sched.rollback_order.push(i);
                     }
+                }
+                if let Some(error) = restored.rolling_back.take() {
                     // Its status says so already.
                     if let Some(d) = &sched.durable {
                         d.rolling_back.store(true, Ordering::SeqCst);
@@ -625,12 +620,8 @@ impl Scheduler {
                 }
                 // Replay the finished nodes' releases; whatever is left at zero is the
                 // frontier, including unfinished members of a half-done parallel block.
-                for &(i, route, skipped) in &restored.done {
+                for &(i, route, _) in &restored.done {
                     sched.state[i as usize] = DONE;
-                    // A skipped stage did not run: there is nothing to roll back.
-                    if sched.plan.nodes[i as usize].has_rollback && !skipped {
-                        sched.rollback_order.push(i);
-                    }
                     if let Some(l) = route {
                         sched.mark_skipped(i as usize, l as usize);
                     }
@@ -1178,18 +1169,14 @@ impl SchedState {
         }
         let saving = pending.into_iter().map(|(.., save)| save).collect();
         self.cancel_in_flight();
-        self.running.clear();
-        self.fallbacks.clear();
         self.deadlines.clear();
         // The stages' spans end here (the rollbacks are the run's).
         self.spans = None;
-        // A durable run first records that it is rolling back (with the error that made it).
-        let recording = self.durable.as_ref().map(|_| None);
         self.rolling_back = Some(Box::new(RollingBack {
             error: Some(error),
             current: None,
             saving,
-            recording,
+            recording: None,
         }));
     }
 
@@ -1226,7 +1213,10 @@ impl SchedState {
         if !rb.saving.is_empty() {
             return Some(Poll::Pending);
         }
-        if d.entry_lost && rb.recording.is_some() {
+        if d.rolling_back.load(Ordering::SeqCst) {
+            return None;
+        }
+        if d.entry_lost {
             // A stage ran that the checkpoint does not hold: were it rolled back here and
             // the process stopped, no resume would roll it back again. Nothing is undone;
             // the run stays resumable (a resume runs that stage again, as any stage whose
@@ -1235,10 +1225,8 @@ impl SchedState {
             tracing::warn!(error = %failure, "run failed, and a finished stage's checkpoint entry could not be stored: no rollback ran");
             return Some(Poll::Ready(Err(failure)));
         }
-        let Some(recording) = &mut rb.recording else {
-            return None;
-        };
-        let record = recording.get_or_insert_with(|| {
+        // First, the record that it is rolling back (with the error that made it).
+        let record = rb.recording.get_or_insert_with(|| {
             let error = rb.error.as_ref().map(ToString::to_string);
             let save = Save::finish(RunStatus::RollingBack, error.as_deref());
             d.store.save(&d.run_id, &d.owner, save)
@@ -1550,12 +1538,10 @@ where
                     match step(&mut sched, &mut slots, cx, &mut current) {
                         // A run that lost its lock stops as it is: another owner may carry
                         // it on, and its stages' effects with it.
-                        Poll::Ready(Err(e))
-                            if !sched.rollback_order.is_empty()
-                                && !matches!(e, Error::LockLost { .. }) =>
-                        {
-                            sched.start_rollback(e);
-                            cancel_slots_guarded(&sched, &mut slots, cx);
+                        Poll::Ready(Err(e)) => {
+                            if let Some(ended) = fail(&mut sched, &mut slots, cx, e) {
+                                return ended;
+                            }
                         }
                         other => return other,
                     }
@@ -1598,14 +1584,10 @@ where
                         }));
                         match sched.complete(current, Err(panic)) {
                             Ok(()) => continue,
-                            Err(e) if sched.rollback_order.is_empty() => {
-                                return Poll::Ready(Err(e));
-                            }
-                            Err(e) => {
-                                sched.start_rollback(e);
-                                cancel_slots_guarded(&sched, &mut slots, cx);
-                                continue;
-                            }
+                            Err(e) => match fail(&mut sched, &mut slots, cx, e) {
+                                Some(ended) => return ended,
+                                None => continue,
+                            },
                         }
                     }
                     let e = match fallback_of {
@@ -1616,17 +1598,35 @@ where
                     if current != usize::MAX {
                         sched.report_error(current, &e);
                     }
-                    if !sched.rollback_order.is_empty() {
-                        // Undo what finished, then report the panic.
-                        sched.start_rollback(e);
-                        cancel_slots_guarded(&sched, &mut slots, cx);
-                        continue;
+                    // Undo what finished, then report the panic.
+                    match fail(&mut sched, &mut slots, cx, e) {
+                        Some(ended) => return ended,
+                        None => continue,
                     }
-                    return Poll::Ready(Err(e));
                 }
             }
         }
     })
+}
+
+/// The run failed with `e`: it ends with it — after its rollbacks, when finished stages have
+/// some (`None`: they start, the stage futures dropped first). A run that lost its lock stops
+/// as it is: another owner may carry it on, and its stages' effects with it.
+fn fail<S>(
+    sched: &mut SchedState,
+    slots: &mut S,
+    cx: &mut Context<'_>,
+    e: Error,
+) -> Option<Poll<Result<Ctx>>>
+where
+    S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
+{
+    if sched.rollback_order.is_empty() || matches!(e, Error::LockLost { .. }) {
+        return Some(Poll::Ready(Err(e)));
+    }
+    sched.start_rollback(e);
+    cancel_slots_guarded(sched, slots, cx);
+    None
 }
 
 /// Drops every stage future the driver still holds — those running beside the failure, a

@@ -141,7 +141,19 @@ impl<C: Send + 'static> StreamHandle<C> {
                     use tracing::Instrument;
                     let task = rt.spawn(run.in_current_span());
                     self.task = Some(task.abort_handle());
-                    Box::pin(Spawned(task))
+                    // Dropped with the handle, the task is aborted (its stages cancelled).
+                    let task = crate::support::AbortOnDrop(task);
+                    Box::pin(async move {
+                        match task.await {
+                            Ok(out) => out,
+                            // The run catches its stages' panics: this one is the runtime's
+                            // own. Carried on to the consumer, as it would be had the run
+                            // been polled in place.
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            // Cancelled: its runtime shut down.
+                            Err(_) => Err(Error::Cancelled),
+                        }
+                    })
                 }
                 // Outside tokio, the consumer's polls drive it.
                 Err(_) => run,
@@ -186,31 +198,6 @@ impl<C: Send + 'static> StreamHandle<C> {
                 actual: raw.type_name,
             }),
         }
-    }
-}
-
-/// A streamed run on a task of its own: aborted (its stages cancelled) when dropped.
-struct Spawned(tokio::task::JoinHandle<Result<Ctx>>);
-
-impl Future for Spawned {
-    type Output = Result<Ctx>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Ctx>> {
-        match Pin::new(&mut self.0).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(out)) => Poll::Ready(out),
-            // The run catches its stages' panics: this one is the runtime's own. Carried
-            // on to the consumer, as it would be had the run been polled in place.
-            Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: its runtime shut down.
-            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Cancelled)),
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
