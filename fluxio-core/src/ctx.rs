@@ -188,6 +188,7 @@ impl Ctx {
                     return Err(Error::MergeConflict {
                         key: name,
                         stages: [first.clone(), who],
+                        run_id: None,
                     });
                 }
                 let slot = branch

@@ -38,6 +38,8 @@ pub enum Error {
     MissingInput {
         /// The key's name.
         key: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
     },
     /// A key the pipeline reads before any stage writes it was not in the input — and a
     /// stage declared after its first reader writes it (most likely declared too late).
@@ -48,11 +50,15 @@ pub enum Error {
         reader: &'static str,
         /// The later stage that writes it.
         writer: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
     },
     /// A stage needs a `Res<T>` that was not registered with `.with_resource(..)`.
     MissingResource {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The resource's type name.
         type_name: &'static str,
     },
@@ -82,6 +88,8 @@ pub enum Error {
         key: &'static str,
         /// The two writers.
         stages: [String; 2],
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
     },
     /// A resume's input sets a key the run already holds (a resume input only adds keys).
     ResumeInputClash {
@@ -111,6 +119,8 @@ pub enum Error {
     KeyType {
         /// The stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The key's name.
         key: &'static str,
         /// The type the stage reads it as.
@@ -123,11 +133,15 @@ pub enum Error {
         key: &'static str,
         /// The value types of the two keys.
         types: [&'static str; 2],
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
     },
     /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
     ChunkType {
         /// The stream stage's name.
         stage: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
         /// The chunk type asked for.
         expected: &'static str,
         /// The chunk type the stage produces.
@@ -271,23 +285,31 @@ impl std::fmt::Display for Error {
                 "{}stage `{stage}` timed out after {after:?}",
                 run_prefix(run_id)
             ),
-            Error::MissingInput { key } => write!(
+            Error::MissingInput { key, run_id } => write!(
                 f,
-                "missing input `{key}`: the pipeline reads it and no stage writes it before"
+                "{}missing input `{key}`: the pipeline reads it and no stage writes it before",
+                run_prefix(run_id)
             ),
             Error::InputWrittenLater {
                 key,
                 reader,
                 writer,
+                run_id,
             } => write!(
                 f,
-                "missing input `{key}`: stage `{reader}` reads it, and `{writer}`, which writes it, \
+                "{}missing input `{key}`: stage `{reader}` reads it, and `{writer}`, which writes it, \
                 comes after `{reader}` in `pipeline!`; declare `{writer}` first, or pass `{key}` in \
-                the input"
+                the input",
+                run_prefix(run_id)
             ),
-            Error::MissingResource { stage, type_name } => write!(
+            Error::MissingResource {
+                stage,
+                type_name,
+                run_id,
+            } => write!(
                 f,
-                "stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
+                "{}stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
+                run_prefix(run_id),
                 short_type(type_name)
             ),
             Error::UnknownRoute {
@@ -306,9 +328,17 @@ impl std::fmt::Display for Error {
                 "{}stage `{stage}` wrote `{key}`, which is not in its `writes`",
                 run_prefix(run_id)
             ),
-            Error::MergeConflict { key, stages } => {
-                write!(f, "`{}` and `{}` both wrote `{key}`", stages[0], stages[1])
-            }
+            Error::MergeConflict {
+                key,
+                stages,
+                run_id,
+            } => write!(
+                f,
+                "{}`{}` and `{}` both wrote `{key}`",
+                run_prefix(run_id),
+                stages[0],
+                stages[1]
+            ),
             Error::ResumeInputClash { run_id, key } => write!(
                 f,
                 "the resume input of run `{run_id}` sets `{key}`, which the run already holds; a \
@@ -328,16 +358,19 @@ impl std::fmt::Display for Error {
                 stage,
                 key,
                 expected,
+                run_id,
             } => write!(
                 f,
-                "stage `{stage}` reads `{key}` as `{}`, but the context holds another type \
+                "{}stage `{stage}` reads `{key}` as `{}`, but the context holds another type \
                 under that name: are two keys named `{key}`? Key names must be unique in a pipeline",
+                run_prefix(run_id),
                 short_type(expected)
             ),
-            Error::KeyClash { key, types } => write!(
+            Error::KeyClash { key, types, run_id } => write!(
                 f,
-                "two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
+                "{}two keys of the pipeline are named `{key}`, one holding `{}` and one `{}`: key names \
                 must be unique in a pipeline",
+                run_prefix(run_id),
                 distinct_types(types)[0],
                 distinct_types(types)[1]
             ),
@@ -345,9 +378,11 @@ impl std::fmt::Display for Error {
                 stage,
                 expected,
                 actual,
+                run_id,
             } => write!(
                 f,
-                "stage `{stage}` streams `{}` chunks, not `{}`",
+                "{}stage `{stage}` streams `{}` chunks, not `{}`",
+                run_prefix(run_id),
                 short_type(actual),
                 short_type(expected)
             ),
@@ -554,7 +589,14 @@ impl Error {
             | Error::UnknownRoute { run_id, .. }
             | Error::UndeclaredWrite { run_id, .. }
             | Error::CircuitOpen { run_id, .. }
-            | Error::RateLimited { run_id, .. },
+            | Error::RateLimited { run_id, .. }
+            | Error::MissingInput { run_id, .. }
+            | Error::InputWrittenLater { run_id, .. }
+            | Error::MissingResource { run_id, .. }
+            | Error::MergeConflict { run_id, .. }
+            | Error::KeyType { run_id, .. }
+            | Error::KeyClash { run_id, .. }
+            | Error::ChunkType { run_id, .. },
         ) = (id, &mut self)
         {
             if run_id.is_none() {

@@ -741,6 +741,7 @@ fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
             stage,
             key: K::NAME,
             expected: core::any::type_name::<K::Value>(),
+            run_id: None,
         }
     } else {
         Error::MissingKey {

@@ -229,7 +229,11 @@ impl<'a, T> FromRead<'a, Vec<T>> for &'a [T] {
 
 /// The error of a stage call whose resource is missing.
 pub fn missing_resource(stage: &'static str, type_name: &'static str) -> StageError {
-    StageError::new(crate::Error::MissingResource { stage, type_name })
+    StageError::new(crate::Error::MissingResource {
+        stage,
+        type_name,
+        run_id: None,
+    })
 }
 
 /// Compile-time check of two stages of one `parallel` block (called in a `const` item

@@ -72,6 +72,7 @@ impl<S: Stage> StepHarness<S> {
                 return Err(Error::MissingResource {
                     stage: meta.name,
                     type_name: (res.type_name)(),
+                    run_id: None,
                 });
             }
         }
@@ -115,7 +116,7 @@ impl<S: Stage> StepHarness<S> {
         let collect = async move {
             let mut out = Vec::new();
             while let Some(raw) = rx.recv().await {
-                out.push(crate::run::StreamHandle::<C>::convert(raw)?.data);
+                out.push(crate::run::StreamHandle::<C>::convert(raw, None)?.data);
             }
             Ok::<_, Error>(out)
         };

@@ -61,7 +61,11 @@ fn merge_conflict_names_key_and_both_branches() {
         .merge([("load", base.set(k1, 1)), ("enrich", base.set(k1, 1))])
         .unwrap_err();
     match &err {
-        Error::MergeConflict { key, stages } => {
+        Error::MergeConflict {
+            key,
+            stages,
+            run_id: None,
+        } => {
             assert_eq!(*key, "k1");
             assert_eq!(stages, &["load".to_string(), "enrich".to_string()]);
         }

@@ -70,7 +70,7 @@ async fn a_key_only_another_branch_writes_is_an_input() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, fluxio::Error::MissingInput { key: "user" }),
+        matches!(err, fluxio::Error::MissingInput { key: "user", .. }),
         "{err:?}"
     );
     let out = pipe

@@ -298,7 +298,7 @@ async fn missing_input_fails_before_any_stage_runs() {
         .with_resource(Arc::new(Probe::default()));
     let err = pipe.invoke(Ctx::new()).await.unwrap_err();
     assert!(
-        matches!(err, Error::MissingInput { key: "seed" }),
+        matches!(err, Error::MissingInput { key: "seed", .. }),
         "{err:?}"
     );
     assert!(rec.events().is_empty(), "{:?}", rec.events());
@@ -314,7 +314,11 @@ async fn missing_resource_fails_before_any_stage_runs() {
     let pipe = pipeline! { left, stage_a }.with_callback(rec.clone());
     let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
     match err {
-        Error::MissingResource { stage, type_name } => {
+        Error::MissingResource {
+            stage,
+            type_name,
+            run_id: None,
+        } => {
             assert_eq!(stage, "stage_a");
             assert!(type_name.contains("Probe"), "{type_name}");
         }
@@ -628,7 +632,11 @@ async fn two_keys_with_one_name_are_refused_before_any_stage_runs() {
     let pipe = pipeline! { make_number_id, read_text_id };
     let err = pipe.invoke(Ctx::new()).await.unwrap_err();
     match &err {
-        fluxio::Error::KeyClash { key, types } => {
+        fluxio::Error::KeyClash {
+            key,
+            types,
+            run_id: None,
+        } => {
             assert_eq!(*key, "id");
             assert_eq!(*types, ["u64", "alloc::string::String"]);
         }
@@ -715,7 +723,8 @@ async fn a_missing_input_that_a_later_stage_writes_names_both_stages() {
             Error::InputWrittenLater {
                 key: "a_out",
                 reader: "after_a",
-                writer: "stage_a"
+                writer: "stage_a",
+                run_id: None,
             }
         ),
         "{err:?}"
@@ -748,14 +757,14 @@ async fn only_a_writer_that_could_run_first_is_named_for_a_missing_input() {
     let pipe = pipeline! { choose => { "l" => [uses_picked], "r" => [right] } };
     let err = pipe.invoke(input! { label: "l".into() }).await.unwrap_err();
     assert!(
-        matches!(err, Error::MissingInput { key: "picked" }),
+        matches!(err, Error::MissingInput { key: "picked", .. }),
         "{err:?}"
     );
     // `bump_a` writes `a_out` but reads it too: declaring it first would not help.
     let pipe = pipeline! { after_a, bump_a };
     let err = pipe.invoke(Ctx::new()).await.unwrap_err();
     assert!(
-        matches!(err, Error::MissingInput { key: "a_out" }),
+        matches!(err, Error::MissingInput { key: "a_out", .. }),
         "{err:?}"
     );
 }
@@ -859,4 +868,74 @@ fn a_sync_stage_waiting_for_the_blocking_pool_never_starts_once_its_run_failed()
     std::thread::sleep(std::time::Duration::from_millis(600));
     drop(rt);
     assert_eq!(started.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// The run id of an error, for the checks below.
+fn run_id_of(err: &Error) -> Option<&str> {
+    match err {
+        Error::MissingInput { run_id, .. }
+        | Error::InputWrittenLater { run_id, .. }
+        | Error::MissingResource { run_id, .. }
+        | Error::KeyType { run_id, .. }
+        | Error::KeyClash { run_id, .. } => run_id.as_deref(),
+        other => panic!("not a check made before the run: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_checks_before_a_named_run_name_it() {
+    let probe = Arc::new(Probe::default());
+    let cases = [
+        (
+            pipeline! { stage_a, stage_b }.with_resource(probe.clone()),
+            Ctx::new(),
+            "run `order-7`: missing input `seed`",
+        ),
+        (
+            pipeline! { after_a, stage_a }.with_resource(probe.clone()),
+            input! { seed: 1 },
+            "run `order-7`: missing input `a_out`: stage `after_a` reads it",
+        ),
+        (
+            pipeline! { left, stage_a },
+            input! { seed: 1 },
+            "run `order-7`: stage `stage_a` needs resource",
+        ),
+        (
+            pipeline! { counted_first, text_after_a },
+            input! { seed: 1, numbers::id: 7 },
+            "run `order-7`: stage `text_after_a` reads `id` as `String`",
+        ),
+        (
+            pipeline! { make_number_id, read_text_id },
+            Ctx::new(),
+            "run `order-7`: two keys of the pipeline are named `id`",
+        ),
+    ];
+    for (pipe, input, text) in cases {
+        let err = pipe
+            .invoke(input.clone())
+            .run_id("order-7")
+            .await
+            .unwrap_err();
+        assert_eq!(run_id_of(&err), Some("order-7"), "{err:?}");
+        assert!(err.to_string().starts_with(text), "{err}");
+        // Unnamed, they name no run.
+        let err = pipe.invoke(input).await.unwrap_err();
+        assert_eq!(run_id_of(&err), None, "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_durable_run_refused_before_it_starts_names_the_id_it_was_given() {
+    let pipe = pipeline! { stage_a, stage_b }
+        .with_resource(Arc::new(Probe::default()))
+        .with_store(fluxio::store::InMemoryStore::new());
+    let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+    let id = run_id_of(&err).expect("a stored run has an id, to resume it by");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("run `{id}`: missing input `seed`")),
+        "{err}"
+    );
 }

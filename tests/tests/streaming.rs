@@ -129,6 +129,24 @@ async fn asking_for_the_wrong_chunk_type_is_an_error() {
 }
 
 #[tokio::test]
+async fn a_wrong_chunk_type_names_the_run() {
+    let pipe = pipeline! { say };
+    let mut s = pipe
+        .stream::<u32>(input! { words: "a".into() })
+        .run_id("chat-3");
+    let err = s.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::ChunkType { stage: "say", run_id: Some(id), .. } if id == "chat-3"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("run `chat-3`: stage `say` streams `String` chunks, not `u32`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn invoke_drains_stream_stages() {
     let out = pipeline! { say, count_words }
         .invoke(input! { words: "a b".into() })

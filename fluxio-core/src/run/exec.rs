@@ -83,7 +83,7 @@ pub(crate) fn start_run(
         }
         let run = match Scheduler::new(pipe.plan.clone(), input, env, None) {
             Ok(sched) => pipe.start(sched),
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
+            Err(e) => return Box::pin(std::future::ready(Err(e.in_run(run_id.as_deref())))),
         };
         // A stage's failure names the run the caller named.
         let run = match run_id.clone() {
@@ -273,7 +273,11 @@ impl Observers {
 /// Checks what must hold before any stage runs: inputs present, resources registered.
 pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> {
     if let Some((key, types)) = plan.key_clash {
-        return Err(Error::KeyClash { key, types });
+        return Err(Error::KeyClash {
+            key,
+            types,
+            run_id: None,
+        });
     }
     for (i, key) in plan.input_descs.iter().enumerate() {
         if let Some(value) = input.slot(key.name) {
@@ -284,6 +288,7 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
                     stage: plan.input_readers[i],
                     key: key.name,
                     expected: (key.type_name)(),
+                    run_id: None,
                 });
             }
         } else {
@@ -292,8 +297,12 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
                     key: key.name,
                     reader,
                     writer,
+                    run_id: None,
                 },
-                None => Error::MissingInput { key: key.name },
+                None => Error::MissingInput {
+                    key: key.name,
+                    run_id: None,
+                },
             });
         }
     }
@@ -304,6 +313,7 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
                 return Err(Error::MissingResource {
                     stage: node.meta.name,
                     type_name: (res.type_name)(),
+                    run_id: None,
                 });
             }
         }

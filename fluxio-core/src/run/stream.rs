@@ -48,6 +48,8 @@ pub struct StreamHandle<C> {
     consumer: Arc<ConsumerClock>,
     /// When the last chunk was handed out, until the next poll.
     handed_at: Option<tokio::time::Instant>,
+    /// The id the run was given, for the errors the handle makes itself.
+    run_id: Option<String>,
     _chunk: PhantomData<fn() -> C>,
 }
 
@@ -78,6 +80,7 @@ impl<C: Send + 'static> StreamHandle<C> {
             error_yielded: false,
             consumer: Arc::default(),
             handed_at: None,
+            run_id: None,
             _chunk: PhantomData,
         }
     }
@@ -132,6 +135,7 @@ impl<C: Send + 'static> StreamHandle<C> {
     fn started(&mut self) -> Option<&mut RunFuture> {
         if let Some(start) = self.start.take() {
             let (pipe, input, opts, tx) = *start;
+            self.run_id.clone_from(&opts.run_id);
             let chunks = Some((tx, self.consumer.clone()));
             let run = super::exec::start_run(&pipe, input, opts, chunks);
             self.run = Some(match tokio::runtime::Handle::try_current() {
@@ -186,7 +190,8 @@ impl<C: Send + 'static> StreamHandle<C> {
         self.result.take().unwrap_or(Err(Error::Cancelled))
     }
 
-    pub(crate) fn convert(raw: RawChunk) -> Result<Chunk<C>> {
+    /// `raw` as a chunk of `C`s, or [`Error::ChunkType`] naming run `run_id`.
+    pub(crate) fn convert(raw: RawChunk, run_id: Option<&str>) -> Result<Chunk<C>> {
         match raw.data.downcast::<C>() {
             Ok(data) => Ok(Chunk {
                 stage: raw.stage,
@@ -196,6 +201,7 @@ impl<C: Send + 'static> StreamHandle<C> {
                 stage: raw.stage,
                 expected: std::any::type_name::<C>(),
                 actual: raw.type_name,
+                run_id: run_id.map(str::to_string),
             }),
         }
     }
@@ -220,7 +226,7 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
             match rx.poll_recv(cx) {
                 Poll::Ready(Some(raw)) => {
                     this.handed_at = Some(tokio::time::Instant::now());
-                    return Poll::Ready(Some(Self::convert(raw)));
+                    return Poll::Ready(Some(Self::convert(raw, this.run_id.as_deref())));
                 }
                 // Every sender is gone: the run ended and all its chunks were delivered.
                 Poll::Ready(None) => this.rx = None,
