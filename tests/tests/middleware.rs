@@ -218,6 +218,76 @@ async fn circuit_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     assert_eq!(flaky.calls(), 4);
 }
 
+/// An async stage with a bug: it panics on every call (after an await, so on the engine's
+/// path the panic comes out of a poll of its future, not of its creation).
+#[stage(reads = [n], writes = [out])]
+async fn buggy(n: &u64, flaky: Res<Arc<Flaky>>) -> u64 {
+    flaky.calls.fetch_add(1, Ordering::SeqCst);
+    tokio::task::yield_now().await;
+    panic!("bug for input {n}")
+}
+
+/// Notes how each call of the stage inside it ended.
+#[derive(Clone, Default)]
+struct Outcomes(Arc<Mutex<Vec<String>>>);
+
+impl Middleware for Outcomes {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(async move {
+            let out = next.run(call).await;
+            let seen = match &out {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.0.lock().unwrap().push(seen);
+            out
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_stage_counts_as_a_failure_for_the_breaker() {
+    // Built-ins only (the engine's own path), then behind a user's middleware (the chain
+    // as boxed futures): either way the panic is the call's failure.
+    let outcomes = Outcomes::default();
+    for user in [false, true] {
+        let flaky = Flaky::failing(0);
+        let mut pipe = pipeline! { buggy }.with_resource(flaky.clone());
+        if user {
+            pipe = pipe.with_middleware(outcomes.clone());
+        }
+        let pipe =
+            pipe.with_middleware(CircuitBreaker::new(2).reset_after(Duration::from_secs(30)));
+        for _ in 0..2 {
+            let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "stage `buggy` failed: panicked: bug for input 1",
+                "user middleware: {user}"
+            );
+        }
+        let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert!(
+            matches!(err, Error::CircuitOpen { stage: "buggy", .. }),
+            "user middleware: {user}: {err:?}"
+        );
+        assert_eq!(flaky.calls(), 2, "an open circuit does not call the stage");
+    }
+    // The user's middleware saw the panic as the call's error, not an unwind through it.
+    assert_eq!(
+        *outcomes.0.lock().unwrap(),
+        [
+            "panicked: bug for input 1",
+            "panicked: bug for input 1",
+            "circuit open for stage `buggy`: it failed too often; the breaker lets a trial call through in 30s"
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_half_open_trial_opens_the_circuit_again() {
     let flaky = Flaky::failing(3);

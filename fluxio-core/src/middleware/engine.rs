@@ -29,6 +29,7 @@ use super::retry::attempt_span;
 use super::{CircuitBreaker, Clock, Layer, RateLimit, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
+use crate::run::poll_caught;
 use crate::stage::{DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
@@ -414,7 +415,7 @@ impl Call {
                         Poll::Pending
                     } else {
                         let _attempt = self.span.as_ref().map(tracing::Span::enter);
-                        fut.poll(cx)
+                        poll_caught(fut, cx)
                     };
                     let out = match polled {
                         Poll::Ready(out) => out,
@@ -587,7 +588,7 @@ impl Call {
             };
             let polled = {
                 let _attempt = span.map(tracing::Span::enter);
-                fut.poll(cx)
+                poll_caught(fut, cx)
             };
             return match polled {
                 Poll::Ready(out) => {

@@ -106,7 +106,8 @@ impl std::fmt::Debug for Next<'_> {
 
 impl<'a> Next<'a> {
     /// Calls the rest of the chain (and so, eventually, the stage). Can be called again for
-    /// another attempt.
+    /// another attempt. A stage that panics ends the call with an error (`panicked:
+    /// <message>`), not with an unwind through the middleware.
     pub fn run(&self, call: StageCall<'a>) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         let this = *self;
         this.attempt.store(call.attempt, Ordering::Relaxed);
@@ -124,7 +125,11 @@ impl<'a> Next<'a> {
                     checked_answer(call.meta, out, reached.load(Ordering::Relaxed))
                 }
                 Some((first, rest)) => first.handle(call, Next { rest, ..this }).await,
-                None => this.stage.call(call.ctx, this.env).await,
+                None => {
+                    // A panic is the call's failure, seen by the middleware outside.
+                    let mut fut = this.stage.call(call.ctx, this.env);
+                    std::future::poll_fn(|cx| crate::run::poll_caught(fut.as_mut(), cx)).await
+                }
             };
             if out.is_ok() {
                 this.reached.store(true, Ordering::Relaxed);

@@ -325,6 +325,21 @@ pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + 
     panic_message(payload).into_run_error(stage)
 }
 
+/// Polls a stage's future inside the middleware, a panic becoming the call's error: the
+/// middleware outside sees the call fail — a `CircuitBreaker` counts it, a `Retry` does not
+/// retry it, a `Cache` does not keep it — and the run gets the error as it would the panic
+/// (the stage's fallback, if any, runs).
+pub(crate) fn poll_caught<F>(
+    fut: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<std::result::Result<StageOutput, StageError>>
+where
+    F: Future<Output = std::result::Result<StageOutput, StageError>> + ?Sized,
+{
+    std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx)))
+        .unwrap_or_else(|payload| Poll::Ready(Err(panic_message(payload))))
+}
+
 /// A panic as the error of what panicked.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> StageError {
     StageError::new(Panicked(panic_text(&*payload).to_string()))

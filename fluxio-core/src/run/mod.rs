@@ -19,7 +19,7 @@ use crate::store::CheckpointStore;
 pub use durable::CtxDiff;
 use exec::RunOptions;
 pub use exec::{Op, RunFuture, Scheduler, drive};
-pub(crate) use exec::{is_panic, panic_error, panic_text, run_id_of, unique_token};
+pub(crate) use exec::{is_panic, panic_error, panic_text, poll_caught, run_id_of, unique_token};
 
 /// How a pipeline runs a scheduler: `pipeline!` generates one that keeps every stage
 /// future in place; pipelines built at run time box them.
