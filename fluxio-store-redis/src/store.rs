@@ -292,6 +292,26 @@ fn backend(operation: &'static str) -> impl FnOnce(RedisError) -> StoreError {
     move |source| Error::Redis { operation, source }.into_store(operation)
 }
 
+/// Maps a Redis error during `operation` on run `run_id`: a key of the run holding another
+/// type than the store writes (`WRONGTYPE`) is a corrupt record, which no retry mends.
+fn run_error(operation: &'static str, run_id: &str, source: RedisError) -> StoreError {
+    // Alone (a script), or one command of a transaction (a load).
+    let wrong_type = source
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "WRONGTYPE"));
+    if wrong_type {
+        return StoreError::Corrupt {
+            run_id: run_id.to_string(),
+            reason: format!(
+                "a key of the run holds another Redis type than the store writes (the server \
+                 said: {source}): something else wrote under the store's key prefix"
+            ),
+        };
+    }
+    backend(operation)(source)
+}
+
 fn unexpected(operation: &'static str, reply: i64) -> StoreError {
     Error::UnexpectedReply {
         operation,
@@ -391,7 +411,10 @@ impl CheckpointStore for RedisStore {
         let mut conn = self.conn.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            let reply: i64 = request.send(&mut conn).await.map_err(backend("save"))?;
+            let reply: i64 = request
+                .send(&mut conn)
+                .await
+                .map_err(|e| run_error("save", &run_id, e))?;
             match reply {
                 scripts::OK => Ok(()),
                 scripts::LOCK_LOST => Err(StoreError::LockLost { run_id }),
@@ -415,8 +438,10 @@ impl CheckpointStore for RedisStore {
         let mut conn = self.conn.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) =
-                request.send(&mut conn).await.map_err(backend("load"))?;
+            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = request
+                .send(&mut conn)
+                .await
+                .map_err(|e| run_error("load", &run_id, e))?;
             parse_run(&run_id, meta, entries).map_err(|e| e.into_store("load"))
         })
     }

@@ -343,17 +343,6 @@ async fn without_ttl_finished_runs_are_kept() {
     assert_eq!(pttl(&mut conn, &keys.entries).await, -1);
 }
 
-fn backend_message(result: Result<Option<fluxio_core::store::StoredRun>, StoreError>) -> String {
-    match result {
-        Err(
-            e @ StoreError::Backend {
-                operation: "load", ..
-            },
-        ) => e.to_string(),
-        other => panic!("expected a Backend error during load, got {other:?}"),
-    }
-}
-
 /// The reason of a `Corrupt` load (a record the store did not write: not to be retried).
 fn corrupt_reason(
     run: &str,
@@ -388,10 +377,25 @@ async fn damaged_meta_is_a_corrupt_checkpoint() {
     let reason = corrupt_reason(run, store.load(run).await);
     assert!(reason.contains("not UTF-8"), "{reason}");
 
-    // Another type under the meta key: the server's error (WRONGTYPE), a Backend error.
+    // Another type under a key of the run (the server says WRONGTYPE): corrupt too, not a
+    // Backend error to retry — loading, and saving (its scripts touch the same keys).
     let () = conn.del(&keys.meta).await.unwrap();
     let () = conn.set(&keys.meta, "not a hash").await.unwrap();
-    backend_message(store.load(run).await);
+    let reason = corrupt_reason(run, store.load(run).await);
+    assert!(reason.contains("another Redis type"), "{reason}");
+    let () = conn.del(&keys.meta).await.unwrap();
+    store.save(run, "me", start()).await.unwrap();
+    let () = conn.del(&keys.entries).await.unwrap();
+    let () = conn.set(&keys.entries, "not a list").await.unwrap();
+    let reason = corrupt_reason(run, store.load(run).await);
+    assert!(reason.contains("another Redis type"), "{reason}");
+    let saved = store.save(run, "me", Save::Entry(b"entry".to_vec())).await;
+    match saved {
+        Err(StoreError::Corrupt { run_id, reason }) if run_id == run => {
+            assert!(reason.contains("another Redis type"), "{reason}")
+        }
+        other => panic!("expected a corrupt checkpoint of `{run}`, got {other:?}"),
+    }
 }
 
 #[tokio::test]
