@@ -23,6 +23,19 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return out;
         }
     };
+    if let Some(syn::FnArg::Receiver(receiver)) = item.sig.inputs.first() {
+        // A method, most likely inside an `impl`: a stage value cannot be declared there,
+        // so the method is left as it is, with this error alone.
+        let e = syn::Error::new_spanned(
+            receiver,
+            "`#[stage]` goes on a free function, not a method: a stage cannot take `self`; \
+             move it out of the `impl` and pass what it used from `self` as a resource \
+             (a `Res<T>` parameter, registered with `.with_resource(..)`)",
+        );
+        let mut out = e.to_compile_error();
+        out.extend(quote::ToTokens::into_token_stream(item));
+        return out;
+    }
     let args: parse::StageArgs = match syn::parse2(args) {
         Ok(args) => args,
         Err(e) => return expand::fallback(&item, None, e),

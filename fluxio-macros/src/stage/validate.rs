@@ -274,10 +274,8 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
     let mut params = Vec::new();
     for input in &item.sig.inputs {
         let arg = match input {
-            FnArg::Receiver(r) => {
-                cx.error_spanned_by(r, "a stage function cannot take `self`");
-                continue;
-            }
+            // Refused before validation (a method is left as it is).
+            FnArg::Receiver(_) => continue,
             FnArg::Typed(arg) => arg,
         };
         let ident = match &*arg.pat {
