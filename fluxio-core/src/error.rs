@@ -247,6 +247,12 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
+    /// `replay` of a run that stopped while rolling back (status `rolling_back`): a replay
+    /// would drop the rollbacks still to run. `resume` it first: it finishes them.
+    RollbackPending {
+        /// The run.
+        run_id: String,
+    },
     /// A checkpoint store could not be set up (opened, connected, migrated): the store's
     /// own error, so that `SqliteStore::open(..).await?` and `RedisStore::connect(..).await?`
     /// work in a function returning `fluxio::Result`.
@@ -260,7 +266,9 @@ pub enum Error {
         operation: &'static str,
     },
     /// A run id is missing where one is needed (`.resume()` without `.run_id(..)`), or
-    /// empty; or a streamed run was given one (or `.resume()`) after it had started.
+    /// empty; or a streamed run was given one (or `.resume()`) after it had started; or
+    /// `.allow_version_change()` was asked without `.resume()` (the run would have started
+    /// afresh).
     BadRunId {
         /// What is wrong, and what to do.
         reason: &'static str,
@@ -460,6 +468,11 @@ impl std::fmt::Display for Error {
                 f,
                 "run `{run_id}` was rolled back after it failed; start it fresh"
             ),
+            Error::RollbackPending { run_id } => write!(
+                f,
+                "run `{run_id}` stopped while rolling back: replaying it would drop the rollbacks \
+                still to run; resume it first, which finishes them"
+            ),
             Error::StoreSetup { source } => {
                 write!(f, "setting up the checkpoint store failed: {source}")
             }
@@ -574,6 +587,7 @@ impl Error {
                 | Error::StoreSetup { .. }
                 | Error::NoStore { .. }
                 | Error::RolledBack { .. }
+                | Error::RollbackPending { .. }
                 | Error::BadRunId { .. }
         )
     }

@@ -987,6 +987,24 @@ async fn a_resume_without_a_run_id_or_an_empty_id_is_refused_saying_so() {
     }
     assert_eq!(probe.count("sa"), 0);
     assert!(store.load("").await.unwrap().is_none());
+
+    // Allowing a version change means resuming: alone, it would start the run afresh.
+    pipe.invoke(input! { seed: 1 })
+        .run_id("kept-as-is")
+        .await
+        .unwrap();
+    let before = stored(&store, "kept-as-is").await;
+    let calls = probe.count("sa");
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("kept-as-is")
+        .allow_version_change()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRunId { .. }), "{err:?}");
+    assert!(err.to_string().contains("add `.resume()`"), "{err}");
+    assert_eq!(probe.count("sa"), calls, "no stage ran");
+    assert_eq!(stored(&store, "kept-as-is").await, before);
 }
 
 #[tokio::test]

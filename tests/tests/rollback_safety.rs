@@ -335,6 +335,25 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
         stored.error
     );
 
+    // A replay would start it afresh and drop the rollbacks still to run: refused, and the
+    // run is left as it was.
+    let replayed = pipe.replay("dropped").await;
+    assert!(
+        matches!(&replayed, Err(Error::RollbackPending { run_id }) if run_id == "dropped"),
+        "{:?}",
+        replayed.map(|c| c[c_out])
+    );
+    assert!(
+        replayed
+            .unwrap_err()
+            .to_string()
+            .contains("resume it first"),
+        "says what to do"
+    );
+    assert_eq!(refunds.0.get(), 1);
+    let stored = store.load("dropped").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::RollingBack);
+
     // The resume does not complete the run over the refunded payment: it runs the rollbacks
     // again (they are at least once, like stages) and refuses as for a rolled-back run.
     let resumed = pipe.resume("dropped").await;

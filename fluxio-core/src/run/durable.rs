@@ -742,6 +742,11 @@ pub(crate) async fn stored_input(
     run_id: &str,
 ) -> Result<Ctx> {
     let stored = load(store, run_id).await?;
+    if stored.status == RunStatus::RollingBack {
+        return Err(Error::RollbackPending {
+            run_id: run_id.to_string(),
+        });
+    }
     let (ctx, _) = header_values(plan, run_id, &stored.header, Reading::of(plan, &stored))?;
     Ok(ctx)
 }

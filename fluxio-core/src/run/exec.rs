@@ -164,6 +164,12 @@ fn run_id_problem(opts: &RunOptions) -> Option<&'static str> {
         None if opts.resume => Some(
             "`resume` continues a stored run and needs its id: add `.run_id(id)` (or call `pipe.resume(id)`)",
         ),
+        // Ignored, it would start the run afresh: its finished stages again, its checkpoint
+        // replaced — what the caller meant to avoid.
+        _ if opts.allow_version_change && !opts.resume => Some(
+            "`allow_version_change` applies to a resume: add `.resume()` (or call `pipe.resume(id)`); \
+             without it the run would start afresh and run its finished stages again",
+        ),
         _ => None,
     }
 }

@@ -154,7 +154,9 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
-    /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint), or the run's own error.
+    /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint),
+    /// [`Error::RollbackPending`](crate::Error::RollbackPending) for a run stopped while
+    /// rolling back (resume it first), or the run's own error.
     pub async fn replay(&self, run_id: &str) -> Result<Ctx> {
         let store = self.store.clone().ok_or(crate::Error::NoStore {
             operation: "replay",
@@ -360,6 +362,8 @@ impl<'p> Invoke<'p> {
 
     /// With `.resume()`: accept a checkpoint written by another version of the pipeline.
     /// For operators who know the change is compatible; it is logged (`tracing` warning).
+    /// Without `.resume()` the run fails with [`Error::BadRunId`](crate::Error::BadRunId)
+    /// before it starts (it would have started afresh, its finished stages again).
     pub fn allow_version_change(mut self) -> Self {
         self.opts.allow_version_change = true;
         self
