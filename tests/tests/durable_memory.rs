@@ -1114,3 +1114,57 @@ async fn a_new_stage_that_would_overwrite_a_finished_stages_value_is_refused() {
         "{err:?}"
     );
 }
+
+mod self_describing {
+    use super::*;
+
+    fluxio::keys! {
+        pub doc: serde_json::Value;
+        pub summary: String;
+    }
+
+    #[stage(reads = [seed], writes = [doc])]
+    async fn make_doc(seed: &u64) -> serde_json::Value {
+        serde_json::json!({ "seed": seed })
+    }
+
+    #[stage(reads = [doc], writes = [summary])]
+    async fn summarize(doc: &serde_json::Value) -> String {
+        doc.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_key_type_a_checkpoint_cannot_read_back_fails_the_run_at_its_first_write() {
+        // bincode cannot decode a `serde_json::Value` (it needs `deserialize_any`): stored,
+        // the run could never be resumed. It fails where the value is first written, naming
+        // the key and what to do, and the checkpoint holds no entry that cannot be read.
+        let store = InMemoryStore::new();
+        let pipe = pipeline! { make_doc, summarize }.with_store(store.clone());
+        let err = pipe
+            .invoke(input! { seed: 7 })
+            .run_id("json")
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Encode {
+                run_id,
+                key,
+                reason,
+            } => {
+                assert_eq!((run_id.as_str(), *key), ("json", "doc"));
+                assert!(
+                    reason.contains("cannot be read back") && reason.contains("deserialize_any"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Encode, got {other:?}"),
+        }
+        assert!(stored(&store, "json").await.entries.is_empty());
+        // Without a store nothing is encoded: the pipeline runs.
+        let out = pipeline! { make_doc, summarize }
+            .invoke(input! { seed: 7 })
+            .await
+            .unwrap();
+        assert_eq!(out[summary], r#"{"seed":7}"#);
+    }
+}
