@@ -63,7 +63,7 @@ impl KeyDesc {
             name,
             type_name: core::any::type_name::<V>,
             type_id: core::any::TypeId::of::<V>,
-            encode: crate::store::format::encode_key_value::<V>,
+            encode: crate::store::format::encode_value::<V>,
             hash: crate::store::format::hash_value::<V>,
             decode: crate::store::format::decode_value::<V>,
         }

@@ -167,6 +167,39 @@ async fn cache_reuses_results_for_the_same_reads_until_the_ttl() {
     );
 }
 
+mod json_reads {
+    use super::*;
+
+    fluxio::keys! {
+        pub query: serde_json::Value;
+        pub answer: u64;
+    }
+
+    #[stage(reads = [query], writes = [answer])]
+    async fn lookup(query: &serde_json::Value, flaky: Res<Arc<Flaky>>) -> Result<u64, StageError> {
+        flaky.call()?;
+        Ok(query["id"].as_u64().unwrap_or(0))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn equal_reads_of_a_type_checkpoints_cannot_hold_are_still_one_cache_entry() {
+        // `serde_json::Value` cannot be read back from a checkpoint, but it encodes: two equal
+        // values (other allocations) are the same read for the cache.
+        let flaky = Flaky::failing(0);
+        let pipe = pipeline! { lookup }
+            .with_resource(flaky.clone())
+            .with_middleware(Cache::ttl(Duration::from_secs(60)));
+        for _ in 0..2 {
+            let out = pipe
+                .invoke(input! { query: serde_json::json!({ "id": 4 }) })
+                .await
+                .unwrap();
+            assert_eq!(out[answer], 4);
+        }
+        assert_eq!(flaky.calls(), 1, "the second call was a hit");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn cache_is_bounded() {
     let flaky = Flaky::failing(0);

@@ -87,13 +87,34 @@ fn find_key(plan: &Plan, name: &str) -> Option<KeyDesc> {
 
 /// Encodes one context value for a checkpoint: `(key name, bytes)`.
 pub(crate) fn encode_slot(desc: &KeyDesc, value: &Slot, run_id: &str) -> Result<(String, Vec<u8>)> {
-    let mut bytes = Vec::new();
-    (desc.encode)(&**value, &mut bytes).map_err(|reason| Error::Encode {
+    let encode_error = |reason| Error::Encode {
         run_id: run_id.to_string(),
         key: desc.name,
         reason,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    (desc.encode)(&**value, &mut bytes).map_err(encode_error)?;
+    reads_back(desc, &bytes).map_err(encode_error)?;
     Ok((desc.name.to_string(), bytes))
+}
+
+/// Whether a checkpoint can read back what `desc` encoded (`bytes`), checked on the first
+/// value of each key type on this thread: a type bincode cannot decode — one that needs
+/// `deserialize_any`, such as `serde_json::Value` — fails the run at its first write, not
+/// every resume of its checkpoint later. Per thread, so that no lock is shared on the path
+/// of every write.
+fn reads_back(desc: &KeyDesc, bytes: &[u8]) -> std::result::Result<(), String> {
+    thread_local! {
+        static CHECKED: std::cell::RefCell<rustc_hash::FxHashSet<std::any::TypeId>> =
+            std::cell::RefCell::default();
+    }
+    let id = (desc.type_id)();
+    if CHECKED.with_borrow(|checked| checked.contains(&id)) {
+        return Ok(());
+    }
+    (desc.decode)(bytes)?;
+    CHECKED.with_borrow_mut(|checked| checked.insert(id));
+    Ok(())
 }
 
 /// Maps the failure of encoding a whole record (`what` names it in the error).

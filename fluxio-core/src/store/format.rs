@@ -65,48 +65,20 @@ pub fn encode_value<V: Serialize + 'static>(
         .map_err(|e| e.to_string())
 }
 
-/// [`encode_value`], and for the first value of each type in the process, a check that the
-/// bytes decode back (the `encode` of a [`KeyDesc`](crate::KeyDesc)): a type bincode cannot
-/// read — one that needs `deserialize_any`, such as `serde_json::Value` — fails the run at
-/// its first write, not every resume of its checkpoint later.
-pub(crate) fn encode_key_value<V>(value: &AnyValue, out: &mut Vec<u8>) -> Result<(), String>
-where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    let start = out.len();
-    encode_value::<V>(value, out)?;
-    let id = std::any::TypeId::of::<V>();
-    if CHECKED.read().is_ok_and(|set| set.contains(&id)) {
-        return Ok(());
-    }
-    if let Err(e) = decode_value::<V>(&out[start..]) {
-        out.truncate(start);
-        return Err(e);
-    }
-    if let Ok(mut set) = CHECKED.write() {
-        set.insert(id);
-    }
-    Ok(())
-}
-
-/// The value types whose encoding was seen to decode back.
-static CHECKED: std::sync::RwLock<rustc_hash::FxHashSet<std::any::TypeId>> = std::sync::RwLock::new(
-    rustc_hash::FxHashSet::with_hasher(rustc_hash::FxBuildHasher),
-);
-
-/// A decoding error, explained when it is bincode's refusal of a self-describing type.
-fn decode_error<V>(e: impl std::fmt::Display + std::fmt::Debug) -> String {
-    let text = format!("{e:?}");
-    if text.contains("AnyNotSupported") {
-        return format!(
+/// A decoding error, explained when it is bincode's refusal of a type that needs
+/// `deserialize_any` (its encoding is not self-describing).
+fn decode_error<V>(e: bincode::error::DecodeError) -> String {
+    use bincode::serde::DecodeError::{AnyNotSupported, IgnoredAnyNotSupported};
+    match e {
+        bincode::error::DecodeError::Serde(AnyNotSupported | IgnoredAnyNotSupported) => format!(
             "values of `{}` cannot be read back from a checkpoint: the checkpoint encoding \
              (bincode) cannot decode a type that needs `deserialize_any` — `serde_json::Value`, \
              `#[serde(untagged)]`, `#[serde(flatten)]`, internally tagged enums; give the key a \
              concrete type, or keep such a value as a `String` ({e})",
             std::any::type_name::<V>()
-        );
+        ),
+        e => e.to_string(),
     }
-    e.to_string()
 }
 
 /// Feeds the encoding [`encode_value`] would append to `state`, write by write, without
