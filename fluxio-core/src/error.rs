@@ -247,8 +247,11 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
-    /// `replay` of a run that stopped while rolling back (status `rolling_back`): a replay
-    /// would drop the rollbacks still to run. `resume` it first: it finishes them.
+    /// A fresh `invoke` (or a `replay`) under the id of a run that stopped while rolling
+    /// back (status `rolling_back`): starting it afresh would drop the rollbacks still to
+    /// run — a refund never made, say. Nothing was written. `resume` it first: it finishes
+    /// them (and the run ends `rolled_back`, which a fresh start may replace). To drop the
+    /// rollbacks on purpose, `delete` the run from the store first.
     RollbackPending {
         /// The run.
         run_id: String,
@@ -470,8 +473,8 @@ impl std::fmt::Display for Error {
             ),
             Error::RollbackPending { run_id } => write!(
                 f,
-                "run `{run_id}` stopped while rolling back: replaying it would drop the rollbacks \
-                still to run; resume it first, which finishes them"
+                "run `{run_id}` stopped while rolling back: starting or replaying it afresh \
+                would drop the rollbacks still to run; resume it first, which finishes them"
             ),
             Error::StoreSetup { source } => {
                 write!(f, "setting up the checkpoint store failed: {source}")
@@ -633,6 +636,9 @@ impl Error {
             crate::store::StoreError::Corrupt { run_id, reason } => {
                 Error::CorruptCheckpoint { run_id, reason }
             }
+            crate::store::StoreError::RollbackPending { .. } => Error::RollbackPending {
+                run_id: run_id.to_string(),
+            },
             crate::store::StoreError::Backend {
                 operation: op,
                 source,

@@ -21,15 +21,24 @@ pub(crate) const LOCK_LOST: i64 = 0;
 /// A `save` script found no start record for the run, and wrote nothing.
 pub(crate) const NOT_STARTED: i64 = -1;
 
-/// `Save::Start` and `Save::Rewrite`: `ARGV = [owner, version, header, entry...]`. Replaces
-/// whatever the run held (its meta and entries, and with them any TTL of a finished run)
-/// with the new meta and the entries given (a rewrite's; none for a start), a few hundred
-/// per `RPUSH` to stay within Lua's argument limits.
+/// A `Save::Start` found the run rolling back, and wrote nothing.
+pub(crate) const ROLLBACK_PENDING: i64 = -2;
+
+/// `Save::Start` and `Save::Rewrite`: `ARGV = [owner, version, header, start, entry...]`,
+/// `start` being `'1'` for a start and `'0'` for a rewrite. Replaces whatever the run held
+/// (its meta and entries, and with them any TTL of a finished run) with the new meta and
+/// the entries given (a rewrite's; none for a start), a few hundred per `RPUSH` to stay
+/// within Lua's argument limits — except that a start leaves a run rolling back as it is
+/// ([`ROLLBACK_PENDING`]). A meta that is not a hash is replaced.
 pub(crate) const SAVE_START: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' and redis.call('TYPE', KEYS[2]).ok == 'hash'
+    and redis.call('HGET', KEYS[2], 'status') == 'rolling_back' then
+  return -2
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'status', 'running', 'header', ARGV[3])
-for i = 4, #ARGV, 500 do
+for i = 5, #ARGV, 500 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 499, #ARGV)))
 end
 return 1

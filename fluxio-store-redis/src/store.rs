@@ -371,7 +371,7 @@ impl CheckpointStore for RedisStore {
             Save::Start { version, header } => {
                 let script = &SCRIPTS.save_start;
                 let mut cmd = Request::script(script, &script_keys);
-                cmd.arg(owner).arg(version).arg(header.as_slice());
+                cmd.arg(owner).arg(version).arg(header.as_slice()).arg("1");
                 Request::Script(script, cmd)
             }
             Save::Rewrite {
@@ -381,7 +381,7 @@ impl CheckpointStore for RedisStore {
             } => {
                 let script = &SCRIPTS.save_start;
                 let mut cmd = Request::script(script, &script_keys);
-                cmd.arg(owner).arg(version).arg(header.as_slice());
+                cmd.arg(owner).arg(version).arg(header.as_slice()).arg("0");
                 for entry in &entries {
                     cmd.arg(entry.as_slice());
                 }
@@ -418,6 +418,7 @@ impl CheckpointStore for RedisStore {
             match reply {
                 scripts::OK => Ok(()),
                 scripts::LOCK_LOST => Err(StoreError::LockLost { run_id }),
+                scripts::ROLLBACK_PENDING => Err(StoreError::RollbackPending { run_id }),
                 scripts::NOT_STARTED => Err(Error::NotStarted { run_id }.into_store("save")),
                 other => Err(unexpected("save", other)),
             }

@@ -75,6 +75,8 @@ pub(crate) enum Outcome {
 pub(crate) enum Failure {
     /// The owner does not hold the lock of this run (or it expired): nothing was written.
     LockLost(String),
+    /// A start of a run that is rolling back: nothing was written.
+    RollbackPending(String),
     /// Anything else.
     Error(Error),
 }
@@ -281,11 +283,14 @@ const APPEND_ENTRY: &str = "INSERT INTO entries (run_id, seq, bytes)
                    WHERE run_id = ?1 AND owner = ?3 AND expires_at_ms > ?4)
        AND EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)";
 
+/// `?5`: whether a run rolling back is replaced too (a rewrite) or left as it is (a start:
+/// then no row changes).
 const START_RUN: &str = "INSERT INTO runs (run_id, version, status, error, header, updated_at_ms)
      VALUES (?1, ?2, 'running', NULL, ?3, ?4)
      ON CONFLICT (run_id) DO UPDATE SET
          version = excluded.version, status = 'running', error = NULL,
-         header = excluded.header, updated_at_ms = excluded.updated_at_ms";
+         header = excluded.header, updated_at_ms = excluded.updated_at_ms
+     WHERE ?5 OR runs.status <> 'rolling_back'";
 
 const FINISH_RUN: &str = "UPDATE runs SET status = ?2, error = ?3, updated_at_ms = ?4
      WHERE run_id = ?1
@@ -362,27 +367,32 @@ async fn start(
     keep: bool,
     now: i64,
 ) -> Result<Reply, sqlx::Error> {
-    let (version, header, entries) = match save {
-        Save::Start { version, header } => (version, header, &mut [][..]),
+    let (version, header, entries, rewrite) = match save {
+        Save::Start { version, header } => (version, header, &mut [][..], false),
         Save::Rewrite {
             version,
             header,
             entries,
-        } => (version, header, &mut entries[..]),
+        } => (version, header, &mut entries[..], true),
         Save::Entry(_) | Save::Finish { .. } => unreachable!("`apply` passes start records only"),
     };
     if !holds(conn, run_id, owner, now).await? {
         return Ok(Err(Failure::LockLost(run_id.to_string())));
     }
-    sqlx::query("DELETE FROM entries WHERE run_id = ?1")
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(START_RUN)
+    // The run's row first: a start it refuses (the run is rolling back) leaves the entries.
+    let started = sqlx::query(START_RUN)
         .bind(run_id)
         .bind(version.as_str())
         .bind(bytes(header, keep))
         .bind(now)
+        .bind(rewrite)
+        .execute(&mut *conn)
+        .await?;
+    if started.rows_affected() == 0 {
+        return Ok(Err(Failure::RollbackPending(run_id.to_string())));
+    }
+    sqlx::query("DELETE FROM entries WHERE run_id = ?1")
+        .bind(run_id)
         .execute(&mut *conn)
         .await?;
     for (seq, entry) in entries.iter_mut().enumerate() {

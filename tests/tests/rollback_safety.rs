@@ -353,6 +353,16 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
     assert_eq!(refunds.0.get(), 1);
     let stored = store.load("dropped").await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::RollingBack);
+    // So would a fresh invoke under its id: refused before any stage runs, the run left as
+    // it was.
+    let fresh = pipe.invoke(input! { seed: 2 }).run_id("dropped").await;
+    assert!(
+        matches!(&fresh, Err(Error::RollbackPending { run_id }) if run_id == "dropped"),
+        "{:?}",
+        fresh.map(|c| c[c_out])
+    );
+    assert_eq!(store.load("dropped").await.unwrap().unwrap(), stored);
+    assert_eq!((refunds.0.get(), unreserved.0.get()), (1, 0));
 
     // The resume does not complete the run over the refunded payment: it runs the rollbacks
     // again (they are at least once, like stages) and refuses as for a rolled-back run.
@@ -370,6 +380,9 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
         pipe.resume("dropped").await,
         Err(Error::RolledBack { .. })
     ));
+    // Rolled back, it may be started afresh.
+    let fresh = pipe.invoke(input! { seed: 3 }).run_id("dropped").await;
+    assert_eq!(fresh.map(|c| c[c_out]).ok(), Some(3));
 }
 
 // ---- No rollback runs unless the store recorded that the run is rolling back ----

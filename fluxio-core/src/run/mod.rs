@@ -341,7 +341,9 @@ impl std::fmt::Debug for Invoke<'_> {
 
 impl<'p> Invoke<'p> {
     /// Names the run. In a durable pipeline the id keys the checkpoint: a run with the id
-    /// of a stored run starts fresh (the old checkpoint is replaced) unless `.resume()`.
+    /// of a stored run starts fresh (the old checkpoint is replaced) unless `.resume()` —
+    /// except a run stopped while rolling back, which is kept and the call refused with
+    /// [`Error::RollbackPending`](crate::Error::RollbackPending) (resume it first).
     pub fn run_id(mut self, id: impl Into<String>) -> Self {
         self.opts.run_id = Some(id.into());
         self

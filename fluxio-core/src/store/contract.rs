@@ -132,14 +132,20 @@ impl Scoped {
         Box::pin(async move {
             fut.await.map_err(|e| match e {
                 StoreError::LockLost { run_id } => StoreError::LockLost {
-                    run_id: run_id
-                        .strip_suffix(&suffix)
-                        .map_or(run_id.clone(), str::to_string),
+                    run_id: unscoped(&run_id, &suffix),
+                },
+                StoreError::RollbackPending { run_id } => StoreError::RollbackPending {
+                    run_id: unscoped(&run_id, &suffix),
                 },
                 other => other,
             })
         })
     }
+}
+
+/// `run_id` without the suffix a check's store added to it.
+fn unscoped(run_id: &str, suffix: &str) -> String {
+    run_id.strip_suffix(suffix).unwrap_or(run_id).to_string()
 }
 
 /// Every check of the contract.
@@ -194,6 +200,7 @@ checks!(
     load_of_a_missing_run_is_none,
     start_replaces_an_old_run,
     rewrite_replaces_a_run_with_its_entries,
+    start_of_a_run_rolling_back_is_refused,
     entries_keep_their_order_and_bytes,
     runs_do_not_mix_their_entries,
     concurrent_entries_are_all_kept,
@@ -406,6 +413,43 @@ async fn start_replaces_an_old_run(s: &dyn CheckpointStore) -> Outcome {
         load(s, r).await?.entries,
         vec![b"e2".to_vec()],
         "entries after the second start"
+    );
+    Ok(())
+}
+
+async fn start_of_a_run_rolling_back_is_refused(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-rolling-back";
+    failed_run(s, r).await?;
+    ok(
+        s.save(r, "a", Save::finish(RunStatus::RollingBack, Some("x")))
+            .await,
+        "finish as rolling back",
+    )?;
+    let before = load(s, r).await?;
+    match s.save(r, "a", Save::start("v2", b"new")).await {
+        Err(StoreError::RollbackPending { run_id }) if run_id == r => {}
+        other => {
+            return Err(format!(
+                "a start of a run rolling back: expected RollbackPending for `{r}`, got {other:?}"
+            ));
+        }
+    }
+    same!(
+        load(s, r).await?,
+        before,
+        "a run rolling back after a refused start"
+    );
+    // Once its rollbacks ended, a start replaces it as any other.
+    ok(
+        s.save(r, "a", Save::finish(RunStatus::RolledBack, Some("x")))
+            .await,
+        "finish as rolled back",
+    )?;
+    ok(s.save(r, "a", Save::start("v2", b"new")).await, "start")?;
+    same!(
+        (load(s, r).await?.status, load(s, r).await?.entries.len()),
+        (RunStatus::Running, 0),
+        "a rolled-back run after a start"
     );
     Ok(())
 }
@@ -980,6 +1024,6 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(checks().len(), 18);
+        assert_eq!(checks().len(), 19);
     }
 }

@@ -73,6 +73,15 @@ impl CheckpointStore for InMemoryStore {
             }
             match save {
                 Save::Start { version, header } => {
+                    if inner
+                        .runs
+                        .get(run_id)
+                        .is_some_and(|run| run.status == RunStatus::RollingBack)
+                    {
+                        return Err(StoreError::RollbackPending {
+                            run_id: run_id.to_string(),
+                        });
+                    }
                     inner
                         .runs
                         .insert(run_id.to_string(), started(version, header, Vec::new()));

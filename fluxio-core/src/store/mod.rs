@@ -51,6 +51,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `Save::Start` refused because the run stopped while rolling back (status
+    /// [`RunStatus::RollingBack`]): starting it afresh would drop the rollbacks still to
+    /// run. Nothing was written. A resume finishes them; `delete` the run first to start it
+    /// afresh anyway.
+    #[error("run `{run_id}` is rolling back: a start would drop the rollbacks still to run")]
+    RollbackPending {
+        /// The run.
+        run_id: String,
+    },
     /// The backend failed.
     #[error("{operation} failed: {source}")]
     Backend {
@@ -120,7 +129,8 @@ impl RunStatus {
 /// One write to a run's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Save {
-    /// A fresh start: replaces anything stored for the run.
+    /// A fresh start: replaces anything stored for the run, unless the run is rolling back
+    /// (then the store refuses it with [`StoreError::RollbackPending`]).
     Start {
         /// The pipeline's version.
         version: String,
@@ -213,8 +223,10 @@ pub struct StoredRun {
 /// took the lock yet; a `save` without the lock fails the same way. Stores check the owner
 /// in the same atomic step as the write, and check it before anything else.
 ///
-/// Records: a `Start` replaces whatever the run had (entries, status, error); a `Rewrite`
-/// does the same and stores its entries in the same atomic step. An `Entry` or
+/// Records: a `Start` replaces whatever the run had (entries, status, error) — except a run
+/// stopped while rolling back: its start fails with [`StoreError::RollbackPending`] and
+/// writes nothing (checked in the same atomic step as the write); a `Rewrite` replaces
+/// whatever the run had, whatever its status, and stores its entries in the same atomic step. An `Entry` or
 /// `Finish` for a run with no start record (never started, or deleted) fails with
 /// [`StoreError::Backend`] of operation `"save"` and writes nothing. An `Entry` after a
 /// `Finish` is kept and leaves the status as it was; a `Finish` sets status and error as
