@@ -80,6 +80,47 @@ fn escape_run_id(run_id: &str) -> Cow<'_, str> {
     }
 }
 
+/// The run id of the meta key `key` (`<escaped prefix>:{<tag>}:meta`), or `None` when it
+/// is not one: [`escape_run_id`] undone.
+pub(crate) fn run_id_of_meta(escaped_prefix: &str, key: &str) -> Option<String> {
+    let tag = key
+        .strip_prefix(escaped_prefix)?
+        .strip_prefix(":{")?
+        .strip_suffix("}:meta")?;
+    if tag == "%" {
+        return Some(String::new());
+    }
+    let mut out = String::with_capacity(tag.len());
+    let mut rest = tag;
+    while let Some(at) = rest.find(['%', '{', '}']) {
+        out.push_str(&rest[..at]);
+        let c = match rest.get(at..at + 3)? {
+            "%25" => '%',
+            "%7B" => '{',
+            "%7D" => '}',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The `SCAN MATCH` pattern of every meta key under `escaped_prefix`: the prefix with the
+/// glob's special characters backslash-escaped.
+pub(crate) fn meta_pattern(escaped_prefix: &str) -> String {
+    let mut out = String::with_capacity(escaped_prefix.len() + 12);
+    for c in escaped_prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push_str(":{*}:meta");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +154,22 @@ mod tests {
     #[test]
     fn empty_run_id_has_a_non_empty_tag() {
         assert_eq!(RunKeys::new("p", "").meta, "p:{%}:meta");
+    }
+
+    #[test]
+    fn meta_keys_give_back_their_run_ids() {
+        for id in ["", "a", "%", "{x}", "a%7Bb", "}{%", "pay:42", "é{ü}"] {
+            let prefix = escape("p{r}e*");
+            let keys = RunKeys::new(&prefix, id);
+            assert_eq!(
+                run_id_of_meta(&prefix, &keys.meta).as_deref(),
+                Some(id),
+                "{id:?}"
+            );
+            assert_eq!(run_id_of_meta(&prefix, &keys.lock), None);
+        }
+        assert_eq!(run_id_of_meta("p", "p:{a%7}:meta"), None);
+        assert_eq!(run_id_of_meta("p", "q:{a}:meta"), None);
+        assert_eq!(meta_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\:{*}:meta");
     }
 }

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fluxio_core::store::{
-    BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun,
+    BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Script};
 
 use crate::error::{Error, Result, redact_url};
-use crate::keys::{DEFAULT_KEY_PREFIX, RunKeys, escape};
+use crate::keys::{self, DEFAULT_KEY_PREFIX, RunKeys, escape};
 use crate::scripts::{self, SCRIPTS};
 
 /// How long one attempt to open a connection may take, in [`RedisStore::default_config`].
@@ -497,6 +497,72 @@ impl CheckpointStore for RedisStore {
         lock_call("renew", Request::Script(script, cmd), self.conn.clone())
     }
 
+    /// `SCAN`s the keys under the store's prefix for the runs' meta hashes (`TYPE hash`,
+    /// Redis 6 or later), then reads each one's version and status and whether its lock
+    /// exists, a thousand at a time. On a Redis Cluster it sees the keys of the node it is
+    /// connected to only.
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        let pattern = keys::meta_pattern(&self.key_prefix);
+        let prefix = self.key_prefix.clone();
+        let statuses = statuses.to_vec();
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let mut cursor: u64 = 0;
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("TYPE")
+                    .arg("hash");
+                let (next, found): (u64, Vec<String>) = Request::Cmd(scan)
+                    .send(&mut conn)
+                    .await
+                    .map_err(backend("list_runs"))?;
+                // SCAN may return a key twice.
+                let runs: Vec<(String, String)> = found
+                    .into_iter()
+                    .filter_map(|meta| Some((keys::run_id_of_meta(&prefix, &meta)?, meta)))
+                    .filter(|(run_id, _)| seen.insert(run_id.clone()))
+                    .collect();
+                if !runs.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (run_id, meta) in &runs {
+                        let lock = RunKeys::new(&prefix, run_id).lock;
+                        pipe.cmd("HMGET")
+                            .arg(meta)
+                            .arg("version")
+                            .arg("status")
+                            .cmd("EXISTS")
+                            .arg(lock);
+                    }
+                    let replies: Vec<redis::Value> = Request::Pipe(pipe)
+                        .send(&mut conn)
+                        .await
+                        .map_err(backend("list_runs"))?;
+                    for ((run_id, _), pair) in runs.into_iter().zip(replies.chunks(2)) {
+                        if let Some(run) = listing(run_id, pair)? {
+                            if statuses.is_empty() || statuses.contains(&run.status) {
+                                out.push(run);
+                            }
+                        }
+                    }
+                }
+                if next == 0 {
+                    return Ok(out);
+                }
+                cursor = next;
+            }
+        })
+    }
+
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
         let keys = self.run_keys(run_id);
         let script = &SCRIPTS.release;
@@ -505,6 +571,33 @@ impl CheckpointStore for RedisStore {
         let released = lock_call("release", Request::Script(script, cmd), self.conn.clone());
         Box::pin(async move { released.await.map(|_| ()) })
     }
+}
+
+/// The listing of `run_id` from its replies to `HMGET meta version status` and
+/// `EXISTS lock`: `None` when the run was deleted since the scan found it.
+fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunListing>> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        run_id: run_id.clone(),
+        reason,
+    };
+    let [fields, locked] = replies else {
+        return Err(unexpected("list_runs", replies.len() as i64));
+    };
+    let (version, status): (Option<String>, Option<String>) =
+        redis::from_redis_value_ref(fields).map_err(|e| corrupt(format!("its meta: {e}")))?;
+    let locked: bool =
+        redis::from_redis_value_ref(locked).map_err(|e| corrupt(format!("its lock: {e}")))?;
+    let (version, status) = match (version, status) {
+        (None, None) => return Ok(None),
+        (Some(v), Some(s)) => (v, s),
+        (v, _) => {
+            let field = if v.is_none() { "version" } else { "status" };
+            return Err(corrupt(format!("its meta has no `{field}`")));
+        }
+    };
+    let status =
+        RunStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status `{status}`")))?;
+    Ok(Some(RunListing::new(run_id, version, status, locked)))
 }
 
 /// Runs a lock script answering 1 (true) or 0 (false).

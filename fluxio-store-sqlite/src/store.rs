@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fluxio_core::store::{
-    BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun,
+    BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer};
+use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer, now_ms};
 use crate::{Error, SqliteOptions, schema};
 
 /// How many writes may wait for the writer task before callers wait to queue theirs.
@@ -295,6 +295,36 @@ impl Inner {
         }))
     }
 
+    /// The runs with one of `statuses` (all when empty), with whether their lock is held.
+    async fn list_runs(&self, statuses: &[RunStatus]) -> Result<Vec<RunListing>, Error> {
+        let mut sql = String::from(
+            "SELECT r.run_id, r.version, r.status, EXISTS (SELECT 1 FROM locks l
+                 WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
+             FROM runs r",
+        );
+        if !statuses.is_empty() {
+            let places: Vec<String> = (0..statuses.len()).map(|i| format!("?{}", i + 2)).collect();
+            sql.push_str(&format!(" WHERE r.status IN ({})", places.join(", ")));
+        }
+        // Built from placeholders only: no value is spliced into the text.
+        let mut query =
+            sqlx::query_as::<_, (String, String, String, bool)>(sqlx::AssertSqlSafe(sql))
+                .bind(now_ms());
+        for status in statuses {
+            query = query.bind(status.as_str());
+        }
+        let rows = query.fetch_all(&self.reads).await?;
+        rows.into_iter()
+            .map(|(run_id, version, status, locked)| {
+                let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
+                    run_id: run_id.clone(),
+                    status,
+                })?;
+                Ok(RunListing::new(run_id, version, status, locked))
+            })
+            .collect()
+    }
+
     async fn exists(&self, run_id: &str) -> Result<bool, Error> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)")
@@ -343,6 +373,25 @@ impl CheckpointStore for SqliteStore {
             run_id: run_id.to_string(),
         };
         Box::pin(async move { inner.write("delete", op).await })
+    }
+
+    /// Reads the `runs` table (its `status` index when `statuses` are given) and the
+    /// `locks` table, from the read pool: it does not wait for the writer.
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        let inner = self.inner.clone();
+        let statuses = statuses.to_vec();
+        Box::pin(async move {
+            inner.list_runs(&statuses).await.map_err(|e| match e {
+                Error::UnknownStatus { run_id, status } => StoreError::Corrupt {
+                    run_id,
+                    reason: format!("unknown status `{status}` in the database"),
+                },
+                e => StoreError::backend("list_runs", e),
+            })
+        })
     }
 
     fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {

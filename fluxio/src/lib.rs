@@ -114,8 +114,8 @@ pub use fluxio_macros::{keys, pipeline, stage};
 /// and `RedisStore` (feature `redis`) join it when their feature is on.
 pub mod store {
     pub use fluxio_core::store::{
-        BoxError, BoxFuture, CheckpointStore, ForwardStore, InMemoryStore, RunStatus, Save,
-        StoreError, StoreResult, StoredRun, contract, format,
+        BoxError, BoxFuture, CheckpointStore, ForwardStore, InMemoryStore, RunListing, RunStatus,
+        Save, StoreError, StoreResult, StoredRun, contract, format,
     };
 
     #[cfg(feature = "sqlite")]

@@ -115,3 +115,84 @@ async fn interrupted_runs_are_picked_up() {
     assert!(error.contains("no such order"), "{error}");
     assert_eq!(jobs.outcome("job-3"), Some(Outcome::Done("order 3".into())));
 }
+
+/// Holds [`held_label`] and [`held_note`] until it has permits (each call uses one up).
+struct Gate(tokio::sync::Semaphore);
+
+#[stage(reads = [order_id], writes = [label])]
+async fn held_label(order_id: &u64, gate: Res<Gate>) -> Result<String, StageError> {
+    gate.0.acquire().await?.forget();
+    Ok(format!("order {order_id}"))
+}
+
+fluxio::keys! {
+    /// A note on the order, written by another pipeline.
+    pub order_note: String;
+}
+
+#[stage(reads = [label], writes = [order_note])]
+async fn held_note(label: &String, gate: Res<Gate>) -> Result<String, StageError> {
+    gate.0.acquire().await?.forget();
+    Ok(format!("{label}!"))
+}
+
+async fn recover_abandoned_runs(
+    pipe: &Pipeline,
+    store: &dyn fluxio::store::CheckpointStore,
+) -> anyhow::Result<()> {
+    use fluxio::store::{RunListing, RunStatus};
+    // snippet: operations.md 2
+    let listed = store.list_runs(&[RunStatus::Running, RunStatus::RollingBack]).await?;
+    for run in listed.into_iter().filter(RunListing::is_abandoned) {
+        if run.version != pipe.version() {
+            // Another pipeline sharing the store, or another build: leave it to its own sweep.
+            continue;
+        }
+        match pipe.resume(&run.run_id).await {
+            Ok(_) => {}                                      // carried on to its end
+            Err(fluxio::Error::RolledBack { .. }) => {}      // it was rolling back: finished that
+            Err(fluxio::Error::RunIdInUse { .. }) => {}      // another instance took it first
+            Err(e) => tracing::warn!(run_id = %run.run_id, error = %e, "could not recover"),
+        }
+    }
+    // end snippet
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandoned_runs_are_found_and_recovered() {
+    use std::future::IntoFuture;
+    use std::time::Duration;
+
+    use fluxio::store::{CheckpointStore, RunStatus};
+
+    let store = InMemoryStore::new();
+    let gate = std::sync::Arc::new(Gate(tokio::sync::Semaphore::new(0)));
+    let pipe = pipeline! { held_label }
+        .with_shared_resource(gate.clone())
+        .with_store(store.clone());
+    let other = pipeline! { make_label, held_note }
+        .with_shared_resource(gate.clone())
+        .with_store(store.clone());
+    // A run that completed; then, with the gate shut, a run of this pipeline and one of
+    // another whose invokes are dropped while a stage waits (their locks are given back).
+    gate.0.add_permits(1);
+    pipe.invoke(input! { order_id: 1 }).run_id("done").await.unwrap();
+    for (p, id) in [(&pipe, "dropped"), (&other, "other")] {
+        let run = p.invoke(input! { order_id: 2 }).run_id(id).into_future();
+        assert!(tokio::time::timeout(Duration::from_secs(1), run).await.is_err());
+    }
+    // The background releases of the dropped runs' locks.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+
+    gate.0.add_permits(10);
+    recover_abandoned_runs(&pipe, &store).await.unwrap();
+
+    let status = async |id: &str| store.load(id).await.unwrap().unwrap().status;
+    assert_eq!(status("dropped").await, RunStatus::Completed);
+    assert_eq!(status("done").await, RunStatus::Completed);
+    // Another pipeline's run is left for its own sweep.
+    assert_eq!(status("other").await, RunStatus::Running);
+}

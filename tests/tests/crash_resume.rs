@@ -115,6 +115,46 @@ fn crash_and_resume(backend: Vec<String>, dir: &Path) {
     }
 }
 
+/// Two runs killed mid-stage and one that completed: once the dead worker's lease ran out,
+/// a new process lists the abandoned runs (and only those) and resumes them to the end.
+fn recover_abandoned_runs(backend: Vec<String>, dir: &Path) {
+    let expected = run_to_end(&backend, "fresh", "done", &dir.join("done.log"));
+    for id in ["lost-a", "lost-b"] {
+        run_and_kill(&backend, id, &dir.join(format!("{id}.log")), 2);
+    }
+    // A run whose lock is still held is live, not abandoned: wait out the lease (1 s).
+    std::thread::sleep(Duration::from_millis(1_300));
+    let out = worker(&backend, "recover", "-", &dir.join("recover.log"))
+        .output()
+        .expect("start the worker");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "recover failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("RECOVERED lost-a {expected}"),
+            format!("RECOVERED lost-b {expected}"),
+        ],
+        "the abandoned runs, resumed; the completed one left alone"
+    );
+    // The stages the dead worker finished did not run again.
+    assert_eq!(
+        log_lines(&dir.join("recover.log")),
+        ["step2", "step3", "step4", "step5", "step6"].repeat(2)
+    );
+    // Nothing is left to recover.
+    let again = worker(&backend, "recover", "-", &dir.join("again.log"))
+        .output()
+        .expect("start the worker");
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "");
+}
+
 /// Two processes sharing a store: while one runs `shared`, the other is refused with
 /// `RunIdInUse` (worker exit code 3) and the first finishes undisturbed.
 fn two_processes_one_run_id(backend: Vec<String>, dir: &Path) {
@@ -149,6 +189,24 @@ fn sqlite_runs_resume_in_a_new_process_after_sigkill() {
     let dir = scratch("sqlite");
     let db = dir.join("runs.db");
     crash_and_resume(vec!["sqlite".into(), db.display().to_string()], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sqlite_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
+    let dir = scratch("sqlite-recover");
+    let db = dir.join("runs.db");
+    recover_abandoned_runs(vec!["sqlite".into(), db.display().to_string()], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn redis_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
+    let Some(url) = redis_url() else { return };
+    let dir = scratch("redis-recover");
+    let prefix = fluxio_testkit::unique_prefix("recover");
+    recover_abandoned_runs(vec!["redis".into(), url.clone(), prefix.clone()], &dir);
+    cleanup_redis(&url, &prefix);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

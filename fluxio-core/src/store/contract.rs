@@ -28,7 +28,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun};
+use super::{
+    BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
+};
 
 /// One property of the contract.
 pub struct Check {
@@ -119,6 +121,24 @@ impl CheckpointStore for Scoped {
     }
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
         self.forward(self.inner.release(&self.id(run_id), owner))
+    }
+    /// Only this check's runs (the store may hold others'), under the ids the check used.
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        let suffix = self.suffix.clone();
+        let listed = self.forward(self.inner.list_runs(statuses));
+        Box::pin(async move {
+            Ok(listed
+                .await?
+                .into_iter()
+                .filter_map(|mut run| {
+                    run.run_id = run.run_id.strip_suffix(&suffix)?.to_string();
+                    Some(run)
+                })
+                .collect())
+        })
     }
 }
 
@@ -214,6 +234,7 @@ checks!(
     release_frees_only_the_owners_lock,
     delete_removes_the_checkpoint_but_not_the_lock,
     run_ids_are_independent,
+    list_runs_finds_runs_by_status_with_their_lock,
 );
 
 /// A lease no check outlives.
@@ -926,6 +947,95 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
     Ok(())
 }
 
+async fn list_runs_finds_runs_by_status_with_their_lock(s: &dyn CheckpointStore) -> Outcome {
+    let listed = |statuses: &'static [RunStatus]| async move {
+        let mut runs = ok(s.list_runs(statuses).await, "list_runs")?;
+        runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok::<_, String>(runs)
+    };
+    same!(listed(&[]).await?, vec![], "a listing before any run");
+    // `live`: running, locked. `left`: running, its lock released. `failed`: failed,
+    // locked. `undoing`: rolling back, its lease run out. Ids with braces and a percent
+    // sign, as keys that escape them must give them back.
+    let (live, left, failed, undoing) = (
+        "contract-list-live",
+        "contract-list-{left}",
+        "contract-list-failed%",
+        "contract-list-undoing",
+    );
+    for (r, version) in [(live, "v1"), (left, "v2"), (failed, "v1"), (undoing, "v1")] {
+        let lease = if r == undoing { SHORT } else { LONG };
+        acquire(s, r, "a", lease).await?;
+        ok(s.save(r, "a", Save::start(version, b"in")).await, "start")?;
+    }
+    ok(
+        s.save(failed, "a", Save::finish(RunStatus::Failed, Some("x")))
+            .await,
+        "finish",
+    )?;
+    ok(
+        s.save(
+            undoing,
+            "a",
+            Save::finish(RunStatus::RollingBack, Some("x")),
+        )
+        .await,
+        "finish",
+    )?;
+    ok(s.release(left, "a").await, "release")?;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+
+    let run =
+        |id: &str, version: &str, status, locked| RunListing::new(id, version, status, locked);
+    same!(
+        listed(&[RunStatus::Running, RunStatus::RollingBack]).await?,
+        vec![
+            run(failed, "v1", RunStatus::Failed, true),
+            run(live, "v1", RunStatus::Running, true),
+            run(undoing, "v1", RunStatus::RollingBack, false),
+            run(left, "v2", RunStatus::Running, false),
+        ]
+        .into_iter()
+        .filter(|r| r.status != RunStatus::Failed)
+        .collect::<Vec<_>>(),
+        "the running and rolling-back runs"
+    );
+    same!(
+        listed(&[RunStatus::Failed]).await?,
+        vec![run(failed, "v1", RunStatus::Failed, true)],
+        "the failed runs"
+    );
+    same!(
+        listed(&[]).await?.len(),
+        4,
+        "runs listed with no status given (all of them)"
+    );
+    same!(
+        listed(&[RunStatus::Completed]).await?,
+        vec![],
+        "the completed runs"
+    );
+    let abandoned: Vec<String> = listed(&[])
+        .await?
+        .into_iter()
+        .filter(RunListing::is_abandoned)
+        .map(|r| r.run_id)
+        .collect();
+    same!(
+        abandoned,
+        vec![undoing.to_string(), left.to_string()],
+        "the abandoned runs"
+    );
+    // A deleted run is not listed.
+    ok(s.delete(left).await, "delete")?;
+    same!(
+        listed(&[RunStatus::Running]).await?.len(),
+        1,
+        "running runs after one was deleted"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1024,6 +1134,6 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(checks().len(), 19);
+        assert_eq!(checks().len(), 20);
     }
 }

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use super::{BoxFuture, CheckpointStore, Save, StoreResult, StoredRun};
+use super::{BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreResult, StoredRun};
 
 /// A store that hands every call to another store ([`target`](Self::target)) except the
 /// ones it overrides: the base for a decorator around a store — metrics, logging, or a
-/// fault a test injects — without writing out all seven forwarding methods.
+/// fault a test injects — without writing out every forwarding method.
 ///
 /// Every type implementing `ForwardStore` is a [`CheckpointStore`]. Both traits name their
 /// methods alike: call them through `CheckpointStore` (or a `dyn CheckpointStore`, as the
@@ -87,6 +87,13 @@ pub trait ForwardStore: Send + Sync + 'static {
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
         self.target().release(run_id, owner)
     }
+    /// [`CheckpointStore::list_runs`]; forwarded unless overridden.
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        self.target().list_runs(statuses)
+    }
 }
 
 impl<T: ForwardStore> CheckpointStore for T {
@@ -126,5 +133,11 @@ impl<T: ForwardStore> CheckpointStore for T {
 
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
         ForwardStore::release(self, run_id, owner)
+    }
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        ForwardStore::list_runs(self, statuses)
     }
 }

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, CheckpointStore, RunStatus, Save, StoreError, StoreResult, StoredRun};
+use super::{
+    BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -170,6 +172,24 @@ impl CheckpointStore for InMemoryStore {
             } else {
                 false
             }
+        })))
+    }
+
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        ready(Ok(self.with(|inner| {
+            let now = Instant::now();
+            inner
+                .runs
+                .iter()
+                .filter(|(_, run)| statuses.is_empty() || statuses.contains(&run.status))
+                .map(|(id, run)| {
+                    let locked = inner.locks.get(id).is_some_and(|(_, until)| *until > now);
+                    RunListing::new(id.clone(), run.version.clone(), run.status, locked)
+                })
+                .collect()
         })))
     }
 

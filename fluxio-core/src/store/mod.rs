@@ -206,6 +206,48 @@ pub struct StoredRun {
     pub entries: Vec<Vec<u8>>,
 }
 
+/// One run a store holds, as [`CheckpointStore::list_runs`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunListing {
+    /// The run's id.
+    pub run_id: String,
+    /// The pipeline version the run started with (resuming it under another version takes
+    /// `.allow_version_change()`).
+    pub version: String,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// Whether an owner holds the run's lock now (a live invoke or resume, its lease not run
+    /// out). A run `running` or `rolling_back` that is not locked was left by a process that
+    /// stopped, or an invoke that was dropped: nothing will carry it on but a resume.
+    pub locked: bool,
+}
+
+impl RunListing {
+    /// A listing of `run_id` (for stores outside this crate: the struct is
+    /// `#[non_exhaustive]`).
+    pub fn new(
+        run_id: impl Into<String>,
+        version: impl Into<String>,
+        status: RunStatus,
+        locked: bool,
+    ) -> Self {
+        RunListing {
+            run_id: run_id.into(),
+            version: version.into(),
+            status,
+            locked,
+        }
+    }
+
+    /// Whether the run was left unfinished by a process that stopped: `running` or
+    /// `rolling_back`, and nobody holds its lock. Resume it to carry it on (or finish its
+    /// rollbacks), or `delete` it.
+    pub fn is_abandoned(&self) -> bool {
+        matches!(self.status, RunStatus::Running | RunStatus::RollingBack) && !self.locked
+    }
+}
+
 /// Where durable runs keep their checkpoints.
 ///
 /// Implementations: [`InMemoryStore`] (this crate), `SqliteStore` (crate
@@ -263,4 +305,23 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
     /// Releases `owner`'s lock (nothing happens if another owner holds it).
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// The runs the store holds whose status is one of `statuses` (every run when
+    /// `statuses` is empty), in no particular order: how a service finds the runs a
+    /// crashed process left behind, to resume them —
+    /// [`RunListing::is_abandoned`] tells them apart from live ones.
+    ///
+    /// A listing reads every run's record (or every key, on Redis): call it at start-up or
+    /// from a periodic sweep, not per request. The default method fails with
+    /// [`StoreError::Backend`] of operation `"list_runs"`, for stores written before it.
+    fn list_runs(
+        &self,
+        statuses: &[RunStatus],
+    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+        let _ = statuses;
+        Box::pin(std::future::ready(Err(StoreError::backend(
+            "list_runs",
+            "this store cannot list its runs",
+        ))))
+    }
 }

@@ -1,7 +1,10 @@
 //! A durable pipeline in its own process, for the crash-and-resume tests: the tests kill it
 //! with SIGKILL mid-run and start it again with `resume`.
 //!
-//! `crash_worker <sqlite PATH | redis URL PREFIX> <fresh | resume> RUN_ID LOG_FILE`
+//! `crash_worker <sqlite PATH | redis URL PREFIX> <fresh | resume | recover> RUN_ID LOG_FILE`
+//!
+//! `recover` ignores RUN_ID: it lists the store's abandoned runs (running or rolling back,
+//! nobody holding their lock) and resumes each, printing `RECOVERED <id> RESULT ...`.
 //!
 //! Every stage appends its name to LOG_FILE (flushed to disk) when it starts, so the log
 //! survives the kill and counts executions. At the end the worker prints
@@ -11,6 +14,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use fluxio::prelude::*;
+use fluxio::store::{RunListing, RunStatus};
 
 fluxio::keys! {
     /// The run's input.
@@ -88,7 +92,7 @@ async fn step6(v5: &u64, seed: &u64, log: Res<Log>) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: crash_worker <sqlite PATH | redis URL PREFIX> <fresh | resume> RUN_ID LOG_FILE"
+        "usage: crash_worker <sqlite PATH | redis URL PREFIX> <fresh | resume | recover> RUN_ID LOG_FILE"
     );
     std::process::exit(2)
 }
@@ -117,19 +121,35 @@ async fn main() {
     let (mode, run_id, log) = (&rest[0], &rest[1], &rest[2]);
     let pipe = pipeline! { step1, step2, step3, step4, step5, step6 }
         .with_resource(Log(log.into()))
-        .with_shared_store(store)
+        .with_shared_store(store.clone())
         // A killed worker's lock expires a second later; the tests wait that long.
         .with_lease(Duration::from_secs(1));
     let result = match mode.as_str() {
         "fresh" => pipe.invoke(input! { seed: 5 }).run_id(run_id.clone()).await,
         "resume" => pipe.resume(run_id.clone()).await,
+        "recover" => {
+            let listed = store
+                .list_runs(&[RunStatus::Running, RunStatus::RollingBack])
+                .await
+                .expect("list the runs");
+            let mut abandoned: Vec<String> = listed
+                .into_iter()
+                .filter(RunListing::is_abandoned)
+                .map(|run| run.run_id)
+                .collect();
+            abandoned.sort();
+            for id in abandoned {
+                match pipe.resume(id.clone()).await {
+                    Ok(ctx) => println!("RECOVERED {id} {}", result_line(&ctx)),
+                    Err(e) => println!("FAILED {id} {e}"),
+                }
+            }
+            return;
+        }
         _ => usage(),
     };
     match result {
-        Ok(ctx) => println!(
-            "RESULT seed={};v1={};v2={};v3={};v4={};v5={};v6={}",
-            ctx[seed], ctx[v1], ctx[v2], ctx[v3], ctx[v4], ctx[v5], ctx[v6]
-        ),
+        Ok(ctx) => println!("{}", result_line(&ctx)),
         Err(e @ fluxio::Error::RunIdInUse { .. }) => {
             eprintln!("run failed: {e}");
             std::process::exit(3);
@@ -139,4 +159,12 @@ async fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `RESULT key=value;...` for the final context.
+fn result_line(ctx: &Ctx) -> String {
+    format!(
+        "RESULT seed={};v1={};v2={};v3={};v4={};v5={};v6={}",
+        ctx[seed], ctx[v1], ctx[v2], ctx[v3], ctx[v4], ctx[v5], ctx[v6]
+    )
 }
