@@ -7,7 +7,6 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::access::Access;
@@ -338,7 +337,7 @@ pub(crate) struct RawChunk {
 pub struct ChunkSink {
     tx: Option<tokio::sync::mpsc::Sender<RawChunk>>,
     hooks: Option<Arc<ChunkHooks>>,
-    /// When the run is streamed: the time its consumer has held it up.
+    /// When the run is streamed: the time its consumer has held each stream stage up.
     consumer: Option<Arc<ConsumerClock>>,
 }
 
@@ -348,22 +347,84 @@ pub(crate) struct ChunkHooks {
     pub(crate) run_id: Arc<str>,
 }
 
-/// How long the consumer of a streamed run has held it up: a streamed run advances only
-/// while its handle is polled, so from the moment the handle hands out a chunk until it is
-/// polled again, no stage of the run moves — that time is the consumer's. Timeouts do not
-/// count it (a slow reader is not a stage failing).
+/// How long the consumer of a streamed run has held each stream stage up: the time the
+/// stage's `send`s waited for room in the chunk buffer (the consumer more than a buffer's
+/// worth behind), counting a wait still going on. Timeouts leave it out (a slow reader is
+/// not a stage failing); a stage that is not waiting for room — working, or hung on
+/// something else — gets no credit, however slowly the consumer reads what it already has.
 #[derive(Debug, Default)]
-pub(crate) struct ConsumerClock(AtomicU64);
+pub(crate) struct ConsumerClock(std::sync::Mutex<Vec<Held>>);
+
+/// The waits of the stage (of the name) `stage`.
+#[derive(Debug)]
+struct Held {
+    stage: &'static str,
+    /// The waits that ended.
+    total: Duration,
+    /// How many sends wait now (calls of a stage of the name in nested pipelines may
+    /// overlap), and since when the first of them has.
+    waiting: u32,
+    since: tokio::time::Instant,
+}
 
 impl ConsumerClock {
-    /// Adds the time since `since` (when the handle handed out a chunk).
-    pub(crate) fn add_since(&self, since: tokio::time::Instant) {
-        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+    fn with<T>(&self, stage: &'static str, f: impl FnOnce(&mut Held) -> T) -> T {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match all.iter().position(|h| h.stage == stage) {
+            Some(at) => at,
+            None => {
+                all.push(Held {
+                    stage,
+                    total: Duration::ZERO,
+                    waiting: 0,
+                    since: tokio::time::Instant::now(),
+                });
+                all.len() - 1
+            }
+        };
+        f(&mut all[at])
     }
 
-    fn total(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    /// A send of `stage` starts waiting for room; the guard ends the wait when dropped.
+    fn wait(&self, stage: &'static str) -> Waiting<'_> {
+        self.with(stage, |h| {
+            if h.waiting == 0 {
+                h.since = tokio::time::Instant::now();
+            }
+            h.waiting += 1;
+        });
+        Waiting { clock: self, stage }
+    }
+
+    /// How long `stage` has waited for the consumer so far.
+    fn held(&self, stage: &'static str) -> Duration {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .find(|h| h.stage == stage)
+            .map_or(Duration::ZERO, |h| {
+                if h.waiting > 0 {
+                    h.total + h.since.elapsed()
+                } else {
+                    h.total
+                }
+            })
+    }
+}
+
+/// A send waiting for room in the chunk buffer (see [`ConsumerClock`]).
+struct Waiting<'a> {
+    clock: &'a ConsumerClock,
+    stage: &'static str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.clock.with(self.stage, |h| {
+            h.waiting -= 1;
+            if h.waiting == 0 {
+                h.total += h.since.elapsed();
+            }
+        });
     }
 }
 
@@ -394,13 +455,13 @@ impl ChunkSink {
         self
     }
 
-    /// How long the consumer has held the run up so far, as the timeouts of a stage of
-    /// `kind` leave it out: only a stream stage's do (it waits for the consumer; a stage hung
-    /// beside a stream must not be kept alive by a slow reader). Zero when nobody streams.
+    /// How long the consumer has held stage `meta` up so far (its sends waited for room in
+    /// the chunk buffer), which its timeouts leave out. Only a stream stage sends; a stage
+    /// hung beside a stream is not kept alive by a slow reader. Zero when nobody streams.
     #[inline]
-    pub(crate) fn consumer_time(&self, kind: StageKind) -> Duration {
-        match (&self.consumer, kind) {
-            (Some(c), StageKind::Stream) => c.total(),
+    pub(crate) fn consumer_time(&self, meta: &StageMeta) -> Duration {
+        match (&self.consumer, meta.kind) {
+            (Some(c), StageKind::Stream) => c.held(meta.name),
             _ => Duration::ZERO,
         }
     }
@@ -424,6 +485,12 @@ impl ChunkSink {
                 data: Box::new(data),
             };
             // A closed channel means the consumer went away; the run goes on without it.
+            let chunk = match tx.try_send(chunk) {
+                Err(tokio::sync::mpsc::error::TrySendError::Full(chunk)) => chunk,
+                _ => return,
+            };
+            // The consumer is a buffer's worth behind: from here on it holds the stage up.
+            let _waiting = self.consumer.as_deref().map(|c| c.wait(stage));
             let _ = tx.send(chunk).await;
         }
     }

@@ -370,7 +370,9 @@ async fn a_stream_stage_stalling_behind_a_slow_consumer_still_times_out() {
             matches!(end, Err(Error::Timeout { after, .. }) if after == 200 * MS),
             "{end:?}"
         );
-        // About 200 ms of its own plus the consumer's ~500 ms; far from the 2 s stall.
+        // About 200 ms of its own plus the ~180 ms it waited for room in the buffer (18
+        // chunks past the 32 it holds, read 10 ms apart) and the consumer's reading of what
+        // was left; far from the 2 s stall.
         let took = started.elapsed();
         assert!(took < 1500 * MS, "{took:?}");
         // Without a consumer holding it up: the 200 ms.
@@ -381,6 +383,34 @@ async fn a_stream_stage_stalling_behind_a_slow_consumer_still_times_out() {
             .await;
         assert!(matches!(end, Err(Error::Timeout { .. })), "{end:?}");
         assert!(started.elapsed() < 300 * MS, "{:?}", started.elapsed());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_stage_waiting_on_a_consumer_away_longer_than_its_timeout_goes_on() {
+    for pipe in both_timeouts() {
+        // 40 chunks at once: the stage waits for room after 32. The consumer is away 1 s
+        // after each chunk — five times the stage's 200 ms, all of it the consumer's.
+        let s = pipe.stream::<u64>(input! { chunks_n: 40, work_ms: 0, stall_ms: 0 });
+        let (got, end) = read_slowly(s, 1000 * MS).await;
+        assert_eq!(got, 41);
+        assert!(end.is_ok(), "{end:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_stage_stalled_while_the_consumer_reads_slowly_times_out_on_time() {
+    for pipe in both_timeouts() {
+        // 10 chunks at once (the buffer holds them all), then the stage hangs for 1.1 s. The
+        // consumer takes 100 ms over each chunk, but the stage never waits for it: the
+        // reading is not the stage's excuse, and it times out 200 ms in.
+        let s = pipe.stream::<u64>(input! { chunks_n: 10, work_ms: 0, stall_ms: 1100 });
+        let (got, end) = read_slowly(s, 100 * MS).await;
+        assert_eq!(got, 10, "every chunk sent before the stall arrives");
+        assert!(
+            matches!(end, Err(Error::Timeout { after, .. }) if after == 200 * MS),
+            "{end:?}"
+        );
     }
 }
 

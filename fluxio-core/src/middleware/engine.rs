@@ -152,7 +152,7 @@ fn own_time(now: Instant, site: &Site<'_>) -> Instant {
 
 /// The consumer's time the stage's timeouts leave out.
 fn consumer_time(site: &Site<'_>) -> Duration {
-    site.env.chunks.consumer_time(site.meta.kind)
+    site.env.chunks.consumer_time(site.meta)
 }
 
 /// Leaves `layer` with `out`, doing what its `frame` says.

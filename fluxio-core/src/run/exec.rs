@@ -729,7 +729,7 @@ impl SchedState {
         // A stage that finishes on its first poll never needs its timer.
         if let Some(after) = self.plan.nodes[i].meta.timeout {
             // A stream stage's timer allows for the consumer's time from now on.
-            let consumer = self.env.chunks.consumer_time(self.plan.nodes[i].meta.kind);
+            let consumer = self.env.chunks.consumer_time(&self.plan.nodes[i].meta);
             self.deadlines
                 .push((i as u32, Box::pin(tokio::time::sleep(after)), consumer));
         }
@@ -890,8 +890,8 @@ impl SchedState {
                         let deadline = match self.ended_deadline.take() {
                             Some(d) if d.0 as usize == i => Some(d),
                             _ => self.plan.nodes[i].meta.timeout.map(|after| {
-                                let kind = self.plan.nodes[i].meta.kind;
-                                let consumer = self.env.chunks.consumer_time(kind);
+                                let meta = &self.plan.nodes[i].meta;
+                                let consumer = self.env.chunks.consumer_time(meta);
                                 (i as u32, Box::pin(tokio::time::sleep(after)), consumer)
                             }),
                         };
@@ -1346,7 +1346,7 @@ impl SchedState {
             // A stream stage's timer leaves out the time the consumer held the run up since
             // it was set: move the deadline by that much, and fail only if it is still past.
             let node = &self.plan.nodes[*i as usize];
-            let consumer = self.env.chunks.consumer_time(node.meta.kind);
+            let consumer = self.env.chunks.consumer_time(&node.meta);
             if consumer > *allowed {
                 let Some(later) = sleep.deadline().checked_add(consumer - *allowed) else {
                     continue; // past the clock's range: never

@@ -44,10 +44,8 @@ pub struct StreamHandle<C> {
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
     result: Option<Result<Ctx>>,
     error_yielded: bool,
-    /// The time the consumer has held the run up (see [`ConsumerClock`]).
+    /// The time the consumer has held the stream stages up (see [`ConsumerClock`]).
     consumer: Arc<ConsumerClock>,
-    /// When the last chunk was handed out, until the next poll.
-    handed_at: Option<tokio::time::Instant>,
     /// The id the run was given, for the errors the handle makes itself.
     run_id: Option<String>,
     _chunk: PhantomData<fn() -> C>,
@@ -79,7 +77,6 @@ impl<C: Send + 'static> StreamHandle<C> {
             result: None,
             error_yielded: false,
             consumer: Arc::default(),
-            handed_at: None,
             run_id: None,
             _chunk: PhantomData,
         }
@@ -166,13 +163,6 @@ impl<C: Send + 'static> StreamHandle<C> {
         self.run.as_mut()
     }
 
-    /// The consumer is back: the time since the last chunk was handed out was its.
-    fn consumer_back(&mut self) {
-        if let Some(at) = self.handed_at.take() {
-            self.consumer.add_since(at);
-        }
-    }
-
     /// Waits for the run to end and returns its final context (chunks not yet consumed are
     /// dropped).
     ///
@@ -182,7 +172,6 @@ impl<C: Send + 'static> StreamHandle<C> {
     pub async fn finish(mut self) -> Result<Ctx> {
         // No one reads chunks any more: stream stages' sends return at once.
         self.rx = None;
-        self.consumer_back();
         self.started();
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
@@ -212,7 +201,6 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        this.consumer_back();
         this.started();
         // Whether the run ended (on its task; polled in place outside tokio, where it moves
         // on at every poll, also while chunks wait in the buffer).
@@ -225,7 +213,6 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
         if let Some(rx) = &mut this.rx {
             match rx.poll_recv(cx) {
                 Poll::Ready(Some(raw)) => {
-                    this.handed_at = Some(tokio::time::Instant::now());
                     return Poll::Ready(Some(Self::convert(raw, this.run_id.as_deref())));
                 }
                 // Every sender is gone: the run ended and all its chunks were delivered.
