@@ -27,7 +27,7 @@ pub use ctx::Ctx;
 pub use error::{Error, FallbackFailed, Result, SharedError};
 pub use key::{AsKey, Key, KeyDesc};
 pub use plan::{Graph, GraphNode};
-pub use run::{CtxDiff, Invoke, Pipeline, StreamHandle};
+pub use run::{CtxDiff, FinishedStage, Invoke, Pipeline, RunRecord, StreamHandle};
 pub use stage::{
     Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, RunInfo, Stage, StageEnv, StageError,
     StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,

@@ -99,9 +99,10 @@ struct ReadmeDoctests;
 pub use fluxio_core::events;
 pub use fluxio_core::middleware;
 pub use fluxio_core::{
-    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, FallbackFailed, Graph, GraphNode, Invoke, Key,
-    KeyDesc, LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo, Stage, StageError,
-    StageEvent, StageKind, StageMeta, StageOutput, StreamHandle, Writes,
+    AsKey, Callback, Chunk, Ctx, CtxDiff, Error, FallbackFailed, FinishedStage, Graph, GraphNode,
+    Invoke, Key, KeyDesc, LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo,
+    RunRecord, Stage, StageError, StageEvent, StageKind, StageMeta, StageOutput, StreamHandle,
+    Writes,
 };
 
 #[cfg(feature = "macros")]

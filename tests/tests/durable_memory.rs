@@ -652,6 +652,54 @@ async fn replay_reruns_from_the_stored_input_and_diff_compares_runs() {
 }
 
 #[tokio::test]
+async fn inspect_reads_a_stored_run_without_running_it() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    probe.set_failing(&["sc"]);
+    let err = pipe.invoke(input! { seed: 1 }).run_id("r").await.unwrap_err();
+    let record = pipe.inspect("r").await.unwrap();
+    assert_eq!(record.run_id, "r");
+    assert_eq!(record.version, pipe.version());
+    assert_eq!(record.status, RunStatus::Failed);
+    let error = record.error.as_deref().unwrap_or("");
+    assert!(error.contains("sc is told to fail"), "{error}");
+    assert!(err.to_string().contains("sc is told to fail"));
+    assert_eq!(
+        (record.ctx[seed], record.ctx[a_out], record.ctx[b_out]),
+        (1, 2, 20)
+    );
+    assert!(record.ctx.get(c_out).is_none());
+    let finished: Vec<(&str, bool)> = record
+        .finished
+        .iter()
+        .map(|f| (f.stage.as_str(), f.skipped))
+        .collect();
+    assert_eq!(finished, [("sa", false), ("sb", false)]);
+    // Nothing ran, nothing changed.
+    assert_eq!((probe.count("sa"), probe.count("sc")), (1, 1));
+    assert_eq!(stored(&store, "r").await.status, RunStatus::Failed);
+
+    // Resumed to its end, it reads as completed, with every stage.
+    probe.set_failing(&[]);
+    pipe.resume("r").await.unwrap();
+    let record = pipe.inspect("r").await.unwrap();
+    assert_eq!(record.status, RunStatus::Completed);
+    assert_eq!(record.error, None);
+    assert_eq!(record.ctx[c_out], 25);
+    assert_eq!(record.finished.len(), 3);
+
+    assert!(matches!(
+        pipe.inspect("nope").await,
+        Err(Error::NoCheckpoint { run_id }) if run_id == "nope"
+    ));
+    let no_store = pipeline! { sa, sb, sc }.with_resource(probe.clone());
+    assert!(matches!(
+        no_store.inspect("r").await,
+        Err(Error::NoStore { operation: "inspect" })
+    ));
+}
+
+#[tokio::test]
 async fn corrupt_checkpoints_are_errors_not_panics() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     let pipe = chain(&probe, &store);
@@ -669,6 +717,11 @@ async fn corrupt_checkpoints_are_errors_not_panics() {
     store.save("bad", "tester", start).await.unwrap();
     store.release("bad", "tester").await.unwrap();
     let err = pipe.resume("bad").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptCheckpoint { run_id, .. } if run_id == "bad"),
+        "{err:?}"
+    );
+    let err = pipe.inspect("bad").await.unwrap_err();
     assert!(
         matches!(&err, Error::CorruptCheckpoint { run_id, .. } if run_id == "bad"),
         "{err:?}"

@@ -783,6 +783,66 @@ fn final_values(run_id: &str, stored: &StoredRun) -> Result<BTreeMap<String, Vec
     Ok(values)
 }
 
+/// A stored run, read without running anything: what [`Pipeline::inspect`](super::Pipeline::inspect)
+/// returns.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunRecord {
+    /// The run's id.
+    pub run_id: String,
+    /// The pipeline version that wrote the checkpoint (compare [`Pipeline::version`](super::Pipeline::version)).
+    pub version: String,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// The error text of a run that failed.
+    pub error: Option<String>,
+    /// The run's context as stored: its input and what its finished stages wrote — the keys
+    /// this pipeline knows (a checkpoint of another version may hold others: left out).
+    pub ctx: Ctx,
+    /// The stages the checkpoint records as finished, in the order they finished.
+    pub finished: Vec<FinishedStage>,
+}
+
+/// One finished stage of a [`RunRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FinishedStage {
+    /// The stage's name.
+    pub stage: String,
+    /// Whether it was skipped (by a route not taken, or a middleware) rather than run.
+    pub skipped: bool,
+}
+
+/// Run `run_id` as `store` holds it, decoded for `plan` (nothing runs, nothing is written).
+pub(crate) async fn inspect(
+    plan: &Plan,
+    store: &dyn CheckpointStore,
+    run_id: &str,
+) -> Result<RunRecord> {
+    let stored = load(store, run_id).await?;
+    let reading = Reading::of(plan, &stored);
+    let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
+    let mut finished = Vec::new();
+    for (n, bytes) in stored.entries.iter().enumerate() {
+        let entry = decode_entry(run_id, n, bytes)?;
+        known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
+        if entry.node != INPUT_ENTRY {
+            finished.push(FinishedStage {
+                stage: entry.stage,
+                skipped: entry.skipped,
+            });
+        }
+    }
+    Ok(RunRecord {
+        run_id: run_id.to_string(),
+        version: stored.version,
+        status: stored.status,
+        error: stored.error,
+        ctx,
+        finished,
+    })
+}
+
 /// How two runs' contexts differ, key by key.
 ///
 /// ```

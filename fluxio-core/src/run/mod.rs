@@ -16,7 +16,7 @@ use crate::plan::{Graph, NodeSpec, Plan};
 use crate::stage::Resources;
 use crate::store::CheckpointStore;
 
-pub use durable::CtxDiff;
+pub use durable::{CtxDiff, FinishedStage, RunRecord};
 use exec::RunOptions;
 pub use exec::{Op, RunFuture, Scheduler, drive};
 pub(crate) use exec::{is_panic, panic_error, panic_text, poll_caught, run_id_of, unique_token};
@@ -163,6 +163,24 @@ impl Pipeline {
         })?;
         let input = durable::stored_input(&self.plan, &*store, run_id).await?;
         self.invoke(input).run_id(run_id).await
+    }
+
+    /// Reads stored run `run_id` without running anything: its status, version and error,
+    /// its context (input and finished stages' writes, decoded with this pipeline's key
+    /// types), and the stages it finished — to look at a failed run before resuming it, or
+    /// at what a completed one produced. The run's lock is not taken: a run another process
+    /// is running may be read between two of its checkpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
+    /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint) (a value that does not
+    /// decode as this pipeline's type of its key), or [`Error::Store`](crate::Error::Store).
+    pub async fn inspect(&self, run_id: &str) -> Result<RunRecord> {
+        let store = self.store.clone().ok_or(crate::Error::NoStore {
+            operation: "inspect",
+        })?;
+        durable::inspect(&self.plan, &*store, run_id).await
     }
 
     /// Compares the contexts of two stored runs key by key (values compared by their
