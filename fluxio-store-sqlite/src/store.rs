@@ -228,6 +228,25 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Maps an error reading run `run_id`'s row (any run's, for a listing). What the file holds
+/// that the store did not write is a corrupt record, not a store failure: retrying will not
+/// help.
+fn read_error(operation: &'static str, run_id: Option<&str>, e: Error) -> StoreError {
+    match (e, run_id) {
+        (Error::UnknownStatus { run_id, status }, _) => StoreError::Corrupt {
+            run_id,
+            reason: format!("unknown status `{status}` in the database"),
+        },
+        // A column of another type than the store writes (edited by hand, or by another
+        // program).
+        (Error::Sqlx(e @ sqlx::Error::ColumnDecode { .. }), Some(run_id)) => StoreError::Corrupt {
+            run_id: run_id.to_string(),
+            reason: format!("its row does not read back: {e}"),
+        },
+        (e, _) => StoreError::backend(operation, e),
+    }
+}
+
 fn store_error(operation: &'static str, failure: Failure) -> StoreError {
     match failure {
         Failure::LockLost(run_id) => StoreError::LockLost { run_id },
@@ -350,20 +369,10 @@ impl CheckpointStore for SqliteStore {
         let inner = self.inner.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            inner.load(&run_id).await.map_err(|e| match e {
-                // Not a store failure: retrying will not help.
-                Error::UnknownStatus { run_id, status } => StoreError::Corrupt {
-                    run_id,
-                    reason: format!("unknown status `{status}` in the database"),
-                },
-                // A column of another type than the store writes (edited by hand, or by
-                // another program).
-                Error::Sqlx(e @ sqlx::Error::ColumnDecode { .. }) => StoreError::Corrupt {
-                    run_id: run_id.clone(),
-                    reason: format!("its row does not read back: {e}"),
-                },
-                e => StoreError::backend("load", e),
-            })
+            inner
+                .load(&run_id)
+                .await
+                .map_err(|e| read_error("load", Some(&run_id), e))
         })
     }
 
@@ -384,13 +393,10 @@ impl CheckpointStore for SqliteStore {
         let inner = self.inner.clone();
         let statuses = statuses.to_vec();
         Box::pin(async move {
-            inner.list_runs(&statuses).await.map_err(|e| match e {
-                Error::UnknownStatus { run_id, status } => StoreError::Corrupt {
-                    run_id,
-                    reason: format!("unknown status `{status}` in the database"),
-                },
-                e => StoreError::backend("list_runs", e),
-            })
+            inner
+                .list_runs(&statuses)
+                .await
+                .map_err(|e| read_error("list_runs", None, e))
         })
     }
 

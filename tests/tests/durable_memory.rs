@@ -656,7 +656,11 @@ async fn inspect_reads_a_stored_run_without_running_it() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     let pipe = chain(&probe, &store);
     probe.set_failing(&["sc"]);
-    let err = pipe.invoke(input! { seed: 1 }).run_id("r").await.unwrap_err();
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("r")
+        .await
+        .unwrap_err();
     let record = pipe.inspect("r").await.unwrap();
     assert_eq!(record.run_id, "r");
     assert_eq!(record.version, pipe.version());
@@ -695,7 +699,9 @@ async fn inspect_reads_a_stored_run_without_running_it() {
     let no_store = pipeline! { sa, sb, sc }.with_resource(probe.clone());
     assert!(matches!(
         no_store.inspect("r").await,
-        Err(Error::NoStore { operation: "inspect" })
+        Err(Error::NoStore {
+            operation: "inspect"
+        })
     ));
 }
 
