@@ -147,6 +147,9 @@ impl<C: Callback + ?Sized> Callback for Arc<C> {
     fn on_run_cancelled(&self, run_id: &str) {
         (**self).on_run_cancelled(run_id);
     }
+    fn on_stage_cancelled(&self, event: &StageEvent<'_>, elapsed: Duration) {
+        (**self).on_stage_cancelled(event, elapsed);
+    }
     fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {
         (**self).on_fallback(event, error);
     }
@@ -264,5 +267,100 @@ impl Callback for LoggingCallback {
             bytes,
             "checkpoint stored"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the name of every method called on it.
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<&'static str>>);
+
+    impl Heard {
+        fn heard(&self, name: &'static str) {
+            self.0.lock().unwrap().push(name);
+        }
+    }
+
+    impl Callback for Heard {
+        fn on_run_start(&self, _: &str) {
+            self.heard("run_start");
+        }
+        fn on_run_end(&self, _: &str, _: Result<&Ctx, &Error>, _: Duration) {
+            self.heard("run_end");
+        }
+        fn on_stage_start(&self, _: &StageEvent<'_>) {
+            self.heard("stage_start");
+        }
+        fn on_stage_end(&self, _: &StageEvent<'_>, _: Duration) {
+            self.heard("stage_end");
+        }
+        fn on_stage_error(&self, _: &StageEvent<'_>, _: &Error, _: Duration) {
+            self.heard("stage_error");
+        }
+        fn on_stage_skip(&self, _: &StageEvent<'_>, _: &str) {
+            self.heard("stage_skip");
+        }
+        fn on_retry(&self, _: &StageEvent<'_>, _: &StageError, _: Duration) {
+            self.heard("retry");
+        }
+        fn on_chunk(&self, _: &StageEvent<'_>) {
+            self.heard("chunk");
+        }
+        fn on_checkpoint(&self, _: &StageEvent<'_>, _: usize) {
+            self.heard("checkpoint");
+        }
+        fn on_run_cancelled(&self, _: &str) {
+            self.heard("run_cancelled");
+        }
+        fn on_stage_cancelled(&self, _: &StageEvent<'_>, _: Duration) {
+            self.heard("stage_cancelled");
+        }
+        fn on_fallback(&self, _: &StageEvent<'_>, _: &Error) {
+            self.heard("fallback");
+        }
+        fn on_rollback(&self, _: &StageEvent<'_>, _: Option<&Error>) {
+            self.heard("rollback");
+        }
+    }
+
+    /// Calls every method of `c` once, in the trait's order.
+    fn call_every_method(c: &dyn Callback) {
+        let ev = StageEvent {
+            run_id: "r",
+            stage: "s",
+            kind: StageKind::Async,
+            attempt: 1,
+        };
+        let err = Error::Cancelled;
+        let d = Duration::ZERO;
+        c.on_run_start("r");
+        c.on_run_end("r", Err(&err), d);
+        c.on_stage_start(&ev);
+        c.on_stage_end(&ev, d);
+        c.on_stage_error(&ev, &err, d);
+        c.on_stage_skip(&ev, "why");
+        c.on_retry(&ev, &StageError::msg("x"), d);
+        c.on_chunk(&ev);
+        c.on_checkpoint(&ev, 1);
+        c.on_run_cancelled("r");
+        c.on_stage_cancelled(&ev, d);
+        c.on_fallback(&ev, &err);
+        c.on_rollback(&ev, None);
+    }
+
+    #[test]
+    fn an_arc_hands_every_event_to_the_callback_it_holds() {
+        let direct = Heard::default();
+        call_every_method(&direct);
+        let inner = Arc::new(Heard::default());
+        call_every_method(&inner.clone());
+        let direct = direct.0.into_inner().unwrap();
+        assert_eq!(direct.len(), 13, "every method is called: {direct:?}");
+        assert_eq!(*inner.0.lock().unwrap(), direct);
     }
 }

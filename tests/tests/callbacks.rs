@@ -143,6 +143,28 @@ async fn a_dropped_run_is_reported_cancelled() {
     );
 }
 
+#[tokio::test]
+async fn a_callback_kept_in_an_arc_hears_its_stages_cancelled() {
+    // As the observability guide shows: keep an `Arc` to read what the callback saw.
+    let (sink, events) = event_log();
+    let sink = Arc::new(sink);
+    let pipe = pipeline! { forever }.with_callback(sink.clone());
+    let run = tokio::spawn({
+        let pipe = pipe.clone();
+        async move { pipe.invoke(input! { n: 1 }).await }
+    });
+    while !names(&events).iter().any(|n| n == "stage.started forever") {
+        tokio::task::yield_now().await;
+    }
+    run.abort();
+    let _ = run.await;
+    let names = names(&events);
+    assert_eq!(
+        &names[names.len() - 2..],
+        ["stage.cancelled forever", "pipeline.cancelled"]
+    );
+}
+
 #[stage(reads = [n], writes = [c])]
 async fn breaks(n: &u64) -> Result<u64, StageError> {
     tokio::time::sleep(Duration::from_millis(10)).await;
