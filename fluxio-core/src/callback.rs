@@ -336,7 +336,7 @@ mod tests {
             kind: StageKind::Async,
             attempt: 1,
         };
-        let err = Error::Cancelled;
+        let err = Error::Cancelled { run_id: None };
         let d = Duration::ZERO;
         c.on_run_start("r");
         c.on_run_end("r", Err(&err), d);

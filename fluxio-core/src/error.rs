@@ -147,8 +147,12 @@ pub enum Error {
         /// The chunk type the stage produces.
         actual: &'static str,
     },
-    /// The run's task was cancelled or aborted before it finished.
-    Cancelled,
+    /// The run's task was cancelled or aborted before it finished (its runtime shut down,
+    /// say), or a blocking stage's task was.
+    Cancelled {
+        /// The run, when it has an id.
+        run_id: Option<String>,
+    },
     /// `resume`, `replay` or `diff` found no checkpoint for the run.
     NoCheckpoint {
         /// The run.
@@ -397,7 +401,10 @@ impl std::fmt::Display for Error {
                 short_type(actual),
                 short_type(expected)
             ),
-            Error::Cancelled => write!(f, "run cancelled"),
+            Error::Cancelled { run_id } => match run_id {
+                Some(id) => write!(f, "run `{id}` cancelled"),
+                None => write!(f, "run cancelled"),
+            },
             Error::NoCheckpoint { run_id } => write!(f, "no checkpoint for run `{run_id}`"),
             Error::CheckpointVersion {
                 run_id,
@@ -613,7 +620,8 @@ impl Error {
             | Error::MergeConflict { run_id, .. }
             | Error::KeyType { run_id, .. }
             | Error::KeyClash { run_id, .. }
-            | Error::ChunkType { run_id, .. },
+            | Error::ChunkType { run_id, .. }
+            | Error::Cancelled { run_id },
         ) = (id, &mut self)
         {
             if run_id.is_none() {

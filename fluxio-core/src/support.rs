@@ -27,7 +27,7 @@ where
             stage,
             e.into_panic(),
         ))),
-        Err(_) => Err(StageError::new(crate::Error::Cancelled)),
+        Err(_) => Err(StageError::new(crate::Error::Cancelled { run_id: None })),
     }
 }
 

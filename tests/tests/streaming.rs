@@ -548,3 +548,30 @@ async fn naming_a_stream_after_its_run_ended_unseen_changes_nothing() {
     let out = s.run_id("too-late").finish().await.unwrap();
     assert_eq!(out[count], 1);
 }
+
+#[test]
+fn a_streamed_run_whose_runtime_shut_down_is_cancelled_naming_it() {
+    // The run starts on a task of the runtime the handle is first polled in; that runtime
+    // shuts down before the run ends (`plain_stream` stalls for a minute).
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut s = pipeline! { plain_stream }
+        .stream::<u64>(input! { chunks_n: 1, work_ms: 0, stall_ms: 60_000 })
+        .run_id("shut-down");
+    let chunk = first.block_on(s.next());
+    assert!(matches!(chunk, Some(Ok(_))), "{chunk:?}");
+    drop(first);
+    let end = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(s.finish());
+    let err = end.unwrap_err();
+    assert!(
+        matches!(&err, Error::Cancelled { run_id: Some(id) } if id == "shut-down"),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "run `shut-down` cancelled");
+}

@@ -1252,7 +1252,7 @@ impl SchedState {
             // the process stopped, no resume would roll it back again. Nothing is undone;
             // the run stays resumable (a resume runs that stage again, as any stage whose
             // end was not recorded).
-            let failure = rb.error.take().unwrap_or(Error::Cancelled);
+            let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
             tracing::warn!(error = %failure, "run failed, and a finished stage's checkpoint entry could not be stored: no rollback ran");
             return Some(Poll::Ready(Err(failure)));
         }
@@ -1272,7 +1272,7 @@ impl SchedState {
             Poll::Ready(Err(e)) => {
                 // Nothing was undone: the run stays resumable as it was (a resume runs the
                 // failed stage again), rather than undone without a trace.
-                let failure = rb.error.take().unwrap_or(Error::Cancelled);
+                let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
                 let e = Error::from_store(&d.run_id, "save", e);
                 tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
                 Some(Poll::Ready(Err(e)))
@@ -1294,7 +1294,7 @@ impl SchedState {
                     if let Some(d) = &self.durable {
                         d.rolled_back.store(true, Ordering::SeqCst);
                     }
-                    let error = rb.error.take().unwrap_or(Error::Cancelled);
+                    let error = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
                     return Poll::Ready(Err(error));
                 };
                 let stage = self

@@ -133,6 +133,7 @@ impl<C: Send + 'static> StreamHandle<C> {
         if let Some(start) = self.start.take() {
             let (pipe, input, opts, tx) = *start;
             self.run_id.clone_from(&opts.run_id);
+            let opts_run_id = opts.run_id.clone();
             let chunks = Some((tx, self.consumer.clone()));
             let run = super::exec::start_run(&pipe, input, opts, chunks);
             self.run = Some(match tokio::runtime::Handle::try_current() {
@@ -144,6 +145,7 @@ impl<C: Send + 'static> StreamHandle<C> {
                     self.task = Some(task.abort_handle());
                     // Dropped with the handle, the task is aborted (its stages cancelled).
                     let task = crate::support::AbortOnDrop(task);
+                    let run_id = opts_run_id;
                     Box::pin(async move {
                         match task.await {
                             Ok(out) => out,
@@ -152,7 +154,7 @@ impl<C: Send + 'static> StreamHandle<C> {
                             // been polled in place.
                             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                             // Cancelled: its runtime shut down.
-                            Err(_) => Err(Error::Cancelled),
+                            Err(_) => Err(Error::Cancelled { run_id }),
                         }
                     })
                 }
@@ -176,7 +178,9 @@ impl<C: Send + 'static> StreamHandle<C> {
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
         }
-        self.result.take().unwrap_or(Err(Error::Cancelled))
+        self.result.take().unwrap_or(Err(Error::Cancelled {
+            run_id: self.run_id.clone(),
+        }))
     }
 
     /// `raw` as a chunk of `C`s, or [`Error::ChunkType`] naming run `run_id`.
