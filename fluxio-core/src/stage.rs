@@ -352,6 +352,8 @@ pub(crate) struct ChunkHooks {
 /// worth behind), counting a wait still going on. Timeouts leave it out (a slow reader is
 /// not a stage failing); a stage that is not waiting for room — working, or hung on
 /// something else — gets no credit, however slowly the consumer reads what it already has.
+/// Waits are kept by stage name: two stream stages of one name running at once (an outer
+/// stage and one of a nested pipeline) share their credit.
 #[derive(Debug, Default)]
 pub(crate) struct ConsumerClock(std::sync::Mutex<Vec<Held>>);
 

@@ -522,13 +522,16 @@ impl CheckpointStore for RedisStore {
                     .arg(1000)
                     .arg("TYPE")
                     .arg("hash");
-                let (next, found): (u64, Vec<String>) = Request::Cmd(scan)
+                // Keys as bytes: one that is not UTF-8 is not this store's (run ids are
+                // strings) and is passed over, not an error.
+                let (next, found): (u64, Vec<Vec<u8>>) = Request::Cmd(scan)
                     .send(&mut conn)
                     .await
                     .map_err(backend("list_runs"))?;
                 // SCAN may return a key twice.
                 let runs: Vec<(String, String)> = found
                     .into_iter()
+                    .filter_map(|meta| String::from_utf8(meta).ok())
                     .filter_map(|meta| Some((keys::run_id_of_meta(&prefix, &meta)?, meta)))
                     .filter(|(run_id, _)| seen.insert(run_id.clone()))
                     .collect();

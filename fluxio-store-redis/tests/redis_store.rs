@@ -515,3 +515,67 @@ async fn debug_shows_the_configuration() {
     assert!(debug.contains(&redis.prefix), "{debug}");
     assert!(debug.contains("5s"), "{debug}");
 }
+
+#[tokio::test]
+async fn list_runs_finds_exactly_its_prefix_runs_whatever_their_characters() {
+    let redis = redis_or_skip!("list_runs_characters");
+    // A prefix with glob characters, and a sibling prefix an unescaped `SCAN MATCH` of it
+    // would take in too.
+    let odd = redis
+        .store
+        .clone()
+        .key_prefix(format!("{}:a*[?]\\", redis.prefix));
+    let sibling = redis
+        .store
+        .clone()
+        .key_prefix(format!("{}:abc[?]\\", redis.prefix));
+    let ids = [
+        "",
+        "*",
+        "?",
+        "[x]",
+        "\\",
+        "{",
+        "}",
+        "%",
+        "%7B",
+        "a}:meta",
+        "x:{y}:meta",
+        "é",
+    ];
+    for id in ids {
+        assert!(odd.acquire(id, "me", LEASE).await.unwrap());
+        odd.save(id, "me", start()).await.unwrap();
+    }
+    assert!(sibling.acquire("other", "me", LEASE).await.unwrap());
+    sibling.save("other", "me", start()).await.unwrap();
+    // A key under the prefix that is not a run's meta hash.
+    let mut conn = redis.raw().await;
+    let stray = format!("{}:a*[?]\\:{{stray}}:meta", redis.prefix);
+    let _: () = conn.set(&stray, "not a hash").await.unwrap();
+
+    let mut listed: Vec<String> = odd
+        .list_runs(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|run| {
+            assert_eq!(
+                (run.status, run.version.as_str(), run.locked),
+                (RunStatus::Running, "v1", true)
+            );
+            run.run_id
+        })
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+
+    for id in ids {
+        odd.delete(id).await.unwrap();
+        odd.release(id, "me").await.unwrap();
+    }
+    assert!(odd.list_runs(&[]).await.unwrap().is_empty());
+    let _: () = conn.del(&stray).await.unwrap();
+}

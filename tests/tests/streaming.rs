@@ -575,3 +575,47 @@ fn a_streamed_run_whose_runtime_shut_down_is_cancelled_naming_it() {
     );
     assert_eq!(err.to_string(), "run `shut-down` cancelled");
 }
+
+/// `n` chunks; after the first, the stage works 300 ms without yielding (blocking its
+/// thread), then floods the buffer and waits for room.
+fn flood_after_work(n: u64) -> impl Stream<Item = Result<u64, StageError>> {
+    futures::stream::iter(0..n).then(|i| async move {
+        if i == 1 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        Ok(i)
+    })
+}
+
+#[stage(reads = [chunks_n])]
+fn late_flood(chunks_n: &u64) -> impl Stream<Item = Result<u64, StageError>> {
+    flood_after_work(*chunks_n)
+}
+
+/// The same with a timeout of its own.
+#[stage(reads = [chunks_n], timeout = "100ms")]
+fn late_flood_timed(chunks_n: &u64) -> impl Stream<Item = Result<u64, StageError>> {
+    flood_after_work(*chunks_n)
+}
+
+#[tokio::test]
+async fn a_stream_stage_past_its_deadline_before_it_waits_for_the_consumer_times_out() {
+    // Real time: the stage's 300 ms of work is a blocked thread, which tokio's paused clock
+    // would not see.
+    for pipe in [
+        pipeline! { late_flood_timed },
+        pipeline! { late_flood }.with_middleware(Timeout::new(100 * MS)),
+    ] {
+        let mut s = pipe.stream::<u64>(input! { chunks_n: 40 });
+        assert!(matches!(s.next().await, Some(Ok(_))));
+        // Away for a second: the stage, past its 100 ms already, waits for room meanwhile.
+        // That wait is the consumer's, but the time it had used up before was its own.
+        tokio::time::sleep(1000 * MS).await;
+        let (_, end) = read_slowly(s, std::time::Duration::ZERO).await;
+        assert!(
+            matches!(end, Err(Error::Timeout { after, .. }) if after == 100 * MS),
+            "{end:?}"
+        );
+    }
+}

@@ -672,12 +672,17 @@ impl Call {
             Some(Layer::Timeout(t)) => t.after,
             _ => Duration::ZERO,
         };
-        // The deadline on the real clock, as the consumer's time stands now. When the timer
-        // fires, the consumer may have held the run up meanwhile: then the deadline moves
-        // and the timer is set again.
-        let real = |deadline: Instant| deadline.checked_add(consumer_time(site));
+        // The deadline on the real clock, as the consumer's time stands now (a wait for the
+        // consumer still going on included). Passed: the call is over. Not yet: the timer is
+        // set for it and, when it fires, the deadline is checked again — the consumer may
+        // have held the stage up meanwhile. (Two readings of the consumer's time differ
+        // while a wait goes on: the deadline is compared with the clock, never with an
+        // earlier reading.)
         loop {
-            let at = real(deadline)?;
+            let at = deadline.checked_add(consumer_time(site))?;
+            if at <= Instant::now() {
+                break;
+            }
             let timer = match &mut self.timer {
                 Some(timer) => {
                     if timer.deadline() != at {
@@ -689,9 +694,6 @@ impl Call {
             };
             if timer.as_mut().poll(cx).is_pending() {
                 return None;
-            }
-            if real(deadline) == Some(at) {
-                break;
             }
         }
         // The attempts a `Retry` inside made: its frame is dropped with the rest.

@@ -799,7 +799,8 @@ pub struct RunRecord {
     /// The run's context as stored: its input and what its finished stages wrote — the keys
     /// this pipeline knows (a checkpoint of another version may hold others: left out).
     pub ctx: Ctx,
-    /// The stages the checkpoint records as finished, in the order they finished.
+    /// The stages the checkpoint records as finished, in the order they finished — for a
+    /// run rolled back (or rolling back), also those whose rollbacks ran since.
     pub finished: Vec<FinishedStage>,
 }
 

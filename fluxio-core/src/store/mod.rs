@@ -312,8 +312,11 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// [`RunListing::is_abandoned`] tells them apart from live ones.
     ///
     /// A listing reads every run's record (or every key, on Redis): call it at start-up or
-    /// from a periodic sweep, not per request. The default method fails with
-    /// [`StoreError::Backend`] of operation `"list_runs"`, for stores written before it.
+    /// from a periodic sweep, not per request. A record the store cannot read (an unknown
+    /// status, a missing field) fails the listing with [`StoreError::Corrupt`] naming the
+    /// run — inspect and `delete` it — rather than being left out unseen. The default
+    /// method fails with [`StoreError::Backend`] of operation `"list_runs"`, for stores
+    /// written before it.
     fn list_runs(
         &self,
         statuses: &[RunStatus],
