@@ -346,6 +346,37 @@ async fn stage_timeout_is_an_error_naming_stage_and_duration() {
     }
 }
 
+/// Works 150 ms without yielding (blocking its thread) before its first await, then waits
+/// 20 ms: 170 ms in all, against a 100 ms timeout.
+#[stage(writes = [never], timeout = "100ms")]
+async fn works_before_awaiting() -> u64 {
+    std::thread::sleep(Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    1
+}
+
+#[tokio::test]
+async fn a_stage_timeout_counts_the_work_before_its_first_await() {
+    // Real time: a blocked thread is what tokio's paused clock would not see.
+    for pipe in [
+        pipeline! { works_before_awaiting },
+        // Through the engine too (its own timeout, not the middleware's).
+        pipeline! { works_before_awaiting }.with_middleware(Retry::exponential(1)),
+    ] {
+        let err = pipe.invoke(Ctx::new()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    stage: "works_before_awaiting",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
 /// Signals when the stage starts and when its future is dropped.
 struct CancelProbe {
     started: tokio::sync::Notify,

@@ -723,16 +723,29 @@ impl SchedState {
         self.notify(i, |c, ev| c.on_stage_start(ev));
     }
 
-    /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
-    fn park(&mut self, i: usize) {
+    /// Node `i`, started at `started` (read before its first poll when it has a timeout),
+    /// did not finish on its first poll: it waits in `running` (with its timeout).
+    fn park(&mut self, i: usize, started: Option<Instant>) {
         self.running.push(i as u32);
-        // A stage that finishes on its first poll never needs its timer.
+        // A stage that finishes on its first poll never needs its timer; one that does not
+        // has spent that poll's time from its budget already (work done before its first
+        // await, say).
         if let Some(after) = self.plan.nodes[i].meta.timeout {
             // A stream stage's timer allows for the consumer's time from now on.
             let consumer = self.env.chunks.consumer_time(&self.plan.nodes[i].meta);
-            self.deadlines
-                .push((i as u32, Box::pin(tokio::time::sleep(after)), consumer));
+            let timer = match started.and_then(|at| at.checked_add(after)) {
+                Some(deadline) => tokio::time::sleep_until(deadline),
+                None => tokio::time::sleep(after),
+            };
+            self.deadlines.push((i as u32, Box::pin(timer), consumer));
         }
+    }
+
+    /// When node `i` starts: the clock's time if it has a timeout (which counts from its
+    /// first poll), else nothing — a clock read is dear next to a trivial stage.
+    #[inline]
+    fn start_time(&self, i: usize) -> Option<Instant> {
+        self.plan.nodes[i].meta.timeout.map(|_| Instant::now())
     }
 
     /// Takes the `k`th running node out of `running`.
@@ -1736,9 +1749,10 @@ where
         // Start everything that is ready, polling each once right away.
         while let Some(i) = sched.pop_ready() {
             *current = i;
+            let started = sched.start_time(i);
             match slot_op(sched, slots, i, Mode::Start, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
-                Poll::Pending => sched.park(i),
+                Poll::Pending => sched.park(i, started),
             }
         }
         *current = usize::MAX;
