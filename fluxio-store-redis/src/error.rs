@@ -31,7 +31,7 @@ pub enum Error {
         source: redis::RedisError,
     },
     /// A stage entry or a finish record was saved for a run that has no start record.
-    #[error("run `{run_id}` was never started")]
+    #[error("run `{run_id}` has no checkpoint (never started, or deleted since)")]
     NotStarted {
         /// The run.
         run_id: String,

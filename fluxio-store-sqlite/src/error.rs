@@ -68,7 +68,7 @@ pub enum Error {
     #[error(transparent)]
     Shared(Arc<Error>),
     /// `Save::Entry` or `Save::Finish` for a run that has no start record.
-    #[error("run `{run_id}` was never started")]
+    #[error("run `{run_id}` has no checkpoint (never started, or deleted since)")]
     NotStarted {
         /// The run.
         run_id: String,

@@ -140,12 +140,14 @@ async fn recover_abandoned_runs(
     pipe: &Pipeline,
     store: &dyn fluxio::store::CheckpointStore,
 ) -> anyhow::Result<()> {
-    use fluxio::store::{RunListing, RunStatus};
     // snippet: operations.md 2
+    use fluxio::store::{RunListing, RunStatus};
+
     let listed = store.list_runs(&[RunStatus::Running, RunStatus::RollingBack]).await?;
     for run in listed.into_iter().filter(RunListing::is_abandoned) {
-        if run.version != pipe.version() {
-            // Another pipeline sharing the store, or another build: leave it to its own sweep.
+        if !run.run_id.starts_with("order-") || run.version != pipe.version() {
+            // Another pipeline's run (by the id prefix this service gives its runs), or one
+            // another build left: leave it to its own sweep.
             continue;
         }
         match pipe.resume(&run.run_id).await {
@@ -177,8 +179,8 @@ async fn abandoned_runs_are_found_and_recovered() {
     // A run that completed; then, with the gate shut, a run of this pipeline and one of
     // another whose invokes are dropped while a stage waits (their locks are given back).
     gate.0.add_permits(1);
-    pipe.invoke(input! { order_id: 1 }).run_id("done").await.unwrap();
-    for (p, id) in [(&pipe, "dropped"), (&other, "other")] {
+    pipe.invoke(input! { order_id: 1 }).run_id("order-done").await.unwrap();
+    for (p, id) in [(&pipe, "order-dropped"), (&other, "order-other"), (&pipe, "job-7")] {
         let run = p.invoke(input! { order_id: 2 }).run_id(id).into_future();
         assert!(tokio::time::timeout(Duration::from_secs(1), run).await.is_err());
     }
@@ -191,8 +193,10 @@ async fn abandoned_runs_are_found_and_recovered() {
     recover_abandoned_runs(&pipe, &store).await.unwrap();
 
     let status = async |id: &str| store.load(id).await.unwrap().unwrap().status;
-    assert_eq!(status("dropped").await, RunStatus::Completed);
-    assert_eq!(status("done").await, RunStatus::Completed);
-    // Another pipeline's run is left for its own sweep.
-    assert_eq!(status("other").await, RunStatus::Running);
+    assert_eq!(status("order-dropped").await, RunStatus::Completed);
+    assert_eq!(status("order-done").await, RunStatus::Completed);
+    // Another pipeline's runs are left for its own sweep: one of another version, and one
+    // without this service's id prefix.
+    assert_eq!(status("order-other").await, RunStatus::Running);
+    assert_eq!(status("job-7").await, RunStatus::Running);
 }

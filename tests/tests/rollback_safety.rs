@@ -376,6 +376,12 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
     assert_eq!(unreserved.0.get(), 1);
     let stored = store.load("dropped").await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::RolledBack);
+    // Its stored error is still the failure that started the rollbacks.
+    assert!(
+        stored.error.as_deref().unwrap_or("").contains("transient"),
+        "{:?}",
+        stored.error
+    );
     assert!(matches!(
         pipe.resume("dropped").await,
         Err(Error::RolledBack { .. })
@@ -383,6 +389,56 @@ async fn a_run_dropped_while_rolling_back_is_rolled_back_by_its_resume() {
     // Rolled back, it may be started afresh.
     let fresh = pipe.invoke(input! { seed: 3 }).run_id("dropped").await;
     assert_eq!(fresh.map(|c| c[c_out]).ok(), Some(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_without_a_stage_it_must_roll_back_cannot_resume_a_run_rolling_back() {
+    let store = InMemoryStore::new();
+    let refunds = Arc::new(Refunds::default());
+    let unreserved = Arc::new(Unreserved::default());
+    let with = |pipe: Pipeline, wait: u64| {
+        pipe.with_resource(Calls::default())
+            .with_shared_resource(refunds.clone())
+            .with_shared_resource(unreserved.clone())
+            .with_resource(RefundTime(Duration::from_secs(wait)))
+            .with_store(store.clone())
+    };
+    // Dropped during its first rollback (the refund), as above.
+    let old = with(pipeline! { reserve, pay_after, fail_once }, 10);
+    let dropped = tokio::time::timeout(
+        Duration::from_secs(1),
+        old.invoke(input! { seed: 1 }).run_id("moved").into_future(),
+    )
+    .await;
+    assert!(dropped.is_err());
+    tokio::task::yield_now().await;
+    let stored = store.load("moved").await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::RollingBack);
+
+    // A new version without `reserve`: its unreserve could not run. Refused, and nothing
+    // changes.
+    let new = with(pipeline! { pay_after, fail_once }, 0);
+    let resumed = new
+        .invoke(input! { seed: 1 })
+        .run_id("moved")
+        .resume()
+        .allow_version_change()
+        .await;
+    let err = resumed.map(|c| c[c_out]).unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleCheckpoint { run_id, reason }
+            if run_id == "moved" && reason.contains("`reserve`")),
+        "{err:?}"
+    );
+    assert_eq!(store.load("moved").await.unwrap().unwrap(), stored);
+    assert_eq!((refunds.0.get(), unreserved.0.get()), (1, 0));
+
+    // The version that wrote it finishes the rollbacks.
+    let resumed = with(pipeline! { reserve, pay_after, fail_once }, 0)
+        .resume("moved")
+        .await;
+    assert!(matches!(resumed, Err(Error::RolledBack { .. })));
+    assert_eq!(unreserved.0.get(), 1);
 }
 
 // ---- No rollback runs unless the store recorded that the run is rolling back ----

@@ -227,6 +227,9 @@ fn known_values(
 struct Restoration {
     ctx: Ctx,
     restored: Restored,
+    /// For a checkpoint of another version: the stages it records as run (not skipped)
+    /// that this version does not have.
+    gone: Vec<String>,
     /// For a checkpoint of another version: the header and entries rewritten for this one
     /// (node indexes of this graph, only keys it knows).
     rewritten: Option<(Vec<u8>, Vec<Vec<u8>>)>,
@@ -239,6 +242,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut restored = Restored::default();
     let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
+    let mut gone = Vec::new();
     for (n, bytes) in stored.entries.iter().enumerate() {
         let entry = decode_entry(run_id, n, bytes)?;
         let writes = known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
@@ -254,6 +258,9 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                     entry.node = i;
                 }
                 None => {
+                    if !entry.skipped {
+                        gone.push(entry.stage.clone());
+                    }
                     tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
                     entry.node = INPUT_ENTRY;
                     entry.route = None;
@@ -275,6 +282,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     Ok(Restoration {
         ctx,
         restored,
+        gone,
         rewritten,
     })
 }
@@ -295,6 +303,7 @@ fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restor
     Ok(Restoration {
         ctx,
         restored: Restored::default(),
+        gone: Vec::new(),
         rewritten: None,
     })
 }
@@ -563,17 +572,18 @@ pub(crate) async fn run(
 
     // Every way out before the run starts gives the lock back at once: a caller that
     // corrects its call (say, with `allow_version_change`) must not find it still held.
-    let (ctx, restored) = match prepare(&plan, &*store, &run_id, &owner, input, opts, &env).await {
-        Ok(Prepared::Run(ctx, restored)) => (ctx, restored),
-        Ok(Prepared::Completed(ctx)) => {
-            guard.release().await;
-            return Ok(ctx);
-        }
-        Err(e) => {
-            guard.release().await;
-            return Err(e);
-        }
-    };
+    let (ctx, restored, kept_error) =
+        match prepare(&plan, &*store, &run_id, &owner, input, opts, &env).await {
+            Ok(Prepared::Run(ctx, restored, kept)) => (ctx, restored, kept),
+            Ok(Prepared::Completed(ctx)) => {
+                guard.release().await;
+                return Ok(ctx);
+            }
+            Err(e) => {
+                guard.release().await;
+                return Err(e);
+            }
+        };
 
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
     let rolled_back = durability.rolled_back.clone();
@@ -585,12 +595,12 @@ pub(crate) async fn run(
     let finish = match &result {
         Ok(_) => Save::finish(RunStatus::Completed, None),
         Err(e) => {
-            let status = if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
-                RunStatus::RolledBack
+            if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
+                let error = kept_error.unwrap_or_else(|| e.to_string());
+                Save::finish(RunStatus::RolledBack, Some(&error))
             } else {
-                RunStatus::Failed
-            };
-            Save::finish(status, Some(&e.to_string()))
+                Save::finish(RunStatus::Failed, Some(&e.to_string()))
+            }
         }
     };
     let interrupted = rolling_back.load(std::sync::atomic::Ordering::SeqCst)
@@ -618,8 +628,10 @@ pub(crate) async fn run(
 
 /// Where a durable run stands once its lock is taken and its checkpoint prepared.
 enum Prepared {
-    /// Run from this context (restored from the checkpoint on a resume).
-    Run(Ctx, Option<Restored>),
+    /// Run from this context (restored from the checkpoint on a resume), and the error text
+    /// its end keeps if it ends rolled back: a resumed run that was rolling back keeps the
+    /// failure that started its rollbacks, not "rolled back".
+    Run(Ctx, Option<Restored>, Option<String>),
     /// A resume of a run that had completed: its final context.
     Completed(Ctx),
 }
@@ -661,6 +673,7 @@ async fn prepare(
         let Restoration {
             mut ctx,
             mut restored,
+            gone,
             rewritten,
         } = if stored.status == RunStatus::Completed && stored.version != plan.version {
             // Nothing will run: only the values matter, not where its stages would sit.
@@ -688,7 +701,16 @@ async fn prepare(
         // What would refuse the run is checked before anything is written.
         super::exec::preflight(plan, &ctx, env)?;
         if stored.status == RunStatus::RollingBack {
-            // Its rollbacks were interrupted: they run again, and nothing else does.
+            // Its rollbacks were interrupted: they run again, and nothing else does — all
+            // of them, so every stage it ran must still be there to undo its work.
+            if let Some(stage) = gone.first() {
+                return Err(incompatible(
+                    run_id,
+                    format!(
+                        "it stopped while rolling back, and stage `{stage}` it ran is not in                          this version: its rollback could not run; resume it with the version                          that wrote it"
+                    ),
+                ));
+            }
             restored.rolling_back = Some(Error::RolledBack {
                 run_id: run_id.to_string(),
             });
@@ -733,7 +755,12 @@ async fn prepare(
                 .await
                 .map_err(store_err(run_id, "save"))?;
         }
-        Ok(Prepared::Run(ctx, Some(restored)))
+        let kept = restored
+            .rolling_back
+            .is_some()
+            .then(|| stored.error.clone())
+            .flatten();
+        Ok(Prepared::Run(ctx, Some(restored), kept))
     } else {
         super::exec::preflight(plan, &input, env)?;
         let header = encode_input(plan, &input, run_id)?;
@@ -742,7 +769,7 @@ async fn prepare(
             .save(run_id, owner, start)
             .await
             .map_err(store_err(run_id, "save"))?;
-        Ok(Prepared::Run(input, None))
+        Ok(Prepared::Run(input, None, None))
     }
 }
 

@@ -102,7 +102,9 @@ impl CheckpointStore for InMemoryStore {
                     None => {
                         return Err(StoreError::backend(
                             "save",
-                            format!("run `{run_id}` was never started"),
+                            format!(
+                                "run `{run_id}` has no checkpoint (never started, or deleted since)"
+                            ),
                         ));
                     }
                 },
@@ -114,7 +116,9 @@ impl CheckpointStore for InMemoryStore {
                     None => {
                         return Err(StoreError::backend(
                             "save",
-                            format!("run `{run_id}` was never started"),
+                            format!(
+                                "run `{run_id}` has no checkpoint (never started, or deleted since)"
+                            ),
                         ));
                     }
                 },
