@@ -176,8 +176,10 @@ pub enum Error {
     },
     /// This run lost its lock: it stalled past its lease (a paused process, a long stop, a
     /// network partition), and another process may have taken the run over. It stopped at
-    /// its next write or lease renewal, writing nothing more and running no rollbacks;
-    /// resume it (here or elsewhere) once no one holds it, if no one has.
+    /// its next write or lease renewal, writing nothing more and starting no further
+    /// rollback (one lost while rolling back may have run some: the run stays
+    /// `rolling_back`, and a resume runs them all again); resume it (here or elsewhere)
+    /// once no one holds it, if no one has.
     LockLost {
         /// The run.
         run_id: String,
@@ -423,7 +425,7 @@ impl std::fmt::Display for Error {
             Error::LockLost { run_id } => write!(
                 f,
                 "run `{run_id}` lost its lock: it stalled past its lease, which another owner \
-                may have taken; it stopped without writing more or rolling back"
+                may have taken; it stopped without writing more or running further rollbacks"
             ),
             Error::IncompatibleCheckpoint { run_id, reason } => write!(
                 f,
