@@ -401,6 +401,25 @@ async fn a_rollback_that_panics_is_a_failed_rollback_and_the_others_still_run() 
         "the stage itself did not fail: only its rollback"
     );
     assert_eq!(journal.entries().last().unwrap(), "refund 5");
+
+    // Durable, the run's stored error lists the rollback that failed after the failure that
+    // started them: a failed compensation is found afterwards, not only in the logs.
+    let store = fluxio::store::InMemoryStore::new();
+    let durable = pipe.clone().with_store(store.clone());
+    durable
+        .invoke(input! { order_id: 6 })
+        .run_id("order-6")
+        .await
+        .unwrap_err();
+    let record = durable.inspect("order-6").await.unwrap();
+    assert_eq!(record.status, fluxio::store::RunStatus::RolledBack);
+    assert_eq!(
+        record.error.as_deref(),
+        Some(
+            "stage `notify` failed: mail server down; rollback of stage `ship_fragile` \
+             failed: panicked: courier API changed"
+        )
+    );
 }
 
 #[stage(reads = [order_id], writes = [shipped])]

@@ -588,6 +588,7 @@ pub(crate) async fn run(
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
     let rolled_back = durability.rolled_back.clone();
     let rolling_back = durability.rolling_back.clone();
+    let failed_rollbacks = durability.failed_rollbacks.clone();
     let result = match Scheduler::with_state(plan, ctx, env, obs, Some(durability), restored) {
         Ok(sched) => pipe.start(sched).await,
         Err(e) => Err(e),
@@ -596,7 +597,16 @@ pub(crate) async fn run(
         Ok(_) => Save::finish(RunStatus::Completed, None),
         Err(e) => {
             if rolled_back.load(std::sync::atomic::Ordering::SeqCst) {
-                let error = kept_error.unwrap_or_else(|| e.to_string());
+                let mut error = kept_error.unwrap_or_else(|| e.to_string());
+                // The rollbacks that failed, after the failure that started them.
+                for failed in failed_rollbacks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                {
+                    error.push_str("; ");
+                    error.push_str(failed);
+                }
                 Save::finish(RunStatus::RolledBack, Some(&error))
             } else {
                 Save::finish(RunStatus::Failed, Some(&e.to_string()))

@@ -438,6 +438,8 @@ pub(crate) struct Durability {
     /// Set once the store recorded that the run is rolling back: unless its rollbacks all
     /// ran, its end is left as that (a resume runs them again).
     pub(crate) rolling_back: Arc<std::sync::atomic::AtomicBool>,
+    /// The rollbacks that failed, as the run's stored error lists them.
+    pub(crate) failed_rollbacks: Arc<std::sync::Mutex<Vec<String>>>,
     /// A finished stage's entry could not be stored: a resume would not know it ran, so no
     /// rollback may run (it could not be run again after a crash).
     entry_lost: bool,
@@ -489,6 +491,7 @@ impl Durability {
             renewing: None,
             rolled_back: Arc::default(),
             rolling_back: Arc::default(),
+            failed_rollbacks: Arc::default(),
             entry_lost: false,
         }
     }
@@ -1342,6 +1345,14 @@ impl SchedState {
         });
         if let Some(e) = &error {
             tracing::warn!(stage = self.plan.nodes[i].meta.name, error = %e, "rollback failed");
+            if let Some(d) = &self.durable {
+                // Kept for the checkpoint: a refund that failed must be found afterwards,
+                // not only in the logs.
+                d.failed_rollbacks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.to_string());
+            }
         }
         self.notify(i, |c, ev| c.on_rollback(ev, error.as_ref()));
     }
