@@ -160,7 +160,8 @@ impl<C: Callback + ?Sized> Callback for Arc<C> {
 
 /// Logs every run and stage through `tracing`: run start, end and cancellation, stage end,
 /// skip, retry and rollback at `info`; stage start and stored checkpoints at `debug`;
-/// failures, fallbacks and failed rollbacks at `warn`. Chunks are not logged. Install a subscriber (for example
+/// failures at `warn`. Chunks are not logged. Fallbacks and failed rollbacks are logged at
+/// `warn` by the runtime itself, with or without this callback. Install a subscriber (for example
 /// `tracing_subscriber::fmt::init()`) to see them.
 ///
 /// ```
