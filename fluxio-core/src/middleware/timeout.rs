@@ -39,14 +39,42 @@ impl Middleware for Timeout {
             return next.run(call);
         }
         Box::pin(async move {
-            match tokio::time::timeout(self.after, next.run(call)).await {
-                Ok(out) => out,
-                Err(_) => Err(StageError::new(Error::Timeout {
-                    stage: call.meta.name,
-                    run_id: None,
-                    after: self.after,
-                })),
-            }
+            // For a stream stage, the time the consumer holds it up is not counted (as on the
+            // engine's path): the deadline moves with it, and is checked again when the timer
+            // fires.
+            let chunks = &next.env.chunks;
+            let before = chunks.consumer_time(call.meta);
+            let held = || chunks.consumer_time(call.meta).saturating_sub(before);
+            let Some(deadline) = tokio::time::Instant::now().checked_add(self.after) else {
+                return next.run(call).await; // past the clock's range: no limit
+            };
+            let mut inner = next.run(call);
+            let timer = tokio::time::sleep_until(deadline);
+            tokio::pin!(timer);
+            std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(out) = inner.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(out);
+                }
+                loop {
+                    let Some(at) = deadline.checked_add(held()) else {
+                        return std::task::Poll::Pending;
+                    };
+                    if at <= tokio::time::Instant::now() {
+                        return std::task::Poll::Ready(Err(StageError::new(Error::Timeout {
+                            stage: call.meta.name,
+                            run_id: None,
+                            after: self.after,
+                        })));
+                    }
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return std::task::Poll::Pending;
+                    }
+                }
+            })
+            .await
         })
     }
 }
