@@ -638,3 +638,35 @@ async fn a_panic_is_not_retried_even_when_the_predicate_says_so() {
     assert!(err.to_string().contains("panicked"), "{err}");
     assert_eq!(journal.entries(), ["always_panics"]);
 }
+
+/// Works 150 ms without yielding, then fails: against its 100 ms timeout.
+#[stage(reads = [order_id], writes = [price], timeout = "100ms", fallback = quick_price)]
+async fn works_then_fails(_order_id: &u64) -> Result<u64, StageError> {
+    std::thread::sleep(Duration::from_millis(150));
+    Err(StageError::msg("quotes down"))
+}
+
+async fn quick_price(_order_id: &u64) -> Result<u64, StageError> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(1)
+}
+
+#[tokio::test]
+async fn a_fallback_has_only_what_its_stage_left_of_the_timeout_after_a_failed_first_poll() {
+    // Real time: the stage's work is a blocked thread. It failed on its first poll, having
+    // used up its 100 ms: its fallback has none left.
+    let out = pipeline! { works_then_fails }
+        .invoke(input! { order_id: 1 })
+        .await;
+    assert!(
+        matches!(
+            out,
+            Err(Error::Timeout {
+                stage: "works_then_fails",
+                ..
+            })
+        ),
+        "{:?}",
+        out.map(|c| c[price])
+    );
+}

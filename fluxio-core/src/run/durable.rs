@@ -717,7 +717,9 @@ async fn prepare(
                 return Err(incompatible(
                     run_id,
                     format!(
-                        "it stopped while rolling back, and stage `{stage}` it ran is not in                          this version: its rollback could not run; resume it with the version                          that wrote it"
+                        "it stopped while rolling back, and stage `{stage}` it ran is not in this \
+                         version: a rollback it had could not run; resume it with the version \
+                         that wrote it"
                     ),
                 ));
             }

@@ -526,6 +526,9 @@ struct SchedState {
     /// The timer of the last stage with a fallback that ended while parked: if its fallback
     /// runs, the rest of the stage's time is the fallback's.
     ended_deadline: Option<Deadline>,
+    /// The node with a timeout being started, and when (before its first poll): should it
+    /// fail on that poll, its fallback has what is left of its time.
+    first_poll: Option<(u32, Instant)>,
     obs: Option<Observers>,
     durable: Option<Box<Durability>>,
     /// One `fluxio.stage` span per node, made only when a `tracing` subscriber wants them.
@@ -615,6 +618,7 @@ impl Scheduler {
             running: SmallVec::new(),
             deadlines: Vec::new(),
             ended_deadline: None,
+            first_poll: None,
             ctx: input,
             env,
             obs,
@@ -908,7 +912,16 @@ impl SchedState {
                             _ => self.plan.nodes[i].meta.timeout.map(|after| {
                                 let meta = &self.plan.nodes[i].meta;
                                 let consumer = self.env.chunks.consumer_time(meta);
-                                (i as u32, Box::pin(tokio::time::sleep(after)), consumer)
+                                // It failed on its first poll: counted from before it.
+                                let deadline = self
+                                    .first_poll
+                                    .filter(|(n, _)| *n as usize == i)
+                                    .and_then(|(_, at)| at.checked_add(after));
+                                let timer = match deadline {
+                                    Some(at) => tokio::time::sleep_until(at),
+                                    None => tokio::time::sleep(after),
+                                };
+                                (i as u32, Box::pin(timer), consumer)
                             }),
                         };
                         self.deadlines.extend(deadline);
@@ -1761,6 +1774,7 @@ where
         while let Some(i) = sched.pop_ready() {
             *current = i;
             let started = sched.start_time(i);
+            sched.first_poll = started.map(|at| (i as u32, at));
             match slot_op(sched, slots, i, Mode::Start, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
                 Poll::Pending => sched.park(i, started),
