@@ -225,6 +225,8 @@ pub(crate) struct Plan {
     /// Per node: whether its stage has a rollback, kept apart from the nodes so the hot path
     /// reads one byte instead of touching a whole node.
     pub(crate) has_rollback: Vec<bool>,
+    /// Per node: whether its stage has a timeout of its own (kept apart for the same reason).
+    pub(crate) has_timeout: Vec<bool>,
     /// Every key any node reads or writes (how checkpoints decode values).
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
@@ -332,9 +334,11 @@ impl Plan {
             }
         }
         let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
+        let has_timeout = nodes.iter().map(|n| n.meta.timeout.is_some()).collect();
         let input_readers = input_readers.iter().map(|&i| nodes[i].meta.name).collect();
         Plan {
             has_rollback,
+            has_timeout,
             key_descs,
             key_clash,
             dep_offsets,

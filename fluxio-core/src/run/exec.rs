@@ -749,10 +749,16 @@ impl SchedState {
     }
 
     /// When node `i` starts: the clock's time if it has a timeout (which counts from its
-    /// first poll), else nothing — a clock read is dear next to a trivial stage.
+    /// first poll), kept as `first_poll` too; else nothing — a clock read is dear next to a
+    /// trivial stage.
     #[inline]
-    fn start_time(&self, i: usize) -> Option<Instant> {
-        self.plan.nodes[i].meta.timeout.map(|_| Instant::now())
+    fn start_time(&mut self, i: usize) -> Option<Instant> {
+        if !self.plan.has_timeout[i] {
+            return None;
+        }
+        let now = Instant::now();
+        self.first_poll = Some((i as u32, now));
+        Some(now)
     }
 
     /// Takes the `k`th running node out of `running`.
@@ -1774,7 +1780,6 @@ where
         while let Some(i) = sched.pop_ready() {
             *current = i;
             let started = sched.start_time(i);
-            sched.first_poll = started.map(|at| (i as u32, at));
             match slot_op(sched, slots, i, Mode::Start, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
                 Poll::Pending => sched.park(i, started),
