@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 
 const STAGES: [&str; 6] = ["step1", "step2", "step3", "step4", "step5", "step6"];
 
+/// One test of this file at a time: each starts worker processes whose lease is 1 s, and
+/// on two cores six tests' workers at once can starve one past its lease (it then loses
+/// its lock, and the test fails for the machine, not the code).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one runs anyway.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fluxio-crash-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -186,6 +196,7 @@ fn two_processes_one_run_id(backend: Vec<String>, dir: &Path) {
 
 #[test]
 fn sqlite_runs_resume_in_a_new_process_after_sigkill() {
+    let _serial = one_at_a_time();
     let dir = scratch("sqlite");
     let db = dir.join("runs.db");
     crash_and_resume(vec!["sqlite".into(), db.display().to_string()], &dir);
@@ -194,6 +205,7 @@ fn sqlite_runs_resume_in_a_new_process_after_sigkill() {
 
 #[test]
 fn sqlite_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
+    let _serial = one_at_a_time();
     let dir = scratch("sqlite-recover");
     let db = dir.join("runs.db");
     recover_abandoned_runs(vec!["sqlite".into(), db.display().to_string()], &dir);
@@ -202,6 +214,7 @@ fn sqlite_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
 
 #[test]
 fn redis_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
+    let _serial = one_at_a_time();
     let Some(url) = redis_url() else { return };
     let dir = scratch("redis-recover");
     let prefix = fluxio_testkit::unique_prefix("recover");
@@ -212,6 +225,7 @@ fn redis_abandoned_runs_are_listed_and_recovered_by_a_new_process() {
 
 #[test]
 fn sqlite_run_ids_are_locked_across_processes() {
+    let _serial = one_at_a_time();
     let dir = scratch("sqlite-lock");
     let db = dir.join("runs.db");
     two_processes_one_run_id(vec!["sqlite".into(), db.display().to_string()], &dir);
@@ -220,6 +234,7 @@ fn sqlite_run_ids_are_locked_across_processes() {
 
 #[test]
 fn redis_run_ids_are_locked_across_processes() {
+    let _serial = one_at_a_time();
     let Some(url) = redis_url() else { return };
     let dir = scratch("redis-lock");
     let prefix = fluxio_testkit::unique_prefix("lock");
@@ -243,6 +258,7 @@ fn redis_url() -> Option<String> {
 
 #[test]
 fn redis_runs_resume_in_a_new_process_after_sigkill() {
+    let _serial = one_at_a_time();
     let Some(url) = redis_url() else { return };
     let dir = scratch("redis");
     let prefix = fluxio_testkit::unique_prefix("crash");
