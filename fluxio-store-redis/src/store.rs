@@ -543,7 +543,7 @@ impl CheckpointStore for RedisStore {
                             .arg(meta)
                             .arg("version")
                             .arg("status")
-                            .cmd("EXISTS")
+                            .cmd("PTTL")
                             .arg(lock);
                     }
                     let replies: Vec<redis::Value> = Request::Pipe(pipe)
@@ -577,7 +577,7 @@ impl CheckpointStore for RedisStore {
 }
 
 /// The listing of `run_id` from its replies to `HMGET meta version status` and
-/// `EXISTS lock`: `None` when the run was deleted since the scan found it.
+/// `PTTL lock` (-2: no lock): `None` when the run was deleted since the scan found it.
 fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunListing>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         run_id: run_id.clone(),
@@ -588,7 +588,7 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     };
     let (version, status): (Option<String>, Option<String>) =
         redis::from_redis_value_ref(fields).map_err(|e| corrupt(format!("its meta: {e}")))?;
-    let locked: bool =
+    let pttl: i64 =
         redis::from_redis_value_ref(locked).map_err(|e| corrupt(format!("its lock: {e}")))?;
     let (version, status) = match (version, status) {
         (None, None) => return Ok(None),
@@ -600,7 +600,12 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     };
     let status =
         RunStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status `{status}`")))?;
-    Ok(Some(RunListing::new(run_id, version, status, locked)))
+    let listing = RunListing::new(run_id, version, status, pttl != -2);
+    // A lock always has a lease; -1 (none) would be another program's key.
+    Ok(Some(match u64::try_from(pttl) {
+        Ok(ms) => listing.with_lease_left(Duration::from_millis(ms)),
+        Err(_) => listing,
+    }))
 }
 
 /// Runs a lock script answering 1 (true) or 0 (false).

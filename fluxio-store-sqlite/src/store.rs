@@ -317,7 +317,7 @@ impl Inner {
     /// The runs with one of `statuses` (all when empty), with whether their lock is held.
     async fn list_runs(&self, statuses: &[RunStatus]) -> Result<Vec<RunListing>, Error> {
         let mut sql = String::from(
-            "SELECT r.run_id, r.version, r.status, EXISTS (SELECT 1 FROM locks l
+            "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
                  WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
              FROM runs r",
         );
@@ -327,19 +327,23 @@ impl Inner {
         }
         // Built from placeholders only: no value is spliced into the text.
         let mut query =
-            sqlx::query_as::<_, (String, String, String, bool)>(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as::<_, (String, String, String, Option<i64>)>(sqlx::AssertSqlSafe(sql))
                 .bind(now_ms());
         for status in statuses {
             query = query.bind(status.as_str());
         }
         let rows = query.fetch_all(&self.reads).await?;
         rows.into_iter()
-            .map(|(run_id, version, status, locked)| {
+            .map(|(run_id, version, status, left_ms)| {
                 let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
                     run_id: run_id.clone(),
                     status,
                 })?;
-                Ok(RunListing::new(run_id, version, status, locked))
+                let listing = RunListing::new(run_id, version, status, left_ms.is_some());
+                Ok(match left_ms {
+                    Some(ms) => listing.with_lease_left(Duration::from_millis(ms.max(0) as u64)),
+                    None => listing,
+                })
             })
             .collect()
     }

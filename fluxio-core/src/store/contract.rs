@@ -948,9 +948,20 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
 }
 
 async fn list_runs_finds_runs_by_status_with_their_lock(s: &dyn CheckpointStore) -> Outcome {
+    // Listings sorted by id, each lock's lease checked (what is left of a lease acquired
+    // for LONG, exactly when locked) and then left out of the comparison.
     let listed = |statuses: &'static [RunStatus]| async move {
         let mut runs = ok(s.list_runs(statuses).await, "list_runs")?;
         runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        for run in &mut runs {
+            let left = run.lease_left.take();
+            ensure!(
+                left.is_some() == run.locked && left.is_none_or(|l| l <= LONG),
+                "`{}`: locked {} with {left:?} of its lease left",
+                run.run_id,
+                run.locked
+            );
+        }
         Ok::<_, String>(runs)
     };
     same!(listed(&[]).await?, vec![], "a listing before any run");

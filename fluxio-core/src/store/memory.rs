@@ -190,8 +190,21 @@ impl CheckpointStore for InMemoryStore {
                 .iter()
                 .filter(|(_, run)| statuses.is_empty() || statuses.contains(&run.status))
                 .map(|(id, run)| {
-                    let locked = inner.locks.get(id).is_some_and(|(_, until)| *until > now);
-                    RunListing::new(id.clone(), run.version.clone(), run.status, locked)
+                    let left = inner
+                        .locks
+                        .get(id)
+                        .and_then(|(_, until)| until.checked_duration_since(now))
+                        .filter(|left| !left.is_zero());
+                    let listing = RunListing::new(
+                        id.clone(),
+                        run.version.clone(),
+                        run.status,
+                        left.is_some(),
+                    );
+                    match left {
+                        Some(left) => listing.with_lease_left(left),
+                        None => listing,
+                    }
                 })
                 .collect()
         })))

@@ -221,6 +221,10 @@ pub struct RunListing {
     /// out). A run `running` or `rolling_back` that is not locked was left by a process that
     /// stopped, or an invoke that was dropped: nothing will carry it on but a resume.
     pub locked: bool,
+    /// For a locked run, how long its lease has left (`None` when it is not locked): a run
+    /// whose process just died stays locked that long, then it is abandoned — when a
+    /// sweep may look again.
+    pub lease_left: Option<Duration>,
 }
 
 impl RunListing {
@@ -237,7 +241,16 @@ impl RunListing {
             version: version.into(),
             status,
             locked,
+            lease_left: None,
         }
+    }
+
+    /// The listing with how long the run's lease has left (see
+    /// [`lease_left`](Self::lease_left)).
+    #[must_use]
+    pub fn with_lease_left(mut self, left: Duration) -> Self {
+        self.lease_left = Some(left);
+        self
     }
 
     /// Whether the run was left unfinished by a process that stopped: `running` or
