@@ -169,7 +169,11 @@ impl Pipeline {
     /// its context (input and finished stages' writes, decoded with this pipeline's key
     /// types), and the stages it finished — to look at a failed run before resuming it, or
     /// at what a completed one produced. The run's lock is not taken: a run another process
-    /// is running may be read between two of its checkpoints.
+    /// is running may be read between two of its checkpoints. A run written by another
+    /// version (compare [`RunRecord::version`] with [`version`](Self::version)) is decoded
+    /// with this pipeline's key types too: a key whose type changed fails with
+    /// `CorruptCheckpoint`, or, if its bytes happen to decode as the new type, reads wrong —
+    /// inspect a run with the build that wrote it when you can.
     ///
     /// # Errors
     ///
