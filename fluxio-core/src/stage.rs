@@ -430,6 +430,32 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Polls a time limit whose end moves: `due` says when it ends as things stand now (a
+/// stream stage's limit moves on with the time the consumer holds it up; `None`: never).
+/// `Ready` once that end has passed; else `timer` is set for it and waits. When the timer
+/// fires, the end is read again and compared with the clock — never with an earlier reading,
+/// which, while a send waits for the consumer, has always moved on.
+pub(crate) fn poll_deadline(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    cx: &mut std::task::Context<'_>,
+    due: impl Fn() -> Option<tokio::time::Instant>,
+) -> std::task::Poll<()> {
+    loop {
+        let Some(at) = due() else {
+            return std::task::Poll::Pending;
+        };
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        if due().is_some_and(|end| end <= tokio::time::Instant::now()) {
+            return std::task::Poll::Ready(());
+        }
+    }
+}
+
 impl fmt::Debug for ChunkSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChunkSink")

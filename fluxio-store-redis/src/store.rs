@@ -498,8 +498,8 @@ impl CheckpointStore for RedisStore {
     }
 
     /// `SCAN`s the keys under the store's prefix for the runs' meta hashes (`TYPE hash`,
-    /// Redis 6 or later), then reads each one's version and status and whether its lock
-    /// exists, a thousand at a time. On a Redis Cluster it sees the keys of the node it is
+    /// Redis 6 or later), then reads each one's version and status and its lock's time left
+    /// (`PTTL`), a thousand at a time. On a Redis Cluster it sees the keys of the node it is
     /// connected to only.
     fn list_runs(
         &self,
@@ -600,12 +600,14 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     };
     let status =
         RunStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status `{status}`")))?;
-    let listing = RunListing::new(run_id, version, status, pttl != -2);
-    // A lock always has a lease; -1 (none) would be another program's key.
-    Ok(Some(match u64::try_from(pttl) {
-        Ok(ms) => listing.with_lease_left(Duration::from_millis(ms)),
-        Err(_) => listing,
-    }))
+    // -2: no lock. -1: a lock without expiry (the store always sets one: another
+    // program's key), held for good.
+    let left = match pttl {
+        -2 => None,
+        -1 => Some(Duration::MAX),
+        ms => Some(Duration::from_millis(ms.max(0) as u64)),
+    };
+    Ok(Some(RunListing::new(run_id, version, status, left)))
 }
 
 /// Runs a lock script answering 1 (true) or 0 (false).

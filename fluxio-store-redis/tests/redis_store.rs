@@ -561,7 +561,7 @@ async fn list_runs_finds_exactly_its_prefix_runs_whatever_their_characters() {
         .into_iter()
         .map(|run| {
             assert_eq!(
-                (run.status, run.version.as_str(), run.locked),
+                (run.status, run.version.as_str(), run.is_locked()),
                 (RunStatus::Running, "v1", true)
             );
             run.run_id

@@ -339,11 +339,8 @@ impl Inner {
                     run_id: run_id.clone(),
                     status,
                 })?;
-                let listing = RunListing::new(run_id, version, status, left_ms.is_some());
-                Ok(match left_ms {
-                    Some(ms) => listing.with_lease_left(Duration::from_millis(ms.max(0) as u64)),
-                    None => listing,
-                })
+                let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+                Ok(RunListing::new(run_id, version, status, left))
             })
             .collect()
     }

@@ -121,21 +121,22 @@ async fn forever(n: &u64) -> u64 {
     *n
 }
 
-#[tokio::test]
-async fn a_dropped_run_is_reported_cancelled() {
-    let (sink, events) = event_log();
-    let pipe = pipeline! { forever }.with_callback(sink);
-    let run = tokio::spawn({
-        let pipe = pipe.clone();
-        async move { pipe.invoke(input! { n: 1 }).run_id("dropped").await }
-    });
-    // Wait for the stage to start, then cancel the run.
-    while !names(&events).iter().any(|n| n == "stage.started forever") {
+/// Runs `pipe` (`forever`) on a task, aborts it once the stage started, and returns the
+/// events seen.
+async fn abort_once_started(pipe: fluxio::Pipeline, events: &Events) -> Vec<String> {
+    let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).run_id("dropped").await });
+    while !names(events).iter().any(|n| n == "stage.started forever") {
         tokio::task::yield_now().await;
     }
     run.abort();
     let _ = run.await;
-    let names = names(&events);
+    names(events)
+}
+
+#[tokio::test]
+async fn a_dropped_run_is_reported_cancelled() {
+    let (sink, events) = event_log();
+    let names = abort_once_started(pipeline! { forever }.with_callback(sink), &events).await;
     assert_eq!(
         &names[names.len() - 2..],
         ["stage.cancelled forever", "pipeline.cancelled"],
@@ -148,17 +149,8 @@ async fn a_callback_kept_in_an_arc_hears_its_stages_cancelled() {
     // As the observability guide shows: keep an `Arc` to read what the callback saw.
     let (sink, events) = event_log();
     let sink = Arc::new(sink);
-    let pipe = pipeline! { forever }.with_callback(sink.clone());
-    let run = tokio::spawn({
-        let pipe = pipe.clone();
-        async move { pipe.invoke(input! { n: 1 }).await }
-    });
-    while !names(&events).iter().any(|n| n == "stage.started forever") {
-        tokio::task::yield_now().await;
-    }
-    run.abort();
-    let _ = run.await;
-    let names = names(&events);
+    let names =
+        abort_once_started(pipeline! { forever }.with_callback(sink.clone()), &events).await;
     assert_eq!(
         &names[names.len() - 2..],
         ["stage.cancelled forever", "pipeline.cancelled"]

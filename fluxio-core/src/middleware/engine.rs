@@ -30,7 +30,9 @@ use super::{CircuitBreaker, Clock, Layer, RateLimit, StageCall};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::run::poll_caught;
-use crate::stage::{DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput};
+use crate::stage::{
+    DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput, poll_deadline,
+};
 use crate::store::BoxFuture;
 
 type StageResult = Result<StageOutput, StageError>;
@@ -672,29 +674,16 @@ impl Call {
             Some(Layer::Timeout(t)) => t.after,
             _ => Duration::ZERO,
         };
-        // The deadline on the real clock, as the consumer's time stands now (a wait for the
-        // consumer still going on included). Passed: the call is over. Not yet: the timer is
-        // set for it and, when it fires, the deadline is checked again — the consumer may
-        // have held the stage up meanwhile. (Two readings of the consumer's time differ
-        // while a wait goes on: the deadline is compared with the clock, never with an
-        // earlier reading.)
-        loop {
-            let at = deadline.checked_add(consumer_time(site))?;
-            if at <= Instant::now() {
-                break;
-            }
-            let timer = match &mut self.timer {
-                Some(timer) => {
-                    if timer.deadline() != at {
-                        timer.as_mut().reset(at);
-                    }
-                    timer
-                }
-                timer @ None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
-            };
-            if timer.as_mut().poll(cx).is_pending() {
-                return None;
-            }
+        // The deadline on the real clock, as the consumer's time stands when it is read.
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if poll_deadline(timer.as_mut(), cx, || {
+            deadline.checked_add(consumer_time(site))
+        })
+        .is_pending()
+        {
+            return None;
         }
         // The attempts a `Retry` inside made: its frame is dropped with the rest.
         let inner_retry = self.frames.as_slice()[depth..]

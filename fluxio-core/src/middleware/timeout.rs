@@ -1,10 +1,11 @@
 //! `Timeout`: a default time limit for stages without their own.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use super::{Middleware, Next, StageCall};
 use crate::error::Error;
-use crate::stage::{StageError, StageOutput};
+use crate::stage::{StageError, StageOutput, poll_deadline};
 use crate::store::BoxFuture;
 
 /// Gives stages without `timeout = ".."` a time limit; a call past it fails with
@@ -40,39 +41,28 @@ impl Middleware for Timeout {
         }
         Box::pin(async move {
             // For a stream stage, the time the consumer holds it up is not counted (as on the
-            // engine's path): the deadline moves with it, and is checked again when the timer
-            // fires.
+            // engine's path): the limit's end moves on with it.
             let chunks = &next.env.chunks;
             let before = chunks.consumer_time(call.meta);
-            let held = || chunks.consumer_time(call.meta).saturating_sub(before);
             let Some(deadline) = tokio::time::Instant::now().checked_add(self.after) else {
                 return next.run(call).await; // past the clock's range: no limit
             };
+            let due =
+                || deadline.checked_add(chunks.consumer_time(call.meta).saturating_sub(before));
             let mut inner = next.run(call);
             let timer = tokio::time::sleep_until(deadline);
             tokio::pin!(timer);
             std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(out) = inner.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(out);
+                if let Poll::Ready(out) = inner.as_mut().poll(cx) {
+                    return Poll::Ready(out);
                 }
-                loop {
-                    let Some(at) = deadline.checked_add(held()) else {
-                        return std::task::Poll::Pending;
-                    };
-                    if at <= tokio::time::Instant::now() {
-                        return std::task::Poll::Ready(Err(StageError::new(Error::Timeout {
-                            stage: call.meta.name,
-                            run_id: None,
-                            after: self.after,
-                        })));
-                    }
-                    if timer.deadline() != at {
-                        timer.as_mut().reset(at);
-                    }
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return std::task::Poll::Pending;
-                    }
-                }
+                poll_deadline(timer.as_mut(), cx, due).map(|()| {
+                    Err(StageError::new(Error::Timeout {
+                        stage: call.meta.name,
+                        run_id: None,
+                        after: self.after,
+                    }))
+                })
             })
             .await
         })

@@ -32,6 +32,7 @@ use crate::middleware::{Clock, Layer};
 use crate::plan::{Exec, Plan};
 use crate::stage::{
     ChunkSink, ConsumerClock, RawChunk, StageEnv, StageError, StageFuture, StageOutput, Writes,
+    poll_deadline,
 };
 use crate::store::{BoxFuture, CheckpointStore, RunStatus, Save, StoreResult, format};
 
@@ -416,9 +417,15 @@ const PERSISTING: u8 = 4;
 /// Failed; its fallback is running.
 const FALLBACK: u8 = 5;
 
-/// A parked stage's timer: the node, its timer, and the consumer's time (of a streamed
-/// run) the timer already allows for.
-type Deadline = (u32, Pin<Box<tokio::time::Sleep>>, Duration);
+/// A stage's own timeout while it (or its fallback) runs.
+struct Deadline {
+    node: u32,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When it ends, leaving out the consumer's time (of a stream stage) from here on…
+    due: Instant,
+    /// …which stood at this when it was set.
+    consumer: Duration,
+}
 
 /// An entry being written: (node, chosen route label, size in bytes, the write).
 type PendingEntry = (u32, Option<u32>, usize, BoxFuture<'static, StoreResult<()>>);
@@ -730,41 +737,50 @@ impl SchedState {
         self.notify(i, |c, ev| c.on_stage_start(ev));
     }
 
-    /// Node `i`, started at `started` (read before its first poll when it has a timeout),
-    /// did not finish on its first poll: it waits in `running` (with its timeout).
-    fn park(&mut self, i: usize, started: Option<Instant>) {
+    /// Node `i` did not finish on its first poll: it waits in `running` (with its timeout).
+    /// A stage that finishes on its first poll never needs its timer.
+    fn park(&mut self, i: usize) {
         self.running.push(i as u32);
-        // A stage that finishes on its first poll never needs its timer; one that does not
-        // has spent that poll's time from its budget already (work done before its first
-        // await, say).
         if let Some(after) = self.plan.nodes[i].meta.timeout {
-            // A stream stage's timer allows for the consumer's time from now on.
-            let consumer = self.env.chunks.consumer_time(&self.plan.nodes[i].meta);
-            let timer = match started.and_then(|at| at.checked_add(after)) {
-                Some(deadline) => tokio::time::sleep_until(deadline),
-                None => tokio::time::sleep(after),
-            };
-            self.deadlines.push((i as u32, Box::pin(timer), consumer));
+            let deadline = self.own_deadline(i, after);
+            self.deadlines.push(deadline);
         }
     }
 
-    /// When node `i` starts: the clock's time if it has a timeout (which counts from its
-    /// first poll), kept as `first_poll` too; else nothing — a clock read is dear next to a
+    /// Node `i` is about to be polled for the first time: with a timeout, the time is kept
+    /// (`first_poll`), as its timeout counts from here — work a stage does before its first
+    /// await is spent from it. Without one, the clock is not read: a read is dear next to a
     /// trivial stage.
     #[inline]
-    fn start_time(&mut self, i: usize) -> Option<Instant> {
-        if !self.plan.has_timeout[i] {
-            return None;
+    fn note_start(&mut self, i: usize) {
+        if self.plan.has_timeout[i] {
+            self.first_poll = Some((i as u32, Instant::now()));
         }
-        let now = Instant::now();
-        self.first_poll = Some((i as u32, now));
-        Some(now)
+    }
+
+    /// Node `i`'s own timeout of `after`: counted from before its first poll when that is
+    /// what just happened (`first_poll`), else from now; leaving out, for a stream stage,
+    /// the consumer's time from here on.
+    fn own_deadline(&self, i: usize, after: Duration) -> Deadline {
+        let start = match self.first_poll {
+            Some((n, at)) if n as usize == i => at,
+            _ => Instant::now(),
+        };
+        let due = start
+            .checked_add(after)
+            .unwrap_or_else(|| start + crate::middleware::FOREVER);
+        Deadline {
+            node: i as u32,
+            timer: Box::pin(tokio::time::sleep_until(due)),
+            due,
+            consumer: self.env.chunks.consumer_time(&self.plan.nodes[i].meta),
+        }
     }
 
     /// Takes the `k`th running node out of `running`.
     fn unpark(&mut self, k: usize) -> usize {
         let i = self.running.swap_remove(k) as usize;
-        if let Some(k) = self.deadlines.iter().position(|(d, ..)| *d as usize == i) {
+        if let Some(k) = self.deadlines.iter().position(|d| d.node as usize == i) {
             let deadline = self.deadlines.swap_remove(k);
             if self.plan.nodes[i].has_fallback {
                 self.ended_deadline = Some(deadline);
@@ -913,22 +929,11 @@ impl SchedState {
                         self.state[i] = FALLBACK;
                         self.fallbacks.push((i as u32, fut, e));
                         // The stage's timeout is its whole budget, fallback included.
+                        // (A stage that failed on its first poll: from before it.)
                         let deadline = match self.ended_deadline.take() {
-                            Some(d) if d.0 as usize == i => Some(d),
-                            _ => self.plan.nodes[i].meta.timeout.map(|after| {
-                                let meta = &self.plan.nodes[i].meta;
-                                let consumer = self.env.chunks.consumer_time(meta);
-                                // It failed on its first poll: counted from before it.
-                                let deadline = self
-                                    .first_poll
-                                    .filter(|(n, _)| *n as usize == i)
-                                    .and_then(|(_, at)| at.checked_add(after));
-                                let timer = match deadline {
-                                    Some(at) => tokio::time::sleep_until(at),
-                                    None => tokio::time::sleep(after),
-                                };
-                                (i as u32, Box::pin(timer), consumer)
-                            }),
+                            Some(d) if d.node as usize == i => Some(d),
+                            _ => (self.plan.nodes[i].meta.timeout)
+                                .map(|after| self.own_deadline(i, after)),
                         };
                         self.deadlines.extend(deadline);
                         return Ok(());
@@ -1208,7 +1213,7 @@ impl SchedState {
             match self.fallbacks[k].1.as_mut().poll(cx) {
                 Poll::Ready(out) => {
                     let (i, _, stage) = self.fallbacks.swap_remove(k);
-                    self.deadlines.retain(|(d, ..)| *d != i);
+                    self.deadlines.retain(|d| d.node != i);
                     let out = out.map_err(|e| fallback_failed(stage, e));
                     self.complete(i as usize, out)?;
                     progressed = true;
@@ -1382,29 +1387,16 @@ impl SchedState {
 
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
         for k in 0..self.deadlines.len() {
-            let (i, sleep, allowed) = &mut self.deadlines[k];
-            if sleep.as_mut().poll(cx).is_pending() {
+            let d = &mut self.deadlines[k];
+            let (i, due, before) = (d.node as usize, d.due, d.consumer);
+            let node = &self.plan.nodes[i];
+            // A stream stage's end moves on with the time the consumer held it up since.
+            let chunks = &self.env.chunks;
+            let end = || due.checked_add(chunks.consumer_time(&node.meta).saturating_sub(before));
+            if poll_deadline(d.timer.as_mut(), cx, end).is_pending() {
                 continue;
             }
-            // A stream stage's timer leaves out the time the consumer held the run up since
-            // it was set: move the deadline by that much, and fail only if it is still past.
-            let node = &self.plan.nodes[*i as usize];
-            let consumer = self.env.chunks.consumer_time(&node.meta);
-            if consumer > *allowed {
-                let Some(later) = sleep.deadline().checked_add(consumer - *allowed) else {
-                    continue; // past the clock's range: never
-                };
-                *allowed = consumer;
-                if later > Instant::now() {
-                    sleep.as_mut().reset(later);
-                    // Registers the timer's waker (a deadline this close may fire at once:
-                    // then it fails, as `allowed` is up to date).
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        continue;
-                    }
-                }
-            }
-            let (i, name) = (*i as usize, node.meta.name);
+            let name = node.meta.name;
             let e = Error::Timeout {
                 stage: name,
                 run_id: None,
@@ -1779,10 +1771,10 @@ where
         // Start everything that is ready, polling each once right away.
         while let Some(i) = sched.pop_ready() {
             *current = i;
-            let started = sched.start_time(i);
+            sched.note_start(i);
             match slot_op(sched, slots, i, Mode::Start, cx) {
                 Poll::Ready(out) => sched.complete(i, out)?,
-                Poll::Pending => sched.park(i, started),
+                Poll::Pending => sched.park(i),
             }
         }
         *current = usize::MAX;

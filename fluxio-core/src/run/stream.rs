@@ -133,7 +133,6 @@ impl<C: Send + 'static> StreamHandle<C> {
         if let Some(start) = self.start.take() {
             let (pipe, input, opts, tx) = *start;
             self.run_id.clone_from(&opts.run_id);
-            let opts_run_id = opts.run_id.clone();
             let chunks = Some((tx, self.consumer.clone()));
             let run = super::exec::start_run(&pipe, input, opts, chunks);
             self.run = Some(match tokio::runtime::Handle::try_current() {
@@ -145,7 +144,7 @@ impl<C: Send + 'static> StreamHandle<C> {
                     self.task = Some(task.abort_handle());
                     // Dropped with the handle, the task is aborted (its stages cancelled).
                     let task = crate::support::AbortOnDrop(task);
-                    let run_id = opts_run_id;
+                    let run_id = self.run_id.clone();
                     Box::pin(async move {
                         match task.await {
                             Ok(out) => out,

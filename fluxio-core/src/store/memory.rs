@@ -54,6 +54,14 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
     Box::pin(std::future::ready(v))
 }
 
+/// The refusal of an entry or finish for a run without a start record.
+fn no_checkpoint(run_id: &str) -> StoreError {
+    StoreError::backend(
+        "save",
+        format!("run `{run_id}` has no checkpoint (never started, or deleted since)"),
+    )
+}
+
 /// A run as a start record leaves it.
 fn started(version: String, header: Vec<u8>, entries: Vec<Vec<u8>>) -> StoredRun {
     StoredRun {
@@ -100,12 +108,7 @@ impl CheckpointStore for InMemoryStore {
                 Save::Entry(bytes) => match inner.runs.get_mut(run_id) {
                     Some(run) => run.entries.push(bytes),
                     None => {
-                        return Err(StoreError::backend(
-                            "save",
-                            format!(
-                                "run `{run_id}` has no checkpoint (never started, or deleted since)"
-                            ),
-                        ));
+                        return Err(no_checkpoint(run_id));
                     }
                 },
                 Save::Finish { status, error } => match inner.runs.get_mut(run_id) {
@@ -114,12 +117,7 @@ impl CheckpointStore for InMemoryStore {
                         run.error = error;
                     }
                     None => {
-                        return Err(StoreError::backend(
-                            "save",
-                            format!(
-                                "run `{run_id}` has no checkpoint (never started, or deleted since)"
-                            ),
-                        ));
+                        return Err(no_checkpoint(run_id));
                     }
                 },
             }
@@ -195,16 +193,7 @@ impl CheckpointStore for InMemoryStore {
                         .get(id)
                         .and_then(|(_, until)| until.checked_duration_since(now))
                         .filter(|left| !left.is_zero());
-                    let listing = RunListing::new(
-                        id.clone(),
-                        run.version.clone(),
-                        run.status,
-                        left.is_some(),
-                    );
-                    match left {
-                        Some(left) => listing.with_lease_left(left),
-                        None => listing,
-                    }
+                    RunListing::new(id.clone(), run.version.clone(), run.status, left)
                 })
                 .collect()
         })))

@@ -217,13 +217,9 @@ pub struct RunListing {
     pub version: String,
     /// Where the run stands.
     pub status: RunStatus,
-    /// Whether an owner holds the run's lock now (a live invoke or resume, its lease not run
-    /// out). A run `running` or `rolling_back` that is not locked was left by a process that
-    /// stopped, or an invoke that was dropped: nothing will carry it on but a resume.
-    pub locked: bool,
-    /// For a locked run, how long its lease has left (`None` when it is not locked): a run
-    /// whose process just died stays locked that long, then it is abandoned — when a
-    /// sweep may look again.
+    /// When an owner holds the run's lock now (a live invoke or resume), how long its lease
+    /// has left; `None` when nobody does. A run whose process just died stays locked that
+    /// long, then it is abandoned — when a sweep may look again.
     pub lease_left: Option<Duration>,
 }
 
@@ -234,30 +230,28 @@ impl RunListing {
         run_id: impl Into<String>,
         version: impl Into<String>,
         status: RunStatus,
-        locked: bool,
+        lease_left: Option<Duration>,
     ) -> Self {
         RunListing {
             run_id: run_id.into(),
             version: version.into(),
             status,
-            locked,
-            lease_left: None,
+            lease_left,
         }
     }
 
-    /// The listing with how long the run's lease has left (see
-    /// [`lease_left`](Self::lease_left)).
-    #[must_use]
-    pub fn with_lease_left(mut self, left: Duration) -> Self {
-        self.lease_left = Some(left);
-        self
+    /// Whether an owner holds the run's lock now (its lease has time left). A run `running`
+    /// or `rolling_back` that is not locked was left by a process that stopped, or an invoke
+    /// that was dropped: nothing will carry it on but a resume.
+    pub fn is_locked(&self) -> bool {
+        self.lease_left.is_some()
     }
 
     /// Whether the run was left unfinished by a process that stopped: `running` or
     /// `rolling_back`, and nobody holds its lock. Resume it to carry it on (or finish its
     /// rollbacks), or `delete` it.
     pub fn is_abandoned(&self) -> bool {
-        matches!(self.status, RunStatus::Running | RunStatus::RollingBack) && !self.locked
+        matches!(self.status, RunStatus::Running | RunStatus::RollingBack) && !self.is_locked()
     }
 }
 
