@@ -204,7 +204,11 @@ pub enum Error {
     Encode {
         /// The run.
         run_id: String,
-        /// The key.
+        /// The stage that wrote the value; `None` for a value of the run's input (or of a
+        /// resume's).
+        stage: Option<&'static str>,
+        /// The key; `<entry>` or `<input>` when a whole record failed (a stage's, the
+        /// input's).
         key: &'static str,
         /// The serializer's message.
         reason: String,
@@ -437,11 +441,22 @@ impl std::fmt::Display for Error {
             }
             Error::Encode {
                 run_id,
+                stage: Some(stage),
                 key,
                 reason,
             } => write!(
                 f,
-                "run `{run_id}`: the value of `{key}` does not encode: {reason}"
+                "run `{run_id}`: stage `{stage}`: `{key}` does not encode for the checkpoint: \
+                {reason}"
+            ),
+            Error::Encode {
+                run_id,
+                stage: None,
+                key,
+                reason,
+            } => write!(
+                f,
+                "run `{run_id}`: input `{key}` does not encode for the checkpoint: {reason}"
             ),
             Error::Store {
                 run_id,

@@ -1207,10 +1207,14 @@ mod self_describing {
         match &err {
             Error::Encode {
                 run_id,
+                stage,
                 key,
                 reason,
             } => {
-                assert_eq!((run_id.as_str(), *key), ("json", "doc"));
+                assert_eq!(
+                    (run_id.as_str(), *stage, *key),
+                    ("json", Some("make_doc"), "doc")
+                );
                 assert!(
                     reason.contains("cannot be read back") && reason.contains("deserialize_any"),
                     "{reason}"
@@ -1219,6 +1223,27 @@ mod self_describing {
             other => panic!("expected Encode, got {other:?}"),
         }
         assert!(stored(&store, "json").await.entries.is_empty());
+        assert!(
+            err.to_string()
+                .starts_with("run `json`: stage `make_doc`: `doc` does not encode"),
+            "{err}"
+        );
+        // The same value in the input: refused before anything runs, named as the input's.
+        let err = pipeline! { summarize }
+            .with_store(store.clone())
+            .invoke(input! { doc: serde_json::json!({ "seed": 7 }) })
+            .run_id("json-input")
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Encode { stage, key, .. } => assert_eq!((*stage, *key), (None, "doc")),
+            other => panic!("expected Encode, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("run `json-input`: input `doc` does not encode"),
+            "{err}"
+        );
         // Without a store nothing is encoded: the pipeline runs.
         let out = pipeline! { make_doc, summarize }
             .invoke(input! { seed: 7 })

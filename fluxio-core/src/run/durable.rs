@@ -85,10 +85,17 @@ fn find_key(plan: &Plan, name: &str) -> Option<KeyDesc> {
     plan.key_descs.iter().find(|k| k.name == name).copied()
 }
 
-/// Encodes one context value for a checkpoint: `(key name, bytes)`.
-pub(crate) fn encode_slot(desc: &KeyDesc, value: &Slot, run_id: &str) -> Result<(String, Vec<u8>)> {
+/// Encodes one context value for a checkpoint: `(key name, bytes)`. `stage` wrote it
+/// (`None`: the input).
+pub(crate) fn encode_slot(
+    desc: &KeyDesc,
+    value: &Slot,
+    run_id: &str,
+    stage: Option<&'static str>,
+) -> Result<(String, Vec<u8>)> {
     let encode_error = |reason| Error::Encode {
         run_id: run_id.to_string(),
+        stage,
         key: desc.name,
         reason,
     };
@@ -117,14 +124,17 @@ fn reads_back(desc: &KeyDesc, bytes: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Maps the failure of encoding a whole record (`what` names it in the error).
+/// Maps the failure of encoding a whole record (`what`: `<entry>`, `<input>`), of
+/// `stage` when it is one stage's.
 pub(crate) fn encoded(
     record: std::result::Result<Vec<u8>, String>,
     run_id: &str,
+    stage: Option<&'static str>,
     what: &'static str,
 ) -> Result<Vec<u8>> {
     record.map_err(|reason| Error::Encode {
         run_id: run_id.to_string(),
+        stage,
         key: what,
         reason,
     })
@@ -136,13 +146,14 @@ fn encode_input(plan: &Plan, input: &Ctx, run_id: &str) -> Result<Vec<u8>> {
     let mut values = Vec::new();
     for (name, value) in input.iter_slots() {
         if let Some(desc) = find_key(plan, name) {
-            values.push(encode_slot(&desc, value, run_id)?);
+            values.push(encode_slot(&desc, value, run_id, None)?);
         }
     }
     values.sort();
     encoded(
         format::encode_header(&format::Header { values }),
         run_id,
+        None,
         "<input>",
     )
 }
@@ -268,7 +279,12 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             }
         }
         if reading == Reading::OtherVersion {
-            rewritten.push(encoded(format::encode_entry(&entry), run_id, "<entry>")?);
+            rewritten.push(encoded(
+                format::encode_entry(&entry),
+                run_id,
+                None,
+                "<entry>",
+            )?);
         }
     }
     check_fit(plan, run_id, &restored, reading)?;
@@ -276,7 +292,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         Reading::Strict => None,
         Reading::OtherVersion => {
             let header = format::encode_header(&format::Header { values: header });
-            Some((encoded(header, run_id, "<input>")?, rewritten))
+            Some((encoded(header, run_id, None, "<input>")?, rewritten))
         }
     };
     Ok(Restoration {
@@ -702,7 +718,7 @@ async fn prepare(
             }
             ctx.insert_slot(name, value.clone());
             if let Some(desc) = find_key(plan, name) {
-                added.push(encode_slot(&desc, value, run_id)?);
+                added.push(encode_slot(&desc, value, run_id, None)?);
             }
         }
         if stored.status == RunStatus::Completed {
@@ -761,7 +777,7 @@ async fn prepare(
                 skipped: false,
                 writes: added,
             };
-            let bytes = encoded(format::encode_entry(&entry), run_id, "<input>")?;
+            let bytes = encoded(format::encode_entry(&entry), run_id, None, "<input>")?;
             store
                 .save(run_id, owner, Save::Entry(bytes))
                 .await

@@ -1018,7 +1018,12 @@ impl SchedState {
                     key: name,
                 }
             })?;
-            encoded.push(super::durable::encode_slot(desc, value, self.run_id())?);
+            encoded.push(super::durable::encode_slot(
+                desc,
+                value,
+                self.run_id(),
+                Some(node.meta.name),
+            )?);
         }
         let entry = format::Entry {
             node: i as u32,
@@ -1029,7 +1034,12 @@ impl SchedState {
             skipped,
             writes: encoded,
         };
-        super::durable::encoded(format::encode_entry(&entry), self.run_id(), node.meta.name)
+        super::durable::encoded(
+            format::encode_entry(&entry),
+            self.run_id(),
+            Some(node.meta.name),
+            "<entry>",
+        )
     }
 
     /// Node `i` is done (and durable, in a durable run): its dependents may start.
