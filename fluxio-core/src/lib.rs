@@ -28,6 +28,8 @@ pub use error::{Error, FallbackFailed, Result, SharedError};
 pub use key::{AsKey, Key, KeyDesc};
 pub use plan::{Graph, GraphNode};
 pub use run::{CtxDiff, FinishedStage, Invoke, Pipeline, RunRecord, StreamHandle};
+#[doc(hidden)]
+pub use stage::ctx_view;
 pub use stage::{
     Chunk, ChunkSink, Res, ResourceDesc, Resources, Route, RunInfo, Stage, StageEnv, StageError,
     StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,

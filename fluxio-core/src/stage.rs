@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::access::Access;
 use crate::ctx::{Ctx, Slot};
 use crate::error::Error;
-use crate::key::Key;
+use crate::key::{Key, KeyDesc};
 
 /// How a stage runs, detected by `#[stage]` from the function's signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -827,6 +827,21 @@ impl<S: Stage> DynStage for StageBox<S> {
 pub fn read_key<'c, K: Key>(ctx: &'c Ctx, stage: &'static str) -> Result<&'c K::Value, StageError> {
     ctx.get_typed::<K>()
         .ok_or_else(|| unreadable::<K>(ctx, stage))
+}
+
+#[doc(hidden)]
+/// What a ctx-style stage is given of `ctx`: the keys of `lists` it holds, and nothing
+/// else — its declared reads (and, for its rollback, its writes). A read outside them would
+/// escape what the runtime tracks: a checkpoint stores only declared keys, a cache keys on
+/// the declared reads, and the scheduler orders stages by them.
+pub fn ctx_view(ctx: &Ctx, lists: &[&'static [KeyDesc]]) -> Ctx {
+    let mut view = Ctx::new();
+    for desc in lists.iter().copied().flatten() {
+        if let Some(slot) = ctx.slot(desc.name) {
+            view.insert_slot(desc.name, slot.clone());
+        }
+    }
+    view
 }
 
 #[cold]

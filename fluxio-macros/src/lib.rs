@@ -56,7 +56,8 @@ pub fn keys(input: TokenStream) -> TokenStream {
 /// * Each parameter is named after a key in `reads` and typed `&V` (borrowed from the
 ///   context) or `V` (cloned). A `Res<T>` parameter receives a resource registered with
 ///   `.with_resource(..)`. A single `ctx: Ctx` parameter makes a ctx-style stage that
-///   returns the new `Ctx`.
+///   returns the new `Ctx`; the context it is given holds its declared `reads` only (its
+///   rollback's: its reads and writes).
 /// * The return value is the writes: `()` for none, the value for one, a tuple in `writes`
 ///   order for several; `Result<T, E>` with `E: Into<StageError>` works wherever `T` does.
 ///

@@ -13,5 +13,5 @@ pub use fluxio_core::support::{
 };
 pub use fluxio_core::{
     Ctx, Key, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,
-    StageFuture, StageKind, StageMeta, StageOutput, Writes, read_key,
+    StageFuture, StageKind, StageMeta, StageOutput, Writes, ctx_view, read_key,
 };

@@ -565,6 +565,50 @@ async fn ctx_style_stages_write_declared_keys_and_are_checked() {
     }
 }
 
+/// Reads `c_out` without declaring it, and says what it was given.
+#[stage(reads = [seed], writes = [a_out, label], rollback = forget_peek)]
+async fn ctx_peek(ctx: Ctx) -> Ctx {
+    let undeclared = ctx.get(c_out).copied().unwrap_or(0);
+    let given = ctx.keys().join(",");
+    ctx.set(a_out, ctx[seed] + undeclared).set(label, given)
+}
+
+/// The rollback sees the stage's reads and writes, and nothing else.
+async fn forget_peek(ctx: Ctx) -> Result<(), StageError> {
+    ROLLBACK_SAW.lock().unwrap().push(ctx.keys().join(","));
+    Ok(())
+}
+
+static ROLLBACK_SAW: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[stage(reads = [a_out], writes = [d_out])]
+async fn fails_after_peek(a_out: &u64) -> Result<u64, StageError> {
+    Err(StageError::msg(format!("no ({a_out})")))
+}
+
+#[tokio::test]
+async fn a_ctx_style_stage_is_given_its_declared_reads_only() {
+    // A key outside `reads` is not there for it, whatever the run holds: what the stage
+    // computes cannot depend on something checkpoints, caches and the schedule ignore.
+    let out = pipeline! { ctx_peek }
+        .invoke(input! { seed: 1, c_out: 100 })
+        .await
+        .unwrap();
+    assert_eq!(out[a_out], 1);
+    assert_eq!(out[label], "seed");
+    // The run's own context still holds the key.
+    assert_eq!(out[c_out], 100);
+
+    // Its rollback is given its reads and what it wrote.
+    ROLLBACK_SAW.lock().unwrap().clear();
+    let err = pipeline! { ctx_peek, fails_after_peek }
+        .invoke(input! { seed: 1, c_out: 100 })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no (1)"), "{err}");
+    assert_eq!(*ROLLBACK_SAW.lock().unwrap(), ["a_out,label,seed"]);
+}
+
 #[stage(reads = [seed], writes = [pair_x, pair_y])]
 fn tuple_writer(seed: u64) -> Result<(u64, String), std::num::ParseIntError> {
     let parsed: u64 = "5".parse()?;

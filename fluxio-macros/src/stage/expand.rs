@@ -267,11 +267,30 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
     let chunks = (def.exec == Exec::Stream)
         .then(|| quote!(let __fluxio_chunks = ::core::clone::Clone::clone(&__fluxio_env.chunks);));
 
-    let prologue = quote! {
-        #(#take_resources)*
-        let __fluxio_ctx = ::core::clone::Clone::clone(__fluxio_ctx);
-        #chunks
+    // A ctx-style stage is given its declared reads only (its rollback, its writes too):
+    // what it could read past them the runtime would not see (checkpoints, caches and the
+    // schedule follow the declared keys).
+    let prologue_for = |rollback: bool| {
+        let ctx = if matches!(def.output, Output::Ctx) {
+            let writes = if rollback {
+                quote!(<Self as #private::Stage>::META.access.writes)
+            } else {
+                quote!(&[])
+            };
+            quote!(#private::ctx_view(
+                __fluxio_ctx,
+                &[<Self as #private::Stage>::META.access.reads, #writes],
+            ))
+        } else {
+            quote!(::core::clone::Clone::clone(__fluxio_ctx))
+        };
+        quote! {
+            #(#take_resources)*
+            let __fluxio_ctx = #ctx;
+            #chunks
+        }
     };
+    let prologue = prologue_for(false);
     let fallback = def.fallback.as_ref().map(|path| {
         let body = body_for(companion_call_of(path), false, path.span());
         quote! {
@@ -282,6 +301,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             }
         }
     });
+    let rollback_prologue = prologue_for(true);
     let rollback = def.rollback.as_ref().map(|path| {
         // Its error converts as the stage's does; both reported at the rollback's name.
         let call = taken_at(
@@ -297,7 +317,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         quote! {
             const HAS_ROLLBACK: bool = true;
             fn rollback(&self, __fluxio_ctx: &#private::Ctx, __fluxio_env: &#private::StageEnv) -> #private::StageFuture {
-                #prologue
+                #rollback_prologue
                 ::std::boxed::Box::pin(async move { #body })
             }
         }
