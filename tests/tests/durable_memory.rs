@@ -124,6 +124,22 @@ async fn runs_are_fresh_by_default() {
 }
 
 #[tokio::test]
+async fn a_lease_of_any_length_is_taken() {
+    // `now + lease` overflowed the clock and panicked in the in-memory store.
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store).with_lease(Duration::MAX);
+    let out = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("long")
+        .await
+        .unwrap();
+    assert_eq!(out[c_out], 25);
+    assert!(store.acquire("other", "me", Duration::MAX).await.unwrap());
+    assert!(store.renew("other", "me", Duration::MAX).await.unwrap());
+    assert!(!store.acquire("other", "you", Duration::MAX).await.unwrap());
+}
+
+#[tokio::test]
 async fn resuming_a_completed_run_returns_its_context_without_running_anything() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     let pipe = chain(&probe, &store);
@@ -1172,6 +1188,63 @@ async fn a_new_stage_that_would_overwrite_a_finished_stages_value_is_refused() {
             if reason.contains("`s_default`") && reason.contains("`b_out`") && reason.contains("`sb`")),
         "{err:?}"
     );
+}
+
+mod deep_values {
+    use super::*;
+
+    /// A recursive key type.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Tree {
+        pub children: Vec<Tree>,
+    }
+
+    fluxio::keys! {
+        pub depth: usize;
+        pub tree: Tree;
+    }
+
+    #[stage(reads = [depth], writes = [tree])]
+    async fn grow(depth: &usize) -> Tree {
+        let mut tree = Tree { children: vec![] };
+        for _ in 1..*depth {
+            tree = Tree {
+                children: vec![tree],
+            };
+        }
+        tree
+    }
+
+    #[tokio::test]
+    async fn a_value_nested_too_deeply_to_read_back_fails_the_run_not_the_process() {
+        // Decoding recursed once per level without a bound: a checkpoint of a deep tree
+        // (or damaged bytes claiming one) overflowed the stack and aborted the process.
+        // Now a value nested past the bound fails at its first write, naming it.
+        let store = InMemoryStore::new();
+        let pipe = pipeline! { grow }.with_store(store.clone());
+        let err = pipe
+            .invoke(input! { depth: 1_000 })
+            .run_id("deep")
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Encode {
+                stage, key, reason, ..
+            } => {
+                assert_eq!((*stage, *key), (Some("grow"), "tree"));
+                assert!(reason.contains("nests deeper than"), "{reason}");
+            }
+            other => panic!("expected Encode, got {other:?}"),
+        }
+        // A tree within the bound is stored and read back.
+        let out = pipe
+            .invoke(input! { depth: 100 })
+            .run_id("shallow")
+            .await
+            .unwrap();
+        let stored = pipe.inspect("shallow").await.unwrap();
+        assert_eq!(stored.ctx[tree], out[tree]);
+    }
 }
 
 mod self_describing {

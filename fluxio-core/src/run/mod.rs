@@ -112,7 +112,8 @@ impl Pipeline {
     /// How long a durable run's lock on its id lasts without renewal (default 30 s; it is
     /// renewed every third of that while the run lives). After a process dies, another
     /// may take its runs over once the lease has run out: a shorter lease fails over
-    /// sooner, at the price of more renewals.
+    /// sooner, at the price of more renewals. A lease over 30 years (`Duration::MAX`, say)
+    /// is cut to that.
     ///
     /// # Panics
     ///
@@ -123,7 +124,7 @@ impl Pipeline {
             lease >= std::time::Duration::from_millis(300),
             "a lease under 300 ms cannot be renewed reliably"
         );
-        self.lease = lease;
+        self.lease = lease.min(crate::middleware::FOREVER);
         self
     }
 

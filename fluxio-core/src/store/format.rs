@@ -28,26 +28,43 @@ fn config() -> impl bincode::config::Config {
 /// so a 7-byte record claiming a gigabyte would allocate one. Decoding claims at most 16
 /// bytes per byte read (an integer claims its full width however short its varint; a
 /// string's content claims what it reads), so a claim past 16 times the input is a lie,
-/// refused before anything is allocated.
+/// refused before anything is allocated — and a value that encoded to `n` bytes always
+/// decodes within that limit, however large. Nesting is bounded too
+/// ([`depth::MAX_DEPTH`](super::depth::MAX_DEPTH)): past it, an error, not a stack overflow.
 fn decode_limited<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
     use bincode::config::standard;
-    use bincode::serde::decode_from_slice as decode;
-    let most = bytes.len().saturating_mul(16);
-    if most <= 1 << 12 {
-        decode(bytes, standard().with_limit::<{ 1 << 12 }>())
-    } else if most <= 1 << 16 {
-        decode(bytes, standard().with_limit::<{ 1 << 16 }>())
-    } else if most <= 1 << 20 {
-        decode(bytes, standard().with_limit::<{ 1 << 20 }>())
-    } else if most <= 1 << 24 {
-        decode(bytes, standard().with_limit::<{ 1 << 24 }>())
-    } else if most <= 1 << 28 {
-        decode(bytes, standard().with_limit::<{ 1 << 28 }>())
-    } else {
-        decode(bytes, config())
+    use bincode::serde::seed_decode_from_slice as decode;
+    let seed = super::depth::Bounded::<T>(std::marker::PhantomData);
+    macro_rules! tiers {
+        ($($bits:literal)*) => {
+            match limit_bits(bytes.len()) {
+                $($bits => decode(seed, bytes, standard().with_limit::<{ 1 << $bits }>()),)*
+                _ => decode(seed, bytes, standard().with_limit::<{ usize::MAX }>()),
+            }
+        };
     }
+    #[cfg(target_pointer_width = "64")]
+    return tiers!(12 16 20 24 28 30 32 36 40 44 48);
+    #[cfg(not(target_pointer_width = "64"))]
+    return tiers!(12 16 20 24 28 30);
+}
+
+/// The bincode limits a decoder may be given, as powers of two.
+const LIMIT_BITS: &[u32] = &[12, 16, 20, 24, 28, 30, 32, 36, 40, 44, 48];
+
+/// The limit for decoding `len` bytes, as a power of two: the least of [`LIMIT_BITS`] that
+/// allows 16 bytes claimed per byte read (and within the address space); `u32::MAX` when
+/// none does — no limit.
+fn limit_bits(len: usize) -> u32 {
+    let most = len.saturating_mul(16);
+    LIMIT_BITS
+        .iter()
+        .copied()
+        .filter(|&bits| bits < usize::BITS)
+        .find(|&bits| most <= 1 << bits)
+        .unwrap_or(u32::MAX)
 }
 
 /// Encodes a context value at the end of `out` (the `encode` of a
@@ -75,6 +92,10 @@ fn decode_error<V>(e: bincode::error::DecodeError) -> String {
              (bincode) cannot decode a type that needs `deserialize_any` — `serde_json::Value`, \
              `#[serde(untagged)]`, `#[serde(flatten)]`, internally tagged enums; give the key a \
              concrete type, or keep such a value as a `String` ({e})",
+            std::any::type_name::<V>()
+        ),
+        bincode::error::DecodeError::LimitExceeded => format!(
+            "a length in the bytes of a `{}` claims more than the bytes hold: they are damaged",
             std::any::type_name::<V>()
         ),
         e => e.to_string(),
@@ -298,6 +319,33 @@ mod tests {
         assert!(decode_entry(&[]).is_err());
         let err = decode_entry(&bytes[..bytes.len() - 1]).unwrap_err();
         assert!(err.ends_with("is cut short"), "{err}");
+    }
+
+    #[test]
+    fn every_length_decodes_within_its_limit() {
+        // A value that encoded to `n` bytes claims at most 16 per byte when decoded (a
+        // vector of `u128` of one-byte varints): its limit must allow that, however large —
+        // past 1 GiB of claims too (a 64 MiB value was stored and could not be read back).
+        for len in [
+            0,
+            1,
+            255,
+            256,
+            257,
+            1 << 20,
+            (1 << 26) + 16,
+            1 << 30,
+            1 << 40,
+        ] {
+            let bits = limit_bits(len);
+            assert!(
+                bits == u32::MAX || (len * 16) <= 1 << bits,
+                "{len} bytes, limit 2^{bits}"
+            );
+        }
+        assert_eq!(limit_bits(256), 12);
+        assert_eq!(limit_bits(257), 16);
+        assert_eq!(limit_bits((1 << 26) + 16), 32);
     }
 
     #[test]

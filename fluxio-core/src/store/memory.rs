@@ -55,6 +55,14 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
 }
 
 /// The refusal of an entry or finish for a run without a start record.
+/// When a lock taken at `now` for `lease` runs out (a lease past the clock's range never
+/// does, in practice: a century).
+fn expiry(now: Instant, lease: Duration) -> Instant {
+    now.checked_add(lease)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 100)))
+        .unwrap_or(now)
+}
+
 fn no_checkpoint(run_id: &str) -> StoreError {
     StoreError::backend(
         "save",
@@ -151,7 +159,7 @@ impl CheckpointStore for InMemoryStore {
                 _ => {
                     inner
                         .locks
-                        .insert(run_id.to_string(), (owner.to_string(), now + lease));
+                        .insert(run_id.to_string(), (owner.to_string(), expiry(now, lease)));
                     true
                 }
             }
@@ -168,7 +176,7 @@ impl CheckpointStore for InMemoryStore {
             if Self::holds(inner, run_id, owner) {
                 inner.locks.insert(
                     run_id.to_string(),
-                    (owner.to_string(), Instant::now() + lease),
+                    (owner.to_string(), expiry(Instant::now(), lease)),
                 );
                 true
             } else {

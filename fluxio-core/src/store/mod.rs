@@ -10,6 +10,7 @@
 //! Stores keep these records as opaque bytes; [`format`](mod@format) encodes and decodes them.
 
 pub mod contract;
+mod depth;
 pub mod format;
 mod forward;
 mod memory;
