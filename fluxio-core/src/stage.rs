@@ -213,7 +213,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// Chooses the branch labelled `label`.
+    /// Chooses the branch labelled `label`: a `&'static str`, or a `String` for a label
+    /// made at run time (`Route::to(tier.clone())` for a `tier: &String` read — a borrowed
+    /// `&str` does not live long enough).
     pub fn to(label: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Route {
             label: label.into(),

@@ -290,6 +290,19 @@ pub const fn check_distinct_name(nodes: &[crate::plan::NodeDesc<'_>], names: &[&
     }
 }
 
+/// Compile-time check of `input!`: two of its keys (`a`, `b`: their names) must differ —
+/// the second value would silently replace the first (or, for two keys of one name from
+/// different `keys!`, hold a value of another type under it).
+pub const fn check_input_keys(a: &str, b: &str) {
+    if crate::access::str_eq(a, b) {
+        let msg = crate::access::ConstMsg::new()
+            .push("`input!` sets key `")
+            .push(a)
+            .push("` twice: give each key once");
+        panic!("{}", msg.as_str());
+    }
+}
+
 /// What can be nested in `pipeline!` as a sub-pipeline.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be nested in `pipeline!`",

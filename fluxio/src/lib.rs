@@ -139,7 +139,7 @@ pub mod testing {
     pub use fluxio_core::testing::StepHarness;
 }
 
-/// Builds a [`Ctx`] from `key: value` pairs.
+/// Builds a [`Ctx`] from `key: value` pairs. A key given twice is a compile error.
 ///
 /// ```
 /// fluxio::keys! { pub user_id: u64; pub prompt: String; }
@@ -152,9 +152,29 @@ pub mod testing {
 #[macro_export]
 macro_rules! input {
     () => { $crate::Ctx::new() };
-    ($($key:path : $value:expr),+ $(,)?) => {
+    ($($key:path : $value:expr),+ $(,)?) => {{
+        $crate::__input_distinct!($($key),+);
         $crate::Ctx::new() $(.with_typed::<$key>($value))+
+    }};
+}
+
+/// `input!`'s check that its keys are distinct: each against every later one, at compile
+/// time.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __input_distinct {
+    ($first:path $(, $rest:path)*) => {
+        $(
+            const {
+                $crate::__private::check_input_keys(
+                    <$first as $crate::Key>::NAME,
+                    <$rest as $crate::Key>::NAME,
+                )
+            };
+        )*
+        $crate::__input_distinct!($($rest),*);
     };
+    () => {};
 }
 
 /// Everything a pipeline author needs: `use fluxio::prelude::*;`.

@@ -144,10 +144,21 @@ pub(crate) fn encoded(
 /// decoded later, so they are not stored).
 fn encode_input(plan: &Plan, input: &Ctx, run_id: &str) -> Result<Vec<u8>> {
     let mut values = Vec::new();
+    let mut unknown = Vec::new();
     for (name, value) in input.iter_slots() {
-        if let Some(desc) = find_key(plan, name) {
-            values.push(encode_slot(&desc, value, run_id, None)?);
+        match find_key(plan, name) {
+            Some(desc) => values.push(encode_slot(&desc, value, run_id, None)?),
+            None => unknown.push(name),
         }
+    }
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        tracing::warn!(
+            run_id,
+            keys = ?unknown,
+            "input keys no stage reads or writes are not stored in the checkpoint: the run's \
+             result has them, a resume of the run does not"
+        );
     }
     values.sort();
     encoded(
