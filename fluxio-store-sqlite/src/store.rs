@@ -8,8 +8,8 @@ use std::time::Duration;
 use fluxio_core::store::{
     BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer, now_ms};
@@ -228,9 +228,9 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Maps an error reading run `run_id`'s row (any run's, for a listing). What the file holds
-/// that the store did not write is a corrupt record, not a store failure: retrying will not
-/// help.
+/// Maps an error reading run `run_id`'s row (`None`: no row at fault, the query failed). What
+/// the file holds that the store did not write is a corrupt record, not a store failure:
+/// retrying will not help.
 fn read_error(operation: &'static str, run_id: Option<&str>, e: Error) -> StoreError {
     match (e, run_id) {
         (Error::UnknownStatus { run_id, status }, _) => StoreError::Corrupt {
@@ -253,6 +253,32 @@ fn store_error(operation: &'static str, failure: Failure) -> StoreError {
         Failure::RollbackPending(run_id) => StoreError::RollbackPending { run_id },
         Failure::Error(e) => StoreError::backend(operation, e),
     }
+}
+
+/// A row of `list_runs`. The run id is decoded first, so any column that does not decode
+/// is a corrupt record of that run; a run id that is not text itself is named lossily.
+fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
+    let run_id: String = match row.try_get(0) {
+        Ok(run_id) => run_id,
+        Err(e) => {
+            // Whatever the stored value, its bytes (SQLite converts numbers to text).
+            let bytes: Vec<u8> = row.try_get_unchecked(0).unwrap_or_default();
+            let run_id = String::from_utf8_lossy(&bytes);
+            return Err(read_error("list_runs", Some(&run_id), e.into()));
+        }
+    };
+    let decode = || -> Result<RunListing, Error> {
+        let version: String = row.try_get(1)?;
+        let status: String = row.try_get(2)?;
+        let left_ms: Option<i64> = row.try_get(3)?;
+        let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
+            run_id: run_id.clone(),
+            status,
+        })?;
+        let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        Ok(RunListing::new(run_id.clone(), version, status, left))
+    };
+    decode().map_err(|e| read_error("list_runs", Some(&run_id), e))
 }
 
 impl Inner {
@@ -315,7 +341,7 @@ impl Inner {
     }
 
     /// The runs with one of `statuses` (all when empty), with whether their lock is held.
-    async fn list_runs(&self, statuses: &[RunStatus]) -> Result<Vec<RunListing>, Error> {
+    async fn list_runs(&self, statuses: &[RunStatus]) -> StoreResult<Vec<RunListing>> {
         let mut sql = String::from(
             "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
                  WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
@@ -326,23 +352,17 @@ impl Inner {
             sql.push_str(&format!(" WHERE r.status IN ({})", places.join(", ")));
         }
         // Built from placeholders only: no value is spliced into the text.
-        let mut query =
-            sqlx::query_as::<_, (String, String, String, Option<i64>)>(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
         for status in statuses {
             query = query.bind(status.as_str());
         }
-        let rows = query.fetch_all(&self.reads).await?;
-        rows.into_iter()
-            .map(|(run_id, version, status, left_ms)| {
-                let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
-                    run_id: run_id.clone(),
-                    status,
-                })?;
-                let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
-                Ok(RunListing::new(run_id, version, status, left))
-            })
-            .collect()
+        // The rows are decoded here, not by the query, so a row that does not read back
+        // names its run.
+        let rows = query
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| read_error("list_runs", None, e.into()))?;
+        rows.iter().map(listing).collect()
     }
 
     async fn exists(&self, run_id: &str) -> Result<bool, Error> {
@@ -393,12 +413,7 @@ impl CheckpointStore for SqliteStore {
     ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
         let inner = self.inner.clone();
         let statuses = statuses.to_vec();
-        Box::pin(async move {
-            inner
-                .list_runs(&statuses)
-                .await
-                .map_err(|e| read_error("list_runs", None, e))
-        })
+        Box::pin(async move { inner.list_runs(&statuses).await })
     }
 
     fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {

@@ -282,6 +282,40 @@ async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
     }
 }
 
+/// A listing reads every run, so a row it cannot read fails it; the error names that run (so
+/// it can be looked at and deleted), as `load` does, and is not a backend failure to retry.
+#[tokio::test]
+async fn a_listed_run_whose_row_does_not_read_back_is_corrupt_and_named() {
+    let db = TempDb::new("bad-listing");
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    for run in ["good", "badver"] {
+        assert!(store.acquire(run, "a", LONG).await.unwrap());
+        store.save(run, "a", Save::start("v", b"h")).await.unwrap();
+    }
+    let mut conn = raw(db.path()).await;
+    for (edit, expected_run) in [
+        // A version that is not UTF-8 text.
+        (
+            "UPDATE runs SET version = CAST(X'FF' AS TEXT) WHERE run_id = 'badver'",
+            "badver",
+        ),
+        // A run id that is not UTF-8 text itself: named as best it can be.
+        (
+            "UPDATE runs SET version = 'v', run_id = CAST(X'62FF' AS TEXT) WHERE run_id = 'badver'",
+            "b\u{FFFD}",
+        ),
+    ] {
+        sqlx::query(edit).execute(&mut conn).await.unwrap();
+        match store.list_runs(&[]).await {
+            Err(StoreError::Corrupt { run_id, reason }) => {
+                assert_eq!(run_id, expected_run, "after `{edit}`");
+                assert!(reason.contains("does not read back"), "{reason}");
+            }
+            other => panic!("expected a corrupt run after `{edit}`, got {other:?}"),
+        }
+    }
+}
+
 /// Another connection holds the database locked (an exclusive transaction) for longer than
 /// the store's busy timeout: the write fails with an error naming the operation and
 /// SQLite's "locked" message, and succeeds once the lock is gone.
