@@ -1,11 +1,15 @@
 //! The database schema, its embedded migrations, and the journal mode.
 //!
-//! Tables (version 1):
+//! Tables (version 2):
 //!
-//! - `runs(run_id TEXT PRIMARY KEY, version TEXT, status TEXT, error TEXT, header BLOB,
-//!   updated_at_ms INTEGER)`: one row per run; `status` is `running`, `failed`,
-//!   `completed`, `rolled_back` or `rolling_back`; `updated_at_ms` is set by the start and finish records (wall-clock milliseconds since
-//!   the UNIX epoch).
+//! - `runs(run_id TEXT PRIMARY KEY, version TEXT, status TEXT, error TEXT, updated_at_ms
+//!   INTEGER)`: one row per run; `status` is `running`, `failed`, `completed`, `rolled_back`
+//!   or `rolling_back`; `updated_at_ms` is set by the start and finish records (wall-clock
+//!   milliseconds since the UNIX epoch).
+//! - `run_headers(run_id TEXT PRIMARY KEY, header BLOB)`: the run's input, written by its
+//!   start record (and a rewrite) only. It is kept out of `runs` because SQLite writes a
+//!   whole row again when any of its columns changes: in `runs`, every status change wrote
+//!   the whole input again.
 //! - `entries(run_id TEXT, seq INTEGER, bytes BLOB, PRIMARY KEY (run_id, seq))`: one row per
 //!   finished stage, `seq` counting from 0 in the order they were saved.
 //! - `locks(run_id TEXT PRIMARY KEY, owner TEXT, expires_at_ms INTEGER)`: who holds a run's
@@ -13,6 +17,9 @@
 //!   the file agree).
 //! - `fluxio_schema_version(id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER)`: the
 //!   schema version, one row.
+//!
+//! Version 1 kept the input in a `header` column of `runs`; migration 2 moves it to
+//! `run_headers`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,31 +29,42 @@ use sqlx::{Connection, SqliteConnection};
 use crate::Error;
 
 /// The schema version this crate writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The statements that bring the schema from version `i` to `i + 1`, at index `i`.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY NOT NULL,
-        version TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT,
-        header BLOB NOT NULL,
-        updated_at_ms INTEGER NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at_ms)",
-    "CREATE TABLE IF NOT EXISTS entries (
-        run_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        bytes BLOB NOT NULL,
-        PRIMARY KEY (run_id, seq)
-    )",
-    "CREATE TABLE IF NOT EXISTS locks (
-        run_id TEXT PRIMARY KEY NOT NULL,
-        owner TEXT NOT NULL,
-        expires_at_ms INTEGER NOT NULL
-    )",
-]];
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS runs (
+            run_id TEXT PRIMARY KEY NOT NULL,
+            version TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            header BLOB NOT NULL,
+            updated_at_ms INTEGER NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at_ms)",
+        "CREATE TABLE IF NOT EXISTS entries (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            bytes BLOB NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )",
+        "CREATE TABLE IF NOT EXISTS locks (
+            run_id TEXT PRIMARY KEY NOT NULL,
+            owner TEXT NOT NULL,
+            expires_at_ms INTEGER NOT NULL
+        )",
+    ],
+    &[
+        "CREATE TABLE run_headers (
+            run_id TEXT PRIMARY KEY NOT NULL,
+            header BLOB NOT NULL
+        )",
+        "INSERT INTO run_headers (run_id, header) SELECT run_id, header FROM runs",
+        // SQLite 3.35 and later (the bundled one is newer); `header` is in no index.
+        "ALTER TABLE runs DROP COLUMN header",
+    ],
+];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS fluxio_schema_version (
     id INTEGER PRIMARY KEY CHECK (id = 0),

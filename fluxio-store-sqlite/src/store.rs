@@ -281,6 +281,16 @@ fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
     decode().map_err(|e| read_error("list_runs", Some(&run_id), e))
 }
 
+/// A run as `runs`, `run_headers` and `entries` hold it.
+struct RunRow {
+    version: String,
+    status: String,
+    error: Option<String>,
+    /// `None` when its `run_headers` row is missing.
+    header: Option<Vec<u8>>,
+    entries: Vec<Vec<u8>>,
+}
+
 impl Inner {
     /// Sends `op` to the writer and waits for its answer.
     async fn call(&self, op: Op) -> Reply {
@@ -309,15 +319,50 @@ impl Inner {
             .map_err(|f| store_error(operation, f))
     }
 
-    /// The run's row and entries, read in one transaction (one snapshot of the file).
-    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+    /// The run's row, input and entries, read in one transaction (one snapshot of the file).
+    async fn load(&self, run_id: &str) -> StoreResult<Option<StoredRun>> {
+        let read = |e: Error| read_error("load", Some(run_id), e);
+        let Some(RunRow {
+            version,
+            status,
+            error,
+            header,
+            entries,
+        }) = self.read_run(run_id).await.map_err(read)?
+        else {
+            return Ok(None);
+        };
+        let header = header.ok_or_else(|| StoreError::Corrupt {
+            run_id: run_id.to_string(),
+            reason: "its input (its `run_headers` row) is missing".into(),
+        })?;
+        let status = RunStatus::parse(&status).ok_or_else(|| {
+            read(Error::UnknownStatus {
+                run_id: run_id.to_string(),
+                status,
+            })
+        })?;
+        Ok(Some(StoredRun {
+            version,
+            status,
+            error,
+            header,
+            entries,
+        }))
+    }
+
+    /// What `load` reads, as stored.
+    async fn read_run(&self, run_id: &str) -> Result<Option<RunRow>, Error> {
         let mut tx = self.reads.begin().await?;
-        let row: Option<(String, String, Option<String>, Vec<u8>)> =
-            sqlx::query_as("SELECT version, status, error, header FROM runs WHERE run_id = ?1")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((version, status, error, header)) = row else {
+        let row = sqlx::query(
+            "SELECT r.version, r.status, r.error, h.header
+             FROM runs r LEFT JOIN run_headers h ON h.run_id = r.run_id
+             WHERE r.run_id = ?1",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
             tx.commit().await?;
             return Ok(None);
         };
@@ -327,15 +372,11 @@ impl Inner {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
-            run_id: run_id.to_string(),
-            status,
-        })?;
-        Ok(Some(StoredRun {
-            version,
-            status,
-            error,
-            header,
+        Ok(Some(RunRow {
+            version: row.try_get(0)?,
+            status: row.try_get(1)?,
+            error: row.try_get(2)?,
+            header: row.try_get(3)?,
             entries,
         }))
     }
@@ -389,12 +430,7 @@ impl CheckpointStore for SqliteStore {
     fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
         let inner = self.inner.clone();
         let run_id = run_id.to_string();
-        Box::pin(async move {
-            inner
-                .load(&run_id)
-                .await
-                .map_err(|e| read_error("load", Some(&run_id), e))
-        })
+        Box::pin(async move { inner.load(&run_id).await })
     }
 
     fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {

@@ -259,6 +259,8 @@ impl Writer {
 /// atomic without an explicit transaction.
 fn writes_once(op: &Op) -> bool {
     match op {
+        // A start writes the run's row and its input (and a rewrite its entries): a
+        // transaction of its own.
         Op::Save { save, .. } => matches!(save, Save::Entry(_) | Save::Finish { .. }),
         Op::Acquire { .. } | Op::Renew { .. } | Op::Release { .. } => true,
         Op::Delete { .. } | Op::Purge { .. } => false,
@@ -283,14 +285,19 @@ const APPEND_ENTRY: &str = "INSERT INTO entries (run_id, seq, bytes)
                    WHERE run_id = ?1 AND owner = ?3 AND expires_at_ms > ?4)
        AND EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)";
 
-/// `?5`: whether a run rolling back is replaced too (a rewrite) or left as it is (a start:
+/// `?4`: whether a run rolling back is replaced too (a rewrite) or left as it is (a start:
 /// then no row changes).
-const START_RUN: &str = "INSERT INTO runs (run_id, version, status, error, header, updated_at_ms)
-     VALUES (?1, ?2, 'running', NULL, ?3, ?4)
+const START_RUN: &str = "INSERT INTO runs (run_id, version, status, error, updated_at_ms)
+     VALUES (?1, ?2, 'running', NULL, ?3)
      ON CONFLICT (run_id) DO UPDATE SET
          version = excluded.version, status = 'running', error = NULL,
-         header = excluded.header, updated_at_ms = excluded.updated_at_ms
-     WHERE ?5 OR runs.status <> 'rolling_back'";
+         updated_at_ms = excluded.updated_at_ms
+     WHERE ?4 OR runs.status <> 'rolling_back'";
+
+/// The run's input, in a table of its own: SQLite writes a whole row again when one of its
+/// columns changes, so in `runs` every status change would write the input again.
+const PUT_HEADER: &str = "INSERT INTO run_headers (run_id, header) VALUES (?1, ?2)
+     ON CONFLICT (run_id) DO UPDATE SET header = excluded.header";
 
 const FINISH_RUN: &str = "UPDATE runs SET status = ?2, error = ?3, updated_at_ms = ?4
      WHERE run_id = ?1
@@ -319,6 +326,12 @@ macro_rules! purgeable {
 
 const PURGE_ENTRIES: &str = concat!(
     "DELETE FROM entries WHERE run_id IN (SELECT run_id FROM runs WHERE ",
+    purgeable!(),
+    ")"
+);
+
+const PURGE_HEADERS: &str = concat!(
+    "DELETE FROM run_headers WHERE run_id IN (SELECT run_id FROM runs WHERE ",
     purgeable!(),
     ")"
 );
@@ -357,8 +370,8 @@ async fn refused(
     })
 }
 
-/// A start record, with the entries of a rewrite (inside the batch's transaction, so
-/// all of it or nothing).
+/// A start record: the run's row, its input, and the entries of a rewrite (inside the
+/// batch's transaction, so all of it or nothing).
 async fn start(
     conn: &mut SqliteConnection,
     run_id: &str,
@@ -379,11 +392,11 @@ async fn start(
     if !holds(conn, run_id, owner, now).await? {
         return Ok(Err(Failure::LockLost(run_id.to_string())));
     }
-    // The run's row first: a start it refuses (the run is rolling back) leaves the entries.
+    // The run's row first: a start it refuses (the run is rolling back) leaves the input
+    // and the entries.
     let started = sqlx::query(START_RUN)
         .bind(run_id)
         .bind(version.as_str())
-        .bind(bytes(header, keep))
         .bind(now)
         .bind(rewrite)
         .execute(&mut *conn)
@@ -391,6 +404,11 @@ async fn start(
     if started.rows_affected() == 0 {
         return Ok(Err(Failure::RollbackPending(run_id.to_string())));
     }
+    sqlx::query(PUT_HEADER)
+        .bind(run_id)
+        .bind(bytes(header, keep))
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM entries WHERE run_id = ?1")
         .bind(run_id)
         .execute(&mut *conn)
@@ -454,6 +472,10 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                 .bind(run_id.as_str())
                 .execute(&mut *conn)
                 .await?;
+            sqlx::query("DELETE FROM run_headers WHERE run_id = ?1")
+                .bind(run_id.as_str())
+                .execute(&mut *conn)
+                .await?;
             sqlx::query("DELETE FROM runs WHERE run_id = ?1")
                 .bind(run_id.as_str())
                 .execute(&mut *conn)
@@ -498,11 +520,14 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
         }
         Op::Purge { older_than_ms } => {
             let cutoff = now.saturating_sub(*older_than_ms);
-            sqlx::query(PURGE_ENTRIES)
-                .bind(cutoff)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+            // Entries and inputs before the runs: their condition reads the runs.
+            for sql in [PURGE_ENTRIES, PURGE_HEADERS] {
+                sqlx::query(sql)
+                    .bind(cutoff)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let runs = sqlx::query(PURGE_RUNS)
                 .bind(cutoff)
                 .bind(now)

@@ -198,7 +198,7 @@ async fn the_file_is_in_wal_mode_with_a_schema_version() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }
 
 #[tokio::test]
@@ -263,21 +263,27 @@ async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
     // then a column of another type than the store writes.
     for (edit, expected) in [
         (
-            "UPDATE runs SET status = 'paused'",
+            &["UPDATE runs SET status = 'paused'"][..],
             "unknown status `paused`",
         ),
         (
-            "UPDATE runs SET status = 'running', header = 5",
+            &[
+                "UPDATE runs SET status = 'running'",
+                "UPDATE run_headers SET header = 5",
+            ],
             "does not read back",
         ),
+        (&["DELETE FROM run_headers"], "its input"),
     ] {
-        sqlx::query(edit).execute(&mut conn).await.unwrap();
+        for sql in edit {
+            sqlx::query(*sql).execute(&mut conn).await.unwrap();
+        }
         match store.load("r").await {
             Err(StoreError::Corrupt { run_id, reason }) => {
                 assert_eq!(run_id, "r");
                 assert!(reason.contains(expected), "{reason}");
             }
-            other => panic!("expected a corrupt checkpoint after `{edit}`, got {other:?}"),
+            other => panic!("expected a corrupt checkpoint after {edit:?}, got {other:?}"),
         }
     }
 }
