@@ -295,21 +295,31 @@ fn backend(operation: &'static str) -> impl FnOnce(RedisError) -> StoreError {
 /// Maps a Redis error during `operation` on run `run_id`: a key of the run holding another
 /// type than the store writes (`WRONGTYPE`) is a corrupt record, which no retry mends.
 fn run_error(operation: &'static str, run_id: &str, source: RedisError) -> StoreError {
-    // Alone (a script), or one command of a transaction (a load).
-    let wrong_type = source
-        .clone()
-        .into_server_errors()
-        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "WRONGTYPE"));
-    if wrong_type {
-        return StoreError::Corrupt {
-            run_id: run_id.to_string(),
-            reason: format!(
-                "a key of the run holds another Redis type than the store writes (the server \
-                 said: {source}): something else wrote under the store's key prefix"
-            ),
-        };
+    if wrong_type_at(&source).is_some() {
+        return wrong_type(run_id, &source);
     }
     backend(operation)(source)
+}
+
+/// Where `source` says a command ran against a key of another Redis type (`WRONGTYPE`): the
+/// command's position in a pipeline or transaction, 0 for a command alone or a script.
+fn wrong_type_at(source: &RedisError) -> Option<usize> {
+    let errors = source.clone().into_server_errors()?;
+    errors
+        .iter()
+        .find(|(_, e)| e.code() == "WRONGTYPE")
+        .map(|(at, _)| *at)
+}
+
+/// The error of run `run_id`, a key of which holds another Redis type (`source` says which).
+fn wrong_type(run_id: &str, source: &RedisError) -> StoreError {
+    StoreError::Corrupt {
+        run_id: run_id.to_string(),
+        reason: format!(
+            "a key of the run holds another Redis type than the store writes (the server \
+             said: {source}): something else wrote under the store's key prefix"
+        ),
+    }
 }
 
 fn unexpected(operation: &'static str, reply: i64) -> StoreError {
@@ -481,7 +491,12 @@ impl CheckpointStore for RedisStore {
         let script = &SCRIPTS.acquire;
         let mut cmd = Request::script(script, &[&keys.lock]);
         cmd.arg(owner).arg(millis(lease));
-        lock_call("acquire", Request::Script(script, cmd), self.conn.clone())
+        lock_call(
+            "acquire",
+            run_id,
+            Request::Script(script, cmd),
+            self.conn.clone(),
+        )
     }
 
     fn renew(
@@ -494,13 +509,20 @@ impl CheckpointStore for RedisStore {
         let script = &SCRIPTS.renew;
         let mut cmd = Request::script(script, &[&keys.lock]);
         cmd.arg(owner).arg(millis(lease));
-        lock_call("renew", Request::Script(script, cmd), self.conn.clone())
+        lock_call(
+            "renew",
+            run_id,
+            Request::Script(script, cmd),
+            self.conn.clone(),
+        )
     }
 
-    /// `SCAN`s the keys under the store's prefix for the runs' meta hashes (`TYPE hash`,
-    /// Redis 6 or later), then reads each one's version and status and its lock's time left
-    /// (`PTTL`), a thousand at a time. On a Redis Cluster it sees the keys of the node it is
-    /// connected to only.
+    /// `SCAN`s the keys under the store's prefix for the runs' meta hashes, then reads each
+    /// one's version and status and its lock's time left (`PTTL`), a thousand at a time in
+    /// one round trip. A meta key of another type fails the listing with
+    /// [`StoreError::Corrupt`] naming its run (the scan does not filter by type: that would
+    /// leave such a run out without a word). On a Redis Cluster it sees the keys of the
+    /// node it is connected to only.
     fn list_runs(
         &self,
         statuses: &[RunStatus],
@@ -519,9 +541,7 @@ impl CheckpointStore for RedisStore {
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
-                    .arg(1000)
-                    .arg("TYPE")
-                    .arg("hash");
+                    .arg(1000);
                 // Keys as bytes: one that is not UTF-8 is not this store's (run ids are
                 // strings) and is passed over, not an error.
                 let (next, found): (u64, Vec<Vec<u8>>) = Request::Cmd(scan)
@@ -546,10 +566,15 @@ impl CheckpointStore for RedisStore {
                             .cmd("PTTL")
                             .arg(lock);
                     }
-                    let replies: Vec<redis::Value> = Request::Pipe(pipe)
-                        .send(&mut conn)
-                        .await
-                        .map_err(backend("list_runs"))?;
+                    let replies: Vec<redis::Value> = match Request::Pipe(pipe).send(&mut conn).await
+                    {
+                        Ok(replies) => replies,
+                        // Two commands per run: the `HMGET` of its meta was refused.
+                        Err(e) => match wrong_type_at(&e).and_then(|at| runs.get(at / 2)) {
+                            Some((run_id, _)) => return Err(wrong_type(run_id, &e)),
+                            None => return Err(backend("list_runs")(e)),
+                        },
+                    };
                     for ((run_id, _), pair) in runs.into_iter().zip(replies.chunks(2)) {
                         if let Some(run) = listing(run_id, pair)? {
                             if statuses.is_empty() || statuses.contains(&run.status) {
@@ -571,7 +596,12 @@ impl CheckpointStore for RedisStore {
         let script = &SCRIPTS.release;
         let mut cmd = Request::script(script, &[&keys.lock]);
         cmd.arg(owner);
-        let released = lock_call("release", Request::Script(script, cmd), self.conn.clone());
+        let released = lock_call(
+            "release",
+            run_id,
+            Request::Script(script, cmd),
+            self.conn.clone(),
+        );
         Box::pin(async move { released.await.map(|_| ()) })
     }
 }
@@ -610,14 +640,19 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     Ok(Some(RunListing::new(run_id, version, status, left)))
 }
 
-/// Runs a lock script answering 1 (true) or 0 (false).
+/// Runs a lock script of run `run_id` answering 1 (true) or 0 (false).
 fn lock_call(
     operation: &'static str,
+    run_id: &str,
     request: Request,
     mut conn: ConnectionManager,
 ) -> BoxFuture<'static, StoreResult<bool>> {
+    let run_id = run_id.to_string();
     Box::pin(async move {
-        let reply: i64 = request.send(&mut conn).await.map_err(backend(operation))?;
+        let reply: i64 = request
+            .send(&mut conn)
+            .await
+            .map_err(|e| run_error(operation, &run_id, e))?;
         match reply {
             1 => Ok(true),
             0 => Ok(false),

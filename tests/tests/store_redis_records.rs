@@ -1,0 +1,108 @@
+//! Redis records the store did not write itself, through the facade: a run whose lock key
+//! holds another Redis type fails with `Error::CorruptCheckpoint` naming it (no retry
+//! mends it), not with a retryable `Error::Store`.
+//!
+//! The server is `FLUXIO_REDIS_URL` (default `redis://127.0.0.1:6379`); each test uses a key
+//! prefix of its own and deletes its keys.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fluxio::Error;
+use fluxio::prelude::*;
+use fluxio::store::RedisStore;
+use fluxio_testkit::{delete_keys, redis_url, skip_or_fail, unique_prefix};
+
+fluxio::keys! {
+    pub n: u64;
+    pub doubled: u64;
+}
+
+/// Whether `double` succeeds yet.
+struct Open(AtomicBool);
+
+#[stage(reads = [n], writes = [doubled])]
+async fn double(n: &u64, open: Res<Arc<Open>>) -> Result<u64, StageError> {
+    if open.0.load(Ordering::SeqCst) {
+        Ok(n * 2)
+    } else {
+        Err(StageError::msg("not yet"))
+    }
+}
+
+/// A store under a key prefix of its own, and a plain connection to its server; the
+/// prefix's keys are deleted on drop.
+struct Prefixed {
+    store: RedisStore,
+    raw: redis::aio::MultiplexedConnection,
+    url: String,
+    prefix: String,
+}
+
+impl Prefixed {
+    /// Connects, or returns `None` after [`skip_or_fail`] when Redis is unreachable.
+    async fn connect(test: &str) -> Option<Prefixed> {
+        let url = redis_url();
+        let connected = tokio::time::timeout(Duration::from_secs(10), RedisStore::connect(&url));
+        let store = match connected.await {
+            Ok(Ok(store)) => store,
+            Ok(Err(e)) => {
+                skip_or_fail(&format!("redis unreachable at {url}: {e}"));
+                return None;
+            }
+            Err(_) => {
+                skip_or_fail(&format!("redis unreachable at {url}: connect timed out"));
+                return None;
+            }
+        };
+        let raw = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        let prefix = unique_prefix(test);
+        Some(Prefixed {
+            store: store.key_prefix(prefix.clone()),
+            raw,
+            url,
+            prefix,
+        })
+    }
+}
+
+impl Drop for Prefixed {
+    fn drop(&mut self) {
+        if let Err(e) = delete_keys(&self.url, &format!("{}*", self.prefix), &[]) {
+            eprintln!("warning: could not delete the keys of {}: {e}", self.prefix);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_lock_key_holds_another_type_is_a_corrupt_checkpoint() {
+    let Some(mut redis) = Prefixed::connect("lock_key_type").await else {
+        return;
+    };
+    let pipe = pipeline! { double }
+        .with_resource(Arc::new(Open(AtomicBool::new(true))))
+        .with_store(redis.store.clone());
+    let run = "odd-lock";
+    let lock = redis.store.run_keys(run).lock;
+    let () = redis::cmd("HSET")
+        .arg(&lock)
+        .arg("owner")
+        .arg("someone")
+        .query_async(&mut redis.raw)
+        .await
+        .unwrap();
+
+    let err = pipe.invoke(input! { n: 21 }).run_id(run).await.unwrap_err();
+    match &err {
+        Error::CorruptCheckpoint { run_id, reason } => {
+            assert_eq!(run_id, run);
+            assert!(reason.contains("another Redis type"), "{reason}");
+        }
+        other => panic!("expected CorruptCheckpoint, got {other:?}"),
+    }
+}
