@@ -330,12 +330,14 @@ fn unexpected(operation: &'static str, reply: i64) -> StoreError {
     .into_store(operation)
 }
 
-/// Builds a [`StoredRun`] from the meta hash and the entries; `None` without meta.
-fn parse_run(
-    run_id: &str,
-    mut meta: HashMap<String, Vec<u8>>,
-    entries: Vec<Vec<u8>>,
-) -> Result<Option<StoredRun>> {
+/// A run's meta hash as read: field names and values as bytes.
+type Meta = HashMap<Vec<u8>, Vec<u8>>;
+
+/// Builds a [`StoredRun`] from the meta hash and the entries; `None` without meta. Fields
+/// the store does not know are ignored (a later version may add some), whatever their
+/// names: the hash is read as bytes, so a name that is not UTF-8 is just another unknown
+/// field.
+fn parse_run(run_id: &str, mut meta: Meta, entries: Vec<Vec<u8>>) -> Result<Option<StoredRun>> {
     if meta.is_empty() {
         return Ok(None);
     }
@@ -344,7 +346,7 @@ fn parse_run(
         reason,
     };
     let mut field = |name: &str| {
-        meta.remove(name)
+        meta.remove(name.as_bytes())
             .ok_or_else(|| corrupt(format!("its meta has no field `{name}`")))
     };
     let text = |name: &str, bytes: Vec<u8>| {
@@ -355,7 +357,7 @@ fn parse_run(
     let status = RunStatus::parse(&status)
         .ok_or_else(|| corrupt(format!("unknown status `{}`", status.escape_debug())))?;
     let header = field("header")?;
-    let error = match meta.remove("error") {
+    let error = match meta.remove(&b"error"[..]) {
         Some(bytes) => Some(text("error", bytes)?),
         None => None,
     };
@@ -449,7 +451,9 @@ impl CheckpointStore for RedisStore {
         let mut conn = self.conn.clone();
         let run_id = run_id.to_string();
         Box::pin(async move {
-            let (meta, entries): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = request
+            // Bytes, which every reply converts to: what they must hold is checked by
+            // `parse_run`, which names the run when they do not.
+            let (meta, entries): (Meta, Vec<Vec<u8>>) = request
                 .send(&mut conn)
                 .await
                 .map_err(|e| run_error("load", &run_id, e))?;
@@ -616,7 +620,7 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     let [fields, locked] = replies else {
         return Err(unexpected("list_runs", replies.len() as i64));
     };
-    let (version, status): (Option<String>, Option<String>) =
+    let (version, status): (Option<Vec<u8>>, Option<Vec<u8>>) =
         redis::from_redis_value_ref(fields).map_err(|e| corrupt(format!("its meta: {e}")))?;
     let pttl: i64 =
         redis::from_redis_value_ref(locked).map_err(|e| corrupt(format!("its lock: {e}")))?;
@@ -628,8 +632,12 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
             return Err(corrupt(format!("its meta has no `{field}`")));
         }
     };
-    let status =
-        RunStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status `{status}`")))?;
+    let text = |name: &str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| corrupt(format!("field `{name}` is not UTF-8")))
+    };
+    let (version, status) = (text("version", version)?, text("status", status)?);
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| corrupt(format!("unknown status `{}`", status.escape_debug())))?;
     // -2: no lock. -1: a lock without expiry (the store always sets one: another
     // program's key), held for good.
     let left = match pttl {
@@ -674,10 +682,10 @@ mod tests {
         assert_eq!(millis(Duration::MAX), MAX_MILLIS);
     }
 
-    fn meta(fields: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
+    fn meta(fields: &[(&str, &[u8])]) -> Meta {
         fields
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
             .collect()
     }
 
@@ -700,6 +708,22 @@ mod tests {
         assert_eq!(run.error.as_deref(), Some("boom"));
         assert_eq!(run.header, b"\x00\xff");
         assert_eq!(run.entries, vec![b"e1".to_vec()]);
+    }
+
+    #[test]
+    fn parse_run_ignores_fields_it_does_not_know() {
+        let mut fields = meta(&[
+            ("version", b"v1"),
+            ("status", b"running"),
+            ("header", b""),
+            ("added_later", b"x"),
+        ]);
+        fields.insert(b"\xff".to_vec(), b"x".to_vec());
+        let run = parse_run("r", fields, vec![]).unwrap().unwrap();
+        assert_eq!(
+            (run.version.as_str(), run.status),
+            ("v1", RunStatus::Running)
+        );
     }
 
     #[test]

@@ -409,6 +409,46 @@ fn assert_wrong_type<T: std::fmt::Debug>(run: &str, what: &str, result: Result<T
 }
 
 #[tokio::test]
+async fn meta_fields_the_store_does_not_know_are_ignored() {
+    let redis = redis_or_skip!("meta_unknown_fields");
+    let store = &redis.store;
+    let mut conn = redis.raw().await;
+    let run = "newer";
+    let keys = store.run_keys(run);
+    assert!(store.acquire(run, "me", LEASE).await.unwrap());
+    store.save(run, "me", start()).await.unwrap();
+    store
+        .save(run, "me", Save::Entry(b"e1".to_vec()))
+        .await
+        .unwrap();
+    // Fields a later version (or a person) may add: one named in UTF-8, one not.
+    let () = conn.hset(&keys.meta, "added_later", "x").await.unwrap();
+    let () = redis::cmd("EVAL")
+        .arg("redis.call('HSET', KEYS[1], '\\255', 'x')")
+        .arg(1)
+        .arg(&keys.meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fields: HashMap<Vec<u8>, Vec<u8>> = conn.hgetall(&keys.meta).await.unwrap();
+    assert!(fields.contains_key(&b"\xff"[..]), "{fields:?}");
+
+    let loaded = store.load(run).await.unwrap().expect("the run was saved");
+    assert_eq!(
+        (
+            loaded.version.as_str(),
+            loaded.status,
+            loaded.header.as_slice()
+        ),
+        ("v1", RunStatus::Running, &b"header"[..])
+    );
+    assert_eq!(loaded.entries, vec![b"e1".to_vec()]);
+    let listed = store.list_runs(&[]).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].run_id, run);
+}
+
+#[tokio::test]
 async fn list_runs_fails_on_a_meta_key_of_another_type() {
     let redis = redis_or_skip!("list_runs_meta_type");
     let store = &redis.store;

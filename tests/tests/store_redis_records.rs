@@ -1,6 +1,8 @@
-//! Redis records the store did not write itself, through the facade: a run whose lock key
-//! holds another Redis type fails with `Error::CorruptCheckpoint` naming it (no retry
-//! mends it), not with a retryable `Error::Store`.
+//! Redis records the store did not write itself, through the facade: a run whose meta hash
+//! has fields the store does not know (one named in bytes that are not UTF-8) still
+//! inspects and resumes, and a run whose lock key holds another Redis type fails with
+//! `Error::CorruptCheckpoint` naming it (no retry mends it), not with a retryable
+//! `Error::Store`.
 //!
 //! The server is `FLUXIO_REDIS_URL` (default `redis://127.0.0.1:6379`); each test uses a key
 //! prefix of its own and deletes its keys.
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use fluxio::Error;
 use fluxio::prelude::*;
-use fluxio::store::RedisStore;
+use fluxio::store::{RedisStore, RunStatus};
 use fluxio_testkit::{delete_keys, redis_url, skip_or_fail, unique_prefix};
 
 fluxio::keys! {
@@ -77,6 +79,38 @@ impl Drop for Prefixed {
             eprintln!("warning: could not delete the keys of {}: {e}", self.prefix);
         }
     }
+}
+
+#[tokio::test]
+async fn a_run_whose_meta_has_fields_the_store_does_not_know_inspects_and_resumes() {
+    let Some(mut redis) = Prefixed::connect("meta_unknown_fields").await else {
+        return;
+    };
+    let open = Arc::new(Open(AtomicBool::new(false)));
+    let pipe = pipeline! { double }
+        .with_resource(open.clone())
+        .with_store(redis.store.clone());
+    let run = "odd-fields";
+    pipe.invoke(input! { n: 21 })
+        .run_id(run)
+        .await
+        .expect_err("`double` fails until opened");
+
+    // A field name that is not UTF-8, written as `redis-cli` users could.
+    let meta = redis.store.run_keys(run).meta;
+    let () = redis::cmd("EVAL")
+        .arg("redis.call('HSET', KEYS[1], '\\255', 'x')")
+        .arg(1)
+        .arg(&meta)
+        .query_async(&mut redis.raw)
+        .await
+        .unwrap();
+
+    let record = pipe.inspect(run).await.expect("inspect ignores the field");
+    assert_eq!(record.status, RunStatus::Failed);
+    open.0.store(true, Ordering::SeqCst);
+    let out = pipe.resume(run).await.expect("resume ignores the field");
+    assert_eq!(out[doubled], 42);
 }
 
 #[tokio::test]
