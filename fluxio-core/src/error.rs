@@ -205,7 +205,7 @@ pub enum Error {
         /// The run.
         run_id: String,
         /// The stage that wrote the value; `None` for a value of the run's input (or of a
-        /// resume's).
+        /// resume's), or a whole record (`key` `<entry>`, `<input>`).
         stage: Option<&'static str>,
         /// The key; `<entry>` or `<input>` when a whole record failed (a stage's, the
         /// input's).
@@ -448,6 +448,15 @@ impl std::fmt::Display for Error {
                 f,
                 "run `{run_id}`: stage `{stage}`: `{key}` does not encode for the checkpoint: \
                 {reason}"
+            ),
+            Error::Encode {
+                run_id,
+                stage: None,
+                key,
+                reason,
+            } if key.starts_with('<') => write!(
+                f,
+                "run `{run_id}`: a checkpoint record ({key}) does not encode: {reason}"
             ),
             Error::Encode {
                 run_id,

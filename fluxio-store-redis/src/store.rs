@@ -303,12 +303,16 @@ fn run_error(operation: &'static str, run_id: &str, source: RedisError) -> Store
 
 /// Where `source` says a command ran against a key of another Redis type (`WRONGTYPE`): the
 /// command's position in a pipeline or transaction, 0 for a command alone or a script.
+/// (Redis before 7 reports an error inside a script as `ERR Error running script …`, with
+/// `WRONGTYPE` in its text only.)
 fn wrong_type_at(source: &RedisError) -> Option<usize> {
-    let errors = source.clone().into_server_errors()?;
-    errors
-        .iter()
-        .find(|(_, e)| e.code() == "WRONGTYPE")
-        .map(|(at, _)| *at)
+    let found = source.clone().into_server_errors().and_then(|errors| {
+        errors
+            .iter()
+            .find(|(_, e)| e.code() == "WRONGTYPE")
+            .map(|(at, _)| *at)
+    });
+    found.or_else(|| source.to_string().contains("WRONGTYPE").then_some(0))
 }
 
 /// The error of run `run_id`, a key of which holds another Redis type (`source` says which).

@@ -140,9 +140,14 @@ async fn stored_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error>
     Ok(version.unwrap_or(0))
 }
 
+/// How long an opener waits for another process's schema upgrade of the same file.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
+
 /// Creates or upgrades the schema. A file already at the current version is only read, so
 /// this works on read-only files too. Concurrent openers (other processes) are serialized by
-/// the write lock `BEGIN IMMEDIATE` takes, and the version is read again under it.
+/// the write lock `BEGIN IMMEDIATE` takes, and the version is read again under it. An
+/// upgrade copies every run's input, which on a large file outlasts the busy timeout: an
+/// opener waiting for it keeps trying for [`MIGRATION_WAIT`].
 pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), Error> {
     let migrate_err = |source| Error::Migrate {
         path: path.to_path_buf(),
@@ -160,10 +165,14 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
     if current > SCHEMA_VERSION {
         return Err(too_new(current));
     }
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(migrate_err)?;
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    let mut tx = loop {
+        match conn.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => break tx,
+            Err(e) if is_busy(&e) && Instant::now() < deadline => pause().await,
+            Err(e) => return Err(migrate_err(e)),
+        }
+    };
     sqlx::query(CREATE_VERSION_TABLE)
         .execute(&mut *tx)
         .await

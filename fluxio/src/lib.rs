@@ -139,7 +139,8 @@ pub mod testing {
     pub use fluxio_core::testing::StepHarness;
 }
 
-/// Builds a [`Ctx`] from `key: value` pairs. A key given twice is a compile error.
+/// Builds a [`Ctx`] from `key: value` pairs. A key given twice fails the build (`cargo
+/// build`; `cargo check` does not evaluate the constant that says so).
 ///
 /// ```
 /// fluxio::keys! { pub user_id: u64; pub prompt: String; }

@@ -1,11 +1,14 @@
-//! A bound on how deeply a decoded value may nest.
+//! A bound on how deeply a decoded value may nest, and room on the stack for it.
 //!
 //! bincode decodes a nested value by recursion, one set of stack frames per level, with no
 //! limit of its own: a recursive type (a tree) decoded from a few kilobytes of damaged
 //! bytes — or a legitimately deep value — would overflow the thread's stack, which aborts
-//! the whole process. [`Depth`] wraps a deserializer and counts the levels entered on the
-//! way down (a struct, a sequence, a map, an enum's variant, an `Option`'s content, a
-//! newtype: one level each), refusing to go past [`MAX_DEPTH`] with an error instead.
+//! the whole process. [`Depth`] wraps a deserializer: before each nested value it makes
+//! sure the stack has room (moving to a fresh segment on the heap when it has not, with
+//! `stacker`: how much a level needs depends on the type, a level count alone cannot tell),
+//! and it counts the levels entered (a struct, a sequence, a map, an enum's variant, an
+//! `Option`'s content, a newtype: one level each), refusing to go past [`MAX_DEPTH`] with an
+//! error — which bounds what damaged bytes can make it allocate.
 //!
 //! Every type is wrapped on the way down: the deserializer a nested value is decoded with,
 //! the visitor that receives its parts, and the accessors handing those parts out.
@@ -14,10 +17,17 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
 
-/// How many levels a decoded value may nest. A struct holding a `Vec` of itself uses two
-/// per level of the tree. Well inside a 2 MiB stack (tokio's worker threads, Rust's default
-/// for spawned threads) with debug builds' larger frames.
-pub(crate) const MAX_DEPTH: usize = 256;
+/// How many levels a decoded value may nest (a struct holding a `Vec` of itself uses two
+/// per level of the tree). Above what encoding can produce on a default 2 MiB thread:
+/// serializing (and dropping) a value recurses too, and a tree of 5,000 levels already
+/// overflows such a thread in a debug build — so whatever was written reads back.
+pub(crate) const MAX_DEPTH: usize = 32_768;
+
+/// Room the stack must have before a nested value is decoded (a level of a large type,
+/// in a debug build, takes tens of kilobytes)...
+const RED_ZONE: usize = 256 * 1024;
+/// ...or decoding goes on in a fresh segment this large.
+const SEGMENT: usize = 4 * 1024 * 1024;
 
 /// The error of a value nested too deeply.
 fn too_deep<E: de::Error>() -> E {
@@ -75,7 +85,10 @@ impl<V> Visit<V> {
 macro_rules! forward_deserialize {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
         fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
-            self.de.$method($($arg,)* Visit { visitor, left: self.left })
+            let left = self.left;
+            stacker::maybe_grow(RED_ZONE, SEGMENT, move || {
+                self.de.$method($($arg,)* Visit { visitor, left })
+            })
         }
     )*};
 }
@@ -305,40 +318,78 @@ mod tests {
         children: Vec<Node>,
     }
 
-    fn chain(levels: usize) -> Node {
-        let mut node = Node { children: vec![] };
-        for _ in 1..levels {
-            node = Node {
-                children: vec![node],
-            };
-        }
-        node
-    }
-
     /// `levels` nodes, each the only child of the one before, encoded by hand (a `Vec`'s
-    /// length, 1, then the child; the innermost has none): no deep value is built or
-    /// dropped, which would recurse too.
+    /// length, 1, then the child; the innermost has none).
     fn chain_bytes(levels: usize) -> Vec<u8> {
         let mut bytes = vec![1u8; levels - 1];
         bytes.push(0);
         bytes
     }
 
+    /// Decodes on a thread with a 2 MiB stack (tokio's workers, Rust's spawned threads).
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
     #[test]
-    fn values_nested_up_to_the_bound_round_trip() {
-        let value = chain(MAX_DEPTH / 2);
+    fn values_round_trip() {
+        let value = Node {
+            children: vec![Node { children: vec![] }],
+        };
         let mut bytes = Vec::new();
         encode_value::<Node>(&value, &mut bytes).unwrap();
-        assert_eq!(bytes, chain_bytes(MAX_DEPTH / 2));
+        assert_eq!(bytes, chain_bytes(2));
         let back = decode_value::<Node>(&bytes).unwrap();
         assert_eq!(back.downcast_ref::<Node>(), Some(&value));
     }
 
     #[test]
+    fn values_nested_up_to_the_bound_decode_on_a_small_stack() {
+        // Without room made on the stack, a few thousand levels overflowed a 2 MiB thread
+        // (and the process aborted).
+        let ok = on_small_stack(|| {
+            let decoded = decode_value::<Node>(&chain_bytes(MAX_DEPTH / 2));
+            let ok = decoded.is_ok();
+            // Dropping so deep a tree recurses too, past this thread's stack: leak it.
+            std::mem::forget(decoded);
+            ok
+        });
+        assert!(ok);
+        // A type whose levels are large on the stack: room is per level, not a count.
+        #[derive(Debug, Serialize, Deserialize)]
+        #[allow(dead_code)]
+        struct Big {
+            a: [u64; 32],
+            b: [u64; 32],
+            c: [u64; 32],
+            d: [u64; 32],
+            kids: Vec<Big>,
+        }
+        let levels = 2_000;
+        let mut bytes = Vec::new();
+        for i in 0..levels {
+            bytes.extend([0u8; 128]);
+            bytes.push(u8::from(i + 1 < levels));
+        }
+        let ok = on_small_stack(move || {
+            let decoded = decode_value::<Big>(&bytes);
+            let ok = decoded.is_ok();
+            std::mem::forget(decoded);
+            ok
+        });
+        assert!(ok);
+    }
+
+    #[test]
     fn deeper_values_are_an_error_not_a_stack_overflow() {
-        // Deep enough to overflow any thread's stack without the bound.
         for levels in [MAX_DEPTH / 2 + 1, 1_000_000] {
-            let err = decode_value::<Node>(&chain_bytes(levels)).unwrap_err();
+            let err =
+                on_small_stack(move || decode_value::<Node>(&chain_bytes(levels))).unwrap_err();
             assert!(
                 err.contains(&format!("nests deeper than {MAX_DEPTH} levels")),
                 "{err}"
@@ -353,17 +404,22 @@ mod tests {
             Maybe(Option<Box<Expr>>),
             Pair { left: Box<Expr>, right: Box<Expr> },
         }
-        // Not(Not(…)): variant 1, repeated.
-        let err = decode_value::<Expr>(&vec![1u8; 1_000_000]).unwrap_err();
-        assert!(err.contains("nests deeper"), "{err}");
-        // Maybe(Some(Maybe(Some(…)))): variant 2, then `Some`.
-        let err = decode_value::<Expr>(&[2u8, 1].repeat(500_000)).unwrap_err();
-        assert!(err.contains("nests deeper"), "{err}");
         #[derive(Debug, Serialize, Deserialize)]
         #[allow(dead_code)]
         struct Nest(std::collections::BTreeMap<u8, Nest>);
-        // A map of one entry (length 1, key 0) holding the next.
-        let err = decode_value::<Nest>(&[1u8, 0].repeat(500_000)).unwrap_err();
-        assert!(err.contains("nests deeper"), "{err}");
+        let errors = on_small_stack(|| {
+            [
+                // Not(Not(…)): variant 1, repeated.
+                decode_value::<Expr>(&vec![1u8; 1_000_000]).map(drop),
+                // Maybe(Some(Maybe(Some(…)))): variant 2, then `Some`.
+                decode_value::<Expr>(&[2u8, 1].repeat(500_000)).map(drop),
+                // A map of one entry (length 1, key 0) holding the next.
+                decode_value::<Nest>(&[1u8, 0].repeat(500_000)).map(drop),
+            ]
+        });
+        for err in errors {
+            let err = err.unwrap_err();
+            assert!(err.contains("nests deeper"), "{err}");
+        }
     }
 }

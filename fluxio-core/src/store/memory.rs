@@ -54,15 +54,17 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
     Box::pin(std::future::ready(v))
 }
 
-/// The refusal of an entry or finish for a run without a start record.
-/// When a lock taken at `now` for `lease` runs out (a lease past the clock's range never
-/// does, in practice: a century).
+/// When a lock taken at `now` for `lease` runs out (a lease past the clock's range: in a
+/// century, or a year).
 fn expiry(now: Instant, lease: Duration) -> Instant {
-    now.checked_add(lease)
-        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 100)))
+    const YEAR: Duration = Duration::from_secs(86_400 * 365);
+    [lease, YEAR * 100, YEAR]
+        .into_iter()
+        .find_map(|d| now.checked_add(d))
         .unwrap_or(now)
 }
 
+/// The refusal of an entry or finish for a run without a start record.
 fn no_checkpoint(run_id: &str) -> StoreError {
     StoreError::backend(
         "save",
