@@ -37,17 +37,57 @@ fn too_deep<E: de::Error>() -> E {
     ))
 }
 
-/// Decodes a `T` with `MAX_DEPTH` levels at most, for `seed_decode_from_slice`.
-pub(crate) struct Bounded<T>(pub(crate) std::marker::PhantomData<T>);
+/// How many elements (of sequences, and entries of maps) a decode may take beyond one per
+/// byte: an element of a zero-sized type (`()`) takes no byte, so a damaged length prefix
+/// of a `Vec<()>` claiming 2^60 of them would keep the decoder busy for ever.
+const FREE_ELEMENTS: usize = 1 << 20;
+
+thread_local! {
+    /// The elements the decode running on this thread may still take.
+    static ELEMENTS_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Takes one element from the running decode's budget, or says it is spent.
+fn take_element<E: de::Error>() -> Result<(), E> {
+    ELEMENTS_LEFT.with(|left| match left.get().checked_sub(1) {
+        Some(n) => {
+            left.set(n);
+            Ok(())
+        }
+        None => Err(E::custom(format_args!(
+            "the value holds more elements than its bytes can (a length is damaged)"
+        ))),
+    })
+}
+
+/// Decodes a `T` of `len` bytes with `MAX_DEPTH` levels at most, for
+/// `seed_decode_from_slice`.
+pub(crate) struct Bounded<T> {
+    len: usize,
+    value: std::marker::PhantomData<T>,
+}
+
+impl<T> Bounded<T> {
+    pub(crate) fn new(len: usize) -> Self {
+        Bounded {
+            len,
+            value: std::marker::PhantomData,
+        }
+    }
+}
 
 impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Bounded<T> {
     type Value = T;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<T, D::Error> {
-        T::deserialize(Depth {
+        let budget = self.len.saturating_add(FREE_ELEMENTS);
+        let outer = ELEMENTS_LEFT.with(|left| left.replace(budget));
+        let decoded = T::deserialize(Depth {
             de,
             left: MAX_DEPTH,
-        })
+        });
+        ELEMENTS_LEFT.with(|left| left.set(outer));
+        decoded
     }
 }
 
@@ -234,6 +274,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Parts<A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
+        take_element()?;
         let seed = self.seed(seed);
         self.access.next_element_seed(seed)
     }
@@ -250,6 +291,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Parts<A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
+        take_element()?;
         let seed = self.seed(seed);
         self.access.next_key_seed(seed)
     }
@@ -383,6 +425,20 @@ mod tests {
             ok
         });
         assert!(ok);
+    }
+
+    #[test]
+    fn a_length_claiming_endless_zero_sized_elements_is_an_error() {
+        // A `Vec<()>` claiming 2^60 elements: each takes no byte, so nothing ran out.
+        let mut bytes = vec![253u8];
+        bytes.extend((1u64 << 60).to_le_bytes());
+        let err = decode_value::<Vec<()>>(&bytes).unwrap_err();
+        assert!(err.contains("more elements than its bytes can"), "{err}");
+        // A real one of many is read back.
+        let mut bytes = Vec::new();
+        encode_value::<Vec<()>>(&vec![(); 100_000], &mut bytes).unwrap();
+        let back = decode_value::<Vec<()>>(&bytes).unwrap();
+        assert_eq!(back.downcast_ref::<Vec<()>>().map(Vec::len), Some(100_000));
     }
 
     #[test]

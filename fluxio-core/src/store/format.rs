@@ -36,7 +36,7 @@ fn decode_limited<T: DeserializeOwned>(
 ) -> Result<(T, usize), bincode::error::DecodeError> {
     use bincode::config::standard;
     use bincode::serde::seed_decode_from_slice as decode;
-    let seed = super::depth::Bounded::<T>(std::marker::PhantomData);
+    let seed = super::depth::Bounded::<T>::new(bytes.len());
     macro_rules! tiers {
         ($($bits:literal)*) => {
             match limit_bits(bytes.len()) {
