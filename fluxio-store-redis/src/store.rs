@@ -337,6 +337,17 @@ fn unexpected(operation: &'static str, reply: i64) -> StoreError {
 /// A run's meta hash as read: field names and values as bytes.
 type Meta = HashMap<Vec<u8>, Vec<u8>>;
 
+/// Meta field `name`'s text, or why it is not text (the record is then corrupt).
+fn meta_text(name: &str, bytes: Vec<u8>) -> std::result::Result<String, String> {
+    String::from_utf8(bytes).map_err(|_| format!("field `{name}` is not UTF-8"))
+}
+
+/// The status the meta's `status` field names, or why it names none.
+fn meta_status(bytes: Vec<u8>) -> std::result::Result<RunStatus, String> {
+    let status = meta_text("status", bytes)?;
+    RunStatus::parse(&status).ok_or_else(|| format!("unknown status `{}`", status.escape_debug()))
+}
+
 /// Builds a [`StoredRun`] from the meta hash and the entries; `None` without meta. Fields
 /// the store does not know are ignored (a later version may add some), whatever their
 /// names: the hash is read as bytes, so a name that is not UTF-8 is just another unknown
@@ -353,16 +364,11 @@ fn parse_run(run_id: &str, mut meta: Meta, entries: Vec<Vec<u8>>) -> Result<Opti
         meta.remove(name.as_bytes())
             .ok_or_else(|| corrupt(format!("its meta has no field `{name}`")))
     };
-    let text = |name: &str, bytes: Vec<u8>| {
-        String::from_utf8(bytes).map_err(|_| corrupt(format!("field `{name}` is not UTF-8")))
-    };
-    let version = text("version", field("version")?)?;
-    let status = text("status", field("status")?)?;
-    let status = RunStatus::parse(&status)
-        .ok_or_else(|| corrupt(format!("unknown status `{}`", status.escape_debug())))?;
+    let version = meta_text("version", field("version")?).map_err(corrupt)?;
+    let status = meta_status(field("status")?).map_err(corrupt)?;
     let header = field("header")?;
     let error = match meta.remove(&b"error"[..]) {
-        Some(bytes) => Some(text("error", bytes)?),
+        Some(bytes) => Some(meta_text("error", bytes).map_err(corrupt)?),
         None => None,
     };
     Ok(Some(StoredRun {
@@ -636,12 +642,8 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
             return Err(corrupt(format!("its meta has no `{field}`")));
         }
     };
-    let text = |name: &str, bytes: Vec<u8>| {
-        String::from_utf8(bytes).map_err(|_| corrupt(format!("field `{name}` is not UTF-8")))
-    };
-    let (version, status) = (text("version", version)?, text("status", status)?);
-    let status = RunStatus::parse(&status)
-        .ok_or_else(|| corrupt(format!("unknown status `{}`", status.escape_debug())))?;
+    let version = meta_text("version", version).map_err(corrupt)?;
+    let status = meta_status(status).map_err(corrupt)?;
     // -2: no lock. -1: a lock without expiry (the store always sets one: another
     // program's key), held for good.
     let left = match pttl {

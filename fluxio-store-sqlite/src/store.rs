@@ -255,6 +255,14 @@ fn store_error(operation: &'static str, failure: Failure) -> StoreError {
     }
 }
 
+/// The status a run's row holds (`UnknownStatus` when this crate does not know it).
+fn parse_status(run_id: &str, status: String) -> Result<RunStatus, Error> {
+    RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
+        run_id: run_id.to_string(),
+        status,
+    })
+}
+
 /// A row of `list_runs`. The run id is decoded first, so any column that does not decode
 /// is a corrupt record of that run; a run id that is not text itself is named lossily.
 fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
@@ -269,12 +277,8 @@ fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
     };
     let decode = || -> Result<RunListing, Error> {
         let version: String = row.try_get(1)?;
-        let status: String = row.try_get(2)?;
+        let status = parse_status(&run_id, row.try_get(2)?)?;
         let left_ms: Option<i64> = row.try_get(3)?;
-        let status = RunStatus::parse(&status).ok_or_else(|| Error::UnknownStatus {
-            run_id: run_id.clone(),
-            status,
-        })?;
         let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
         Ok(RunListing::new(run_id.clone(), version, status, left))
     };
@@ -336,12 +340,7 @@ impl Inner {
             run_id: run_id.to_string(),
             reason: "its input (its `run_headers` row) is missing".into(),
         })?;
-        let status = RunStatus::parse(&status).ok_or_else(|| {
-            read(Error::UnknownStatus {
-                run_id: run_id.to_string(),
-                status,
-            })
-        })?;
+        let status = parse_status(run_id, status).map_err(read)?;
         Ok(Some(StoredRun {
             version,
             status,

@@ -1,4 +1,5 @@
-//! A bound on how deeply a decoded value may nest, and room on the stack for it.
+//! Bounds on what decoding a value may do: how deeply it nests (with room on the stack for
+//! it) and how many elements it takes.
 //!
 //! bincode decodes a nested value by recursion, one set of stack frames per level, with no
 //! limit of its own: a recursive type (a tree) decoded from a few kilobytes of damaged
@@ -8,7 +9,8 @@
 //! `stacker`: how much a level needs depends on the type, a level count alone cannot tell),
 //! and it counts the levels entered (a struct, a sequence, a map, an enum's variant, an
 //! `Option`'s content, a newtype: one level each), refusing to go past [`MAX_DEPTH`] with an
-//! error — which bounds what damaged bytes can make it allocate.
+//! error — which bounds what damaged bytes can make it allocate. It also counts the
+//! elements taken (of sequences and maps) against the bytes: see [`FREE_ELEMENTS`].
 //!
 //! Every type is wrapped on the way down: the deserializer a nested value is decoded with,
 //! the visitor that receives its parts, and the accessors handing those parts out.
@@ -60,8 +62,8 @@ fn take_element<E: de::Error>() -> Result<(), E> {
     })
 }
 
-/// Decodes a `T` of `len` bytes with `MAX_DEPTH` levels at most, for
-/// `seed_decode_from_slice`.
+/// Decodes a `T` of `len` bytes within the bounds above (`MAX_DEPTH` levels, `len` plus
+/// `FREE_ELEMENTS` elements), for `seed_decode_from_slice`.
 pub(crate) struct Bounded<T> {
     len: usize,
     value: std::marker::PhantomData<T>,

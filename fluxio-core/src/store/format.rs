@@ -16,11 +16,10 @@ use crate::key::AnyValue;
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// The largest single record a decoder accepts (1 GiB).
-const LIMIT: usize = 1 << 30;
-
+/// The encoding of every value and record: bincode's standard (varint integers). Encoding
+/// takes no limit (bincode's limit is a decoder's: see [`decode_limited`]).
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<LIMIT>()
+    bincode::config::standard()
 }
 
 /// Decodes a `T` from the front of `bytes`, with a limit fitted to their length: bincode
@@ -29,8 +28,8 @@ fn config() -> impl bincode::config::Config {
 /// bytes per byte read (an integer claims its full width however short its varint; a
 /// string's content claims what it reads), so a claim past 16 times the input is a lie,
 /// refused before anything is allocated — and a value that encoded to `n` bytes always
-/// decodes within that limit, however large. Nesting is bounded too
-/// ([`depth::MAX_DEPTH`](super::depth::MAX_DEPTH)): past it, an error, not a stack overflow.
+/// decodes within that limit, however large. Nesting and element counts are bounded too
+/// ([`Bounded`](super::depth::Bounded)), and deep values get the stack they need.
 fn decode_limited<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
@@ -40,30 +39,37 @@ fn decode_limited<T: DeserializeOwned>(
     macro_rules! tiers {
         ($($bits:literal)*) => {
             match limit_bits(bytes.len()) {
-                $($bits => decode(seed, bytes, standard().with_limit::<{ 1 << $bits }>()),)*
+                $($bits => decode(seed, bytes, standard().with_limit::<{ limit_of($bits) }>()),)*
                 _ => decode(seed, bytes, standard().with_limit::<{ usize::MAX }>()),
             }
         };
     }
-    #[cfg(target_pointer_width = "64")]
-    return tiers!(12 16 20 24 28 30 32 36 40 44 48);
-    #[cfg(not(target_pointer_width = "64"))]
-    return tiers!(12 16 20 24 28 30);
+    // The arms of `LIMIT_BITS` (const generics need them written out).
+    tiers!(12 16 20 24 28 30 32 36 40 44 48)
 }
 
-/// The bincode limits a decoder may be given, as powers of two.
+/// The bincode limits a decoder may be given, as powers of two (the arms of
+/// [`decode_limited`]).
 const LIMIT_BITS: &[u32] = &[12, 16, 20, 24, 28, 30, 32, 36, 40, 44, 48];
 
+/// `2^bits` bytes, or the whole address space where that is more.
+const fn limit_of(bits: u32) -> usize {
+    let limit = 1u64 << bits;
+    if limit > usize::MAX as u64 {
+        usize::MAX
+    } else {
+        limit as usize
+    }
+}
+
 /// The limit for decoding `len` bytes, as a power of two: the least of [`LIMIT_BITS`] that
-/// allows 16 bytes claimed per byte read (and within the address space); `u32::MAX` when
-/// none does — no limit.
+/// allows 16 bytes claimed per byte read; `u32::MAX` when none does — no limit.
 fn limit_bits(len: usize) -> u32 {
-    let most = len.saturating_mul(16);
+    let most = (len as u64).saturating_mul(16);
     LIMIT_BITS
         .iter()
         .copied()
-        .filter(|&bits| bits < usize::BITS)
-        .find(|&bits| most <= 1 << bits)
+        .find(|&bits| most <= 1u64 << bits)
         .unwrap_or(u32::MAX)
 }
 
