@@ -43,7 +43,10 @@ impl Log {
             .append(true)
             .open(&self.0)
             .expect("log file");
-        writeln!(f, "{stage}").expect("write log");
+        // One write of the whole line: `writeln!` writes the name and the newline apart, and
+        // a kill between the two glued the next process's line onto this one.
+        f.write_all(format!("{stage}\n").as_bytes())
+            .expect("write log");
         f.sync_all().expect("sync log");
     }
 }
