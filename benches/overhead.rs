@@ -215,6 +215,49 @@ fn main() {
         );
     }
 
+    // The same trio written by hand around the hand-written chain (`HandTrio`: specialised
+    // to this chain's u64 reads), against that chain: what the middleware costs without
+    // fluxio. Then fluxio's trio against it directly.
+    let hand = HandTrio::default();
+    let (h, b) = compare(
+        &rt,
+        samples,
+        iters,
+        || {
+            counter.set(counter.get() + 1);
+            chain_trio_baseline(input! { c0: counter.get() }, &hand)
+        },
+        || chain_baseline(input! { c0: 1 }),
+    );
+    println!(
+        "{:<40} {:>5.0} ns per stage, hand-written chain {:>4.0} ns: {:.2}x",
+        "by hand: Retry + Cache (miss) + CB",
+        h / 10.0,
+        b / 10.0,
+        h / b
+    );
+    let trio = trio_pipeline();
+    let (f, h) = compare(
+        &rt,
+        samples,
+        iters,
+        || {
+            counter.set(counter.get() + 1);
+            trio.invoke(input! { c0: counter.get() }).into_future()
+        },
+        || {
+            counter.set(counter.get() + 1);
+            chain_trio_baseline(input! { c0: counter.get() }, &hand)
+        },
+    );
+    println!(
+        "{:<40} {:>5.0} ns per stage, by hand {:>4.0} ns: {:.2}x",
+        "fluxio's trio against the trio by hand",
+        f / 10.0,
+        h / 10.0,
+        f / h
+    );
+
     let mt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

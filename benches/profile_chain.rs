@@ -1,7 +1,8 @@
 //! Runs the 10-stage chain in a loop, for profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
-//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|cache|cb|size] [iterations]`
-//! (`middleware`: the chain with CircuitBreaker + Retry + Cache, every input different).
+//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|handtrio|cache|cb|size] [iterations]`
+//! (`middleware`: the chain with CircuitBreaker + Retry + Cache, every input different;
+//! `handtrio`: the hand-written chain through the same trio written by hand).
 
 use std::future::IntoFuture;
 
@@ -50,10 +51,13 @@ fn main() {
         );
         return;
     }
+    let hand = HandTrio::default();
     rt.block_on(async {
         for i in 0..n as u64 {
             let out = if which == "baseline" {
                 chain_baseline(input! { c0: i }).await
+            } else if which == "handtrio" {
+                chain_trio_baseline(input! { c0: i }, &hand).await.unwrap()
             } else {
                 pipe.invoke(input! { c0: i }).into_future().await.unwrap()
             };
