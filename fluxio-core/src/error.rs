@@ -329,7 +329,9 @@ impl std::fmt::Display for Error {
                 run_id,
             } => write!(
                 f,
-                "{}stage `{stage}` needs resource `{}`: register it with `.with_resource(..)`",
+                "{}stage `{stage}` needs resource `{}`: register it with `.with_resource(value)`, or \
+                `.with_shared_resource(arc)` for one behind an `Arc` (`.with_resource(arc)` \
+                registers the `Arc` itself)",
                 run_prefix(run_id),
                 short_type(type_name)
             ),

@@ -1297,3 +1297,42 @@ async fn a_users_middleware_can_be_scoped_too() {
         ]
     );
 }
+
+/// A middleware behind an `Arc` (kept by the caller, scoped) or a `Box<dyn Middleware>`
+/// (a chain built at run time) wraps the stages like the middleware itself.
+#[tokio::test(start_paused = true)]
+async fn middleware_behind_an_arc_or_a_box_wraps_the_stages() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let shared = Arc::new(Tag::new("arc", &log));
+    let from_config: Vec<Box<dyn Middleware>> = vec![
+        Box::new(Retry::constant(2, std::time::Duration::from_millis(5))),
+        Box::new(Tag::new("boxed", &log)),
+    ];
+    let flaky = Flaky::failing(1);
+    let mut pipe = pipeline! { spell, work }
+        .with_resource(Counts::failing(&[]))
+        .with_resource(flaky.clone())
+        .with_middleware(shared.clone().only(work));
+    for m in from_config {
+        pipe = pipe.with_middleware(m);
+    }
+    assert_eq!(pipe.invoke(input! { n: 2 }).await.unwrap()[out], 4);
+    assert_eq!(flaky.calls(), 2, "the boxed Retry retried");
+    let mut seen = log.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "arc after work: true",
+            "arc before work (attempt 1)",
+            "boxed after spell: true",
+            "boxed after work: false",
+            "boxed after work: true",
+            "boxed before spell (attempt 1)",
+            "boxed before work (attempt 1)",
+            "boxed before work (attempt 2)",
+        ]
+    );
+    // The caller's handle is the middleware the pipeline holds.
+    assert_eq!(Arc::strong_count(&shared), 2);
+}

@@ -325,6 +325,50 @@ async fn missing_resource_fails_before_any_stage_runs() {
         other => panic!("expected MissingResource, got {other:?}"),
     }
     assert!(rec.events().is_empty());
+    // The usual slip: a resource held in an `Arc`, given to `with_resource`, registers the
+    // `Arc`. The message says what to call instead.
+    let pipe = pipeline! { priced }.with_resource(Arc::new(Rates(3)));
+    let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingResource {
+                stage: "priced",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("`.with_shared_resource(arc)`"),
+        "{err}"
+    );
+    let pipe = pipeline! { priced }.with_shared_resource(Arc::new(Rates(3)));
+    assert_eq!(pipe.invoke(input! { seed: 2 }).await.unwrap()[b_out], 6);
+}
+
+/// A service's client, used as `Res<Rates>` (not `Res<Arc<Rates>>`).
+struct Rates(u64);
+
+#[stage(reads = [seed], writes = [b_out])]
+async fn priced(seed: &u64, rates: Res<Rates>) -> u64 {
+    seed * rates.0
+}
+
+/// An invoke is a future itself: it goes into `join_all` (and `select!`, `block_on`, …)
+/// without `.into_future()`, each run starting when first polled.
+#[tokio::test]
+async fn invokes_are_futures_for_join_all() {
+    let pipe = pipeline! { stage_a }.with_resource(Arc::new(Probe::default()));
+    let runs = (1..=3).map(|i| pipe.invoke(input! { seed: i }).run_id(format!("job-{i}")));
+    let done: Vec<_> = futures::future::join_all(runs).await;
+    let outs: Vec<u64> = done.into_iter().map(|r| r.unwrap()[a_out]).collect();
+    let one = pipe.invoke(input! { seed: 1 }).await.unwrap()[a_out];
+    assert_eq!(outs.len(), 3);
+    assert_eq!(outs[0], one);
+    assert!(outs[0] < outs[1] && outs[1] < outs[2], "{outs:?}");
+    // An invoke never polled runs nothing.
+    drop(pipe.invoke(input! { seed: 9 }));
 }
 
 #[stage(writes = [never], timeout = "50ms")]

@@ -281,6 +281,13 @@ fn built_in<B: 'static>(
 /// let chain: Vec<Box<dyn Middleware>> = vec![Box::new(Timing)];
 /// assert_eq!(chain.len(), 1);
 /// ```
+///
+/// An `Arc<M>` or a `Box<M>` of a middleware is one too (`Box<dyn Middleware>` included),
+/// so you can keep a handle on your middleware (to read what it recorded) or build the
+/// chain from configuration. The built-ins are best passed as they are: they are cheap
+/// handles already (clones share their state), and only then do they run on the fast path
+/// described in the middleware guide — behind an `Arc` or a `Box` they are called like
+/// your own.
 pub trait Middleware: Send + Sync + 'static {
     /// Handles one stage call; `next.run(call)` continues down the chain.
     fn handle<'a>(
@@ -288,6 +295,26 @@ pub trait Middleware: Send + Sync + 'static {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>>;
+}
+
+impl<M: Middleware + ?Sized> Middleware for Arc<M> {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        (**self).handle(call, next)
+    }
+}
+
+impl<M: Middleware + ?Sized> Middleware for Box<M> {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+        (**self).handle(call, next)
+    }
 }
 
 /// Runs `stage` through `chain[from..]` as boxed futures (owned, so the future is

@@ -4,7 +4,7 @@ mod durable;
 mod exec;
 mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -330,6 +330,7 @@ impl Pipeline {
             pipe: self,
             input,
             opts: RunOptions::default(),
+            running: None,
         }
     }
 
@@ -347,11 +348,27 @@ fn appended<T: Clone>(list: &Arc<[T]>, item: T) -> Arc<[T]> {
 }
 
 /// A run being configured: `.run_id(..)`, then `.await`.
+///
+/// It is a [`Future`] itself, so it goes wherever one does — `join_all`, `select!`,
+/// `FuturesUnordered`, `block_on` — and the run starts on its first poll. (To spawn a run,
+/// move a clone of the pipeline into the task: `tokio::spawn(async move {
+/// pipe.invoke(input).await })`.)
+///
+/// ```
+/// # use fluxio_core::{Ctx, Error, Pipeline};
+/// /// Runs `pipe` on every input at once, on the caller's task.
+/// async fn run_all(pipe: &Pipeline, inputs: Vec<Ctx>) -> Vec<Result<Ctx, Error>> {
+///     futures_util::future::join_all(inputs.into_iter().map(|input| pipe.invoke(input))).await
+/// }
+/// # let _ = run_all;
+/// ```
 #[must_use = "an invoke does nothing until it is awaited"]
 pub struct Invoke<'p> {
     pipe: &'p Pipeline,
     input: Ctx,
     opts: RunOptions,
+    /// The run, once polled.
+    running: Option<Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>>,
 }
 
 impl std::fmt::Debug for Invoke<'_> {
@@ -395,11 +412,22 @@ impl<'p> Invoke<'p> {
     }
 }
 
-impl<'p> IntoFuture for Invoke<'p> {
+impl Future for Invoke<'_> {
     type Output = Result<Ctx>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        exec::start_run(self.pipe, self.input, self.opts, None)
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let run = this.running.get_or_insert_with(|| {
+            exec::start_run(
+                this.pipe,
+                std::mem::take(&mut this.input),
+                std::mem::take(&mut this.opts),
+                None,
+            )
+        });
+        run.as_mut().poll(cx)
     }
 }
