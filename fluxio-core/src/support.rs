@@ -10,6 +10,11 @@ use crate::stage::{ChunkSink, StageError};
 /// Runs a sync stage's body on tokio's blocking pool, so it never stalls async stages —
 /// inside the span it was called in (the stage's), as an async stage's code is.
 ///
+/// Dropped before the pool started it, the body never starts. A body already running
+/// finishes, as blocking code must: when the run is dropping its stages because one failed
+/// (see [`finishing`]), the run waits for it before its rollbacks, and rolls it back too if
+/// it succeeded.
+///
 /// # Errors
 ///
 /// The body's own error, or an error naming `stage` when the body panicked.
@@ -19,9 +24,10 @@ where
     T: Send + 'static,
 {
     let span = tracing::Span::current();
-    // Dropped (the run failed or was dropped) before the pool started it, the body never
-    // starts: a call already running finishes, as blocking code must.
-    match AbortOnDrop(tokio::task::spawn_blocking(move || span.in_scope(body))).await {
+    let call = BlockingCall(Some(tokio::task::spawn_blocking(move || {
+        span.in_scope(body)
+    })));
+    match call.await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StageError::new(crate::run::panic_error(
             stage,
@@ -29,6 +35,81 @@ where
         ))),
         Err(_) => Err(StageError::new(crate::Error::Cancelled { run_id: None })),
     }
+}
+
+/// A sync stage's body on the blocking pool, awaited. Dropped unfinished, it aborts the
+/// body if it has not started; and while a run is collecting its stages' bodies still
+/// running ([`finishing`]), it hands the run its handle.
+struct BlockingCall<T: Send + 'static>(Option<tokio::task::JoinHandle<Result<T, StageError>>>);
+
+impl<T: Send + 'static> std::future::Future for BlockingCall<T> {
+    type Output = Result<Result<T, StageError>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let handle = self.0.as_mut().expect("polled after it ended");
+        let out = std::task::ready!(std::pin::Pin::new(handle).poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for BlockingCall<T> {
+    fn drop(&mut self) {
+        let Some(handle) = self.0.take() else {
+            return;
+        };
+        handle.abort();
+        // A body that never started ends at once (aborted), one that is running when it
+        // returns: either way the run that is collecting learns whether it succeeded.
+        hand_over(Box::pin(async move { matches!(handle.await, Ok(Ok(_))) }));
+    }
+}
+
+/// Hands `rest` — what is left of a stage's work that cannot be stopped, ending with
+/// whether the stage succeeded — to the run collecting such work while it drops its
+/// stages ([`finishing`]), under the node being dropped. Outside that, `rest` is dropped.
+pub(crate) fn hand_over(rest: crate::store::BoxFuture<'static, bool>) {
+    let _ = FINISHING.try_with(|finishing| {
+        if let Ok(mut finishing) = finishing.try_borrow_mut()
+            && let Some((node, bodies)) = &mut *finishing
+        {
+            let node = *node;
+            bodies.push((node, rest));
+        }
+    });
+}
+
+/// A sync stage's body that was running when its stage was dropped: the node it was called
+/// for, and whether the body succeeded once it has returned.
+pub(crate) type Finishing = (usize, crate::store::BoxFuture<'static, bool>);
+
+thread_local! {
+    /// While a run drops its stages' futures: the node being dropped, and the bodies of
+    /// sync stages found running.
+    static FINISHING: std::cell::RefCell<Option<(usize, Vec<Finishing>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `drop_nodes`, which drops stage futures, telling it how to name the node being
+/// dropped (`at(i)`), and returns the bodies of sync stages that were still running on the
+/// blocking pool (a body cannot be stopped): the run waits for them before its rollbacks.
+pub(crate) fn finishing(drop_nodes: impl FnOnce(&dyn Fn(usize))) -> Vec<Finishing> {
+    let at = |i: usize| {
+        FINISHING.with(|f| {
+            if let Some((node, _)) = &mut *f.borrow_mut() {
+                *node = i;
+            }
+        });
+    };
+    let outer = FINISHING.with(|f| f.borrow_mut().replace((usize::MAX, Vec::new())));
+    drop_nodes(&at);
+    FINISHING
+        .with(|f| std::mem::replace(&mut *f.borrow_mut(), outer))
+        .map(|(_, bodies)| bodies)
+        .unwrap_or_default()
 }
 
 /// A spawned task's handle, awaited as the handle is, that aborts the task when dropped.

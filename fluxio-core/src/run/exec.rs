@@ -14,7 +14,7 @@ use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -556,6 +556,9 @@ struct SchedState {
     skipped: Vec<u32>,
     /// Set once the run failed and its rollbacks run.
     rolling_back: Option<Box<RollingBack>>,
+    /// A nested pipeline's run: set when it starts rolling back, so that the outer run,
+    /// failing meanwhile, lets its rollbacks finish rather than cut them off.
+    rollback_watch: Option<Arc<AtomicBool>>,
 }
 
 impl Drop for SchedState {
@@ -576,6 +579,10 @@ struct RollingBack {
     /// before it is stored (`Durability::rolling_back`), so a resume never completes a run
     /// whose stages were undone.
     recording: Option<BoxFuture<'static, StoreResult<()>>>,
+    /// The bodies of sync stages still running on the blocking pool when their futures
+    /// were dropped: awaited before any rollback (they may hold what a rollback needs);
+    /// those that succeeded are rolled back too, first.
+    finishing: Vec<crate::support::Finishing>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -638,6 +645,7 @@ impl Scheduler {
             rollback_order: Vec::new(),
             skipped: Vec::new(),
             rolling_back: None,
+            rollback_watch: None,
             plan,
         };
         match restored {
@@ -660,6 +668,7 @@ impl Scheduler {
                         current: None,
                         saving: Vec::new(),
                         recording: None,
+                        finishing: Vec::new(),
                     }));
                     return Ok(Scheduler(Box::new(sched)));
                 }
@@ -1235,7 +1244,10 @@ impl SchedState {
         Ok(progressed)
     }
 
-    fn start_rollback(&mut self, error: Error) {
+    fn start_rollback(&mut self, error: Error, finishing: Vec<crate::support::Finishing>) {
+        if let Some(watch) = &self.rollback_watch {
+            watch.store(true, Ordering::SeqCst);
+        }
         tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
         // Entries still being stored are finished first (their stages are in
         // `rollback_order`: a resume must know to roll them back); their stages did not
@@ -1258,22 +1270,37 @@ impl SchedState {
             current: None,
             saving,
             recording: None,
+            finishing,
         }));
     }
 
     /// A durable run's steps before its rollbacks: the entries being stored, then the record
     /// that it is rolling back, all while keeping its lease. `Some` when the run ends here.
     fn poll_rollback_record(&mut self, cx: &mut Context<'_>) -> Option<Poll<Result<Ctx>>> {
-        let d = self.durable.as_mut()?;
-        match d.poll_lease(cx) {
-            // Lost, the run stops where it is: its status says `rolling_back` (or
-            // `running`, if not recorded yet), and whoever resumes it takes it from there.
-            Err(e @ Error::LockLost { .. }) => return Some(Poll::Ready(Err(e))),
-            // A passing failure: tried again later; the rollbacks go on.
-            Err(e) => tracing::warn!(error = %e, "could not renew the lease while rolling back"),
-            Ok(()) => {}
+        if let Some(d) = self.durable.as_mut() {
+            match d.poll_lease(cx) {
+                // Lost, the run stops where it is: its status says `rolling_back` (or
+                // `running`, if not recorded yet), and whoever resumes it takes it from there.
+                Err(e @ Error::LockLost { .. }) => return Some(Poll::Ready(Err(e))),
+                // A passing failure: tried again later; the rollbacks go on.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the lease while rolling back");
+                }
+                Ok(()) => {}
+            }
         }
+        if self.poll_finishing(cx).is_pending() {
+            return Some(Poll::Pending);
+        }
+        let d = self.durable.as_mut()?;
         let rb = self.rolling_back.as_mut().expect("rolling back");
+        if self.rollback_order.is_empty() && !d.rolling_back.load(Ordering::SeqCst) {
+            // It waited for stages it could not stop (a sync stage's body, a nested
+            // pipeline's rollbacks), none of which left anything to undo: the run fails as
+            // one without rollbacks does, resumable.
+            let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
+            return Some(Poll::Ready(Err(failure)));
+        }
         let mut k = 0;
         while k < rb.saving.len() {
             match rb.saving[k].as_mut().poll(cx) {
@@ -1327,6 +1354,41 @@ impl SchedState {
                 tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
                 Some(Poll::Ready(Err(e)))
             }
+        }
+    }
+
+    /// Waits for the bodies of sync stages still running on the blocking pool when the run
+    /// failed: a body that succeeded had its effects, so its stage is rolled back too — first,
+    /// as the last to finish. (Its stage was reported cancelled: its result is discarded.
+    /// In a durable run its entry is not stored, so if the process stops before its
+    /// rollback ran, a resume does not know to run it.)
+    fn poll_finishing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let rb = self.rolling_back.as_mut().expect("rolling back");
+        let mut k = 0;
+        let mut succeeded: SmallVec<[usize; 2]> = SmallVec::new();
+        while k < rb.finishing.len() {
+            match rb.finishing[k].1.as_mut().poll(cx) {
+                Poll::Pending => k += 1,
+                Poll::Ready(ok) => {
+                    let (i, _) = rb.finishing.swap_remove(k);
+                    if ok {
+                        succeeded.push(i);
+                    }
+                }
+            }
+        }
+        let pending = !rb.finishing.is_empty();
+        for i in succeeded {
+            tracing::warn!(
+                stage = self.plan.nodes[i].meta.name,
+                "a sync stage dropped as the run failed had been running, and succeeded: it is rolled back too"
+            );
+            self.ran(i);
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 
@@ -1573,9 +1635,15 @@ fn start_dyn(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> StageFuture {
             }
             let writes = plan.nodes[i].writes.clone();
             Box::pin(async move {
-                let sched = Scheduler::new(sub.plan.clone(), input.clone(), env, None)
+                let mut sched = Scheduler::new(sub.plan.clone(), input.clone(), env, None)
                     .map_err(StageError::new)?;
-                let out = sub.start(sched).await.map_err(StageError::new)?;
+                let watch = Arc::new(AtomicBool::new(false));
+                sched.0.rollback_watch = Some(watch.clone());
+                let run = NestedRun {
+                    run: Some(sub.start(sched)),
+                    rolling_back: watch,
+                };
+                let out = run.await.map_err(StageError::new)?;
                 let mut w = Writes::with_capacity(writes.len());
                 for name in out.written_since(&input) {
                     if writes.iter().any(|k| k.name == name) {
@@ -1587,6 +1655,40 @@ fn start_dyn(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> StageFuture {
                 }
                 Ok(StageOutput::Writes(w))
             })
+        }
+    }
+}
+
+/// A nested pipeline's run, as its node's future polls it. Dropped while the nested run
+/// is rolling back — the outer run failing meanwhile — it hands the rest of the nested run
+/// to the outer one, which lets its rollbacks finish before its own (see
+/// [`crate::support::finishing`]); dropped with the whole run, it is cut off.
+struct NestedRun {
+    run: Option<RunFuture>,
+    rolling_back: Arc<AtomicBool>,
+}
+
+impl Future for NestedRun {
+    type Output = Result<Ctx>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let run = self.run.as_mut().expect("polled after it ended");
+        let out = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for NestedRun {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take()
+            && self.rolling_back.load(Ordering::SeqCst)
+        {
+            // Nothing of the outer run's to undo: the nested node never finished.
+            crate::support::hand_over(Box::pin(async move {
+                let _ = run.await;
+                false
+            }));
         }
     }
 }
@@ -1697,11 +1799,29 @@ fn fail<S>(
 where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
-    if sched.rollback_order.is_empty() || matches!(e, Error::LockLost { .. }) {
+    if matches!(e, Error::LockLost { .. }) {
         return Some(Poll::Ready(Err(e)));
     }
-    sched.start_rollback(e);
-    cancel_slots_guarded(sched, slots, cx);
+    if sched.rollback_order.is_empty() {
+        let late = |i: usize| {
+            sched.plan.has_rollback[i] || matches!(sched.plan.nodes[i].exec, Exec::Pipeline(_))
+        };
+        if !(0..sched.plan.nodes.len()).any(late) {
+            return Some(Poll::Ready(Err(e)));
+        }
+        // Nothing to undo so far; but a sync stage with a rollback may be running on the
+        // blocking pool, where it cannot be stopped: if it succeeds, it must be undone. And
+        // a nested pipeline may be running its own rollbacks: they finish first.
+        let finishing = cancel_slots_guarded(sched, slots, cx, late);
+        if finishing.is_empty() {
+            return Some(Poll::Ready(Err(e)));
+        }
+        sched.start_rollback(e, finishing);
+        return None;
+    }
+    sched.start_rollback(e, Vec::new());
+    let finishing = cancel_slots_guarded(sched, slots, cx, |_| true);
+    sched.rolling_back.as_mut().expect("rolling back").finishing = finishing;
     None
 }
 
@@ -1710,15 +1830,29 @@ where
 /// what they hold (a pool's connection, a lock). A future that panics as it is dropped is
 /// dropped all the same (the unwind drops it), and the others after it: its panic is the
 /// run's no more.
-fn cancel_slots_guarded<S>(sched: &SchedState, slots: &mut S, cx: &mut Context<'_>)
+///
+/// Returns the bodies of sync stages that were running on the blocking pool (a body cannot
+/// be stopped), for the nodes `wait_for` accepts: the run waits for them before its
+/// rollbacks.
+fn cancel_slots_guarded<S>(
+    sched: &SchedState,
+    slots: &mut S,
+    cx: &mut Context<'_>,
+    wait_for: impl Fn(usize) -> bool,
+) -> Vec<crate::support::Finishing>
 where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
-    for i in 0..sched.plan.nodes.len() {
-        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            slot_op(sched, slots, i, Mode::Cancel, cx)
-        }));
-    }
+    let mut finishing = crate::support::finishing(|at| {
+        for i in 0..sched.plan.nodes.len() {
+            at(i);
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                slot_op(sched, slots, i, Mode::Cancel, cx)
+            }));
+        }
+    });
+    finishing.retain(|(i, _)| wait_for(*i));
+    finishing
 }
 
 /// Starts, polls or drops node `i`'s future through the driver's slots, inside the stage's
