@@ -96,14 +96,33 @@ pub const fn first_conflict(a: &Access, b: &Access) -> Option<(ConflictKind, &'s
     first_conflict_in(a.reads, a.writes, b.reads, b.writes)
 }
 
+/// The first key both stages write, leaving out `#[merge]` keys (each adds to the value)
+/// that neither reads — one that reads it is a read/write conflict anyway.
+const fn find_common_write(xs: &[KeyDesc], ys: &[KeyDesc]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < xs.len() {
+        let mut j = 0;
+        while j < ys.len() {
+            if str_eq(xs[i].name, ys[j].name) && !(xs[i].is_merged() && ys[j].is_merged()) {
+                return Some(xs[i].name);
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
 /// [`first_conflict`] over borrowed key lists (for accesses computed at run time).
+///
+/// Two writes of a `#[merge]` key do not conflict: each adds to the value.
 pub const fn first_conflict_in(
     a_reads: &[KeyDesc],
     a_writes: &[KeyDesc],
     b_reads: &[KeyDesc],
     b_writes: &[KeyDesc],
 ) -> Option<(ConflictKind, &'static str)> {
-    if let Some(k) = find_common(a_writes, b_writes) {
+    if let Some(k) = find_common_write(a_writes, b_writes) {
         return Some((ConflictKind::WriteWrite, k));
     }
     if let Some(k) = find_common(a_reads, b_writes) {
@@ -195,10 +214,14 @@ pub const fn parallel_conflict_message(
         .push("` and `")
         .push(second);
     let m = match kind {
-        ConflictKind::WriteWrite => m
-            .push("` run in parallel but both write `")
-            .push(key)
-            .push("`"),
+        ConflictKind::WriteWrite => {
+            return m
+                .push("` run in parallel but both write `")
+                .push(key)
+                .push("`; move one of them out of the `parallel` block, or, if each adds to `")
+                .push(key)
+                .push("`, declare it `#[merge]` in `keys!`");
+        }
         ConflictKind::ReadWrite => m
             .push("` run in parallel but `")
             .push(first)
@@ -261,11 +284,29 @@ mod tests {
     }
 
     #[test]
+    fn writes_of_a_merged_key_do_not_conflict_but_a_read_of_it_does() {
+        const M: KeyDesc = KeyDesc::merged::<Vec<u8>>("m");
+        let w_m = Access::new(&[A], &[M]);
+        assert_eq!(first_conflict(&w_m, &w_m), None);
+        let r_m = Access::new(&[M], &[B]);
+        assert_eq!(
+            first_conflict(&r_m, &w_m),
+            Some((ConflictKind::ReadWrite, "m"))
+        );
+        // Declared plain by one of them (two keys of one name): a conflict as before.
+        const P: KeyDesc = KeyDesc::new::<Vec<u8>>("m");
+        assert_eq!(
+            first_conflict(&w_m, &Access::new(&[], &[P])),
+            Some((ConflictKind::WriteWrite, "m"))
+        );
+    }
+
+    #[test]
     fn messages_name_both_stages_and_the_key() {
         let m = parallel_conflict_message("load", "enrich", ConflictKind::WriteWrite, "k");
         assert_eq!(
             m.as_str(),
-            "stages `load` and `enrich` run in parallel but both write `k`; move one of them out of the `parallel` block"
+            "stages `load` and `enrich` run in parallel but both write `k`; move one of them out of the `parallel` block, or, if each adds to `k`, declare it `#[merge]` in `keys!`"
         );
         let m = parallel_conflict_message("a", "b", ConflictKind::ReadWrite, "k");
         assert!(m.as_str().contains("`a` reads `k` while `b` writes it"));

@@ -51,7 +51,14 @@ pub struct KeyDesc {
     pub hash: fn(&AnyValue, &mut dyn core::hash::Hasher) -> Result<(), String>,
     /// Decodes bytes made by `encode`.
     pub decode: fn(&[u8]) -> Result<Arc<AnyValue>, String>,
+    /// For a key declared `#[merge]` in `keys!`: adds a written value to the value the
+    /// context holds ([`Merge::merge`]); `None` for a value of another type. Stages of one
+    /// `parallel` block may then all write the key.
+    pub merge: Option<MergeFn>,
 }
+
+/// How a `#[merge]` key's written value is added to the held one (see [`KeyDesc::merge`]).
+pub(crate) type MergeFn = fn(&AnyValue, &AnyValue) -> Option<Arc<AnyValue>>;
 
 impl KeyDesc {
     /// The description of a key named `name` holding `V`s.
@@ -66,7 +73,119 @@ impl KeyDesc {
             encode: crate::store::format::encode_value::<V>,
             hash: crate::store::format::hash_value::<V>,
             decode: crate::store::format::decode_value::<V>,
+            merge: None,
         }
+    }
+
+    /// The description of a key named `name` holding `V`s whose writes are merged into
+    /// the value (`#[merge]` in `keys!`).
+    pub const fn merged<V>(name: &'static str) -> Self
+    where
+        V: Merge + Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
+    {
+        KeyDesc {
+            merge: Some(merge_values::<V>),
+            ..Self::new::<V>(name)
+        }
+    }
+
+    /// Whether writes of this key are merged into its value (`#[merge]`).
+    pub const fn is_merged(&self) -> bool {
+        self.merge.is_some()
+    }
+}
+
+/// `more` added to a copy of `held`, both `V`s.
+fn merge_values<V: Merge + Clone + Send + Sync + 'static>(
+    held: &AnyValue,
+    more: &AnyValue,
+) -> Option<Arc<AnyValue>> {
+    let mut value = held.downcast_ref::<V>()?.clone();
+    value.merge(more.downcast_ref::<V>()?.clone());
+    Some(Arc::new(value))
+}
+
+/// How a `#[merge]` key's value takes a write: the stage's value is added to the one the
+/// context holds, instead of replacing it.
+///
+/// Declare the key with `#[merge]` in `keys!` and several stages may write it, in the same
+/// `parallel` block too: each writes what it adds (a stage that also reads the key sees it
+/// whole and writes it whole, replacing it). Merges happen in the order the stages finish,
+/// which is not fixed for stages that run at the same time: use a merge whose result does
+/// not depend on that order (a set, a sum), or one whose order you do not mind (findings
+/// appended to a list).
+///
+/// Implemented for `Vec`, `VecDeque` and `String` (appended), and `BTreeSet`, `HashSet`,
+/// `BTreeMap` and `HashMap` (extended: for a map key both writes hold, the later wins).
+/// Implement it for your own type (a counter, a summary) to merge it your way.
+///
+/// ```
+/// use fluxio_core::Merge;
+///
+/// /// Counts that several stages add to (as a key's value it also derives `Clone`,
+/// /// `Serialize` and `Deserialize`).
+/// struct Tally { checked: u64, flagged: u64 }
+///
+/// impl Merge for Tally {
+///     fn merge(&mut self, more: Self) {
+///         self.checked += more.checked;
+///         self.flagged += more.flagged;
+///     }
+/// }
+/// let mut t = Tally { checked: 2, flagged: 1 };
+/// t.merge(Tally { checked: 3, flagged: 0 });
+/// assert_eq!((t.checked, t.flagged), (5, 1));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be merged: the type of a `#[merge]` key must implement `fluxio::Merge`",
+    note = "`Merge` is implemented for `Vec`, `VecDeque`, `String`, sets and maps; implement it for your own type, or drop `#[merge]`"
+)]
+pub trait Merge {
+    /// Adds `more` (what a stage wrote) to `self` (what the context holds).
+    fn merge(&mut self, more: Self);
+}
+
+impl<T> Merge for Vec<T> {
+    fn merge(&mut self, mut more: Self) {
+        self.append(&mut more);
+    }
+}
+
+impl<T> Merge for std::collections::VecDeque<T> {
+    fn merge(&mut self, mut more: Self) {
+        self.append(&mut more);
+    }
+}
+
+impl Merge for String {
+    fn merge(&mut self, more: Self) {
+        self.push_str(&more);
+    }
+}
+
+impl<T: Ord> Merge for std::collections::BTreeSet<T> {
+    fn merge(&mut self, more: Self) {
+        self.extend(more);
+    }
+}
+
+impl<T: Eq + std::hash::Hash, S: std::hash::BuildHasher> Merge for std::collections::HashSet<T, S> {
+    fn merge(&mut self, more: Self) {
+        self.extend(more);
+    }
+}
+
+impl<K: Ord, V> Merge for std::collections::BTreeMap<K, V> {
+    fn merge(&mut self, more: Self) {
+        self.extend(more);
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher> Merge
+    for std::collections::HashMap<K, V, S>
+{
+    fn merge(&mut self, more: Self) {
+        self.extend(more);
     }
 }
 

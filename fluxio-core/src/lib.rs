@@ -25,7 +25,7 @@ pub mod testing;
 pub use callback::{Callback, LoggingCallback, StageEvent};
 pub use ctx::Ctx;
 pub use error::{Error, FallbackFailed, Result, SharedError};
-pub use key::{AsKey, Key, KeyDesc};
+pub use key::{AsKey, Key, KeyDesc, Merge};
 pub use plan::{Graph, GraphNode};
 pub use run::{CtxDiff, FinishedStage, Invoke, Pipeline, RunRecord, StreamHandle};
 #[doc(hidden)]

@@ -165,7 +165,9 @@ impl NodeSpec {
         for n in &plan.nodes {
             for w in &n.writes {
                 if !writes.iter().any(|k| k.name == w.name) {
-                    writes.push(*w);
+                    // What it writes is the key's value after its stages' writes, merged
+                    // or not: it replaces the value (and orders against other writers).
+                    writes.push(KeyDesc { merge: None, ..*w });
                 }
             }
         }
@@ -227,6 +229,9 @@ pub(crate) struct Plan {
     pub(crate) has_rollback: Vec<bool>,
     /// Per node: whether its stage has a timeout of its own (kept apart for the same reason).
     pub(crate) has_timeout: Vec<bool>,
+    /// Per node: whether its stage writes a `#[merge]` key it does not read, whose writes
+    /// are merged into the value (kept apart for the same reason).
+    pub(crate) merges: Vec<bool>,
     /// Every key any node reads or writes (how checkpoints decode values).
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
@@ -335,10 +340,14 @@ impl Plan {
         }
         let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
         let has_timeout = nodes.iter().map(|n| n.meta.timeout.is_some()).collect();
+        let merges = (0..n)
+            .map(|i| merge_keys(&nodes[i]).next().is_some())
+            .collect();
         let input_readers = input_readers.iter().map(|&i| nodes[i].meta.name).collect();
         Plan {
             has_rollback,
             has_timeout,
+            merges,
             key_descs,
             key_clash,
             dep_offsets,
@@ -356,6 +365,13 @@ impl Plan {
         }
     }
 
+    /// How node `i` merges a write of key `name` into the value, when it does.
+    pub(crate) fn merge_of(&self, i: usize, name: &str) -> Option<crate::key::MergeFn> {
+        merge_keys(&self.nodes[i])
+            .find(|k| k.name == name)
+            .and_then(|k| k.merge)
+    }
+
     pub(crate) fn build_dynamic(nodes: Vec<NodeSpec>) -> Plan {
         let matrix: Vec<Vec<bool>> = {
             let d: Vec<NodeDesc<'_>> = nodes.iter().map(NodeSpec::desc).collect();
@@ -365,6 +381,14 @@ impl Plan {
         };
         Plan::build(nodes, &|i, j| matrix[j][i])
     }
+}
+
+/// The `#[merge]` keys `node` writes and does not read: its writes of them are merged into
+/// the value (a stage that reads the key writes it whole).
+fn merge_keys(node: &NodeSpec) -> impl Iterator<Item = &KeyDesc> {
+    node.writes
+        .iter()
+        .filter(|w| w.is_merged() && !node.reads.iter().any(|r| r.name == w.name))
 }
 
 /// Whether nodes `a` and `b` sit in different branches of one route (only one runs).

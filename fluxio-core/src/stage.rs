@@ -699,6 +699,28 @@ impl Writes {
         }
     }
 
+    /// Like [`apply`](Self::apply), merging the writes of keys for which `merge_of` has a
+    /// merge into the value `ctx` holds.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn apply_merging(
+        self,
+        ctx: &mut Ctx,
+        merge_of: impl Fn(&str) -> Option<crate::key::MergeFn>,
+    ) {
+        let items = match self.items {
+            WriteList::None => Vec::new(),
+            WriteList::One(name, slot) => vec![(name, slot)],
+            WriteList::Many(v) => v,
+        };
+        for (name, slot) in items {
+            let merged = merge_of(name)
+                .and_then(|merge| Some(merge(&**ctx.slot(name)?, &*slot)))
+                .flatten();
+            ctx.insert_slot(name, merged.unwrap_or(slot));
+        }
+    }
+
     /// The writes of a ctx-style stage: every key of `output` it changed against `input`.
     ///
     /// # Errors

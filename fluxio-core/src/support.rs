@@ -11,9 +11,8 @@ use crate::stage::{ChunkSink, StageError};
 /// inside the span it was called in (the stage's), as an async stage's code is.
 ///
 /// Dropped before the pool started it, the body never starts. A body already running
-/// finishes, as blocking code must: when the run is dropping its stages because one failed
-/// (see [`finishing`]), the run waits for it before its rollbacks, and rolls it back too if
-/// it succeeded.
+/// finishes, as blocking code must: when the run is dropping its stages because one failed,
+/// the run waits for it before its rollbacks, and rolls it back too if it succeeded.
 ///
 /// # Errors
 ///

@@ -12,6 +12,6 @@ pub use fluxio_core::support::{
     check_route_use, drive_stream, missing_resource, run_blocking,
 };
 pub use fluxio_core::{
-    Ctx, Key, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,
+    Ctx, Key, KeyDesc, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,
     StageFuture, StageKind, StageMeta, StageOutput, Writes, ctx_view, read_key,
 };

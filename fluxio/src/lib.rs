@@ -100,7 +100,7 @@ pub use fluxio_core::events;
 pub use fluxio_core::middleware;
 pub use fluxio_core::{
     AsKey, Callback, Chunk, Ctx, CtxDiff, Error, FallbackFailed, FinishedStage, Graph, GraphNode,
-    Invoke, Key, KeyDesc, LoggingCallback, Pipeline, Res, Resources, Result, Route, RunInfo,
+    Invoke, Key, KeyDesc, LoggingCallback, Merge, Pipeline, Res, Resources, Result, Route, RunInfo,
     RunRecord, Stage, StageError, StageEvent, StageKind, StageMeta, StageOutput, StreamHandle,
     Writes,
 };

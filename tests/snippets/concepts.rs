@@ -36,3 +36,37 @@ fn a_ctx_never_changes_in_place() {
     assert_eq!((a[user_id], b[user_id]), (42, 7));
     // end snippet
 }
+
+#[tokio::test]
+async fn parallel_stages_add_to_a_merge_key() {
+    // snippet: concepts.md 3
+fluxio::keys! {
+    pub order_id: u64;
+    /// Every check adds what it found.
+    #[merge]
+    pub findings: Vec<String>;
+}
+
+#[stage(reads = [order_id], writes = [findings])]
+async fn check_fraud(order_id: &u64) -> Vec<String> {
+    vec![format!("order {order_id}: no fraud signal")]
+}
+
+#[stage(reads = [order_id], writes = [findings])]
+async fn check_stock(order_id: &u64) -> Vec<String> {
+    vec![format!("order {order_id}: in stock")]
+}
+
+#[stage(reads = [findings])]
+async fn report(findings: &[String]) -> Result<(), StageError> {
+    println!("{} finding(s)", findings.len());
+    Ok(())
+}
+
+let pipe = pipeline! { parallel { check_fraud, check_stock }, report };
+    // end snippet
+    let out = pipe.invoke(input! { order_id: 7 }).await.unwrap();
+    let mut all = out[findings].clone();
+    all.sort();
+    assert_eq!(all, ["order 7: in stock", "order 7: no fraud signal"]);
+}

@@ -204,12 +204,47 @@ fn header_values(
 ) -> Result<(Ctx, Values)> {
     let header = format::decode_header(header).map_err(|e| corrupt(run_id, e))?;
     let mut ctx = Ctx::new();
-    let values = known_values(plan, run_id, &mut ctx, header.values, reading, "<input>")?;
+    let values = known_values(
+        plan,
+        run_id,
+        &mut ctx,
+        header.values,
+        reading,
+        "<input>",
+        &|_| None,
+    )?;
     Ok((ctx, values))
 }
 
+/// The node of this pipeline that wrote `entry`, when there is one (how its writes of
+/// `#[merge]` keys are found: they are merged into the value, as when the stage ran).
+fn writer_of(plan: &Plan, entry: &format::Entry, reading: Reading) -> Option<usize> {
+    match reading {
+        Reading::Strict => Some(entry.node as usize)
+            .filter(|&i| i < plan.nodes.len() && plan.nodes[i].meta.name == entry.stage),
+        Reading::OtherVersion => plan.nodes.iter().position(|n| n.meta.name == entry.stage),
+    }
+}
+
+/// Decodes an entry's `values` into `ctx` (merging those of `#[merge]` keys its stage
+/// merges) and returns them, leaving out (when reading another version's checkpoint)
+/// keys this pipeline does not know.
+fn entry_values(
+    plan: &Plan,
+    run_id: &str,
+    ctx: &mut Ctx,
+    entry: &mut format::Entry,
+    reading: Reading,
+) -> Result<Values> {
+    let writer = writer_of(plan, entry, reading);
+    let values = std::mem::take(&mut entry.writes);
+    let merge_of = |name: &str| writer.and_then(|i| plan.merge_of(i, name));
+    known_values(plan, run_id, ctx, values, reading, &entry.stage, &merge_of)
+}
+
 /// Decodes `values` into `ctx` and returns them, leaving out (when reading another
-/// version's checkpoint) keys this pipeline does not know. `whose` names the record.
+/// version's checkpoint) keys this pipeline does not know. `whose` names the record;
+/// `merge_of` says how a value of a `#[merge]` key is added to the one `ctx` holds.
 fn known_values(
     plan: &Plan,
     run_id: &str,
@@ -217,6 +252,7 @@ fn known_values(
     values: Values,
     reading: Reading,
     whose: &str,
+    merge_of: &dyn Fn(&str) -> Option<crate::key::MergeFn>,
 ) -> Result<Values> {
     let mut kept = Vec::with_capacity(values.len());
     for (name, bytes) in values {
@@ -239,7 +275,8 @@ fn known_values(
             };
             corrupt(run_id, format!("value of `{name}`: {e}{also}"))
         })?;
-        ctx.insert_slot(desc.name, value);
+        let merged = merge_of(desc.name).and_then(|merge| merge(&**ctx.slot(desc.name)?, &*value));
+        ctx.insert_slot(desc.name, merged.unwrap_or(value));
         kept.push((name, bytes));
     }
     Ok(kept)
@@ -266,9 +303,8 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut seen = vec![false; plan.nodes.len()];
     let mut gone = Vec::new();
     for (n, bytes) in stored.entries.iter().enumerate() {
-        let entry = decode_entry(run_id, n, bytes)?;
-        let writes = known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
-        let mut entry = format::Entry { writes, ..entry };
+        let mut entry = decode_entry(run_id, n, bytes)?;
+        entry.writes = entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
         if entry.node != INPUT_ENTRY {
             let placed = match reading {
                 Reading::Strict => Some(place_strict(plan, run_id, &entry, &mut seen)?),
@@ -318,7 +354,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
 /// knows, nothing placed or checked (nothing will run).
 fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration> {
     let mut ctx = Ctx::new();
-    let values = final_values(run_id, stored)?.into_iter().collect();
+    let values = final_values(plan, run_id, stored)?.into_iter().collect();
     known_values(
         plan,
         run_id,
@@ -326,6 +362,7 @@ fn final_context(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restor
         values,
         Reading::OtherVersion,
         "<final>",
+        &|_| None,
     )?;
     Ok(Restoration {
         ctx,
@@ -830,15 +867,51 @@ pub(crate) async fn stored_input(
     Ok(ctx)
 }
 
-/// A stored run's final keys and their encoded values.
-fn final_values(run_id: &str, stored: &StoredRun) -> Result<BTreeMap<String, Vec<u8>>> {
+/// A stored run's final keys and their encoded values (a `#[merge]` key's writes merged,
+/// for the stages of `plan` that merge them).
+fn final_values(
+    plan: &Plan,
+    run_id: &str,
+    stored: &StoredRun,
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
     let mut values: BTreeMap<String, Vec<u8>> = header.values.into_iter().collect();
     for (n, bytes) in stored.entries.iter().enumerate() {
         let entry = decode_entry(run_id, n, bytes)?;
-        values.extend(entry.writes);
+        let writer = writer_of(plan, &entry, Reading::OtherVersion);
+        for (name, bytes) in entry.writes {
+            let merge = writer.and_then(|i| plan.merge_of(i, &name));
+            let merged = match (merge, values.get(&name)) {
+                (Some(merge), Some(held)) => {
+                    merged_bytes(plan, run_id, &name, held, &bytes, merge)?
+                }
+                _ => bytes,
+            };
+            values.insert(name, merged);
+        }
     }
     Ok(values)
+}
+
+/// The encoding of `more` merged into `held` (both encodings of key `name`).
+fn merged_bytes(
+    plan: &Plan,
+    run_id: &str,
+    name: &str,
+    held: &[u8],
+    more: &[u8],
+    merge: crate::key::MergeFn,
+) -> Result<Vec<u8>> {
+    let desc = find_key(plan, name).expect("a key a stage merges is one of the plan's");
+    let decode = |bytes: &[u8]| {
+        (desc.decode)(bytes).map_err(|e| corrupt(run_id, format!("value of `{name}`: {e}")))
+    };
+    let value = merge(&*decode(held)?, &*decode(more)?)
+        .ok_or_else(|| corrupt(run_id, format!("value of `{name}` does not merge")))?;
+    let mut out = Vec::new();
+    (desc.encode)(&*value, &mut out)
+        .map_err(|e| corrupt(run_id, format!("value of `{name}`: {e}")))?;
+    Ok(out)
 }
 
 /// A stored run, read without running anything: what [`Pipeline::inspect`](super::Pipeline::inspect)
@@ -883,8 +956,8 @@ pub(crate) async fn inspect(
     let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
     let mut finished = Vec::new();
     for (n, bytes) in stored.entries.iter().enumerate() {
-        let entry = decode_entry(run_id, n, bytes)?;
-        known_values(plan, run_id, &mut ctx, entry.writes, reading, &entry.stage)?;
+        let mut entry = decode_entry(run_id, n, bytes)?;
+        entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
         if entry.node != INPUT_ENTRY {
             finished.push(FinishedStage {
                 stage: entry.stage,
@@ -926,9 +999,14 @@ impl CtxDiff {
     }
 }
 
-pub(crate) async fn diff(store: &dyn CheckpointStore, a: &str, b: &str) -> Result<CtxDiff> {
-    let va = final_values(a, &load(store, a).await?)?;
-    let vb = final_values(b, &load(store, b).await?)?;
+pub(crate) async fn diff(
+    plan: &Plan,
+    store: &dyn CheckpointStore,
+    a: &str,
+    b: &str,
+) -> Result<CtxDiff> {
+    let va = final_values(plan, a, &load(store, a).await?)?;
+    let vb = final_values(plan, b, &load(store, b).await?)?;
     let mut d = CtxDiff::default();
     for (k, v) in &vb {
         match va.get(k) {

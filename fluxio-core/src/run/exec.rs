@@ -884,6 +884,16 @@ impl SchedState {
         });
     }
 
+    /// Applies node `i`'s writes to the context, merging those of `#[merge]` keys.
+    fn apply(&mut self, i: usize, writes: Writes) {
+        if self.plan.merges[i] {
+            let plan = &self.plan;
+            writes.apply_merging(&mut self.ctx, |name| plan.merge_of(i, name));
+        } else {
+            writes.apply(&mut self.ctx);
+        }
+    }
+
     fn run_id(&self) -> &str {
         self.durable.as_ref().map_or("", |d| &d.run_id)
     }
@@ -897,7 +907,7 @@ impl SchedState {
         out: std::result::Result<StageOutput, StageError>,
     ) -> Result<()> {
         match out {
-            Ok(StageOutput::Writes(w)) if self.durable.is_none() => {
+            Ok(StageOutput::Writes(w)) if self.durable.is_none() && !self.plan.merges[i] => {
                 w.apply(&mut self.ctx);
                 self.ran(i);
                 self.finish_node(i, None);
@@ -990,7 +1000,7 @@ impl SchedState {
                     return Err(e);
                 }
             };
-            writes.apply(&mut self.ctx);
+            self.apply(i, writes);
             if let Some(l) = route {
                 self.mark_skipped(i, l as usize);
             }
@@ -1001,7 +1011,7 @@ impl SchedState {
             d.pending.push((i as u32, route, size, save));
             return Ok(());
         }
-        writes.apply(&mut self.ctx);
+        self.apply(i, writes);
         if let Some(l) = route {
             self.mark_skipped(i, l as usize);
         }

@@ -16,6 +16,13 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
             let (attrs, vis, ident, ty) = (&key.attrs, &key.vis, &key.ident, &key.ty);
             let name = ident.to_string();
             let value = quote_spanned!(ty.span()=> type Value = #ty;);
+            // A merged key's description carries its merge; the bound on `Merge` is
+            // checked at the type, so the error points at it.
+            let desc = key.merge.then(|| {
+                quote_spanned! {ty.span()=>
+                    const DESC: #private::KeyDesc = #private::KeyDesc::merged::<#ty>(#name);
+                }
+            });
             quote! {
                 #(#attrs)*
                 #[allow(non_camel_case_types)]
@@ -26,6 +33,7 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
                 impl #private::Key for #ident {
                     #value
                     const NAME: &'static str = #name;
+                    #desc
                 }
 
                 #[doc(hidden)]

@@ -1,4 +1,5 @@
-//! Parses `keys!` input: `#[attrs] vis name: Type;`, repeated.
+//! Parses `keys!` input: `#[attrs] vis name: Type;`, repeated (`#[merge]` among the
+//! attributes marks a key whose writes are merged).
 
 use syn::parse::{Parse, ParseStream};
 use syn::{Attribute, Ident, Token, Type, Visibility};
@@ -6,6 +7,8 @@ use syn::{Attribute, Ident, Token, Type, Visibility};
 /// One declared key.
 pub(crate) struct KeyDecl {
     pub(crate) attrs: Vec<Attribute>,
+    /// Declared `#[merge]`: stages' writes are merged into the value.
+    pub(crate) merge: bool,
     pub(crate) vis: Visibility,
     pub(crate) ident: Ident,
     pub(crate) ty: Type,
@@ -28,7 +31,26 @@ impl Parse for KeysInput {
         }
         let mut keys: Vec<KeyDecl> = Vec::new();
         while !input.is_empty() {
-            let attrs = input.call(Attribute::parse_outer)?;
+            let mut attrs = input.call(Attribute::parse_outer)?;
+            let mut merge = false;
+            let mut kept = Vec::with_capacity(attrs.len());
+            for attr in attrs.drain(..) {
+                if attr.path().is_ident("merge") {
+                    if !matches!(attr.meta, syn::Meta::Path(_)) {
+                        return Err(syn::Error::new_spanned(
+                            &attr,
+                            "`#[merge]` takes no arguments: the key's type says how to merge (`fluxio::Merge`)",
+                        ));
+                    }
+                    if merge {
+                        return Err(syn::Error::new_spanned(&attr, "`#[merge]` is given twice"));
+                    }
+                    merge = true;
+                } else {
+                    kept.push(attr);
+                }
+            }
+            let attrs = kept;
             let vis: Visibility = input.parse()?;
             let ident: Ident = input.parse()?;
             if let Some(first) = keys.iter().find(|k| k.ident == ident) {
@@ -43,6 +65,7 @@ impl Parse for KeysInput {
             let ty: Type = input.parse()?;
             keys.push(KeyDecl {
                 attrs,
+                merge,
                 vis,
                 ident,
                 ty,

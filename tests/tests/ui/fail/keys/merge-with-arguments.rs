@@ -1,0 +1,7 @@
+// `#[merge]` takes no arguments.
+fluxio::keys! {
+    #[merge(append)]
+    pub findings: Vec<String>;
+}
+
+fn main() {}
