@@ -328,7 +328,7 @@ impl Pipeline {
     pub fn invoke(&self, input: Ctx) -> Invoke<'_> {
         Invoke {
             pipe: self,
-            input,
+            input: Some(input),
             opts: RunOptions::default(),
             running: None,
         }
@@ -365,7 +365,9 @@ fn appended<T: Clone>(list: &Arc<[T]>, item: T) -> Arc<[T]> {
 #[must_use = "an invoke does nothing until it is awaited"]
 pub struct Invoke<'p> {
     pipe: &'p Pipeline,
-    input: Ctx,
+    /// Taken when the run starts (an `Option`: an empty `Ctx` to leave behind would be an
+    /// allocation per run).
+    input: Option<Ctx>,
     opts: RunOptions,
     /// The run, once polled.
     running: Option<Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>>,
@@ -423,7 +425,7 @@ impl Future for Invoke<'_> {
         let run = this.running.get_or_insert_with(|| {
             exec::start_run(
                 this.pipe,
-                std::mem::take(&mut this.input),
+                this.input.take().unwrap_or_default(),
                 std::mem::take(&mut this.opts),
                 None,
             )
