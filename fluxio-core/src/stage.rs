@@ -768,8 +768,8 @@ pub type StageFuture = Pin<Box<dyn Future<Output = Result<StageOutput, StageErro
 /// runtime only relies on the constant metadata and on `call`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a fluxio stage",
-    note = "add `#[fluxio::stage(reads = [...], writes = [...])]` to the function",
-    note = "to nest a pipeline held in a variable, write `sub.clone()` or `&sub`: `pipeline!` takes a bare name for a stage"
+    note = "a stage is the value `#[fluxio::stage(reads = [...], writes = [...])]` defines for a function: add the attribute, or name such a function (not a key or a string)",
+    note = "in `pipeline!`, to nest a pipeline held in a variable, write `sub.clone()` or `&sub`: a bare name is taken as a stage"
 )]
 pub trait Stage: Send + Sync + 'static {
     /// The stage's constant metadata.
