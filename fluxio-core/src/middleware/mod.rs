@@ -295,6 +295,13 @@ pub trait Middleware: Send + Sync + 'static {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>>;
+
+    /// The stages a middleware scoped with [`only`](MiddlewareExt::only) applies to (how
+    /// `with_middleware` warns when none is in the pipeline). Not for you to implement.
+    #[doc(hidden)]
+    fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
+        &[]
+    }
 }
 
 impl<M: Middleware + ?Sized> Middleware for Arc<M> {
@@ -305,6 +312,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         (**self).handle(call, next)
     }
+
+    fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
+        (**self).__fluxio_only()
+    }
 }
 
 impl<M: Middleware + ?Sized> Middleware for Box<M> {
@@ -314,6 +325,10 @@ impl<M: Middleware + ?Sized> Middleware for Box<M> {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         (**self).handle(call, next)
+    }
+
+    fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
+        (**self).__fluxio_only()
     }
 }
 

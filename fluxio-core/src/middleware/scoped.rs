@@ -85,6 +85,10 @@ impl<M: Middleware> Middleware for Scoped<M> {
             next.run(call)
         }
     }
+
+    fn __fluxio_only(&self) -> &[(TypeId, &'static str)] {
+        &self.scope.only
+    }
 }
 
 /// Scopes any middleware to some stages: `.only(stage)` and `.except(stage)`, with the

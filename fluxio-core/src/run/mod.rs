@@ -105,6 +105,20 @@ impl Pipeline {
     /// retries inside the breaker.
     #[must_use]
     pub fn with_middleware(mut self, middleware: impl Middleware) -> Self {
+        let only = middleware.__fluxio_only();
+        if !only.is_empty()
+            && !self.plan.nodes.iter().any(|n| {
+                matches!(n.exec, crate::plan::Exec::Stage(_))
+                    && only.iter().any(|(id, _)| *id == (n.meta.id)())
+            })
+        {
+            let named: Vec<&str> = only.iter().map(|(_, name)| *name).collect();
+            tracing::warn!(
+                only = ?named,
+                "a middleware scoped with .only(..) names no stage of this pipeline (nor can it \
+                 name a nested pipeline's stage): it applies to none"
+            );
+        }
         self.middleware = appended(&self.middleware, Layer::of(middleware));
         self
     }
