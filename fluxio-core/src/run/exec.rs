@@ -1467,7 +1467,8 @@ impl SchedState {
         self.durable.as_ref().is_some_and(|d| !d.pending.is_empty())
     }
 
-    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Result<()> {
+    /// Checks the stages' own timeouts: `Err` names the node that timed out, with its error.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> std::result::Result<(), (usize, Error)> {
         for k in 0..self.deadlines.len() {
             let d = &mut self.deadlines[k];
             let (i, due, before) = (d.node as usize, d.due, d.consumer);
@@ -1486,7 +1487,7 @@ impl SchedState {
             };
             self.forget(i);
             self.report_error(i, &e);
-            return Err(e);
+            return Err((i, e));
         }
         Ok(())
     }
@@ -1946,7 +1947,16 @@ where
             // A clone is an atomic increment; the scheduler is dropped right after.
             return Poll::Ready(Ok(sched.ctx.clone()));
         }
-        sched.poll_deadlines(cx)?;
+        if let Err((i, e)) = sched.poll_deadlines(cx) {
+            // Dropped by its own timeout, the stage is not waited for: its future goes now,
+            // before the run fails — a sync body still running on the blocking pool runs on,
+            // its result discarded, rather than being collected by `fail` as one the run
+            // must wait for (the body that timed out may never return).
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                slot_op(sched, slots, i, Mode::Cancel, cx)
+            }));
+            return Poll::Ready(Err(e));
+        }
         if sched.ready.is_empty() {
             return Poll::Pending;
         }
