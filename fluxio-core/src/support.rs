@@ -92,6 +92,33 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// Runs `f` — which drops a whole run of its own, an [`Invoke`](crate::Invoke) a stage's
+/// future held, say — as if no run were collecting bodies: that run's sync bodies are its
+/// own, not those of the stage whose future held it (which never finished, and must not
+/// be rolled back for them).
+pub(crate) fn outside_finishing<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<(usize, Vec<Finishing>)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let saved = self.0.take();
+            let _ = FINISHING.try_with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    *c = saved;
+                }
+            });
+        }
+    }
+    let saved = FINISHING
+        .try_with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()))
+        .ok()
+        .flatten();
+    if saved.is_none() {
+        return f();
+    }
+    let _restore = Restore(saved);
+    f()
+}
+
 /// Runs `drop_nodes`, which drops stage futures, telling it how to name the node being
 /// dropped (`at(i)`), and returns the bodies of sync stages that were still running on the
 /// blocking pool (a body cannot be stopped): the run waits for them before its rollbacks.

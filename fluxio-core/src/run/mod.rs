@@ -447,3 +447,14 @@ impl Future for Invoke<'_> {
         run.as_mut().poll(cx)
     }
 }
+
+impl Drop for Invoke<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = self.running.take() {
+            // Dropped inside a stage's future while that stage's run fails and collects
+            // the sync bodies it must wait for: this run's bodies are its own, not that
+            // stage's (which never finished, and must not be rolled back for them).
+            crate::support::outside_finishing(|| drop(run));
+        }
+    }
+}
