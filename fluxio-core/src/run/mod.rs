@@ -383,9 +383,15 @@ pub struct Invoke<'p> {
     /// allocation per run).
     input: Option<Ctx>,
     opts: RunOptions,
-    /// The run, once polled.
-    running: Option<Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>>,
+    /// The run, once polled. In a `Mutex` only to keep the invoke `Sync` (the run future is
+    /// not): it is reached through `&mut self`, with `get_mut`, never locked.
+    running: Option<std::sync::Mutex<Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>>>,
 }
+
+/// Why an invoke configured once it had started was cancelled.
+const LATE: &str = "`.run_id(..)`, `.resume()` and `.allow_version_change()` configure a run \
+    before it is first polled; this run had already started (a durable one under the id \
+    callbacks and `RunInfo` see), so it was cancelled";
 
 impl std::fmt::Debug for Invoke<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -400,8 +406,13 @@ impl<'p> Invoke<'p> {
     /// of a stored run starts fresh (the old checkpoint is replaced) unless `.resume()` —
     /// except a run stopped while rolling back, which is kept and the call refused with
     /// [`Error::RollbackPending`](crate::Error::RollbackPending) (resume it first).
+    ///
+    /// Only before the invoke is first polled (it is a [`Future`]): called once the run has
+    /// started, it cancels the run, which then ends with
+    /// [`Error::BadRunId`](crate::Error::BadRunId) — as `.resume()` and
+    /// `.allow_version_change()` do.
     pub fn run_id(mut self, id: impl Into<String>) -> Self {
-        self.opts.run_id = Some(id.into());
+        self.options().run_id = Some(id.into());
         self
     }
 
@@ -414,7 +425,7 @@ impl<'p> Invoke<'p> {
     /// and [`Error::CheckpointVersion`](crate::Error::CheckpointVersion) when another version
     /// of the pipeline wrote it.
     pub fn resume(mut self) -> Self {
-        self.opts.resume = true;
+        self.options().resume = true;
         self
     }
 
@@ -423,8 +434,22 @@ impl<'p> Invoke<'p> {
     /// Without `.resume()` the run fails with [`Error::BadRunId`](crate::Error::BadRunId)
     /// before it starts (it would have started afresh, its finished stages again).
     pub fn allow_version_change(mut self) -> Self {
-        self.opts.allow_version_change = true;
+        self.options().allow_version_change = true;
         self
+    }
+}
+
+impl Invoke<'_> {
+    /// The run's options, before it starts. Once it has started, configuring it cancels it
+    /// (see [`LATE`]): the options it runs with are no longer these.
+    fn options(&mut self) -> &mut exec::RunOptions {
+        if let Some(run) = self.running.take() {
+            crate::support::outside_finishing(|| drop(run));
+            self.running = Some(std::sync::Mutex::new(Box::pin(std::future::ready(Err(
+                crate::Error::BadRunId { reason: LATE },
+            )))));
+        }
+        &mut self.opts
     }
 }
 
@@ -437,14 +462,17 @@ impl Future for Invoke<'_> {
     ) -> std::task::Poll<Self::Output> {
         let this = &mut *self;
         let run = this.running.get_or_insert_with(|| {
-            exec::start_run(
+            std::sync::Mutex::new(exec::start_run(
                 this.pipe,
                 this.input.take().unwrap_or_default(),
                 std::mem::take(&mut this.opts),
                 None,
-            )
+            ))
         });
-        run.as_mut().poll(cx)
+        run.get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            .poll(cx)
     }
 }
 
