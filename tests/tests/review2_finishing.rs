@@ -518,3 +518,66 @@ fn invoke_keeps_its_auto_traits() {
     send_sync_unpin::<fluxio::Pipeline>();
     send_sync_unpin::<fluxio::Invoke<'static>>();
 }
+
+// ---------------------------------------------------------------------------------------
+// A sync stage answered by its sync fallback, held while a sibling fails the run.
+
+#[stage(reads = [n], writes = [b], fallback = charge_backup, rollback = refund_backup)]
+fn charge_primary(_n: &u64, _gate: Res<Gate>) -> Result<u64, StageError> {
+    Err(StageError::msg("primary provider down"))
+}
+fn charge_backup(n: &u64, gate: Res<Gate>) -> Result<u64, StageError> {
+    gate.hold(*n)
+}
+fn refund_backup(_n: &u64, gate: Res<Gate>) {
+    gate.refunded.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The fallback's body is a sync body on the blocking pool like the stage's own: when it
+/// succeeds, the stage completed (and a failure afterwards rolls it back). Running when a
+/// sibling fails, it cannot be stopped either: the run waits for it, and rolls the stage
+/// back when it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_fallback_still_running_when_a_sibling_fails_is_awaited_and_rolled_back() {
+    for with_first in [false, true] {
+        let (gate, release) = Gate::new();
+        let log = Log::default();
+        let pipe = if with_first {
+            pipeline! { first, charge_primary, declines }
+        } else {
+            pipeline! { charge_primary, declines }
+        }
+        .with_shared_resource(gate.clone())
+        .with_callback(log.clone());
+        let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).await });
+        gate.wait_entered().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = !run.is_finished();
+        release.send(()).unwrap();
+        let err = run.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("declined"), "{err}");
+        for _ in 0..100 {
+            if gate.charged.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            gate.charged.load(Ordering::SeqCst),
+            1,
+            "the backup charge went through"
+        );
+        assert!(
+            waited,
+            "with_first={with_first}: the run did not wait for the fallback's body: {:#?}",
+            log.lines()
+        );
+        assert_eq!(
+            gate.refunded.load(Ordering::SeqCst),
+            1,
+            "with_first={with_first}: the backup charge was not refunded: {:#?}",
+            log.lines()
+        );
+        log.check_invariants();
+    }
+}

@@ -1823,17 +1823,40 @@ where
         // Nothing to undo so far; but a sync stage with a rollback may be running on the
         // blocking pool, where it cannot be stopped: if it succeeds, it must be undone. And
         // a nested pipeline may be running its own rollbacks: they finish first.
-        let finishing = cancel_slots_guarded(sched, slots, cx, late);
+        let mut finishing = cancel_slots_guarded(sched, slots, cx, &late);
+        let mut fallbacks = drop_fallbacks(&mut sched.fallbacks);
+        fallbacks.retain(|(i, _)| late(*i));
+        finishing.append(&mut fallbacks);
         if finishing.is_empty() {
             return Some(Poll::Ready(Err(e)));
         }
         sched.start_rollback(e, finishing);
         return None;
     }
+    // Before `start_rollback`, which forgets the fallbacks.
+    let mut finishing = drop_fallbacks(&mut sched.fallbacks);
     sched.start_rollback(e, Vec::new());
-    let finishing = cancel_slots_guarded(sched, slots, cx, |_| true);
+    finishing.append(&mut cancel_slots_guarded(sched, slots, cx, |_| true));
     sched.rolling_back.as_mut().expect("rolling back").finishing = finishing;
     None
+}
+
+/// Drops the futures of the fallbacks running in place of failed stages (their entries
+/// stay, for the callbacks to hear them cancelled), collecting — as
+/// [`cancel_slots_guarded`] does for the stages — the sync bodies still running on the
+/// blocking pool: a fallback that succeeds completes its stage, whose effects then
+/// happened, so the run waits for it and rolls it back too.
+fn drop_fallbacks(fallbacks: &mut [(u32, StageFuture, Error)]) -> Vec<crate::support::Finishing> {
+    if fallbacks.is_empty() {
+        return Vec::new();
+    }
+    crate::support::finishing(|at| {
+        for (i, fut, _) in fallbacks.iter_mut() {
+            at(*i as usize);
+            let old = std::mem::replace(fut, Box::pin(std::future::pending()));
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(old)));
+        }
+    })
 }
 
 /// Drops every stage future the driver still holds — those running beside the failure, a
