@@ -1823,7 +1823,7 @@ where
         // Nothing to undo so far; but a sync stage with a rollback may be running on the
         // blocking pool, where it cannot be stopped: if it succeeds, it must be undone. And
         // a nested pipeline may be running its own rollbacks: they finish first.
-        let mut finishing = cancel_slots_guarded(sched, slots, cx, &late);
+        let mut finishing = cancel_slots_guarded(sched, slots, cx, late);
         let mut fallbacks = drop_fallbacks(&mut sched.fallbacks);
         fallbacks.retain(|(i, _)| late(*i));
         finishing.append(&mut fallbacks);

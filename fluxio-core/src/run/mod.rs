@@ -385,8 +385,11 @@ pub struct Invoke<'p> {
     opts: RunOptions,
     /// The run, once polled. In a `Mutex` only to keep the invoke `Sync` (the run future is
     /// not): it is reached through `&mut self`, with `get_mut`, never locked.
-    running: Option<std::sync::Mutex<Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>>>,
+    running: Option<std::sync::Mutex<InvokeRun<'p>>>,
 }
+
+/// An invoke's run, once started.
+type InvokeRun<'p> = Pin<Box<dyn Future<Output = Result<Ctx>> + Send + 'p>>;
 
 /// Why an invoke configured once it had started was cancelled.
 const LATE: &str = "`.run_id(..)`, `.resume()` and `.allow_version_change()` configure a run \
