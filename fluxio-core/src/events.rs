@@ -120,7 +120,37 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
+/// An [`Event`] with the wall-clock time it happened: what to store when the events of
+/// many runs and processes go to one place. It serializes as the event's own fields plus
+/// `at_ms`, milliseconds since the Unix epoch:
+/// `{"at_ms":1764012345678,"type":"stage.started","run_id":"order-7","stage":"charge","attempt":1}`.
+///
+/// ```
+/// # use fluxio_core::events::Event;
+/// let stamped = Event::PipelineStarted { run_id: "order-7".into() }.stamped();
+/// assert!(stamped.at_ms > 1_700_000_000_000);
+/// assert_eq!(stamped.event.name(), "pipeline.started");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stamped {
+    /// When, in milliseconds since the Unix epoch (0 on a clock set before it).
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
 impl Event {
+    /// This event, stamped with the time now: call it in an [`EventSink`]'s function,
+    /// which runs as the event happens.
+    pub fn stamped(self) -> Stamped {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Stamped { at_ms, event: self }
+    }
+
     /// The event's name: `pipeline.started`, `stage.completed`, ...
     pub fn name(&self) -> &'static str {
         match self {

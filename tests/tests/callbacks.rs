@@ -236,6 +236,26 @@ async fn event_durations_serialize_as_milliseconds() {
     assert_eq!(json["duration_ms"], 2000.0, "{json}");
 }
 
+/// A stamped event serializes flat: the event's own fields and `at_ms`, the wall-clock
+/// time it was stamped.
+#[test]
+fn a_stamped_event_carries_the_time_beside_its_fields() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let stamped = fluxio::events::Event::PipelineStarted {
+        run_id: "order-7".into(),
+    }
+    .stamped();
+    let json = serde_json::to_value(&stamped).unwrap();
+    assert_eq!(json["type"], "pipeline.started", "{json}");
+    assert_eq!(json["run_id"], "order-7", "{json}");
+    let at = json["at_ms"].as_u64().unwrap();
+    assert!(at >= before && at < before + 60_000, "{json}");
+    assert_eq!(json.as_object().unwrap().len(), 3, "{json}");
+}
+
 /// Counts the events that have no `Event` variant.
 #[derive(Default, Clone)]
 struct Extra(Arc<Mutex<Vec<String>>>);
