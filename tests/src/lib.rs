@@ -224,3 +224,99 @@ pub mod otlp {
         }
     }
 }
+
+/// A callback that records a run's lifecycle as lines (`run_start`, `start <stage>`,
+/// `end <stage>`, `error`, `skip`, `cancelled`, `rollback <stage>[ failed]`, `fallback`,
+/// `retry`, `chunk`, `run_end ok|err`, `run_cancelled`), and checks the promises every run
+/// keeps.
+#[derive(Default, Clone, Debug)]
+pub struct LifecycleLog(Arc<Mutex<Vec<String>>>);
+
+impl LifecycleLog {
+    /// Adds a line of the test's own.
+    pub fn push(&self, s: String) {
+        self.0.lock().unwrap().push(s);
+    }
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    /// Every started stage has exactly one end; the run has exactly one end.
+    pub fn check_invariants(&self) {
+        let lines = self.lines();
+        let starts: Vec<&String> = lines.iter().filter(|l| l.starts_with("start ")).collect();
+        for s in &starts {
+            let stage = s.trim_start_matches("start ");
+            let ends = lines
+                .iter()
+                .filter(|l| {
+                    ["end ", "error ", "cancelled ", "skip "]
+                        .iter()
+                        .any(|p| **l == format!("{p}{stage}"))
+                })
+                .count();
+            assert_eq!(ends, 1, "stage {stage} has {ends} ends: {lines:#?}");
+        }
+        let run_ends = lines
+            .iter()
+            .filter(|l| l.starts_with("run_end") || *l == "run_cancelled")
+            .count();
+        assert_eq!(run_ends, 1, "{lines:#?}");
+    }
+}
+
+impl fluxio::Callback for LifecycleLog {
+    fn on_run_start(&self, _run_id: &str) {
+        self.push("run_start".into());
+    }
+    fn on_run_end(
+        &self,
+        _run_id: &str,
+        outcome: Result<&fluxio::Ctx, &fluxio::Error>,
+        _e: std::time::Duration,
+    ) {
+        self.push(format!(
+            "run_end {}",
+            if outcome.is_ok() { "ok" } else { "err" }
+        ));
+    }
+    fn on_run_cancelled(&self, _run_id: &str) {
+        self.push("run_cancelled".into());
+    }
+    fn on_stage_start(&self, e: &fluxio::StageEvent<'_>) {
+        self.push(format!("start {}", e.stage));
+    }
+    fn on_stage_end(&self, e: &fluxio::StageEvent<'_>, _: std::time::Duration) {
+        self.push(format!("end {}", e.stage));
+    }
+    fn on_stage_error(
+        &self,
+        e: &fluxio::StageEvent<'_>,
+        _err: &fluxio::Error,
+        _: std::time::Duration,
+    ) {
+        self.push(format!("error {}", e.stage));
+    }
+    fn on_stage_skip(&self, e: &fluxio::StageEvent<'_>, _r: &str) {
+        self.push(format!("skip {}", e.stage));
+    }
+    fn on_stage_cancelled(&self, e: &fluxio::StageEvent<'_>, _: std::time::Duration) {
+        self.push(format!("cancelled {}", e.stage));
+    }
+    fn on_rollback(&self, e: &fluxio::StageEvent<'_>, err: Option<&fluxio::Error>) {
+        self.push(format!(
+            "rollback {}{}",
+            e.stage,
+            if err.is_some() { " failed" } else { "" }
+        ));
+    }
+    fn on_fallback(&self, e: &fluxio::StageEvent<'_>, _err: &fluxio::Error) {
+        self.push(format!("fallback {}", e.stage));
+    }
+    fn on_retry(&self, e: &fluxio::StageEvent<'_>, _err: &StageError, _d: std::time::Duration) {
+        self.push(format!("retry {}", e.stage));
+    }
+    fn on_chunk(&self, e: &fluxio::StageEvent<'_>) {
+        self.push(format!("chunk {}", e.stage));
+    }
+}

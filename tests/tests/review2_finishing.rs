@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fluxio::Error;
 use fluxio::prelude::*;
 use fluxio::store::RunStatus;
-use fluxio::{Error, StageEvent};
 
 fluxio::keys! {
     pub n: u64;
@@ -21,75 +21,7 @@ fluxio::keys! {
 }
 
 /// Every callback, as a line of text.
-#[derive(Default, Clone)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: String) {
-        self.0.lock().unwrap().push(s);
-    }
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-    /// Every started stage has exactly one end; the run has exactly one end.
-    fn check_invariants(&self) {
-        let lines = self.lines();
-        for s in lines.iter().filter(|l| l.starts_with("start ")) {
-            let stage = s.trim_start_matches("start ");
-            let ends = lines
-                .iter()
-                .filter(|l| {
-                    ["end ", "error ", "cancelled ", "skip "]
-                        .iter()
-                        .any(|p| **l == format!("{p}{stage}"))
-                })
-                .count();
-            assert_eq!(ends, 1, "stage {stage} has {ends} ends: {lines:#?}");
-        }
-        let run_ends = lines
-            .iter()
-            .filter(|l| l.starts_with("run_end") || *l == "run_cancelled")
-            .count();
-        assert_eq!(run_ends, 1, "{lines:#?}");
-    }
-}
-
-impl fluxio::Callback for Log {
-    fn on_run_start(&self, _run_id: &str) {
-        self.push("run_start".into());
-    }
-    fn on_run_end(&self, _run_id: &str, outcome: Result<&Ctx, &Error>, _e: Duration) {
-        self.push(format!(
-            "run_end {}",
-            if outcome.is_ok() { "ok" } else { "err" }
-        ));
-    }
-    fn on_run_cancelled(&self, _run_id: &str) {
-        self.push("run_cancelled".into());
-    }
-    fn on_stage_start(&self, e: &StageEvent<'_>) {
-        self.push(format!("start {}", e.stage));
-    }
-    fn on_stage_end(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("end {}", e.stage));
-    }
-    fn on_stage_error(&self, e: &StageEvent<'_>, _err: &Error, _: Duration) {
-        self.push(format!("error {}", e.stage));
-    }
-    fn on_stage_skip(&self, e: &StageEvent<'_>, _r: &str) {
-        self.push(format!("skip {}", e.stage));
-    }
-    fn on_stage_cancelled(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("cancelled {}", e.stage));
-    }
-    fn on_rollback(&self, e: &StageEvent<'_>, err: Option<&Error>) {
-        self.push(format!(
-            "rollback {}{}",
-            e.stage,
-            if err.is_some() { " failed" } else { "" }
-        ));
-    }
-}
+use fluxio_tests::LifecycleLog as Log;
 
 /// A sync body held on the blocking pool until released.
 struct Gate {

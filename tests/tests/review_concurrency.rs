@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use fluxio::Error;
 use fluxio::prelude::*;
-use fluxio::{Error, StageEvent};
 use futures::StreamExt;
 
 fluxio::keys! {
@@ -18,85 +18,7 @@ fluxio::keys! {
 }
 
 /// Every callback, as a line of text.
-#[derive(Default, Clone)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: String) {
-        self.0.lock().unwrap().push(s);
-    }
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-    /// Every started stage has exactly one end; the run has exactly one end.
-    fn check_invariants(&self) {
-        let lines = self.lines();
-        let starts: Vec<&String> = lines.iter().filter(|l| l.starts_with("start ")).collect();
-        for s in &starts {
-            let stage = s.trim_start_matches("start ");
-            let ends = lines
-                .iter()
-                .filter(|l| {
-                    ["end ", "error ", "cancelled ", "skip "]
-                        .iter()
-                        .any(|p| **l == format!("{p}{stage}"))
-                })
-                .count();
-            assert_eq!(ends, 1, "stage {stage} has {ends} ends: {lines:#?}");
-        }
-        let run_ends = lines
-            .iter()
-            .filter(|l| l.starts_with("run_end") || *l == "run_cancelled")
-            .count();
-        assert_eq!(run_ends, 1, "{lines:#?}");
-    }
-}
-
-impl fluxio::Callback for Log {
-    fn on_run_start(&self, _run_id: &str) {
-        self.push("run_start".into());
-    }
-    fn on_run_end(&self, _run_id: &str, outcome: Result<&Ctx, &Error>, _e: Duration) {
-        self.push(format!(
-            "run_end {}",
-            if outcome.is_ok() { "ok" } else { "err" }
-        ));
-    }
-    fn on_run_cancelled(&self, _run_id: &str) {
-        self.push("run_cancelled".into());
-    }
-    fn on_stage_start(&self, e: &StageEvent<'_>) {
-        self.push(format!("start {}", e.stage));
-    }
-    fn on_stage_end(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("end {}", e.stage));
-    }
-    fn on_stage_error(&self, e: &StageEvent<'_>, _err: &Error, _: Duration) {
-        self.push(format!("error {}", e.stage));
-    }
-    fn on_stage_skip(&self, e: &StageEvent<'_>, _r: &str) {
-        self.push(format!("skip {}", e.stage));
-    }
-    fn on_stage_cancelled(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("cancelled {}", e.stage));
-    }
-    fn on_rollback(&self, e: &StageEvent<'_>, err: Option<&Error>) {
-        self.push(format!(
-            "rollback {}{}",
-            e.stage,
-            if err.is_some() { " failed" } else { "" }
-        ));
-    }
-    fn on_fallback(&self, e: &StageEvent<'_>, _err: &Error) {
-        self.push(format!("fallback {}", e.stage));
-    }
-    fn on_retry(&self, e: &StageEvent<'_>, _err: &StageError, _d: Duration) {
-        self.push(format!("retry {}", e.stage));
-    }
-    fn on_chunk(&self, e: &StageEvent<'_>) {
-        self.push(format!("chunk {}", e.stage));
-    }
-}
+use fluxio_tests::LifecycleLog as Log;
 
 static ROLLBACKS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 

@@ -3,10 +3,10 @@
 //! callbacks and rollbacks make.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use fluxio::Error;
 use fluxio::prelude::*;
-use fluxio::{Error, StageEvent};
 
 fluxio::keys! {
     pub n: u64;
@@ -98,57 +98,7 @@ async fn rb_s5(_b: &u64, _c: &u64, _d: &u64, s: Res<Script>) -> Result<(), Stage
     act(&s, "rb_s5").await.map(|_| ())
 }
 
-#[derive(Default, Clone)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: String) {
-        self.0.lock().unwrap().push(s);
-    }
-}
-
-impl fluxio::Callback for Log {
-    fn on_run_start(&self, _: &str) {
-        self.push("run_start".into());
-    }
-    fn on_run_end(&self, _: &str, outcome: Result<&Ctx, &Error>, _: Duration) {
-        self.push(format!(
-            "run_end {}",
-            if outcome.is_ok() { "ok" } else { "err" }
-        ));
-    }
-    fn on_run_cancelled(&self, _: &str) {
-        self.push("run_cancelled".into());
-    }
-    fn on_stage_start(&self, e: &StageEvent<'_>) {
-        self.push(format!("start {}", e.stage));
-    }
-    fn on_stage_end(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("end {}", e.stage));
-    }
-    fn on_stage_error(&self, e: &StageEvent<'_>, _: &Error, _: Duration) {
-        self.push(format!("error {}", e.stage));
-    }
-    fn on_stage_skip(&self, e: &StageEvent<'_>, _: &str) {
-        self.push(format!("skip {}", e.stage));
-    }
-    fn on_stage_cancelled(&self, e: &StageEvent<'_>, _: Duration) {
-        self.push(format!("cancelled {}", e.stage));
-    }
-    fn on_rollback(&self, e: &StageEvent<'_>, err: Option<&Error>) {
-        self.push(format!(
-            "rollback {}{}",
-            e.stage,
-            if err.is_some() { " failed" } else { "" }
-        ));
-    }
-    fn on_fallback(&self, e: &StageEvent<'_>, _: &Error) {
-        self.push(format!("fallback {}", e.stage));
-    }
-    fn on_retry(&self, e: &StageEvent<'_>, _: &StageError, _: Duration) {
-        self.push(format!("retry {}", e.stage));
-    }
-}
+use fluxio_tests::LifecycleLog as Log;
 
 /// A user's middleware that passes every call through (the boxed path).
 struct Pass;
@@ -351,7 +301,7 @@ async fn one_with(seed: u64, durable: bool, drop_after: Option<u64>) {
     let limit = Duration::from_millis(drop_after.unwrap_or(3_600_000));
     let outcome =
         tokio::time::timeout(limit, pipe.invoke(input! { n: 1 }).run_id(run_id.clone())).await;
-    let lines = log.0.lock().unwrap().clone();
+    let lines = log.lines();
     let ctx = format!(
         "seed {seed} durable {durable} drop {drop_after:?} mw {mw} script {script:?}\n{lines:#?}\noutcome {outcome:?}"
     );
@@ -402,7 +352,7 @@ async fn one_with(seed: u64, durable: bool, drop_after: Option<u64>) {
         .with_shared_resource(ok_script)
         .with_callback(log2.clone());
     let resumed = again.resume(run_id.as_str()).await;
-    let lines2 = log2.0.lock().unwrap().clone();
+    let lines2 = log2.lines();
     let ctx = format!("{ctx}\nresume {resumed:?}\n{lines2:#?}");
     let ended_before: Vec<&str> = lines
         .iter()

@@ -304,33 +304,26 @@ pub trait Middleware: Send + Sync + 'static {
     }
 }
 
-impl<M: Middleware + ?Sized> Middleware for Arc<M> {
-    fn handle<'a>(
-        &'a self,
-        call: StageCall<'a>,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        (**self).handle(call, next)
-    }
+/// A middleware behind a pointer (`Arc<M>`, `Box<M>`) is the middleware.
+macro_rules! forward_middleware {
+    ($($pointer:ident),*) => {$(
+        impl<M: Middleware + ?Sized> Middleware for $pointer<M> {
+            fn handle<'a>(
+                &'a self,
+                call: StageCall<'a>,
+                next: Next<'a>,
+            ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
+                (**self).handle(call, next)
+            }
 
-    fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
-        (**self).__fluxio_only()
-    }
+            fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
+                (**self).__fluxio_only()
+            }
+        }
+    )*};
 }
 
-impl<M: Middleware + ?Sized> Middleware for Box<M> {
-    fn handle<'a>(
-        &'a self,
-        call: StageCall<'a>,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        (**self).handle(call, next)
-    }
-
-    fn __fluxio_only(&self) -> &[(std::any::TypeId, &'static str)] {
-        (**self).__fluxio_only()
-    }
-}
+forward_middleware!(Arc, Box);
 
 /// Runs `stage` through `chain[from..]` as boxed futures (owned, so the future is
 /// `'static`): how the engine hands a call over to a user's middleware. With the future,
