@@ -433,6 +433,15 @@ fn version_of(nodes: &[NodeSpec], edges: &[(usize, usize)]) -> String {
             field(k);
             field(t);
         });
+        // A stored write of a key the stage merges is an addition, not the value: a
+        // checkpoint of one must not be resumed as the other. (Only when there is one, so
+        // the versions of pipelines without `#[merge]` keys stay as they were.)
+        let mut merged: Vec<&str> = merge_keys(node).map(|k| k.name).collect();
+        if !merged.is_empty() {
+            merged.sort_unstable();
+            field("merges");
+            merged.iter().for_each(|k| field(k));
+        }
         field(&node.group.to_string());
         match node.branch {
             Some((r, l)) => field(&format!("branch {r} {l}")),

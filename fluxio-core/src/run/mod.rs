@@ -319,8 +319,8 @@ impl Pipeline {
     }
 
     /// A short sha256 hex digest of the pipeline's structure: stage names and kinds, their
-    /// reads and writes with their keys' types (as `std::any::type_name` names them), the
-    /// edges and the route labels. Middleware, callbacks, resources
+    /// reads and writes with their keys' types (as `std::any::type_name` names them) and the
+    /// `#[merge]` keys they add to, the edges and the route labels. Middleware, callbacks, resources
     /// and timeouts do not change it. The same flow gives the same version in every process
     /// and build (by one compiler).
     pub fn version(&self) -> &str {
