@@ -91,7 +91,8 @@ impl<S: Stage> StepHarness<S> {
         .await
     }
 
-    /// Runs the stage on `input` and returns `input` plus the stage's writes.
+    /// Runs the stage on `input` and returns `input` plus the stage's writes (a write of a
+    /// `#[merge]` key it does not read added to the input's value, as in a pipeline).
     ///
     /// # Errors
     ///
@@ -100,7 +101,19 @@ impl<S: Stage> StepHarness<S> {
     pub async fn run(&self, input: Ctx) -> Result<Ctx> {
         let mut ctx = input.clone();
         match self.call(&input, ChunkSink::new(None)).await? {
-            StageOutput::Writes(w) => w.apply(&mut ctx),
+            // As in a pipeline: a write of a `#[merge]` key the stage does not read adds to
+            // the input's value.
+            StageOutput::Writes(w) => w.apply_merging(&mut ctx, |name| {
+                let access = &S::META.access;
+                if access.reads.iter().any(|r| r.name == name) {
+                    return None;
+                }
+                access
+                    .writes
+                    .iter()
+                    .find(|k| k.name == name)
+                    .and_then(|k| k.merge)
+            }),
             StageOutput::Route(_) | StageOutput::Skip(_) => {}
         }
         Ok(ctx)
