@@ -411,3 +411,28 @@ async fn sqlite_store_resume_merges_every_writer() {
     assert!(d.is_empty(), "{d:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A nested pipeline writes the merge key whole (its value after its stages, which started
+/// from the outer one): a resume restores the outer writer's addition, then the nested
+/// pipeline's whole value, and holds each addition once.
+#[tokio::test(start_paused = true)]
+async fn a_nested_pipelines_whole_write_survives_a_resume() {
+    let store = InMemoryStore::new();
+    let nested = pipeline! { parallel { other_check, left_check } }.named("nested");
+    let pipe = pipeline! { check, nested.clone(), flaky_summary }
+        .with_resource(AtomicU32::new(1))
+        .with_store(store.clone());
+    pipe.invoke(input! { order: 4, findings: vec!["x".to_string()] })
+        .run_id("nest")
+        .await
+        .unwrap_err();
+    let pipe = pipeline! { check, nested.clone(), flaky_summary }
+        .with_resource(AtomicU32::new(0))
+        .with_store(store.clone());
+    let out = pipe.resume("nest").await.unwrap();
+    assert_eq!(out[verdict], "check4,left4,other4,x");
+    assert_eq!(
+        sorted(pipe.inspect("nest").await.unwrap().ctx[findings].clone()),
+        ["check4", "left4", "other4", "x"]
+    );
+}
