@@ -365,6 +365,16 @@ impl Plan {
         }
     }
 
+    /// How the stages of this pipeline that merge key `name` (if any does) merge it: for an
+    /// addition a stage of another version stored, which this version no longer has.
+    pub(crate) fn merge_of_key(&self, name: &str) -> Option<crate::key::MergeFn> {
+        self.nodes
+            .iter()
+            .flat_map(merge_keys)
+            .find(|k| k.name == name)
+            .and_then(|k| k.merge)
+    }
+
     /// How node `i` merges a write of key `name` into the value, when it does.
     pub(crate) fn merge_of(&self, i: usize, name: &str) -> Option<crate::key::MergeFn> {
         merge_keys(&self.nodes[i])

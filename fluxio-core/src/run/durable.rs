@@ -226,6 +226,24 @@ fn writer_of(plan: &Plan, entry: &format::Entry, reading: Reading) -> Option<usi
     }
 }
 
+/// How a stored write of key `name` by the stage of `writer` (this pipeline's node, when it
+/// still has it) is added to the value: as that stage merges it; for a stage of another
+/// version that this one no longer has (removed or renamed), as this version's stages merge
+/// the key — a checkpoint does not record which writes were additions, and a key that is
+/// `#[merge]` here most likely was when the stage ran. (Input entries replace.)
+fn merge_for(
+    plan: &Plan,
+    writer: Option<usize>,
+    node: u32,
+    name: &str,
+) -> Option<crate::key::MergeFn> {
+    match writer {
+        Some(i) => plan.merge_of(i, name),
+        None if node != INPUT_ENTRY => plan.merge_of_key(name),
+        None => None,
+    }
+}
+
 /// Decodes an entry's `values` into `ctx` (merging those of `#[merge]` keys its stage
 /// merges) and returns them, leaving out (when reading another version's checkpoint)
 /// keys this pipeline does not know.
@@ -238,7 +256,7 @@ fn entry_values(
 ) -> Result<Values> {
     let writer = writer_of(plan, entry, reading);
     let values = std::mem::take(&mut entry.writes);
-    let merge_of = |name: &str| writer.and_then(|i| plan.merge_of(i, name));
+    let merge_of = |name: &str| merge_for(plan, writer, entry.node, name);
     known_values(plan, run_id, ctx, values, reading, &entry.stage, &merge_of)
 }
 
@@ -322,6 +340,16 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                     tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
                     entry.node = INPUT_ENTRY;
                     entry.route = None;
+                    // Kept as values given at this point, an addition to a `#[merge]` key
+                    // is kept as the value it made (an input entry replaces).
+                    for (name, bytes) in &mut entry.writes {
+                        if plan.merge_of_key(name).is_some()
+                            && let (Some(desc), Some(value)) =
+                                (find_key(plan, name), ctx.slot(name))
+                        {
+                            *bytes = encode_slot(&desc, value, run_id, None)?.1;
+                        }
+                    }
                 }
             }
         }
@@ -880,7 +908,7 @@ fn final_values(
         let entry = decode_entry(run_id, n, bytes)?;
         let writer = writer_of(plan, &entry, Reading::OtherVersion);
         for (name, bytes) in entry.writes {
-            let merge = writer.and_then(|i| plan.merge_of(i, &name));
+            let merge = merge_for(plan, writer, entry.node, &name);
             let merged = match (merge, values.get(&name)) {
                 (Some(merge), Some(held)) => {
                     merged_bytes(plan, run_id, &name, held, &bytes, merge)?
