@@ -151,7 +151,9 @@ impl Ctx {
     /// Each branch is a context derived from `self` (by `set`/`with`) and the name of whoever
     /// produced it. The result holds every key any branch wrote. A key written by two
     /// branches is [`Error::MergeConflict`] naming both, even when the values are equal: a
-    /// fork's branches must not overlap.
+    /// fork's branches must not overlap. That holds for a key declared `#[merge]` too: a
+    /// context holds values, not their keys' declarations — the merging of such keys is the
+    /// pipeline's, when a stage's write is applied.
     ///
     /// # Errors
     ///

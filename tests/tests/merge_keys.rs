@@ -162,7 +162,7 @@ async fn a_resumed_run_holds_every_addition() {
         sorted(out[findings].clone()),
         ["counted ok for 5", "flaky ok for 5"]
     );
-    let record = pipe.inspect("merge-1").await.unwrap();
+    let record = pipe.inspect("merge-1".to_string()).await.unwrap();
     assert_eq!(record.ctx[findings], out[findings]);
     // A completed run resumed returns the same merged value.
     let completed = pipe.resume("merge-1").await.unwrap();
@@ -177,7 +177,7 @@ async fn a_resumed_run_holds_every_addition() {
         .run_id("merge-2")
         .await
         .unwrap();
-    assert!(pipe2.diff("merge-1", "merge-2").await.unwrap().is_empty());
+    assert!(pipe2.diff("merge-1", format!("merge-{}", 2)).await.unwrap().is_empty());
 }
 
 /// A nested pipeline's writes of a merge key are its value after its stages: they replace

@@ -90,6 +90,16 @@ mod merged {
         pipeline! { first, second, boom }.with_resource(AtomicU32::new(fails))
     }
 
+    #[stage(reads = [order], writes = [findings])]
+    async fn third(order: &u64) -> Vec<String> {
+        vec![format!("third{order}")]
+    }
+
+    /// Version 3: a new writer declared before the finished ones.
+    pub fn v3() -> Pipeline {
+        pipeline! { third, first, second, boom }.with_resource(AtomicU32::new(0))
+    }
+
     /// Version 2: `first` was removed; its reader fails `fails` times.
     pub fn v2(fails: u32) -> Pipeline {
         pipeline! { second, boom }.with_resource(AtomicU32::new(fails))
@@ -449,5 +459,29 @@ async fn a_nested_pipelines_whole_write_survives_a_resume() {
     assert_eq!(
         sorted(pipe.inspect("nest").await.unwrap().ctx[findings].clone()),
         ["check4", "left4", "other4", "x"]
+    );
+}
+
+/// A new version adds a writer of a `#[merge]` key before writers that finished: resumed,
+/// it adds to the value rather than replacing theirs, so the resume is accepted (a plain
+/// key's new writer there is refused: it would replace the finished stage's value).
+#[tokio::test(start_paused = true)]
+async fn a_new_merge_writer_before_finished_ones_is_accepted_on_resume() {
+    let store = InMemoryStore::new();
+    merged::v1(1)
+        .with_store(store.clone())
+        .invoke(input! { merged::order: 1, merged::findings: vec!["x".to_string()] })
+        .run_id("front")
+        .await
+        .unwrap_err();
+    let out = merged::v3()
+        .with_store(store.clone())
+        .resume("front")
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(out[merged::findings].clone()),
+        ["first1", "second1", "third1", "x"]
     );
 }

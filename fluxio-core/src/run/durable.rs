@@ -610,11 +610,11 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
                 if finished[u].is_some() || kept_out(u) {
                     continue;
                 }
-                if let Some(key) = before
-                    .writes
-                    .iter()
-                    .find(|k| done.writes.iter().any(|w| w.name == k.name))
-                {
+                // (A stage that adds to a `#[merge]` key replaces nothing.)
+                if let Some(key) = before.writes.iter().find(|k| {
+                    done.writes.iter().any(|w| w.name == k.name)
+                        && plan.merge_of(u, k.name).is_none()
+                }) {
                     return Err(misfit(format!(
                         "stage `{}` has not run and writes `{}` before `{}`, which finished: \
                          it would replace the value `{}` wrote",

@@ -172,7 +172,8 @@ impl Pipeline {
     /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint),
     /// [`Error::RollbackPending`](crate::Error::RollbackPending) for a run stopped while
     /// rolling back (resume it first), or the run's own error.
-    pub async fn replay(&self, run_id: &str) -> Result<Ctx> {
+    pub async fn replay(&self, run_id: impl AsRef<str>) -> Result<Ctx> {
+        let run_id = run_id.as_ref();
         let store = self.store.clone().ok_or(crate::Error::NoStore {
             operation: "replay",
         })?;
@@ -195,7 +196,8 @@ impl Pipeline {
     /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
     /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint) (a value that does not
     /// decode as this pipeline's type of its key), or [`Error::Store`](crate::Error::Store).
-    pub async fn inspect(&self, run_id: &str) -> Result<RunRecord> {
+    pub async fn inspect(&self, run_id: impl AsRef<str>) -> Result<RunRecord> {
+        let run_id = run_id.as_ref();
         let store = self.store.clone().ok_or(crate::Error::NoStore {
             operation: "inspect",
         })?;
@@ -209,7 +211,8 @@ impl Pipeline {
     ///
     /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint)
     /// or [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint).
-    pub async fn diff(&self, a: &str, b: &str) -> Result<CtxDiff> {
+    pub async fn diff(&self, a: impl AsRef<str>, b: impl AsRef<str>) -> Result<CtxDiff> {
+        let (a, b) = (a.as_ref(), b.as_ref());
         let store = self
             .store
             .clone()

@@ -104,6 +104,25 @@ fn decode_error<V>(e: bincode::error::DecodeError) -> String {
             "a length in the bytes of a `{}` claims more than the bytes hold: they are damaged",
             std::any::type_name::<V>()
         ),
+        // bincode's own text for these is its `Debug` form; say it in words.
+        bincode::error::DecodeError::UnexpectedEnd { additional } => format!(
+            "the bytes end {additional} byte(s) short of a `{}`",
+            std::any::type_name::<V>()
+        ),
+        bincode::error::DecodeError::UnexpectedVariant {
+            found, type_name, ..
+        } => {
+            format!("no variant {found} in enum `{type_name}`")
+        }
+        bincode::error::DecodeError::Utf8 { inner } => {
+            format!("a string that is not UTF-8: {inner}")
+        }
+        bincode::error::DecodeError::InvalidBooleanValue(b) => {
+            format!("byte {b} where a `bool` (0 or 1) was expected")
+        }
+        bincode::error::DecodeError::InvalidCharEncoding(bytes) => {
+            format!("bytes {bytes:?} where a `char` was expected")
+        }
         e => e.to_string(),
     }
 }
@@ -278,6 +297,25 @@ mod tests {
             "wrong type is an error"
         );
         assert!(decode_value::<u64>(&[0xff, 0xff]).is_err());
+    }
+
+    /// Bytes that do not decode are described in words, not with bincode's `Debug` form.
+    #[test]
+    fn decode_errors_say_what_is_wrong() {
+        let mut bytes = Vec::new();
+        encode_value::<String>(&"hello".to_string(), &mut bytes).unwrap();
+        let short = decode_value::<String>(&bytes[..3]).err().unwrap();
+        assert!(
+            short.contains("byte(s) short of a `alloc::string::String`"),
+            "{short}"
+        );
+        let bad_bool = decode_value::<bool>(&[7]).err().unwrap();
+        assert_eq!(bad_bool, "byte 7 where a `bool` (0 or 1) was expected");
+        let not_utf8 = decode_value::<String>(&[2, 0xff, 0xfe]).err().unwrap();
+        assert!(
+            not_utf8.starts_with("a string that is not UTF-8"),
+            "{not_utf8}"
+        );
     }
 
     /// Collects what a hasher is fed.
