@@ -177,7 +177,13 @@ async fn a_resumed_run_holds_every_addition() {
         .run_id("merge-2")
         .await
         .unwrap();
-    assert!(pipe2.diff("merge-1", format!("merge-{}", 2)).await.unwrap().is_empty());
+    assert!(
+        pipe2
+            .diff("merge-1", format!("merge-{}", 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// A nested pipeline's writes of a merge key are its value after its stages: they replace

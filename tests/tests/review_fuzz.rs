@@ -317,21 +317,7 @@ async fn one_with(seed: u64, durable: bool, drop_after: Option<u64>) {
         Err(_) => {
             assert!(drop_after.is_some(), "hung: {ctx}");
             // Dropped: every started stage ends, the run is cancelled, once.
-            for st in STAGES {
-                let starts = lines
-                    .iter()
-                    .filter(|l| **l == format!("start {st}"))
-                    .count();
-                let ends = lines
-                    .iter()
-                    .filter(|l| {
-                        ["end", "error", "cancelled", "skip"]
-                            .iter()
-                            .any(|p| **l == format!("{p} {st}"))
-                    })
-                    .count();
-                assert_eq!(starts, ends, "stage {st}: {ctx}");
-            }
+            each_start_ends(&lines, &ctx);
             assert_eq!(
                 lines.last().map(String::as_str),
                 Some("run_cancelled"),
@@ -389,7 +375,8 @@ async fn one_with(seed: u64, durable: bool, drop_after: Option<u64>) {
     }
 }
 
-fn check_durable(ctx: &str, lines: &[String], result: &Result<Ctx, Error>) {
+/// Every start of a stage (a retry starts it again) has its own end.
+fn each_start_ends(lines: &[String], ctx: &str) {
     for st in STAGES {
         let starts = lines
             .iter()
@@ -405,6 +392,10 @@ fn check_durable(ctx: &str, lines: &[String], result: &Result<Ctx, Error>) {
             .count();
         assert_eq!(starts, ends, "stage {st}: {ctx}");
     }
+}
+
+fn check_durable(ctx: &str, lines: &[String], result: &Result<Ctx, Error>) {
+    each_start_ends(lines, ctx);
     assert_eq!(lines.first().unwrap(), "run_start", "{ctx}");
     let want = if result.is_ok() {
         "run_end ok"
