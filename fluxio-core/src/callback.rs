@@ -93,6 +93,9 @@ pub trait Callback: Send + Sync + 'static {
     fn on_fallback(&self, event: &StageEvent<'_>, error: &Error) {}
     /// The run failed and a finished stage's rollback ran (`error` if the rollback failed).
     fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {}
+    /// A durable run is a resume of a stored one (after `on_run_start`, before any stage):
+    /// `finished` names the stages its checkpoint holds as done, which do not run again.
+    fn on_run_resumed(&self, run_id: &str, finished: &[&'static str]) {}
 }
 
 /// A callback shared behind an `Arc`: register a clone with `with_callback` and keep the
@@ -156,9 +159,12 @@ impl<C: Callback + ?Sized> Callback for Arc<C> {
     fn on_rollback(&self, event: &StageEvent<'_>, error: Option<&Error>) {
         (**self).on_rollback(event, error);
     }
+    fn on_run_resumed(&self, run_id: &str, finished: &[&'static str]) {
+        (**self).on_run_resumed(run_id, finished);
+    }
 }
 
-/// Logs every run and stage through `tracing`: run start, end and cancellation, stage end,
+/// Logs every run and stage through `tracing`: run start, resume, end and cancellation, stage end,
 /// skip, retry and rollback at `info`; stage start and stored checkpoints at `debug`;
 /// failures at `warn`. Chunks are not logged. Fallbacks and failed rollbacks are logged at
 /// `warn` by the runtime itself, with or without this callback. Install a subscriber (for example
@@ -250,6 +256,9 @@ impl Callback for LoggingCallback {
             );
         }
     }
+    fn on_run_resumed(&self, run_id: &str, finished: &[&'static str]) {
+        tracing::info!(run_id, finished = ?finished, "run resumed");
+    }
     fn on_stage_cancelled(&self, event: &StageEvent<'_>, elapsed: Duration) {
         tracing::info!(
             run_id = event.run_id,
@@ -327,6 +336,9 @@ mod tests {
         fn on_rollback(&self, _: &StageEvent<'_>, _: Option<&Error>) {
             self.heard("rollback");
         }
+        fn on_run_resumed(&self, _: &str, _: &[&'static str]) {
+            self.heard("run_resumed");
+        }
     }
 
     /// Calls every method of `c` once, in the trait's order.
@@ -352,6 +364,7 @@ mod tests {
         c.on_stage_cancelled(&ev, d);
         c.on_fallback(&ev, &err);
         c.on_rollback(&ev, None);
+        c.on_run_resumed("r", &["s"]);
     }
 
     #[test]
@@ -361,7 +374,7 @@ mod tests {
         let inner = Arc::new(Heard::default());
         call_every_method(&inner.clone());
         let direct = direct.0.into_inner().unwrap();
-        assert_eq!(direct.len(), 13, "every method is called: {direct:?}");
+        assert_eq!(direct.len(), 14, "every method is called: {direct:?}");
         assert_eq!(*inner.0.lock().unwrap(), direct);
     }
 }

@@ -10,7 +10,8 @@ use crate::error::Error;
 
 /// One thing that happened in a run, named with the taxonomy of event-driven pipeline
 /// systems: `pipeline.started`, `pipeline.completed`, `pipeline.failed`,
-/// `pipeline.cancelled`, `stage.started`, `stage.completed`, `stage.failed`,
+/// `pipeline.cancelled`, `pipeline.resumed` (a durable run resuming a stored one),
+/// `stage.started`, `stage.completed`, `stage.failed`,
 /// `stage.skipped`, and `stage.cancelled` (a started stage dropped before it ended, so
 /// that every `stage.started` has its end). Serializable, so it can be stored or sent as
 /// it is; durations serialize as milliseconds (`duration_ms`, fractional).
@@ -49,6 +50,15 @@ pub enum Event {
     PipelineCancelled {
         /// The run.
         run_id: String,
+    },
+    /// `pipeline.resumed`: the run is a resume of a stored one (after `pipeline.started`,
+    /// before any stage).
+    #[serde(rename = "pipeline.resumed")]
+    PipelineResumed {
+        /// The run.
+        run_id: String,
+        /// The stages its checkpoint holds as done: they do not run again.
+        finished: Vec<&'static str>,
     },
     /// `stage.started`
     #[serde(rename = "stage.started")]
@@ -158,6 +168,7 @@ impl Event {
             Event::PipelineCompleted { .. } => "pipeline.completed",
             Event::PipelineFailed { .. } => "pipeline.failed",
             Event::PipelineCancelled { .. } => "pipeline.cancelled",
+            Event::PipelineResumed { .. } => "pipeline.resumed",
             Event::StageStarted { .. } => "stage.started",
             Event::StageCompleted { .. } => "stage.completed",
             Event::StageFailed { .. } => "stage.failed",
@@ -173,6 +184,7 @@ impl Event {
             | Event::PipelineCompleted { run_id, .. }
             | Event::PipelineFailed { run_id, .. }
             | Event::PipelineCancelled { run_id }
+            | Event::PipelineResumed { run_id, .. }
             | Event::StageStarted { run_id, .. }
             | Event::StageCompleted { run_id, .. }
             | Event::StageFailed { run_id, .. }
@@ -234,6 +246,12 @@ impl<F: Fn(Event) + Send + Sync + 'static> Callback for EventSink<F> {
     fn on_run_cancelled(&self, run_id: &str) {
         (self.emit)(Event::PipelineCancelled {
             run_id: run_id.into(),
+        });
+    }
+    fn on_run_resumed(&self, run_id: &str, finished: &[&'static str]) {
+        (self.emit)(Event::PipelineResumed {
+            run_id: run_id.into(),
+            finished: finished.to_vec(),
         });
     }
     fn on_stage_start(&self, e: &StageEvent<'_>) {

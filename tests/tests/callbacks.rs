@@ -512,3 +512,40 @@ async fn in_a_durable_run_every_started_stage_ends_too() {
         "{names:?}"
     );
 }
+
+/// A resume says so: `pipeline.resumed` after `pipeline.started`, naming the stages the
+/// checkpoint holds as done; a fresh run has none.
+#[tokio::test(start_paused = true)]
+async fn a_resume_is_told_apart_from_a_fresh_run() {
+    let store = InMemoryStore::new();
+    let (sink, events) = event_log();
+    let pipe = pipeline! { first, second }
+        .with_store(store.clone())
+        .with_callback(sink);
+    // `second` fails on this input: `first` is stored as done.
+    pipe.invoke(input! { n: 200 })
+        .run_id("told-apart")
+        .await
+        .unwrap_err();
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.name() == "pipeline.resumed"),
+        "a fresh run is not a resume"
+    );
+    events.lock().unwrap().clear();
+    pipe.resume("told-apart").await.unwrap_err();
+    let seen = events.lock().unwrap().clone();
+    let names: Vec<&str> = seen.iter().map(|e| e.name()).collect();
+    assert_eq!(
+        names[..3],
+        ["pipeline.started", "pipeline.resumed", "stage.started"],
+        "{names:?}"
+    );
+    let json = serde_json::to_value(&seen[1]).unwrap();
+    assert_eq!(json["type"], "pipeline.resumed");
+    assert_eq!(json["run_id"], "told-apart");
+    assert_eq!(json["finished"], serde_json::json!(["first"]), "{json}");
+}

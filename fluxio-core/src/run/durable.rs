@@ -677,6 +677,14 @@ pub(crate) async fn run(
             }
         };
 
+    if let (Some(obs), Some(restored)) = (&obs, &restored) {
+        let finished: Vec<&'static str> = restored
+            .done
+            .iter()
+            .map(|&(i, ..)| plan.nodes[i as usize].meta.name)
+            .collect();
+        obs.each(|c| c.on_run_resumed(&run_id, &finished));
+    }
     let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
     let rolled_back = durability.rolled_back.clone();
     let rolling_back = durability.rolling_back.clone();

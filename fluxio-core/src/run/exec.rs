@@ -253,7 +253,7 @@ pub(crate) struct Observers {
 }
 
 impl Observers {
-    fn each(&self, f: impl Fn(&dyn Callback)) {
+    pub(crate) fn each(&self, f: impl Fn(&dyn Callback)) {
         notify_all(&self.callbacks, f);
     }
 
