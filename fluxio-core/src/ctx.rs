@@ -107,6 +107,18 @@ impl Ctx {
         self.map.insert_mut(name, slot);
     }
 
+    /// Inserts `slot` as key `name`'s value — added to the value held, when `merge` (the
+    /// key's `#[merge]`) is given and there is one.
+    pub(crate) fn insert_merged(
+        &mut self,
+        name: &'static str,
+        slot: Slot,
+        merge: Option<crate::key::MergeFn>,
+    ) {
+        let merged = merge.and_then(|merge| merge(&**self.slot(name)?, &*slot));
+        self.insert_slot(name, merged.unwrap_or(slot));
+    }
+
     pub(crate) fn iter_slots(&self) -> impl Iterator<Item = (&'static str, &Slot)> + '_ {
         self.map.iter().map(|(k, v)| (*k, v))
     }

@@ -95,6 +95,17 @@ impl KeyDesc {
     }
 }
 
+/// The `#[merge]` keys among `writes` that are not among `reads`: a stage adds to those
+/// (one that also reads the key sees it whole and writes it whole).
+pub(crate) fn added_to<'a>(
+    reads: &'a [KeyDesc],
+    writes: &'a [KeyDesc],
+) -> impl Iterator<Item = &'a KeyDesc> {
+    writes
+        .iter()
+        .filter(|w| w.is_merged() && !reads.iter().any(|r| r.name == w.name))
+}
+
 /// `more` added to a copy of `held`, both `V`s.
 fn merge_values<V: Merge + Clone + Send + Sync + 'static>(
     held: &AnyValue,

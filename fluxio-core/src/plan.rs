@@ -393,12 +393,9 @@ impl Plan {
     }
 }
 
-/// The `#[merge]` keys `node` writes and does not read: its writes of them are merged into
-/// the value (a stage that reads the key writes it whole).
+/// The `#[merge]` keys `node` adds to (see [`crate::key::added_to`]).
 fn merge_keys(node: &NodeSpec) -> impl Iterator<Item = &KeyDesc> {
-    node.writes
-        .iter()
-        .filter(|w| w.is_merged() && !node.reads.iter().any(|r| r.name == w.name))
+    crate::key::added_to(&node.reads, &node.writes)
 }
 
 /// Whether nodes `a` and `b` sit in different branches of one route (only one runs).

@@ -714,10 +714,7 @@ impl Writes {
             WriteList::Many(v) => v,
         };
         for (name, slot) in items {
-            let merged = merge_of(name)
-                .and_then(|merge| Some(merge(&**ctx.slot(name)?, &*slot)))
-                .flatten();
-            ctx.insert_slot(name, merged.unwrap_or(slot));
+            ctx.insert_merged(name, slot, merge_of(name));
         }
     }
 

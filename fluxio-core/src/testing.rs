@@ -105,12 +105,7 @@ impl<S: Stage> StepHarness<S> {
             // the input's value.
             StageOutput::Writes(w) => w.apply_merging(&mut ctx, |name| {
                 let access = &S::META.access;
-                if access.reads.iter().any(|r| r.name == name) {
-                    return None;
-                }
-                access
-                    .writes
-                    .iter()
+                crate::key::added_to(access.reads, access.writes)
                     .find(|k| k.name == name)
                     .and_then(|k| k.merge)
             }),

@@ -293,8 +293,7 @@ fn known_values(
             };
             corrupt(run_id, format!("value of `{name}`: {e}{also}"))
         })?;
-        let merged = merge_of(desc.name).and_then(|merge| merge(&**ctx.slot(desc.name)?, &*value));
-        ctx.insert_slot(desc.name, merged.unwrap_or(value));
+        ctx.insert_merged(desc.name, value, merge_of(desc.name));
         kept.push((name, bytes));
     }
     Ok(kept)

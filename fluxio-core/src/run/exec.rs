@@ -1813,31 +1813,27 @@ where
     if matches!(e, Error::LockLost { .. }) {
         return Some(Poll::Ready(Err(e)));
     }
-    if sched.rollback_order.is_empty() {
-        let late = |i: usize| {
-            sched.plan.has_rollback[i] || matches!(sched.plan.nodes[i].exec, Exec::Pipeline(_))
-        };
-        if !(0..sched.plan.nodes.len()).any(late) {
-            return Some(Poll::Ready(Err(e)));
-        }
-        // Nothing to undo so far; but a sync stage with a rollback may be running on the
-        // blocking pool, where it cannot be stopped: if it succeeds, it must be undone. And
-        // a nested pipeline may be running its own rollbacks: they finish first.
-        let mut finishing = cancel_slots_guarded(sched, slots, cx, late);
-        let mut fallbacks = drop_fallbacks(&mut sched.fallbacks);
-        fallbacks.retain(|(i, _)| late(*i));
-        finishing.append(&mut fallbacks);
-        if finishing.is_empty() {
-            return Some(Poll::Ready(Err(e)));
-        }
-        sched.start_rollback(e, finishing);
-        return None;
+    // With something to undo already, the run waits for every stage it cannot stop (they
+    // may hold what a rollback needs). With nothing yet, only for those that may leave
+    // something to undo: a sync stage with a rollback still running on the blocking pool
+    // (if it succeeds, it must be undone), a nested pipeline running its own rollbacks.
+    let nothing_yet = sched.rollback_order.is_empty();
+    let wait_for = |i: usize| {
+        !nothing_yet
+            || sched.plan.has_rollback[i]
+            || matches!(sched.plan.nodes[i].exec, Exec::Pipeline(_))
+    };
+    if !(0..sched.plan.nodes.len()).any(wait_for) {
+        return Some(Poll::Ready(Err(e)));
     }
-    // Before `start_rollback`, which forgets the fallbacks.
+    // The fallbacks first: `start_rollback` forgets them.
     let mut finishing = drop_fallbacks(&mut sched.fallbacks);
-    sched.start_rollback(e, Vec::new());
-    finishing.append(&mut cancel_slots_guarded(sched, slots, cx, |_| true));
-    sched.rolling_back.as_mut().expect("rolling back").finishing = finishing;
+    finishing.append(&mut cancel_slots_guarded(sched, slots, cx));
+    finishing.retain(|(i, _)| wait_for(*i));
+    if nothing_yet && finishing.is_empty() {
+        return Some(Poll::Ready(Err(e)));
+    }
+    sched.start_rollback(e, finishing);
     None
 }
 
@@ -1865,28 +1861,24 @@ fn drop_fallbacks(fallbacks: &mut [(u32, StageFuture, Error)]) -> Vec<crate::sup
 /// dropped all the same (the unwind drops it), and the others after it: its panic is the
 /// run's no more.
 ///
-/// Returns the bodies of sync stages that were running on the blocking pool (a body cannot
-/// be stopped), for the nodes `wait_for` accepts: the run waits for them before its
-/// rollbacks.
+/// Returns the work those futures held that cannot be stopped — sync stages' bodies running
+/// on the blocking pool, nested pipelines rolling back — for the run to wait for.
 fn cancel_slots_guarded<S>(
     sched: &SchedState,
     slots: &mut S,
     cx: &mut Context<'_>,
-    wait_for: impl Fn(usize) -> bool,
 ) -> Vec<crate::support::Finishing>
 where
     S: FnMut(Op<'_>, &mut Context<'_>) -> Poll<std::result::Result<StageOutput, StageError>>,
 {
-    let mut finishing = crate::support::finishing(|at| {
+    crate::support::finishing(|at| {
         for i in 0..sched.plan.nodes.len() {
             at(i);
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 slot_op(sched, slots, i, Mode::Cancel, cx)
             }));
         }
-    });
-    finishing.retain(|(i, _)| wait_for(*i));
-    finishing
+    })
 }
 
 /// Starts, polls or drops node `i`'s future through the driver's slots, inside the stage's
