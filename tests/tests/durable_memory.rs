@@ -796,6 +796,8 @@ async fn a_checkpoint_whose_entries_contradict_its_route_is_corrupt_not_a_panic(
             route: route.map(Into::into),
             skipped: false,
             writes,
+            seq: None,
+            added: None,
         })
         .unwrap()
     };

@@ -143,12 +143,39 @@ async fn a_merge_run_resumed_by_a_plain_build_keeps_the_input() {
     }
 }
 
+/// A plain write by a stage a new version removed, of a key the new version declares
+/// `#[merge]`: the entry records that the write replaced the value (it was not an addition),
+/// so the resume keeps it as the value — the input's finding it replaced stays replaced.
+#[tokio::test(start_paused = true)]
+async fn a_removed_plain_writers_value_is_not_merged_as_an_addition() {
+    let store = InMemoryStore::new();
+    let p = plain::pipe(1).with_store(store.clone());
+    let err = p
+        .invoke(input! { plain::order: 1, plain::findings: vec!["x".to_string()] })
+        .run_id("was-plain")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("boom"), "{err}");
+    // Version 2 of the merged flow has no `add`; its `second` adds to the key.
+    let out = merged::v2(0)
+        .with_store(store.clone())
+        .resume("was-plain")
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(out[merged::findings].clone()),
+        ["a1", "second1"],
+        "`add` replaced the input's value: it was not an addition"
+    );
+}
+
 /// A stage removed in a new version: the values it wrote are kept (docs/durability.md), so
 /// its addition to a merge key is kept — and must not replace what the key held before it.
 ///
-/// A checkpoint does not record which writes were additions: the resume merges a removed
-/// stage's write of a key that is `#[merge]` in the new version. It then rewrites the entry
-/// as the value it made, so a later resume (here after another failure) keeps it too.
+/// The checkpoint records which writes were additions: the resume merges the removed
+/// stage's addition. It then rewrites the entry as the value it made, so a later resume
+/// (here after another failure) keeps it too.
 #[tokio::test(start_paused = true)]
 async fn a_removed_writers_addition_is_added_not_replacing() {
     let store = InMemoryStore::new();

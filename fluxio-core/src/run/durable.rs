@@ -60,6 +60,30 @@ fn store_err<'a>(
     move |e| Error::from_store(run_id, operation, e)
 }
 
+/// The stored entries of run `run_id`, decoded, in the order the run applied them (their
+/// `seq`; the store's order for entries of format 1, which come first). Stores keep the
+/// order saves reached them in, which for stages finishing at the same time may differ.
+fn entries_in_order(run_id: &str, stored: &StoredRun) -> Result<Vec<format::Entry>> {
+    let mut entries = stored
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(n, bytes)| decode_entry(run_id, n, bytes))
+        .collect::<Result<Vec<_>>>()?;
+    // Stable: equal `seq`s (format 1's `None`) keep the store's order.
+    entries.sort_by_key(|e| e.seq);
+    Ok(entries)
+}
+
+/// The `seq` after every entry of `entries`.
+fn seq_after(entries: &[format::Entry]) -> u64 {
+    entries
+        .iter()
+        .filter_map(|e| e.seq)
+        .max()
+        .map_or(0, |s| s.saturating_add(1))
+}
+
 /// Stored entry `n` of run `run_id`, decoded.
 fn decode_entry(run_id: &str, n: usize, bytes: &[u8]) -> Result<format::Entry> {
     format::decode_entry(bytes).map_err(|e| {
@@ -226,20 +250,30 @@ fn writer_of(plan: &Plan, entry: &format::Entry, reading: Reading) -> Option<usi
     }
 }
 
-/// How a stored write of key `name` by the stage of `writer` (this pipeline's node, when it
-/// still has it) is added to the value: as that stage merges it; for a stage of another
-/// version that this one no longer has (removed or renamed), as this version's stages merge
-/// the key — a checkpoint does not record which writes were additions, and a key that is
-/// `#[merge]` here most likely was when the stage ran. (Input entries replace.)
+/// How `entry`'s stored write of key `name` is added to the value the key holds, when it
+/// is an addition (`None`: it replaces the value). The entry records which writes were
+/// additions; they merge as this pipeline merges the key (a key no longer `#[merge]` here
+/// is replaced). An entry of format 1 does not record it: its writes merge as the stage of
+/// `writer` (this pipeline's node, when it still has it) merges them; for a stage of
+/// another version that this one no longer has (removed or renamed), as this version's
+/// stages merge the key — a key that is `#[merge]` here most likely was when the stage
+/// ran. (Input entries replace.)
 fn merge_for(
     plan: &Plan,
     writer: Option<usize>,
-    node: u32,
+    entry: &format::Entry,
     name: &str,
 ) -> Option<crate::key::MergeFn> {
+    if let Some(added) = &entry.added {
+        return if added.iter().any(|k| k == name) {
+            find_key(plan, name).and_then(|k| k.merge)
+        } else {
+            None
+        };
+    }
     match writer {
         Some(i) => plan.merge_of(i, name),
-        None if node != INPUT_ENTRY => plan.merge_of_key(name),
+        None if entry.node != INPUT_ENTRY => plan.merge_of_key(name),
         None => None,
     }
 }
@@ -256,7 +290,7 @@ fn entry_values(
 ) -> Result<Values> {
     let writer = writer_of(plan, entry, reading);
     let values = std::mem::take(&mut entry.writes);
-    let merge_of = |name: &str| merge_for(plan, writer, entry.node, name);
+    let merge_of = |name: &str| merge_for(plan, writer, entry, name);
     known_values(plan, run_id, ctx, values, reading, &entry.stage, &merge_of)
 }
 
@@ -319,8 +353,17 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
     let mut gone = Vec::new();
-    for (n, bytes) in stored.entries.iter().enumerate() {
-        let mut entry = decode_entry(run_id, n, bytes)?;
+    let entries = entries_in_order(run_id, stored)?;
+    restored.next_seq = seq_after(&entries);
+    for mut entry in entries {
+        let writer = writer_of(plan, &entry, reading);
+        // The keys its writes add to (before `entry_values` takes the writes).
+        let additions: Vec<String> = entry
+            .writes
+            .iter()
+            .filter(|(name, _)| merge_for(plan, writer, &entry, name).is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
         entry.writes = entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
         if entry.node != INPUT_ENTRY {
             let placed = match reading {
@@ -342,13 +385,14 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                     // Kept as values given at this point, an addition to a `#[merge]` key
                     // is kept as the value it made (an input entry replaces).
                     for (name, bytes) in &mut entry.writes {
-                        if plan.merge_of_key(name).is_some()
+                        if additions.contains(name)
                             && let (Some(desc), Some(value)) =
                                 (find_key(plan, name), ctx.slot(name))
                         {
                             *bytes = encode_slot(&desc, value, run_id, None)?.1;
                         }
                     }
+                    entry.added = Some(Vec::new());
                 }
             }
         }
@@ -684,7 +728,8 @@ pub(crate) async fn run(
             .collect();
         obs.each(|c| c.on_run_resumed(&run_id, &finished));
     }
-    let durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
+    let mut durability = Durability::new(store.clone(), run_id.clone(), owner.clone(), pipe.lease);
+    durability.next_seq = restored.as_ref().map_or(0, |r| r.next_seq);
     let rolled_back = durability.rolled_back.clone();
     let rolling_back = durability.rolling_back.clone();
     let failed_rollbacks = durability.failed_rollbacks.clone();
@@ -859,7 +904,10 @@ async fn prepare(
                 route: None,
                 skipped: false,
                 writes: added,
+                seq: Some(restored.next_seq),
+                added: Some(Vec::new()),
             };
+            restored.next_seq += 1;
             let bytes = encoded(format::encode_entry(&entry), run_id, None, "<input>")?;
             store
                 .save(run_id, owner, Save::Entry(bytes))
@@ -911,18 +959,15 @@ fn final_values(
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
     let mut values: BTreeMap<String, Vec<u8>> = header.values.into_iter().collect();
-    for (n, bytes) in stored.entries.iter().enumerate() {
-        let entry = decode_entry(run_id, n, bytes)?;
+    for entry in entries_in_order(run_id, stored)? {
         let writer = writer_of(plan, &entry, Reading::OtherVersion);
-        for (name, bytes) in entry.writes {
-            let merge = merge_for(plan, writer, entry.node, &name);
-            let merged = match (merge, values.get(&name)) {
-                (Some(merge), Some(held)) => {
-                    merged_bytes(plan, run_id, &name, held, &bytes, merge)?
-                }
-                _ => bytes,
+        for (name, bytes) in &entry.writes {
+            let merge = merge_for(plan, writer, &entry, name);
+            let merged = match (merge, values.get(name)) {
+                (Some(merge), Some(held)) => merged_bytes(plan, run_id, name, held, bytes, merge)?,
+                _ => bytes.clone(),
             };
-            values.insert(name, merged);
+            values.insert(name.clone(), merged);
         }
     }
     Ok(values)
@@ -990,8 +1035,7 @@ pub(crate) async fn inspect(
     let reading = Reading::of(plan, &stored);
     let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
     let mut finished = Vec::new();
-    for (n, bytes) in stored.entries.iter().enumerate() {
-        let mut entry = decode_entry(run_id, n, bytes)?;
+    for mut entry in entries_in_order(run_id, &stored)? {
         entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
         if entry.node != INPUT_ENTRY {
             finished.push(FinishedStage {

@@ -438,6 +438,9 @@ pub(crate) struct Durability {
     pub(crate) lease: Duration,
     /// Entries being written: (node, chosen route label, the write).
     pending: Vec<PendingEntry>,
+    /// The `seq` of the next entry: the order the run applies its stages' writes in,
+    /// which the store may not keep for entries saved at the same time.
+    pub(crate) next_seq: u64,
     renew_at: Pin<Box<tokio::time::Sleep>>,
     renewing: Option<BoxFuture<'static, StoreResult<bool>>>,
     /// Set when the run's rollbacks ran (the run's end is then `rolled_back`).
@@ -494,6 +497,7 @@ impl Durability {
             owner,
             lease,
             pending: Vec::new(),
+            next_seq: 0,
             renew_at: Box::pin(tokio::time::sleep(lease / 3)),
             renewing: None,
             rolled_back: Arc::default(),
@@ -512,6 +516,8 @@ pub(crate) struct Restored {
     /// The run was rolling back when it stopped: the resume runs the rollbacks of its
     /// finished stages (again), then ends with this error.
     pub(crate) rolling_back: Option<Error>,
+    /// The `seq` of the resumed run's next checkpoint entry.
+    pub(crate) next_seq: u64,
 }
 
 /// The bookkeeping of one run: the context so far, which nodes wait, run, or are done.
@@ -992,8 +998,9 @@ impl SchedState {
         if !skipped {
             self.ran(i);
         }
-        if self.durable.is_some() {
-            let entry = match self.entry(i, &writes, route, skipped) {
+        if let Some(d) = &self.durable {
+            let seq = d.next_seq;
+            let entry = match self.entry(i, &writes, route, skipped, seq) {
                 Ok(entry) => entry,
                 Err(e) => {
                     self.report_error(i, &e);
@@ -1006,6 +1013,7 @@ impl SchedState {
             }
             self.state[i] = PERSISTING;
             let d = self.durable.as_mut().expect("checked above");
+            d.next_seq = seq + 1;
             let size = entry.len();
             let save = d.store.save(&d.run_id, &d.owner, Save::Entry(entry));
             d.pending.push((i as u32, route, size, save));
@@ -1019,16 +1027,19 @@ impl SchedState {
         Ok(())
     }
 
-    /// The checkpoint entry of node `i`: its writes, encoded, and its route choice.
+    /// The checkpoint entry of node `i`, the `seq`-th the run applies: its writes, encoded
+    /// (and which of them add to a `#[merge]` key), and its route choice.
     fn entry(
         &self,
         i: usize,
         writes: &Writes,
         route: Option<u32>,
         skipped: bool,
+        seq: u64,
     ) -> Result<Vec<u8>> {
         let node = &self.plan.nodes[i];
         let mut encoded = Vec::new();
+        let mut added = Vec::new();
         for (name, value) in writes.iter() {
             let desc = node.writes.iter().find(|k| k.name == name).ok_or_else(|| {
                 Error::UndeclaredWrite {
@@ -1043,6 +1054,10 @@ impl SchedState {
                 self.run_id(),
                 Some(node.meta.name),
             )?);
+            // As `apply` merges it.
+            if self.plan.merges[i] && self.plan.merge_of(i, name).is_some() {
+                added.push(name.to_string());
+            }
         }
         let entry = format::Entry {
             node: i as u32,
@@ -1052,6 +1067,8 @@ impl SchedState {
                 .map(|l| l.to_string()),
             skipped,
             writes: encoded,
+            seq: Some(seq),
+            added: Some(added),
         };
         super::durable::encoded(
             format::encode_entry(&entry),

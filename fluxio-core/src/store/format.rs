@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::AnyValue;
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes. It also reads records of the versions before it
+/// (see [`Entry`] for what format 1 did not record).
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest format version this build reads.
+const OLDEST_READ: u8 = 1;
 
 /// The encoding of every value and record: bincode's standard (varint integers). Encoding
 /// takes no limit (bincode's limit is a decoder's: see [`decode_limited`]).
@@ -197,7 +201,8 @@ pub struct Header {
     pub values: Vec<(String, Vec<u8>)>,
 }
 
-/// One finished stage: which node, what it wrote, which branch it chose.
+/// One finished stage: which node, what it wrote, which branch it chose, and when it
+/// finished relative to the run's other stages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The node's index in the pipeline's graph.
@@ -211,6 +216,40 @@ pub struct Entry {
     pub skipped: bool,
     /// `(key, encoded value)` for every key the stage wrote.
     pub writes: Vec<(String, Vec<u8>)>,
+    /// The entry's place in the order the run applied its stages' writes (counted across
+    /// resumes). A store may list entries saved at the same time in another order; this
+    /// is the order a resume applies them in, so additions to a `#[merge]` key are merged
+    /// as the live run merged them. `None` in an entry of format 1, which did not record
+    /// it: such entries come first, in the store's order.
+    pub seq: Option<u64>,
+    /// The keys of `writes` that were additions to a `#[merge]` key (merged into the value
+    /// the key held, not replacing it). `None` in an entry of format 1, which did not
+    /// record it: a reader then infers it from the pipeline.
+    pub added: Option<Vec<String>>,
+}
+
+/// An entry as format 1 wrote it.
+#[derive(Deserialize)]
+struct EntryV1 {
+    node: u32,
+    stage: String,
+    route: Option<String>,
+    skipped: bool,
+    writes: Vec<(String, Vec<u8>)>,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(e: EntryV1) -> Self {
+        Entry {
+            node: e.node,
+            stage: e.stage,
+            route: e.route,
+            skipped: e.skipped,
+            writes: e.writes,
+            seq: None,
+            added: None,
+        }
+    }
 }
 
 fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, String> {
@@ -220,17 +259,26 @@ fn encode_record<T: Serialize>(record: &T) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn decode_record<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
-    let Some((&version, body)) = bytes.split_first() else {
+/// The format version of a record (its first byte), checked to be one this build reads.
+fn record_version(bytes: &[u8], what: &str) -> Result<u8, String> {
+    let Some(&version) = bytes.first() else {
         return Err(format!("empty {what}"));
     };
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READ..=FORMAT_VERSION).contains(&version) {
         // Garbage usually shows here first: say both readings.
         return Err(format!(
-            "{what} starts with byte {version}, not the format version this build reads \
-             ({FORMAT_VERSION}): the bytes are damaged, or written by another format version"
+            "{what} starts with byte {version}, not a format version this build reads \
+             ({OLDEST_READ} to {FORMAT_VERSION}): the bytes are damaged, or written by a \
+             newer build"
         ));
     }
+    Ok(version)
+}
+
+/// Decodes a record whose version [`record_version`] checked.
+fn decode_record<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    record_version(bytes, what)?;
+    let body = &bytes[1..];
     let (record, read): (T, usize) = decode_limited(body).map_err(|e| match e {
         bincode::error::DecodeError::UnexpectedEnd { .. }
         | bincode::error::DecodeError::LimitExceeded => format!("{what} is cut short"),
@@ -251,11 +299,11 @@ pub fn encode_header(header: &Header) -> Result<Vec<u8>, String> {
     encode_record(header)
 }
 
-/// Decodes a run's input.
+/// Decodes a run's input (a header has the same form in every format version).
 ///
 /// # Errors
 ///
-/// When the bytes are not a header of this format version.
+/// When the bytes are not a header of a format version this build reads.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, String> {
     decode_record(bytes, "checkpoint header")
 }
@@ -269,13 +317,17 @@ pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, String> {
     encode_record(entry)
 }
 
-/// Decodes a stage entry.
+/// Decodes a stage entry, of this format version or an older one.
 ///
 /// # Errors
 ///
-/// When the bytes are not an entry of this format version.
+/// When the bytes are not an entry of a format version this build reads.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
-    decode_record(bytes, "checkpoint entry")
+    const WHAT: &str = "checkpoint entry";
+    match record_version(bytes, WHAT)? {
+        1 => decode_record::<EntryV1>(bytes, WHAT).map(Entry::from),
+        _ => decode_record(bytes, WHAT),
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +405,8 @@ mod tests {
             route: Some("x".into()),
             skipped: false,
             writes: vec![("k".into(), vec![1, 2])],
+            seq: Some(4),
+            added: Some(vec!["k".into()]),
         };
         let bytes = encode_entry(&e).unwrap();
         assert_eq!(decode_entry(&bytes).unwrap(), e);
@@ -363,6 +417,48 @@ mod tests {
         assert!(decode_entry(&[]).is_err());
         let err = decode_entry(&bytes[..bytes.len() - 1]).unwrap_err();
         assert!(err.ends_with("is cut short"), "{err}");
+    }
+
+    /// An entry written by format 1 (before `seq` and `added`) still reads, with both
+    /// unknown.
+    #[test]
+    fn format_1_entries_still_read() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            node: u32,
+            stage: &'a str,
+            route: Option<&'a str>,
+            skipped: bool,
+            writes: Vec<(&'a str, Vec<u8>)>,
+        }
+        let mut bytes = vec![1];
+        bincode::serde::encode_into_std_write(
+            V1 {
+                node: 2,
+                stage: "s",
+                route: None,
+                skipped: true,
+                writes: vec![("k", vec![7])],
+            },
+            &mut bytes,
+            config(),
+        )
+        .unwrap();
+        let e = decode_entry(&bytes).unwrap();
+        assert_eq!((e.node, e.stage.as_str(), e.skipped), (2, "s", true));
+        assert_eq!(e.writes, vec![("k".to_string(), vec![7])]);
+        assert_eq!((e.seq, e.added), (None, None));
+        // A format 1 header is a header of today.
+        let mut header = vec![1];
+        bincode::serde::encode_into_std_write(
+            Header {
+                values: vec![("k".into(), vec![7])],
+            },
+            &mut header,
+            config(),
+        )
+        .unwrap();
+        assert_eq!(decode_header(&header).unwrap().values.len(), 1);
     }
 
     #[test]
