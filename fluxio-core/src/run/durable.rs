@@ -406,6 +406,9 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         }
     }
     check_fit(plan, run_id, &restored, reading)?;
+    if reading == Reading::Strict {
+        check_complete(plan, run_id, &restored, stored.status)?;
+    }
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -592,6 +595,63 @@ fn place_by_name(
     }
 }
 
+/// Checks that this version's checkpoint lacks no entry: a stage starts only once the
+/// entries of the stages it waits for are stored, so a finished stage whose dependency has
+/// no entry — nor sits in a branch its route did not take — means an entry was lost (a
+/// resume would run that dependency again, after what used its output). A completed run
+/// must have an entry for every stage its routes took.
+fn check_complete(plan: &Plan, run_id: &str, restored: &Restored, status: RunStatus) -> Result<()> {
+    let n = plan.nodes.len();
+    let mut finished = vec![None; n];
+    for &(i, branch, _) in &restored.done {
+        finished[i as usize] = Some(branch);
+    }
+    // Settled: finished, or inside a branch not taken (of a route that finished).
+    let not_taken = |mut i: usize| {
+        while let Some((route, label)) = plan.nodes[i].branch {
+            if matches!(finished[route as usize], Some(Some(b)) if b != label) {
+                return true;
+            }
+            i = route as usize;
+        }
+        false
+    };
+    let settled: Vec<bool> = (0..n)
+        .map(|i| finished[i].is_some() || not_taken(i))
+        .collect();
+    for u in (0..n).filter(|&u| !settled[u]) {
+        let (from, to) = (
+            plan.dep_offsets[u] as usize,
+            plan.dep_offsets[u + 1] as usize,
+        );
+        if let Some(&f) = plan.dependents[from..to]
+            .iter()
+            .find(|&&f| finished[f as usize].is_some())
+        {
+            return Err(corrupt(
+                run_id,
+                format!(
+                    "stage `{}` finished, but stage `{}`, which it waits for, has no entry: \
+                     an entry was lost",
+                    plan.nodes[f as usize].meta.name, plan.nodes[u].meta.name
+                ),
+            ));
+        }
+    }
+    if status == RunStatus::Completed
+        && let Some(u) = (0..n).find(|&u| !settled[u])
+    {
+        return Err(corrupt(
+            run_id,
+            format!(
+                "the run is marked completed, but stage `{}` has no entry: an entry was lost",
+                plan.nodes[u].meta.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that the finished stages fit this pipeline: each inside a route branch sits in
 /// the branch its route (finished too) chose — else it would be skipped after it ran. In
 /// this version's own checkpoint a misfit is corruption.
@@ -677,7 +737,13 @@ fn incompatible(run_id: &str, reason: String) -> Error {
     }
 }
 
-/// Runs `pipe` durably in `store`.
+/// Runs `pipe` durably in `store`. `begin` tells the callbacks the run starts (or fails):
+/// not for a call that is no run — the id held by a live run, nothing stored to resume, a
+/// resume of a completed run.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one run call, handed on from `Pipeline::start`"
+)]
 pub(crate) async fn run(
     pipe: &Pipeline,
     store: Arc<dyn CheckpointStore>,
@@ -686,14 +752,15 @@ pub(crate) async fn run(
     opts: &RunOptions,
     env: StageEnv,
     obs: Option<Observers>,
+    begin: &(dyn Fn() + Sync),
 ) -> Result<Ctx> {
     let plan = pipe.plan.clone();
     let owner = fresh_owner();
-    if !store
-        .acquire(&run_id, &owner, pipe.lease)
-        .await
-        .map_err(store_err(&run_id, "acquire"))?
-    {
+    let acquired = store.acquire(&run_id, &owner, pipe.lease).await;
+    if acquired.is_err() {
+        begin();
+    }
+    if !acquired.map_err(store_err(&run_id, "acquire"))? {
         return Err(Error::RunIdInUse {
             run_id: run_id.to_string(),
         });
@@ -715,11 +782,15 @@ pub(crate) async fn run(
                 return Ok(ctx);
             }
             Err(e) => {
+                if !matches!(e, Error::NoCheckpoint { .. }) {
+                    begin();
+                }
                 guard.release().await;
                 return Err(e);
             }
         };
 
+    begin();
     if let (Some(obs), Some(restored)) = (&obs, &restored) {
         let finished: Vec<&'static str> = restored
             .done
@@ -957,6 +1028,7 @@ fn final_values(
     run_id: &str,
     stored: &StoredRun,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
+    check_own(plan, run_id, stored)?;
     let header = format::decode_header(&stored.header).map_err(|e| corrupt(run_id, e))?;
     let mut values: BTreeMap<String, Vec<u8>> = header.values.into_iter().collect();
     for entry in entries_in_order(run_id, stored)? {
@@ -971,6 +1043,16 @@ fn final_values(
         }
     }
     Ok(values)
+}
+
+/// For a checkpoint of this version, the checks a resume makes (entries that fit the graph,
+/// none lost): `inspect` and `diff` must not show as sound a run `resume` refuses.
+/// (Another version's checkpoint is read for its values only.)
+fn check_own(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<()> {
+    if Reading::of(plan, stored) == Reading::Strict {
+        restore(plan, run_id, stored)?;
+    }
+    Ok(())
 }
 
 /// The encoding of `more` merged into `held` (both encodings of key `name`).
@@ -1032,6 +1114,7 @@ pub(crate) async fn inspect(
     run_id: &str,
 ) -> Result<RunRecord> {
     let stored = load(store, run_id).await?;
+    check_own(plan, run_id, &stored)?;
     let reading = Reading::of(plan, &stored);
     let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
     let mut finished = Vec::new();
