@@ -15,6 +15,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer, now_ms};
 use crate::{Error, SqliteOptions, schema};
 
+/// Every status this store writes (a row with another is damaged).
+const KNOWN_STATUSES: [RunStatus; 5] = [
+    RunStatus::Running,
+    RunStatus::Failed,
+    RunStatus::Completed,
+    RunStatus::RolledBack,
+    RunStatus::RollingBack,
+];
+
 /// How many writes may wait for the writer task before callers wait to queue theirs.
 const QUEUE: usize = 4096;
 
@@ -389,9 +398,21 @@ impl Inner {
         );
         if !statuses.is_empty() {
             let places: Vec<String> = (0..statuses.len()).map(|i| format!("?{}", i + 2)).collect();
-            sql.push_str(&format!(" WHERE r.status IN ({})", places.join(", ")));
+            // A row whose status is none this store writes (damaged) is listed too, so
+            // that the listing fails naming it rather than leaving the run out unseen —
+            // as a listing of every run does.
+            let known: Vec<String> = KNOWN_STATUSES
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            sql.push_str(&format!(
+                " WHERE r.status IN ({}) OR r.status NOT IN ({}) OR typeof(r.status) != 'text'",
+                places.join(", "),
+                known.join(", ")
+            ));
         }
-        // Built from placeholders only: no value is spliced into the text.
+        // Built from placeholders and this store's own status names: no value given to it
+        // is spliced into the text.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
         for status in statuses {
             query = query.bind(status.as_str());

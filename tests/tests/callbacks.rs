@@ -549,3 +549,67 @@ async fn a_resume_is_told_apart_from_a_fresh_run() {
     assert_eq!(json["run_id"], "told-apart");
     assert_eq!(json["finished"], serde_json::json!(["first"]), "{json}");
 }
+
+/// A durable call that is no run — its id held by a live run (a recovery sweep that lost a
+/// race), nothing stored to resume, a resume of a completed run (answered with the stored
+/// result) — is not reported as a run: no `pipeline.started`, no `pipeline.failed` for a
+/// healthy run, no `pipeline.completed` counted twice. A call that fails (a version
+/// refused) is a failed run, as before.
+#[tokio::test]
+async fn calls_that_are_no_run_are_not_reported_as_runs() {
+    use fluxio::store::CheckpointStore;
+    let store = InMemoryStore::new();
+    let (sink, events) = event_log();
+    let pipe = pipeline! { first }
+        .with_store(store.clone())
+        .with_callback(sink);
+    let quiet = |what: &str| {
+        let seen = names(&events);
+        assert!(seen.is_empty(), "{what}: {seen:?}");
+    };
+
+    // Another instance holds the run.
+    assert!(
+        store
+            .acquire("busy", "other", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let err = pipe.resume("busy").await.unwrap_err();
+    assert!(matches!(err, Error::RunIdInUse { .. }), "{err:?}");
+    let err = pipe
+        .invoke(input! { n: 1 })
+        .run_id("busy")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RunIdInUse { .. }), "{err:?}");
+    quiet("id in use");
+
+    let err = pipe.resume("never-started").await.unwrap_err();
+    assert!(matches!(err, Error::NoCheckpoint { .. }), "{err:?}");
+    quiet("nothing to resume");
+
+    pipe.invoke(input! { n: 1 }).run_id("done").await.unwrap();
+    assert_eq!(
+        names(&events),
+        [
+            "pipeline.started",
+            "stage.started first",
+            "stage.completed first",
+            "pipeline.completed"
+        ]
+    );
+    events.lock().unwrap().clear();
+    pipe.resume("done").await.unwrap();
+    quiet("a completed run's stored result");
+
+    // Refused for a reason that is a failure: reported as one.
+    let other = pipeline! { first, second }
+        .with_store(store.clone())
+        .with_callback(event_log().0);
+    let (sink, failed) = event_log();
+    let other = other.with_callback(sink);
+    let err = other.resume("done").await.unwrap_err();
+    assert!(matches!(err, Error::CheckpointVersion { .. }), "{err:?}");
+    assert_eq!(names(&failed), ["pipeline.started", "pipeline.failed"]);
+}

@@ -243,3 +243,50 @@ async fn a_run_stored_under_schema_version_1_is_inspected_and_resumed_after_the_
         .unwrap();
     assert_eq!(headers, 0);
 }
+
+/// A run whose stored status is none the store writes (a row edited by hand) fails a
+/// listing by status — naming it — as it fails a listing of every run: a recovery sweep
+/// asking for running runs must not pass over it unseen.
+#[tokio::test]
+async fn a_damaged_status_fails_a_filtered_listing_too() {
+    let dir = Scratch::new("damaged-status");
+    let path = dir.file("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let pipe = pipeline! { measure }.with_store(store.clone());
+    for id in ["fine", "weird", "blob"] {
+        pipe.invoke(input! { payload: vec![1u8] })
+            .run_id(id)
+            .await
+            .unwrap();
+    }
+    let listed = store.list_runs(&[RunStatus::Completed]).await.unwrap();
+    assert_eq!(listed.len(), 3);
+
+    let mut conn = raw(&path).await;
+    sqlx::query("UPDATE runs SET status = 'RUNNING' WHERE run_id = 'weird'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for statuses in [
+        &[][..],
+        &[RunStatus::Running, RunStatus::RollingBack][..],
+        &[RunStatus::Completed][..],
+    ] {
+        let err = store.list_runs(statuses).await.unwrap_err().to_string();
+        assert!(err.contains("`weird`"), "{statuses:?}: {err}");
+    }
+    sqlx::query("UPDATE runs SET status = 'running' WHERE run_id = 'weird'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET status = X'72756E6E696E67' WHERE run_id = 'blob'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = store
+        .list_runs(&[RunStatus::Running])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`blob`"), "{err}");
+}

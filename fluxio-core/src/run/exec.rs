@@ -123,29 +123,47 @@ pub(crate) fn start_run(
             started_at: Vec::new(),
         });
         let started = Instant::now();
-        notify_all(&callbacks, |c| c.on_run_start(&run_id));
+        // Callbacks hear of every run that starts or fails, not of a durable call that is
+        // no run: its id held by a live run, nothing stored to resume, or a resume of a
+        // completed run (answered with the stored result). The caller has the error or
+        // the result.
+        let began = AtomicBool::new(false);
+        let begin = || {
+            if !began.swap(true, Ordering::Relaxed) {
+                notify_all(&callbacks, |c| c.on_run_start(&run_id));
+            }
+        };
         let mut cancelled = CancelGuard {
             callbacks: callbacks.clone(),
             run_id: run_id.clone(),
             armed: true,
+            began: &began,
         };
         let result = match &pipe.store {
             Some(store) => {
-                super::durable::run(&pipe, store.clone(), run_id.clone(), input, &opts, env, obs)
-                    .await
+                let (store, id) = (store.clone(), run_id.clone());
+                super::durable::run(&pipe, store, id, input, &opts, env, obs, &begin).await
             }
-            None if opts.resume => Err(Error::NoStore {
-                operation: "resume",
-            }),
-            None => match Scheduler::new(pipe.plan.clone(), input, env, obs) {
-                Ok(sched) => pipe.start(sched).await,
-                Err(e) => Err(e),
-            },
+            None if opts.resume => {
+                begin();
+                Err(Error::NoStore {
+                    operation: "resume",
+                })
+            }
+            None => {
+                begin();
+                match Scheduler::new(pipe.plan.clone(), input, env, obs) {
+                    Ok(sched) => pipe.start(sched).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         cancelled.armed = false;
-        notify_all(&callbacks, |c| {
-            c.on_run_end(&run_id, result.as_ref(), started.elapsed())
-        });
+        if began.load(Ordering::Relaxed) {
+            notify_all(&callbacks, |c| {
+                c.on_run_end(&run_id, result.as_ref(), started.elapsed())
+            });
+        }
         // A stage's failure names the run when it has an id of its own: one the caller gave,
         // or a stored run's (needed to resume it); a made-up id of a run with callbacks only
         // is left out. Callbacks (told above) and the stored error text have the id apart.
@@ -196,15 +214,17 @@ fn instrument_run(run: RunFuture, version: &str, run_id: Option<&str>) -> RunFut
 }
 
 /// Tells the callbacks when a run is dropped before it ends.
-struct CancelGuard {
+struct CancelGuard<'a> {
     callbacks: Arc<[Arc<dyn Callback>]>,
     run_id: Arc<str>,
     armed: bool,
+    /// Whether the run started (callbacks heard nothing of a call refused before).
+    began: &'a AtomicBool,
 }
 
-impl Drop for CancelGuard {
+impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && self.began.load(Ordering::Relaxed) {
             notify_all(&self.callbacks, |c| c.on_run_cancelled(&self.run_id));
         }
     }
