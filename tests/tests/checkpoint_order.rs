@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use fluxio::prelude::*;
 use fluxio::store::format::{decode_entry, encode_header};
-use fluxio::store::{
-    BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreResult, StoredRun,
-};
+use fluxio::store::{BoxFuture, CheckpointStore, ForwardStore, RunStatus, Save, StoreResult};
 use tokio::sync::Notify;
 
 fluxio::keys! {
@@ -71,7 +69,10 @@ impl Reordering {
     }
 }
 
-impl CheckpointStore for Reordering {
+impl ForwardStore for Reordering {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.inner
+    }
     fn save(&self, run_id: &str, owner: &str, save: Save) -> BoxFuture<'static, StoreResult<()>> {
         let stage = match &save {
             Save::Entry(bytes) => decode_entry(bytes).ok().map(|e| e.stage),
@@ -92,40 +93,6 @@ impl CheckpointStore for Reordering {
             }
             Ok(())
         })
-    }
-    fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>> {
-        self.inner.load(run_id)
-    }
-    fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
-        self.inner.delete(run_id)
-    }
-    fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {
-        self.inner.exists(run_id)
-    }
-    fn acquire(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        self.inner.acquire(run_id, owner, lease)
-    }
-    fn renew(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> BoxFuture<'static, StoreResult<bool>> {
-        self.inner.renew(run_id, owner, lease)
-    }
-    fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>> {
-        self.inner.release(run_id, owner)
-    }
-    fn list_runs(
-        &self,
-        statuses: &[RunStatus],
-    ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
-        self.inner.list_runs(statuses)
     }
 }
 
