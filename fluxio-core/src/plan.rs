@@ -377,6 +377,9 @@ impl Plan {
 
     /// How node `i` merges a write of key `name` into the value, when it does.
     pub(crate) fn merge_of(&self, i: usize, name: &str) -> Option<crate::key::MergeFn> {
+        if !self.merges[i] {
+            return None;
+        }
         merge_keys(&self.nodes[i])
             .find(|k| k.name == name)
             .and_then(|k| k.merge)

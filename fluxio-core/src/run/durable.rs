@@ -356,14 +356,6 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let entries = entries_in_order(run_id, stored)?;
     restored.next_seq = seq_after(&entries);
     for mut entry in entries {
-        let writer = writer_of(plan, &entry, reading);
-        // The keys its writes add to (before `entry_values` takes the writes).
-        let additions: Vec<String> = entry
-            .writes
-            .iter()
-            .filter(|(name, _)| merge_for(plan, writer, &entry, name).is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
         entry.writes = entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
         if entry.node != INPUT_ENTRY {
             let placed = match reading {
@@ -380,18 +372,21 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                         gone.push(entry.stage.clone());
                     }
                     tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
-                    entry.node = INPUT_ENTRY;
-                    entry.route = None;
-                    // Kept as values given at this point, an addition to a `#[merge]` key
-                    // is kept as the value it made (an input entry replaces).
-                    for (name, bytes) in &mut entry.writes {
-                        if additions.contains(name)
+                    // Kept as values given at this point (an input entry replaces), an
+                    // addition to a `#[merge]` key is kept as the value it made.
+                    let writer = writer_of(plan, &entry, reading);
+                    let mut writes = std::mem::take(&mut entry.writes);
+                    for (name, bytes) in &mut writes {
+                        if merge_for(plan, writer, &entry, name).is_some()
                             && let (Some(desc), Some(value)) =
                                 (find_key(plan, name), ctx.slot(name))
                         {
                             *bytes = encode_slot(&desc, value, run_id, None)?.1;
                         }
                     }
+                    entry.writes = writes;
+                    entry.node = INPUT_ENTRY;
+                    entry.route = None;
                     entry.added = Some(Vec::new());
                 }
             }
@@ -405,10 +400,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             )?);
         }
     }
-    check_fit(plan, run_id, &restored, reading)?;
-    if reading == Reading::Strict {
-        check_complete(plan, run_id, &restored, stored.status)?;
-    }
+    check_fit(plan, run_id, &restored, reading, stored.status)?;
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -595,76 +587,90 @@ fn place_by_name(
     }
 }
 
-/// Checks that this version's checkpoint lacks no entry: a stage starts only once the
-/// entries of the stages it waits for are stored, so a finished stage whose dependency has
-/// no entry — nor sits in a branch its route did not take — means an entry was lost (a
-/// resume would run that dependency again, after what used its output). A completed run
-/// must have an entry for every stage its routes took.
-fn check_complete(plan: &Plan, run_id: &str, restored: &Restored, status: RunStatus) -> Result<()> {
-    let n = plan.nodes.len();
-    let mut finished = vec![None; n];
-    for &(i, branch, _) in &restored.done {
-        finished[i as usize] = Some(branch);
+/// The nodes of `plan` a checkpoint holds as finished: `Some(branch)` per finished node
+/// (`branch`: a route's choice).
+struct Finished<'a> {
+    plan: &'a Plan,
+    by_node: Vec<Option<Option<u32>>>,
+}
+
+impl<'a> Finished<'a> {
+    fn of(plan: &'a Plan, restored: &Restored) -> Self {
+        let mut by_node = vec![None; plan.nodes.len()];
+        for &(i, branch, _) in &restored.done {
+            by_node[i as usize] = Some(branch);
+        }
+        Finished { plan, by_node }
     }
-    // Settled: finished, or inside a branch not taken (of a route that finished).
-    let not_taken = |mut i: usize| {
-        while let Some((route, label)) = plan.nodes[i].branch {
-            if matches!(finished[route as usize], Some(Some(b)) if b != label) {
+
+    fn has(&self, i: usize) -> bool {
+        self.by_node[i].is_some()
+    }
+
+    /// Whether node `i` sits in a branch a finished route did not take (its own route's, or
+    /// one outside it): it never runs.
+    fn not_taken(&self, mut i: usize) -> bool {
+        while let Some((route, label)) = self.plan.nodes[i].branch {
+            if matches!(self.by_node[route as usize], Some(Some(b)) if b != label) {
                 return true;
             }
             i = route as usize;
         }
         false
-    };
-    let settled: Vec<bool> = (0..n)
-        .map(|i| finished[i].is_some() || not_taken(i))
+    }
+}
+
+/// Checks that this version's checkpoint lacks no entry: a stage starts only once the
+/// entries of the stages it waits for are stored, so a finished stage whose dependency has
+/// no entry — nor sits in a branch its route did not take — means an entry was lost (a
+/// resume would run that dependency again, after what used its output). A completed run
+/// must have an entry for every stage its routes took.
+fn check_complete(run_id: &str, finished: &Finished<'_>, status: RunStatus) -> Result<()> {
+    let plan = finished.plan;
+    let unsettled: Vec<usize> = (0..plan.nodes.len())
+        .filter(|&u| !finished.has(u) && !finished.not_taken(u))
         .collect();
-    for u in (0..n).filter(|&u| !settled[u]) {
+    let lost = |reason: String| Err(corrupt(run_id, format!("{reason}: an entry was lost")));
+    for &u in &unsettled {
         let (from, to) = (
             plan.dep_offsets[u] as usize,
             plan.dep_offsets[u + 1] as usize,
         );
         if let Some(&f) = plan.dependents[from..to]
             .iter()
-            .find(|&&f| finished[f as usize].is_some())
+            .find(|&&f| finished.has(f as usize))
         {
-            return Err(corrupt(
-                run_id,
-                format!(
-                    "stage `{}` finished, but stage `{}`, which it waits for, has no entry: \
-                     an entry was lost",
-                    plan.nodes[f as usize].meta.name, plan.nodes[u].meta.name
-                ),
+            return lost(format!(
+                "stage `{}` finished, but stage `{}`, which it waits for, has no entry",
+                plan.nodes[f as usize].meta.name, plan.nodes[u].meta.name
             ));
         }
     }
-    if status == RunStatus::Completed
-        && let Some(u) = (0..n).find(|&u| !settled[u])
-    {
-        return Err(corrupt(
-            run_id,
-            format!(
-                "the run is marked completed, but stage `{}` has no entry: an entry was lost",
-                plan.nodes[u].meta.name
-            ),
-        ));
+    match unsettled.first() {
+        Some(&u) if status == RunStatus::Completed => lost(format!(
+            "the run is marked completed, but stage `{}` has no entry",
+            plan.nodes[u].meta.name
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks that the finished stages fit this pipeline: each inside a route branch sits in
 /// the branch its route (finished too) chose — else it would be skipped after it ran. In
-/// this version's own checkpoint a misfit is corruption.
-fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -> Result<()> {
+/// this version's own checkpoint a misfit is corruption, and so is a lost entry
+/// ([`check_complete`]).
+fn check_fit(
+    plan: &Plan,
+    run_id: &str,
+    restored: &Restored,
+    reading: Reading,
+    status: RunStatus,
+) -> Result<()> {
     let misfit = |reason: String| match reading {
         Reading::Strict => corrupt(run_id, reason),
         Reading::OtherVersion => incompatible(run_id, reason),
     };
-    // Per node: `Some(branch)` when it finished (`branch`: a route's choice).
-    let mut finished = vec![None; plan.nodes.len()];
-    for &(i, branch, _) in &restored.done {
-        finished[i as usize] = Some(branch);
-    }
+    let finished = Finished::of(plan, restored);
     // Its innermost route suffices: that route, finished too, is checked in its own turn.
     for &(i, _, _) in &restored.done {
         let node = &plan.nodes[i as usize];
@@ -672,7 +678,7 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
             continue;
         };
         let route_node = &plan.nodes[route as usize];
-        let chose = match finished[route as usize] {
+        let chose = match finished.by_node[route as usize] {
             Some(Some(branch)) if branch == label => continue,
             Some(Some(branch)) => match route_node.labels.get(branch as usize) {
                 Some(other) => format!("chose `{other}`"),
@@ -695,22 +701,13 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
         // one wrote, would run after it and replace its value (in a fresh run, the later
         // stage's write is the one that stays) — unless a finished route keeps it from
         // running.
-        let kept_out = |mut i: usize| {
-            while let Some((route, label)) = plan.nodes[i].branch {
-                if matches!(finished[route as usize], Some(Some(b)) if b != label) {
-                    return true;
-                }
-                i = route as usize;
-            }
-            false
-        };
         for &(f, _, skipped) in &restored.done {
             let done = &plan.nodes[f as usize];
             if skipped {
                 continue;
             }
             for (u, before) in plan.nodes[..f as usize].iter().enumerate() {
-                if finished[u].is_some() || kept_out(u) {
+                if finished.has(u) || finished.not_taken(u) {
                     continue;
                 }
                 // (A stage that adds to a `#[merge]` key replaces nothing.)
@@ -726,6 +723,9 @@ fn check_fit(plan: &Plan, run_id: &str, restored: &Restored, reading: Reading) -
                 }
             }
         }
+    }
+    if reading == Reading::Strict {
+        check_complete(run_id, &finished, status)?;
     }
     Ok(())
 }
@@ -1046,8 +1046,8 @@ fn final_values(
 }
 
 /// For a checkpoint of this version, the checks a resume makes (entries that fit the graph,
-/// none lost): `inspect` and `diff` must not show as sound a run `resume` refuses.
-/// (Another version's checkpoint is read for its values only.)
+/// none lost): `diff` must not compare as sound a run `resume` refuses. (Another version's
+/// checkpoint is read for its values only.)
 fn check_own(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<()> {
     if Reading::of(plan, stored) == Reading::Strict {
         restore(plan, run_id, stored)?;
@@ -1114,19 +1114,38 @@ pub(crate) async fn inspect(
     run_id: &str,
 ) -> Result<RunRecord> {
     let stored = load(store, run_id).await?;
-    check_own(plan, run_id, &stored)?;
     let reading = Reading::of(plan, &stored);
-    let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
-    let mut finished = Vec::new();
-    for mut entry in entries_in_order(run_id, &stored)? {
-        entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
-        if entry.node != INPUT_ENTRY {
-            finished.push(FinishedStage {
-                stage: entry.stage,
-                skipped: entry.skipped,
-            });
+    let (ctx, finished) = match reading {
+        // Read as a resume reads it, with its checks: `inspect` must not show as sound a
+        // run `resume` refuses.
+        Reading::Strict => {
+            let Restoration { ctx, restored, .. } = restore(plan, run_id, &stored)?;
+            let finished = restored
+                .done
+                .iter()
+                .map(|&(i, _, skipped)| FinishedStage {
+                    stage: plan.nodes[i as usize].meta.name.to_string(),
+                    skipped,
+                })
+                .collect();
+            (ctx, finished)
         }
-    }
+        // Another version's checkpoint is read for what it holds, nothing placed.
+        Reading::OtherVersion => {
+            let (mut ctx, _) = header_values(plan, run_id, &stored.header, reading)?;
+            let mut finished = Vec::new();
+            for mut entry in entries_in_order(run_id, &stored)? {
+                entry_values(plan, run_id, &mut ctx, &mut entry, reading)?;
+                if entry.node != INPUT_ENTRY {
+                    finished.push(FinishedStage {
+                        stage: entry.stage,
+                        skipped: entry.skipped,
+                    });
+                }
+            }
+            (ctx, finished)
+        }
+    };
     Ok(RunRecord {
         run_id: run_id.to_string(),
         version: stored.version,

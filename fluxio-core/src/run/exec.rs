@@ -1075,7 +1075,7 @@ impl SchedState {
                 Some(node.meta.name),
             )?);
             // As `apply` merges it.
-            if self.plan.merges[i] && self.plan.merge_of(i, name).is_some() {
+            if self.plan.merge_of(i, name).is_some() {
                 added.push(name.to_string());
             }
         }
