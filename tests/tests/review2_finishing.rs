@@ -113,11 +113,12 @@ async fn a_sync_stage_past_its_own_timeout_is_not_waited_for() {
 }
 
 /// The same stage with a rollback of its own, alone: nothing had finished.
-#[stage(reads = [n], writes = [b], timeout = "100ms", rollback = refund_held)]
+#[stage(reads = [n], writes = [b], timeout = "100ms", rollback = refund)]
 fn held_with_timeout_and_refund(n: &u64, gate: Res<Gate>) -> Result<u64, StageError> {
     gate.hold(*n)
 }
-fn refund_held(_n: &u64, gate: Res<Gate>) {
+/// The rollback of the charging stages here: counts the refund.
+fn refund(_n: &u64, gate: Res<Gate>) {
     gate.refunded.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -157,12 +158,9 @@ async fn a_sync_stage_dropped_by_a_timeout_middleware_is_not_waited_for() {
 // ---------------------------------------------------------------------------------------
 // A sync stage with a rollback, held while a sibling fails the run.
 
-#[stage(reads = [n], writes = [b], rollback = refund_charge)]
+#[stage(reads = [n], writes = [b], rollback = refund)]
 fn charge(n: &u64, gate: Res<Gate>) -> Result<u64, StageError> {
     gate.hold(*n)
-}
-fn refund_charge(_n: &u64, gate: Res<Gate>) {
-    gate.refunded.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Fails once the held body has entered.
@@ -454,15 +452,12 @@ fn invoke_keeps_its_auto_traits() {
 // ---------------------------------------------------------------------------------------
 // A sync stage answered by its sync fallback, held while a sibling fails the run.
 
-#[stage(reads = [n], writes = [b], fallback = charge_backup, rollback = refund_backup)]
+#[stage(reads = [n], writes = [b], fallback = charge_backup, rollback = refund)]
 fn charge_primary(_n: &u64, _gate: Res<Gate>) -> Result<u64, StageError> {
     Err(StageError::msg("primary provider down"))
 }
 fn charge_backup(n: &u64, gate: Res<Gate>) -> Result<u64, StageError> {
     gate.hold(*n)
-}
-fn refund_backup(_n: &u64, gate: Res<Gate>) {
-    gate.refunded.fetch_add(1, Ordering::SeqCst);
 }
 
 /// The fallback's body is a sync body on the blocking pool like the stage's own: when it

@@ -423,12 +423,27 @@ async fn a_durable_run_dropped_mid_stage_resumes_from_its_checkpoint() {
 struct SyncGate {
     entered: tokio::sync::Notify,
     release: Mutex<std::sync::mpsc::Receiver<()>>,
-    done: Mutex<std::sync::mpsc::Sender<()>>,
     in_charge: std::sync::atomic::AtomicBool,
     charged: AtomicU32,
     refunded: AtomicU32,
     /// Whether `charge_sync` was still running when `first`'s rollback ran.
     rollback_saw_charge_running: std::sync::atomic::AtomicBool,
+}
+
+impl SyncGate {
+    /// A gate, and the sender that lets the charge's body through.
+    fn new() -> (Arc<Self>, std::sync::mpsc::Sender<()>) {
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let gate = SyncGate {
+            entered: tokio::sync::Notify::new(),
+            release: Mutex::new(release_rx),
+            in_charge: Default::default(),
+            charged: AtomicU32::new(0),
+            refunded: AtomicU32::new(0),
+            rollback_saw_charge_running: Default::default(),
+        };
+        (Arc::new(gate), release_tx)
+    }
 }
 
 #[stage(reads = [n], writes = [a], rollback = undo_first)]
@@ -442,13 +457,7 @@ async fn undo_first(_n: &u64, gate: Res<SyncGate>) {
 
 #[stage(reads = [a], writes = [b], rollback = refund_sync)]
 fn charge_sync(a: &u64, gate: Res<SyncGate>) -> u64 {
-    gate.in_charge.store(true, Ordering::SeqCst);
-    gate.entered.notify_one();
-    gate.release.lock().unwrap().recv().unwrap();
-    gate.charged.fetch_add(1, Ordering::SeqCst);
-    gate.in_charge.store(false, Ordering::SeqCst);
-    gate.done.lock().unwrap().send(()).unwrap();
-    *a
+    charge_sync_body(a, &gate)
 }
 fn refund_sync(_a: &u64, gate: Res<SyncGate>) {
     gate.refunded.fetch_add(1, Ordering::SeqCst);
@@ -465,17 +474,7 @@ async fn fails_once_charging(_a: &u64, gate: Res<SyncGate>) -> Result<u64, Stage
 /// went through — rolls it back too, first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stage_still_running_when_a_sibling_fails_is_awaited_and_rolled_back() {
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let (done_tx, _done_rx) = std::sync::mpsc::channel();
-    let gate = Arc::new(SyncGate {
-        entered: tokio::sync::Notify::new(),
-        release: Mutex::new(release_rx),
-        done: Mutex::new(done_tx),
-        in_charge: Default::default(),
-        charged: AtomicU32::new(0),
-        refunded: AtomicU32::new(0),
-        rollback_saw_charge_running: Default::default(),
-    });
+    let (gate, release_tx) = SyncGate::new();
     let log = Log::default();
     let pipe = pipeline! { first, parallel { charge_sync, fails_once_charging } }
         .with_shared_resource(gate.clone())
@@ -539,17 +538,7 @@ async fn fails_at_once_charging(_n: &u64, gate: Res<SyncGate>) -> Result<u64, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stage_still_running_is_rolled_back_when_nothing_else_had_finished() {
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let (done_tx, _done_rx) = std::sync::mpsc::channel();
-    let gate = Arc::new(SyncGate {
-        entered: tokio::sync::Notify::new(),
-        release: Mutex::new(release_rx),
-        done: Mutex::new(done_tx),
-        in_charge: Default::default(),
-        charged: AtomicU32::new(0),
-        refunded: AtomicU32::new(0),
-        rollback_saw_charge_running: Default::default(),
-    });
+    let (gate, release_tx) = SyncGate::new();
     let log = Log::default();
     let pipe = pipeline! { parallel { charge_sync_first, fails_at_once_charging } }
         .with_shared_resource(gate.clone())

@@ -202,17 +202,7 @@ fn check(seed: u64, script: &Script, lines: &[String], result: &Result<Ctx, Erro
                 "{ctx}"
             );
             // The finished stages with a rollback are rolled back, last finished first.
-            let mut finished: Vec<&str> = lines
-                .iter()
-                .filter_map(|l| l.strip_prefix("end "))
-                .filter(|s| WITH_ROLLBACK.contains(s))
-                .collect();
-            finished.reverse();
-            let rolled: Vec<&str> = lines
-                .iter()
-                .filter_map(|l| l.strip_prefix("rollback "))
-                .map(|l| l.trim_end_matches(" failed"))
-                .collect();
+            let (finished, rolled) = rollback_orders(lines);
             assert_eq!(rolled, finished, "{ctx}");
             // Rollbacks come after every stage's end.
             if let Some(first_rb) = lines.iter().position(|l| l.starts_with("rollback ")) {
@@ -229,6 +219,23 @@ fn check(seed: u64, script: &Script, lines: &[String], result: &Result<Ctx, Erro
 
 async fn one(seed: u64) {
     one_with(seed, false, None).await;
+}
+
+/// From a run's log: its finished stages that have a rollback, last finished first (the
+/// order their rollbacks must run in), and the rollbacks that ran, in order.
+fn rollback_orders(lines: &[String]) -> (Vec<&str>, Vec<&str>) {
+    let mut finished: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("end "))
+        .filter(|s| WITH_ROLLBACK.contains(s))
+        .collect();
+    finished.reverse();
+    let rolled = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("rollback "))
+        .map(|l| l.trim_end_matches(" failed"))
+        .collect();
+    (finished, rolled)
 }
 
 fn is_subsequence(small: &[&str], big: &[&str]) -> bool {
@@ -404,17 +411,7 @@ fn check_durable(ctx: &str, lines: &[String], result: &Result<Ctx, Error>) {
     };
     assert_eq!(lines.last().unwrap(), want, "{ctx}");
     if result.is_err() {
-        let mut finished: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("end "))
-            .filter(|s| WITH_ROLLBACK.contains(s))
-            .collect();
-        finished.reverse();
-        let rolled: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("rollback "))
-            .map(|l| l.trim_end_matches(" failed"))
-            .collect();
+        let (finished, rolled) = rollback_orders(lines);
         assert!(is_subsequence(&finished, &rolled), "{ctx}");
     }
 }
