@@ -7,7 +7,7 @@
 //! limit) or leaves a [`Frame`] recording what it must do on the way out (store the result,
 //! count a failure, retry). The stage's future lives in the driver's own slot.
 //!
-//! A call first runs on the fast path ([`Call::fast`]): one recursive descent with the
+//! A call first runs on the fast path ([`Call::fast`]): one loop in and one out, with the
 //! frames on the machine stack, for calls that finish within one poll — no allocation, no
 //! state kept. Only when something must wait (the stage, a rate limit, a retry's backoff, a
 //! user's middleware) are the frames written into a [`Call`] on the heap, which the general
@@ -31,7 +31,7 @@ use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::run::poll_caught;
 use crate::stage::{
-    DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput, poll_deadline,
+    DynStage, StageEnv, StageError, StageKind, StageMeta, StageOutput, Writes, poll_deadline,
 };
 use crate::store::BoxFuture;
 
@@ -67,24 +67,19 @@ enum Frame {
     Timeout { deadline: Instant },
 }
 
+/// The keys of the entered caches, with the depth of their cache, outermost first.
+type Keys = SmallVec<[(usize, CacheKey); 1]>;
+
 /// What entering a middleware gives.
 enum Enter {
-    /// Go on inward; on the way out, do what the frame says (with the cache's key).
-    Frame(Frame, Option<CacheKey>),
+    /// Go on inward; on the way out, do what the frame says.
+    Frame(Frame),
     /// The middleware answers without going further in.
     Answer(StageResult),
     /// The call must wait this long before the middleware lets it through (rate limit).
     Wait(Duration),
     /// A user's middleware: it and the rest of the chain go as boxed futures.
     Delegate,
-}
-
-/// What leaving a middleware gives.
-enum Leave {
-    /// The result for the middleware outside.
-    Out(StageResult),
-    /// Go back in for attempt `attempt` after `delay`.
-    Retry { attempt: u32, delay: Duration },
 }
 
 /// How the fast path ended.
@@ -95,15 +90,17 @@ enum Fast {
     Suspended(Box<Call>),
 }
 
-/// Enters `layer` (at the current depth) for a call of `site`.
-fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
+/// Enters `layer`, at `depth`, for a call of `site`. A cache that must store the result
+/// on the way out leaves its key in `keys`.
+#[inline(always)]
+fn enter(layer: &Layer, site: &Site<'_>, depth: usize, keys: &mut Keys) -> Enter {
     let meta = site.meta;
     let frame = match layer {
         Layer::Scoped(inner, scope) => {
             return if scope.admits(meta) {
-                enter(inner, site)
+                enter(inner, site, depth, keys)
             } else {
-                Enter::Frame(Frame::Pass, None)
+                Enter::Frame(Frame::Pass)
             };
         }
         Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
@@ -111,10 +108,11 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         Layer::Cache(cache) => match cache.key(meta, &**site.stage, site.ctx) {
             None => Frame::Pass,
             Some(key) => {
-                return match cache.lookup(&key, site.clock) {
-                    Some(hit) => Enter::Answer(Ok(hit)),
-                    None => Enter::Frame(Frame::Cache, Some(key)),
-                };
+                if let Some(hit) = cache.lookup(&key, site.clock) {
+                    return Enter::Answer(Ok(hit));
+                }
+                keys.push((depth, key));
+                Frame::Cache
             }
         },
         Layer::Circuit(breaker) => {
@@ -140,7 +138,7 @@ fn enter(layer: &Layer, site: &Site<'_>) -> Enter {
         },
         Layer::Custom(_) => return Enter::Delegate,
     };
-    Enter::Frame(frame, None)
+    Enter::Frame(frame)
 }
 
 /// For a stream stage, `now` less the time the consumer of the streamed run has held it up:
@@ -157,36 +155,56 @@ fn consumer_time(site: &Site<'_>) -> Duration {
     site.env.chunks.consumer_time(site.meta)
 }
 
-/// Leaves `layer` with `out`, doing what its `frame` says.
+/// Leaves the middleware at `depth` with `out` (changed in place), doing what its `frame`
+/// says. `Some((attempt, delay))` when a retry goes back in for `attempt` after `delay`
+/// (`out` then holds nothing of use).
+#[inline(always)]
 fn leave(
     frame: Frame,
-    key: Option<CacheKey>,
-    layer: &Layer,
+    depth: usize,
+    keys: &mut Keys,
     site: &Site<'_>,
-    out: StageResult,
-) -> Leave {
-    match (frame, layer.unscoped()) {
-        (Frame::Retry { attempt }, Layer::Retry(retry)) => match out {
-            Err(err) => match retry.after_failure(&stage_call(site, attempt), attempt, err) {
-                Ok(delay) => Leave::Retry {
-                    attempt: attempt + 1,
-                    delay,
-                },
-                Err(e) => Leave::Out(Err(e)),
-            },
-            ok => Leave::Out(ok),
-        },
-        (Frame::Cache, Layer::Cache(cache)) => {
-            if let (Some(key), Ok(done)) = (key, &out) {
+    out: &mut StageResult,
+) -> Option<(u32, Duration)> {
+    match frame {
+        Frame::Pass | Frame::Timeout { .. } => None,
+        Frame::Retry { attempt } => {
+            site.attempt.set(attempt);
+            let Layer::Retry(retry) = site.layers[depth].unscoped() else {
+                return None;
+            };
+            if out.is_ok() {
+                return None;
+            }
+            let Err(err) = std::mem::replace(out, Ok(StageOutput::Writes(Writes::none()))) else {
+                return None;
+            };
+            match retry.after_failure(&stage_call(site, attempt), attempt, err) {
+                Ok(delay) => Some((attempt + 1, delay)),
+                Err(e) => {
+                    *out = Err(e);
+                    None
+                }
+            }
+        }
+        Frame::Cache => {
+            let key = match keys.last() {
+                Some((at, _)) if *at == depth => keys.pop().map(|(_, key)| key),
+                _ => None,
+            };
+            if let (Some(key), Ok(done), Layer::Cache(cache)) =
+                (key, &*out, site.layers[depth].unscoped())
+            {
                 cache.insert(key, done.clone(), site.clock);
             }
-            Leave::Out(out)
+            None
         }
-        (Frame::Circuit, Layer::Circuit(breaker)) => {
-            breaker.record_outcome(site.meta.name, &out);
-            Leave::Out(out)
+        Frame::Circuit => {
+            if let Layer::Circuit(breaker) = site.layers[depth].unscoped() {
+                breaker.record_outcome(site.meta.name, out);
+            }
+            None
         }
-        _ => Leave::Out(out),
     }
 }
 
@@ -293,7 +311,7 @@ impl Engine {
             return polled;
         }
         let mut stage = stage;
-        match Call::fast(0, None, stage.as_mut(), cx, site, make) {
+        match Call::fast(stage.as_mut(), cx, site, make) {
             Fast::Done(out) => Poll::Ready(out),
             Fast::Suspended(mut call) => {
                 // Arm what the suspended call waits on: its timers and waits (the stage or
@@ -360,8 +378,8 @@ struct Call {
     /// One per entered middleware: `frames.len()` is the depth, and the next middleware to
     /// enter is the one at that index.
     frames: Frames,
-    /// The keys of the entered caches, with the depth of their cache, outermost first.
-    keys: SmallVec<[(usize, CacheKey); 1]>,
+    /// The keys of the entered caches.
+    keys: Keys,
     /// The span of the innermost retry's current attempt (none without a subscriber).
     span: Option<tracing::Span>,
     phase: Phase,
@@ -481,13 +499,10 @@ impl Call {
                 self.delegate(site);
                 return None;
             }
-            match enter(layer, site) {
-                Enter::Frame(frame, key) => {
+            match enter(layer, site, self.frames.len(), &mut self.keys) {
+                Enter::Frame(frame) => {
                     if let Frame::Retry { attempt } = frame {
                         self.span = attempt_span(site.meta.name, attempt);
-                    }
-                    if let Some(key) = key {
-                        self.keys.push((self.frames.len(), key));
                     }
                     self.frames.push(frame);
                 }
@@ -536,19 +551,9 @@ impl Call {
     fn ascend(&mut self, site: &Site<'_>, mut out: StageResult) -> Option<StageResult> {
         while let Some(frame) = self.frames.pop() {
             let depth = self.frames.len();
-            if let Frame::Retry { attempt } = frame {
-                site.attempt.set(attempt);
-            }
-            let key = match self.keys.last() {
-                Some((at, _)) if *at == depth => self.keys.pop().map(|(_, key)| key),
-                _ => None,
-            };
-            match leave(frame, key, &site.layers[depth], site, out) {
-                Leave::Out(o) => out = o,
-                Leave::Retry { attempt, delay } => {
-                    self.backoff(attempt, delay);
-                    return None;
-                }
+            if let Some((attempt, delay)) = leave(frame, depth, &mut self.keys, site, &mut out) {
+                self.backoff(attempt, delay);
+                return None;
             }
         }
         Some(out)
@@ -562,19 +567,27 @@ impl Call {
         self.phase = Phase::Backoff;
     }
 
-    /// A call suspended at `depth` in `phase`; the levels outside fill in their frames.
-    fn suspended(depth: usize, phase: Phase) -> Box<Call> {
-        let mut call = Box::<Call>::default();
-        call.frames.len = depth;
-        call.phase = phase;
-        call
+    /// The fast path's state, moved to the heap to wait in `phase`.
+    fn suspended(
+        frames: Frames,
+        keys: Keys,
+        span: Option<tracing::Span>,
+        phase: Phase,
+    ) -> Box<Call> {
+        Box::new(Call {
+            frames,
+            keys,
+            span,
+            phase,
+            delegated: None,
+            wait: None,
+            timer: None,
+        })
     }
 
-    /// Runs the call from `depth` inward and back within this poll, with the frames on
-    /// the machine stack. `span` is the attempt span of the innermost retry outside.
+    /// Runs the call inward and back within this poll, with its state on the machine stack:
+    /// one loop in, entering each middleware, and one out, leaving them innermost first.
     fn fast<F>(
-        depth: usize,
-        span: Option<&tracing::Span>,
         mut stage: Pin<&mut Option<F>>,
         cx: &mut Context<'_>,
         site: &Site<'_>,
@@ -583,77 +596,75 @@ impl Call {
     where
         F: Future<Output = StageResult>,
     {
-        let Some(layer) = site.layers.get(depth) else {
-            stage.set(Some(make(site.ctx, site.env)));
-            let Some(fut) = stage.as_mut().as_pin_mut() else {
-                return Fast::Suspended(Call::suspended(depth, Phase::Stage));
-            };
-            let polled = {
-                let _attempt = span.map(tracing::Span::enter);
-                poll_caught(fut, cx)
-            };
-            return match polled {
-                Poll::Ready(out) => {
-                    stage.set(None);
-                    Fast::Done(out)
+        let mut frames = Frames::default();
+        let mut keys = Keys::new();
+        // The attempt span of the innermost retry entered, and those of the retries
+        // outside it (kept open until the call leaves them, as nested calls would).
+        let mut span: Option<tracing::Span> = None;
+        let mut outer_spans: Vec<tracing::Span> = Vec::new();
+        let mut out = loop {
+            let depth = frames.len();
+            let Some(layer) = site.layers.get(depth) else {
+                stage.set(Some(make(site.ctx, site.env)));
+                let Some(fut) = stage.as_mut().as_pin_mut() else {
+                    return Fast::Suspended(Call::suspended(frames, keys, span, Phase::Stage));
+                };
+                let polled = {
+                    let _attempt = span.as_ref().map(tracing::Span::enter);
+                    poll_caught(fut, cx)
+                };
+                match polled {
+                    Poll::Ready(out) => {
+                        stage.set(None);
+                        break out;
+                    }
+                    Poll::Pending => {
+                        return Fast::Suspended(Call::suspended(frames, keys, span, Phase::Stage));
+                    }
                 }
-                Poll::Pending => {
-                    let mut call = Call::suspended(depth, Phase::Stage);
-                    call.span = span.cloned();
-                    Fast::Suspended(call)
-                }
             };
-        };
-        let entered = if depth == MAX_DEPTH {
-            Enter::Delegate
-        } else {
-            enter(layer, site)
-        };
-        let (frame, key) = match entered {
-            Enter::Frame(frame, key) => (frame, key),
-            Enter::Answer(out) => return Fast::Done(out),
-            Enter::Wait(wait) => {
-                let mut call = Call::suspended(depth, Phase::Limited);
-                call.wait = Some(Box::pin(tokio::time::sleep(wait)));
-                call.span = span.cloned();
-                return Fast::Suspended(call);
+            let entered = if frames.is_full() {
+                Enter::Delegate
+            } else {
+                enter(layer, site, depth, &mut keys)
+            };
+            match entered {
+                Enter::Frame(frame) => {
+                    if let Frame::Retry { attempt } = frame {
+                        if let Some(own) = attempt_span(site.meta.name, attempt) {
+                            outer_spans.extend(span.replace(own));
+                        }
+                    }
+                    frames.push(frame);
+                }
+                Enter::Answer(out) => break out,
+                Enter::Wait(wait) => {
+                    let mut call = Call::suspended(frames, keys, span, Phase::Limited);
+                    call.wait = Some(Box::pin(tokio::time::sleep(wait)));
+                    return Fast::Suspended(call);
+                }
+                Enter::Delegate => {
+                    // The fast path makes first attempts only: retries go through `Call::poll`.
+                    let mut rest = delegated(site, depth, 1);
+                    if let Poll::Ready(out) = rest.fut.as_mut().poll(cx) {
+                        site.attempt.set(rest.attempt());
+                        break out;
+                    }
+                    let mut call = Call::suspended(frames, keys, span, Phase::Delegated);
+                    call.delegated = Some(rest);
+                    return Fast::Suspended(call);
+                }
             }
-            Enter::Delegate => {
-                // The fast path makes first attempts only: retries go through `Call::poll`.
-                let mut rest = delegated(site, depth, 1);
-                if let Poll::Ready(out) = rest.fut.as_mut().poll(cx) {
-                    site.attempt.set(rest.attempt());
-                    return Fast::Done(out);
-                }
-                let mut call = Call::suspended(depth, Phase::Delegated);
-                call.delegated = Some(rest);
-                call.span = span.cloned();
+        };
+        while let Some(frame) = frames.pop() {
+            let depth = frames.len();
+            if let Some((attempt, delay)) = leave(frame, depth, &mut keys, site, &mut out) {
+                let mut call = Call::suspended(frames, keys, None, Phase::Descend);
+                call.backoff(attempt, delay);
                 return Fast::Suspended(call);
-            }
-        };
-        let own_span = match frame {
-            Frame::Retry { attempt } => attempt_span(site.meta.name, attempt),
-            _ => None,
-        };
-        let inner_span = own_span.as_ref().or(span);
-        match Call::fast(depth + 1, inner_span, stage, cx, site, make) {
-            Fast::Done(out) => match leave(frame, key, layer, site, out) {
-                Leave::Out(out) => Fast::Done(out),
-                Leave::Retry { attempt, delay } => {
-                    let mut call = Call::suspended(depth, Phase::Descend);
-                    call.backoff(attempt, delay);
-                    Fast::Suspended(call)
-                }
-            },
-            Fast::Suspended(mut call) => {
-                // Write this level's frame under the inner ones.
-                call.frames.items[depth] = frame;
-                if let Some(key) = key {
-                    call.keys.insert(0, (depth, key));
-                }
-                Fast::Suspended(call)
             }
         }
+        Fast::Done(out)
     }
 
     /// Checks the deadlines of the entered `Timeout`s while the call waits. `Some(error)`

@@ -131,9 +131,10 @@ fn decode_error<V>(e: bincode::error::DecodeError) -> String {
     }
 }
 
-/// Feeds the encoding [`encode_value`] would append to `state`, write by write, without
-/// buffering it (the `hash` of a [`KeyDesc`](crate::KeyDesc)). Equal values of one type
-/// make the same writes, so they hash alike.
+/// Feeds a value to `state` (the `hash` of a [`KeyDesc`](crate::KeyDesc)): integers, `bool`,
+/// `char` and `String` as themselves, anything else as the encoding [`encode_value`] would
+/// append, write by write, without buffering it. Values whose encodings are equal make the
+/// same writes, so they hash alike.
 ///
 /// # Errors
 ///
@@ -142,8 +143,41 @@ pub fn hash_value<V: Serialize + 'static>(
     value: &AnyValue,
     state: &mut dyn core::hash::Hasher,
 ) -> Result<(), String> {
-    bincode::serde::encode_into_writer(typed::<V>(value)?, HashWriter(state), config())
+    let value = typed::<V>(value)?;
+    if hash_plain(value, state) {
+        return Ok(());
+    }
+    bincode::serde::encode_into_writer(value, HashWriter(state), config())
         .map_err(|e| e.to_string())
+}
+
+/// Feeds `value` to `state` directly when `V` is a plain type (an integer, `bool`, `char`,
+/// `String`), where the encoding's serde machinery would cost several times the hash.
+/// `false` for any other type. (`V` is known here, so all but one branch compile away.)
+#[inline]
+fn hash_plain<V: 'static>(value: &V, state: &mut dyn core::hash::Hasher) -> bool {
+    let any = value as &dyn Any;
+    macro_rules! plain {
+        ($($t:ty => $write:ident),* $(,)?) => {$(
+            if let Some(v) = any.downcast_ref::<$t>() {
+                state.$write((*v).into());
+                return true;
+            }
+        )*};
+    }
+    plain! {
+        u8 => write_u8, u16 => write_u16, u32 => write_u32, u64 => write_u64,
+        u128 => write_u128, usize => write_usize,
+        i8 => write_i8, i16 => write_i16, i32 => write_i32, i64 => write_i64,
+        i128 => write_i128, isize => write_isize,
+        bool => write_u8, char => write_u32,
+    }
+    if let Some(s) = any.downcast_ref::<String>() {
+        state.write_usize(s.len());
+        state.write(s.as_bytes());
+        return true;
+    }
+    false
 }
 
 /// `value` as the `V` a key holds, or why not.
@@ -393,6 +427,33 @@ mod tests {
         assert_eq!(fed.0, bytes);
         assert!(
             hash_value::<u64>(&*v, &mut Fed::default()).is_err(),
+            "wrong type is an error"
+        );
+    }
+
+    /// What a hasher was fed, as one number.
+    fn fed_hash<V: Serialize + Send + Sync + 'static>(v: V) -> u64 {
+        use core::hash::{BuildHasher, Hasher};
+        let mut h =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
+        hash_value::<V>(&v, &mut h).unwrap();
+        h.finish()
+    }
+
+    #[test]
+    fn plain_values_hash_as_themselves() {
+        assert_eq!(fed_hash(300u64), fed_hash(300u64));
+        assert_ne!(fed_hash(300u64), fed_hash(301u64));
+        assert_eq!(fed_hash(String::from("ab")), fed_hash(String::from("ab")));
+        assert_ne!(fed_hash(String::from("ab")), fed_hash(String::from("ba")));
+        assert_ne!(fed_hash(true), fed_hash(false));
+        assert_ne!(fed_hash(-1i64), fed_hash(1i64));
+        // Not fed the encoding: a plain value makes no serde writes.
+        let mut fed = Fed::default();
+        hash_value::<u64>(&7u64, &mut fed).unwrap();
+        assert_eq!(fed.0, 7u64.to_ne_bytes());
+        assert!(
+            hash_value::<String>(&7u64, &mut Fed::default()).is_err(),
             "wrong type is an error"
         );
     }
