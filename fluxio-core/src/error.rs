@@ -675,6 +675,11 @@ impl Error {
             crate::store::StoreError::RollbackPending { .. } => Error::RollbackPending {
                 run_id: run_id.to_string(),
             },
+            e @ crate::store::StoreError::RunLocked { .. } => Error::Store {
+                run_id: run_id.to_string(),
+                operation,
+                source: Arc::new(e),
+            },
             crate::store::StoreError::Backend {
                 operation: op,
                 source,

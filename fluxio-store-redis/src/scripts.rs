@@ -90,6 +90,16 @@ end
 return 1
 ";
 
+/// `delete`: `KEYS = [lock, meta, entries, tokens]`. Deletes the run's keys unless its lock
+/// is held (the lock key exists only while its lease lasts); returns 1, or 0 when locked.
+pub(crate) const DELETE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return 1
+";
+
 /// `acquire`: `KEYS = [lock]`, `ARGV = [owner, lease_ms]`. Takes a free (or expired) lock,
 /// or refreshes the lease of a lock `owner` already holds; returns 1, or 0 when another
 /// owner holds it.
@@ -124,6 +134,7 @@ return 0
 /// The scripts, with their SHA1 digests computed once.
 #[derive(Debug)]
 pub(crate) struct Scripts {
+    pub(crate) delete: Script,
     pub(crate) save_start: Script,
     pub(crate) save_entry: Script,
     pub(crate) save_finish: Script,
@@ -134,8 +145,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     /// Every script with its source, to preload them with `SCRIPT LOAD`.
-    pub(crate) fn all(&self) -> [(&'static str, &Script); 6] {
+    pub(crate) fn all(&self) -> [(&'static str, &Script); 7] {
         [
+            (DELETE, &self.delete),
             (SAVE_START, &self.save_start),
             (SAVE_ENTRY, &self.save_entry),
             (SAVE_FINISH, &self.save_finish),
@@ -148,6 +160,7 @@ impl Scripts {
 
 /// The store's scripts.
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    delete: Script::new(DELETE),
     save_start: Script::new(SAVE_START),
     save_entry: Script::new(SAVE_ENTRY),
     save_finish: Script::new(SAVE_FINISH),

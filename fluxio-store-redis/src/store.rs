@@ -471,14 +471,22 @@ impl CheckpointStore for RedisStore {
         })
     }
 
+    /// One script: the lock check and the delete are atomic.
     fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
         let keys = self.run_keys(run_id);
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&keys.meta).arg(&keys.entries).arg(&keys.tokens);
-        let request = Request::Cmd(cmd);
+        let script = &SCRIPTS.delete;
+        let cmd = Request::script(
+            script,
+            &[&keys.lock, &keys.meta, &keys.entries, &keys.tokens],
+        );
+        let request = Request::Script(script, cmd);
         let mut conn = self.conn.clone();
+        let run_id = run_id.to_string();
         Box::pin(async move {
-            let _deleted: i64 = request.send(&mut conn).await.map_err(backend("delete"))?;
+            let deleted: i64 = request.send(&mut conn).await.map_err(backend("delete"))?;
+            if deleted == 0 {
+                return Err(StoreError::RunLocked { run_id });
+            }
             Ok(())
         })
     }

@@ -180,8 +180,8 @@ async fn default_key_prefix() {
     let mut conn = redis.raw().await;
     let exists: bool = conn.exists(&keys.meta).await.unwrap();
     assert!(exists);
-    store.delete(&run).await.unwrap();
     store.release(&run, "me").await.unwrap();
+    store.delete(&run).await.unwrap();
 }
 
 fn finish(status: RunStatus) -> Save {
@@ -658,8 +658,8 @@ async fn list_runs_finds_exactly_its_prefix_runs_whatever_their_characters() {
     assert_eq!(listed, want);
 
     for id in ids {
-        odd.delete(id).await.unwrap();
         odd.release(id, "me").await.unwrap();
+        odd.delete(id).await.unwrap();
     }
     assert!(odd.list_runs(&[]).await.unwrap().is_empty());
 }

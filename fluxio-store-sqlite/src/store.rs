@@ -226,7 +226,10 @@ impl SqliteStore {
         };
         match self.inner.call(op).await {
             Ok(Outcome::Count(n)) => Ok(n),
-            Ok(_) | Err(Failure::LockLost(_) | Failure::RollbackPending(_)) => Ok(0),
+            Ok(_)
+            | Err(Failure::LockLost(_) | Failure::RollbackPending(_) | Failure::RunLocked(_)) => {
+                Ok(0)
+            }
             Err(Failure::Error(e)) => Err(e),
         }
     }
@@ -260,6 +263,7 @@ fn store_error(operation: &'static str, failure: Failure) -> StoreError {
     match failure {
         Failure::LockLost(run_id) => StoreError::LockLost { run_id },
         Failure::RollbackPending(run_id) => StoreError::RollbackPending { run_id },
+        Failure::RunLocked(run_id) => StoreError::RunLocked { run_id },
         Failure::Error(e) => StoreError::backend(operation, e),
     }
 }

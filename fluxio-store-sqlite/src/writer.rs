@@ -77,6 +77,8 @@ pub(crate) enum Failure {
     LockLost(String),
     /// A start of a run that is rolling back: nothing was written.
     RollbackPending(String),
+    /// A delete of a run an owner holds the lock of: nothing was deleted.
+    RunLocked(String),
     /// Anything else.
     Error(Error),
 }
@@ -276,6 +278,9 @@ fn bytes(buf: &mut Vec<u8>, keep: bool) -> Vec<u8> {
     }
 }
 
+/// Whether an owner holds run `?1`'s lock at time `?2`.
+const LOCKED: &str = "SELECT EXISTS (SELECT 1 FROM locks WHERE run_id = ?1 AND expires_at_ms > ?2)";
+
 const HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM locks
      WHERE run_id = ?1 AND owner = ?2 AND expires_at_ms > ?3)";
 
@@ -468,6 +473,14 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
             }
         },
         Op::Delete { run_id } => {
+            let locked: bool = sqlx::query_scalar(LOCKED)
+                .bind(run_id.as_str())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+            if locked {
+                return Ok(Err(Failure::RunLocked(run_id.clone())));
+            }
             sqlx::query("DELETE FROM entries WHERE run_id = ?1")
                 .bind(run_id.as_str())
                 .execute(&mut *conn)

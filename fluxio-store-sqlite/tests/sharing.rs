@@ -56,8 +56,13 @@ async fn two_stores_on_one_file_see_each_others_runs_and_locks() {
     let run = a.load("r").await.unwrap().expect("the run");
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.entries, vec![vec![1], vec![3]]);
-    b.delete("r").await.unwrap();
-    assert!(!a.exists("r").await.unwrap());
+    // Locked through b, the run is not deleted through a (nor through b).
+    assert_eq!(shape(&a.delete("r").await), "run-locked(r)");
+    assert_eq!(shape(&b.delete("r").await), "run-locked(r)");
+    assert!(a.exists("r").await.unwrap());
+    b.release("r", "owner-b").await.unwrap();
+    a.delete("r").await.unwrap();
+    assert!(!b.exists("r").await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

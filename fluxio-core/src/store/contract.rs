@@ -78,9 +78,12 @@ impl Scoped {
 
     async fn clean_up(&self) {
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
-        for (run_id, owner) in held {
-            let _ = self.inner.delete(&run_id).await;
-            let _ = self.inner.release(&run_id, &owner).await;
+        // Locks first: a store refuses to delete a locked run.
+        for (run_id, owner) in &held {
+            let _ = self.inner.release(run_id, owner).await;
+        }
+        for (run_id, _) in &held {
+            let _ = self.inner.delete(run_id).await;
         }
     }
 }
@@ -155,6 +158,9 @@ impl Scoped {
                     run_id: unscoped(&run_id, &suffix),
                 },
                 StoreError::RollbackPending { run_id } => StoreError::RollbackPending {
+                    run_id: unscoped(&run_id, &suffix),
+                },
+                StoreError::RunLocked { run_id } => StoreError::RunLocked {
                     run_id: unscoped(&run_id, &suffix),
                 },
                 other => other,
@@ -232,7 +238,7 @@ checks!(
     acquire_takes_a_free_expired_or_own_lock_only,
     renew_extends_only_the_owners_unexpired_lock,
     release_frees_only_the_owners_lock,
-    delete_removes_the_checkpoint_but_not_the_lock,
+    delete_removes_an_unlocked_runs_checkpoint_only,
     run_ids_are_independent,
     list_runs_finds_runs_by_status_with_their_lock,
 );
@@ -860,7 +866,7 @@ async fn release_frees_only_the_owners_lock(s: &dyn CheckpointStore) -> Outcome 
     Ok(())
 }
 
-async fn delete_removes_the_checkpoint_but_not_the_lock(s: &dyn CheckpointStore) -> Outcome {
+async fn delete_removes_an_unlocked_runs_checkpoint_only(s: &dyn CheckpointStore) -> Outcome {
     let r = "contract-delete";
     ok(
         s.delete("contract-delete-never").await,
@@ -877,13 +883,25 @@ async fn delete_removes_the_checkpoint_but_not_the_lock(s: &dyn CheckpointStore)
         ok(s.exists(r).await, "exists")?,
         "a started run does not exist"
     );
+    // A live run is not deleted under its owner.
+    match s.delete(r).await {
+        Err(StoreError::RunLocked { run_id }) if run_id == r => {}
+        other => {
+            return Err(format!(
+                "delete of a locked run: expected RunLocked for `{r}`, got {other:?}"
+            ));
+        }
+    }
+    same!(
+        load(s, r).await?.entries,
+        vec![b"e".to_vec()],
+        "entries after a refused delete"
+    );
+    ok(s.release(r, "a").await, "release")?;
     ok(s.delete(r).await, "delete")?;
     ensure!(!ok(s.exists(r).await, "exists")?, "a deleted run exists");
     same!(ok(s.load(r).await, "load")?, None, "load after a delete");
-    ensure!(
-        !ok(s.acquire(r, "b", LONG).await, "acquire")?,
-        "the delete freed the lock"
-    );
+    acquire(s, r, "a", LONG).await?;
     refused(
         s.save(r, "a", Save::Entry(b"e".to_vec())).await,
         "an entry after the delete",
@@ -934,6 +952,7 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
             "another owner took the lock of {id:?}"
         );
     }
+    ok(s.release("contract-id{b}", "a").await, "release")?;
     ok(s.delete("contract-id{b}").await, "delete")?;
     ensure!(
         !ok(s.exists("contract-id{b}").await, "exists")?,

@@ -140,8 +140,15 @@ impl CheckpointStore for InMemoryStore {
     }
 
     fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>> {
-        self.with(|inner| inner.runs.remove(run_id));
-        ready(Ok(()))
+        ready(self.with(|inner| match inner.locks.get(run_id) {
+            Some((_, until)) if *until > Instant::now() => Err(StoreError::RunLocked {
+                run_id: run_id.to_string(),
+            }),
+            _ => {
+                inner.runs.remove(run_id);
+                Ok(())
+            }
+        }))
     }
 
     fn exists(&self, run_id: &str) -> BoxFuture<'static, StoreResult<bool>> {

@@ -61,6 +61,14 @@ pub enum StoreError {
         /// The run.
         run_id: String,
     },
+    /// A `delete` refused because an owner holds the run's lock: a live invoke or resume is
+    /// writing it, and would fail at its next save. Nothing was deleted. Wait for the run to
+    /// end (or, after a crash, for its lease to expire), then delete it.
+    #[error("run `{run_id}` is locked by a live owner: it cannot be deleted while it runs")]
+    RunLocked {
+        /// The run.
+        run_id: String,
+    },
     /// The backend failed.
     #[error("{operation} failed: {source}")]
     Backend {
@@ -288,7 +296,9 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// The run's checkpoint, if there is one.
     fn load(&self, run_id: &str) -> BoxFuture<'static, StoreResult<Option<StoredRun>>>;
 
-    /// Deletes the run's checkpoint (not its lock).
+    /// Deletes the run's checkpoint — unless an owner holds the run's lock (its lease has
+    /// time left): then [`StoreError::RunLocked`], and nothing is deleted. Deleting a run
+    /// that does not exist succeeds.
     fn delete(&self, run_id: &str) -> BoxFuture<'static, StoreResult<()>>;
 
     /// Whether the run has a checkpoint.

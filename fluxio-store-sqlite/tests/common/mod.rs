@@ -49,6 +49,7 @@ pub(crate) fn shape<T: std::fmt::Debug>(r: &StoreResult<T>) -> String {
     match r {
         Ok(v) => format!("ok({v:?})"),
         Err(StoreError::LockLost { .. }) => "lock-lost".into(),
+        Err(StoreError::RunLocked { run_id }) => format!("run-locked({run_id})"),
         Err(StoreError::Backend { operation, .. }) => format!("backend({operation})"),
         Err(e) => format!("other({e})"),
     }
