@@ -69,6 +69,21 @@ impl Gate {
     }
 }
 
+/// Lets the gate's held body go once it has entered and `pause` has passed: whether `run`
+/// was still running just before, and the error it ended with.
+async fn release_held(
+    gate: &Gate,
+    release: std::sync::mpsc::Sender<()>,
+    pause: Duration,
+    run: tokio::task::JoinHandle<Result<Ctx, Error>>,
+) -> (bool, Error) {
+    gate.wait_entered().await;
+    tokio::time::sleep(pause).await;
+    let running = !run.is_finished();
+    release.send(()).unwrap();
+    (running, run.await.unwrap().unwrap_err())
+}
+
 #[stage(reads = [n], writes = [a], rollback = undo_first)]
 async fn first(n: &u64, _gate: Res<Gate>) -> u64 {
     *n
@@ -216,11 +231,8 @@ async fn a_held_body_that_fails_or_panics_is_not_rolled_back() {
             .with_shared_resource(gate.clone())
             .with_callback(log.clone());
         let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).await });
-        gate.wait_entered().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!run.is_finished());
-        release.send(()).unwrap();
-        let err = run.await.unwrap().unwrap_err();
+        let (running, err) = release_held(&gate, release, Duration::from_millis(50), run).await;
+        assert!(running);
         assert!(err.to_string().contains("declined"), "{outcome}: {err}");
         assert_eq!(gate.refunded.load(Ordering::SeqCst), 0, "{outcome}");
         assert_eq!(gate.undone_first.load(Ordering::SeqCst), 1, "{outcome}");
@@ -243,11 +255,8 @@ async fn durable_statuses_after_waiting_for_a_body() {
             let pipe = pipe.clone();
             async move { pipe.invoke(input! { n: 1 }).run_id("held").await }
         });
-        gate.wait_entered().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!run.is_finished());
-        release.send(()).unwrap();
-        let err = run.await.unwrap().unwrap_err();
+        let (running, err) = release_held(&gate, release, Duration::from_millis(50), run).await;
+        assert!(running);
         assert!(err.to_string().contains("declined"), "{outcome}: {err}");
         let record = pipe.inspect("held").await.unwrap();
         assert_eq!(record.status, want, "{outcome}: {record:?}");
@@ -315,11 +324,8 @@ async fn a_retried_sync_stage_is_waited_for_and_refunded() {
         .with_callback(log.clone())
         .with_middleware(Retry::constant(2, Duration::from_millis(10)));
     let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).await });
-    gate.wait_entered().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!run.is_finished(), "{:#?}", log.lines());
-    release.send(()).unwrap();
-    let err = run.await.unwrap().unwrap_err();
+    let (running, err) = release_held(&gate, release, Duration::from_millis(200), run).await;
+    assert!(running, "{:#?}", log.lines());
     assert!(err.to_string().contains("declined"), "{err}");
     assert_eq!(
         gate.refunded.load(Ordering::SeqCst),
@@ -363,10 +369,7 @@ async fn an_unfinished_stage_is_not_rolled_back_for_another_runs_body() {
         .with_shared_resource(inner.clone())
         .with_callback(log.clone());
     let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).await });
-    gate.wait_entered().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    release.send(()).unwrap();
-    let err = run.await.unwrap().unwrap_err();
+    let (_, err) = release_held(&gate, release, Duration::from_millis(50), run).await;
     assert!(err.to_string().contains("declined"), "{err}");
     // The other run's body goes through (its run was dropped: nobody waits for it).
     for _ in 0..200 {
@@ -402,10 +405,7 @@ async fn a_running_nested_pipeline_with_a_held_body_leaves_the_outer_run_failed(
         let pipe = pipe.clone();
         async move { pipe.invoke(input! { n: 1 }).run_id("nested-held").await }
     });
-    gate.wait_entered().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    release.send(()).unwrap();
-    let err = run.await.unwrap().unwrap_err();
+    let (_, err) = release_held(&gate, release, Duration::from_millis(50), run).await;
     assert!(err.to_string().contains("declined"), "{err}");
     let record = pipe.inspect("nested-held").await.unwrap();
     assert_eq!(record.status, RunStatus::Failed, "{record:?}");
@@ -477,11 +477,7 @@ async fn a_sync_fallback_still_running_when_a_sibling_fails_is_awaited_and_rolle
         .with_shared_resource(gate.clone())
         .with_callback(log.clone());
         let run = tokio::spawn(async move { pipe.invoke(input! { n: 1 }).await });
-        gate.wait_entered().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let waited = !run.is_finished();
-        release.send(()).unwrap();
-        let err = run.await.unwrap().unwrap_err();
+        let (waited, err) = release_held(&gate, release, Duration::from_millis(50), run).await;
         assert!(err.to_string().contains("declined"), "{err}");
         for _ in 0..100 {
             if gate.charged.load(Ordering::SeqCst) == 1 {

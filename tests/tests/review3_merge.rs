@@ -14,65 +14,48 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// The same flow, with `findings` declared plainly.
-mod plain {
-    use std::sync::atomic::{AtomicU32, Ordering};
+/// The flow of `plain` and `merged`: one body, so that the two differ only in how
+/// `findings` is declared (`$($merge)*`: nothing, or `#[merge]`).
+macro_rules! flow {
+    ($($merge:tt)*) => {
+        use std::sync::atomic::{AtomicU32, Ordering};
 
-    use fluxio::prelude::*;
+        use fluxio::prelude::*;
 
-    fluxio::keys! {
-        pub order: u64;
-        pub findings: Vec<String>;
-        pub verdict: String;
-    }
-
-    #[stage(reads = [order], writes = [findings])]
-    async fn add(order: &u64) -> Vec<String> {
-        vec![format!("a{order}")]
-    }
-
-    #[stage(reads = [findings], writes = [verdict])]
-    async fn boom(findings: &[String], fails: Res<AtomicU32>) -> Result<String, StageError> {
-        if fails.fetch_sub(1, Ordering::SeqCst) > 0 {
-            return Err(StageError::msg("boom"));
+        fluxio::keys! {
+            pub order: u64;
+            $($merge)*
+            pub findings: Vec<String>;
+            pub verdict: String;
         }
-        Ok(findings.join(","))
-    }
 
-    pub fn pipe(fails: u32) -> Pipeline {
-        pipeline! { add, boom }.with_resource(AtomicU32::new(fails))
-    }
+        #[stage(reads = [order], writes = [findings])]
+        async fn add(order: &u64) -> Vec<String> {
+            vec![format!("a{order}")]
+        }
+
+        #[stage(reads = [findings], writes = [verdict])]
+        async fn boom(findings: &[String], fails: Res<AtomicU32>) -> Result<String, StageError> {
+            if fails.fetch_sub(1, Ordering::SeqCst) > 0 {
+                return Err(StageError::msg("boom"));
+            }
+            Ok(findings.join(","))
+        }
+
+        pub fn pipe(fails: u32) -> Pipeline {
+            pipeline! { add, boom }.with_resource(AtomicU32::new(fails))
+        }
+    };
 }
 
-/// The same flow, with `findings` declared `#[merge]`.
+/// The flow, with `findings` declared plainly.
+mod plain {
+    flow!();
+}
+
+/// The flow, with `findings` declared `#[merge]`, and more versions of it.
 mod merged {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use fluxio::prelude::*;
-
-    fluxio::keys! {
-        pub order: u64;
-        #[merge]
-        pub findings: Vec<String>;
-        pub verdict: String;
-    }
-
-    #[stage(reads = [order], writes = [findings])]
-    async fn add(order: &u64) -> Vec<String> {
-        vec![format!("a{order}")]
-    }
-
-    #[stage(reads = [findings], writes = [verdict])]
-    async fn boom(findings: &[String], fails: Res<AtomicU32>) -> Result<String, StageError> {
-        if fails.fetch_sub(1, Ordering::SeqCst) > 0 {
-            return Err(StageError::msg("boom"));
-        }
-        Ok(findings.join(","))
-    }
-
-    pub fn pipe(fails: u32) -> Pipeline {
-        pipeline! { add, boom }.with_resource(AtomicU32::new(fails))
-    }
+    flow!(#[merge]);
 
     #[stage(reads = [order], writes = [findings])]
     async fn first(order: &u64) -> Vec<String> {
