@@ -232,7 +232,8 @@ pub(crate) struct Plan {
     /// Per node: whether its stage writes a `#[merge]` key it does not read, whose writes
     /// are merged into the value (kept apart for the same reason).
     pub(crate) merges: Vec<bool>,
-    /// Every key any node reads or writes (how checkpoints decode values).
+    /// Every key any node reads or writes, as declared (how checkpoints decode values, and
+    /// merge the additions they record).
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
     pub(crate) key_clash: Option<(&'static str, [&'static str; 2])>,
@@ -329,12 +330,14 @@ impl Plan {
         let mut key_clash = None;
         for node in &nodes {
             for k in node.reads.iter().chain(&node.writes) {
-                match key_descs.iter().find(|d| d.name == k.name) {
+                match key_descs.iter_mut().find(|d| d.name == k.name) {
                     None => key_descs.push(*k),
                     Some(d) if key_clash.is_none() && (d.type_id)() != (k.type_id)() => {
                         key_clash = Some((k.name, [(d.type_name)(), (k.type_name)()]));
                     }
-                    Some(_) => {}
+                    // The key as declared: a nested pipeline's write of a `#[merge]` key
+                    // carries no merge (it replaces the value), the key still merges.
+                    Some(d) => d.merge = d.merge.or(k.merge),
                 }
             }
         }

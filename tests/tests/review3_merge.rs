@@ -472,6 +472,27 @@ async fn a_nested_pipelines_whole_write_survives_a_resume() {
     );
 }
 
+/// The nested pipeline first, then a stage adding to the key it wrote whole: a resume adds
+/// the stage's stored addition to the nested value, as the live run did (the nested
+/// pipeline's write does not make the key a plain one).
+#[tokio::test(start_paused = true)]
+async fn an_addition_after_a_nested_pipelines_whole_write_survives_a_resume() {
+    let store = InMemoryStore::new();
+    let nested = pipeline! { parallel { other_check, left_check } }.named("nested");
+    let pipe = |fails| {
+        pipeline! { nested.clone(), check, flaky_summary }
+            .with_resource(AtomicU32::new(fails))
+            .with_store(store.clone())
+    };
+    pipe(1)
+        .invoke(input! { order: 5, findings: vec!["x".to_string()] })
+        .run_id("nest-first")
+        .await
+        .unwrap_err();
+    let out = pipe(0).resume("nest-first").await.unwrap();
+    assert_eq!(out[verdict], "check5,left5,other5,x");
+}
+
 /// A new version adds a writer of a `#[merge]` key before writers that finished: resumed,
 /// it adds to the value rather than replacing theirs, so the resume is accepted (a plain
 /// key's new writer there is refused: it would replace the finished stage's value).
