@@ -1,8 +1,8 @@
 //! `SqliteStore`: the handle, reads, and the `CheckpointStore` implementation.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use fluxio_core::store::{
@@ -15,14 +15,29 @@ use tokio::sync::{mpsc, oneshot};
 use crate::writer::{Counters, Failure, Op, Outcome, Reply, Request, Writer, now_ms};
 use crate::{Error, SqliteOptions, schema};
 
-/// Every status this store writes (a row with another is damaged).
-const KNOWN_STATUSES: [RunStatus; 5] = [
-    RunStatus::Running,
-    RunStatus::Failed,
-    RunStatus::Completed,
-    RunStatus::RolledBack,
-    RunStatus::RollingBack,
-];
+/// A condition on `r.status` that holds for a status this store never writes (a damaged
+/// row): a value below, between or above the sorted status names, or a blob. Written as
+/// ranges rather than `NOT IN (..)`, so that SQLite still answers a filtered listing from
+/// the `runs_by_status` index (it splits an `OR` over index searches only when every term
+/// can use one).
+static DAMAGED_STATUS: LazyLock<String> = LazyLock::new(|| {
+    let mut known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+    known.sort_unstable();
+    // A blob sorts after every text; `x''` is the least blob.
+    let mut bounds = vec!["''".to_string()];
+    bounds.extend(known.iter().map(|s| format!("'{s}'")));
+    bounds.push("x''".to_string());
+    let mut ranges: Vec<String> = bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let low = if i == 0 { ">=" } else { ">" };
+            format!("(r.status {low} {} AND r.status < {})", pair[0], pair[1])
+        })
+        .collect();
+    ranges.push("r.status >= x''".to_string());
+    ranges.join(" OR ")
+});
 
 /// How many writes may wait for the writer task before callers wait to queue theirs.
 const QUEUE: usize = 4096;
@@ -235,6 +250,29 @@ impl SqliteStore {
     }
 }
 
+/// The listing's query for `statuses` statuses (`?2`..; all runs when none), `?1` being the
+/// time now. Built from placeholders and this store's own status names: no value given to
+/// it is spliced into the text.
+fn list_sql(statuses: usize) -> String {
+    let mut sql = String::from(
+        "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
+             WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
+         FROM runs r",
+    );
+    if statuses > 0 {
+        let places: Vec<String> = (0..statuses).map(|i| format!("?{}", i + 2)).collect();
+        // A row whose status is none this store writes (damaged) is listed too, so that
+        // the listing fails naming it rather than leaving the run out unseen — as a
+        // listing of every run does.
+        sql.push_str(&format!(
+            " WHERE r.status IN ({}) OR {}",
+            places.join(", "),
+            *DAMAGED_STATUS
+        ));
+    }
+    sql
+}
+
 /// A duration in whole milliseconds, saturating.
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -395,28 +433,7 @@ impl Inner {
 
     /// The runs with one of `statuses` (all when empty), with whether their lock is held.
     async fn list_runs(&self, statuses: &[RunStatus]) -> StoreResult<Vec<RunListing>> {
-        let mut sql = String::from(
-            "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
-                 WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
-             FROM runs r",
-        );
-        if !statuses.is_empty() {
-            let places: Vec<String> = (0..statuses.len()).map(|i| format!("?{}", i + 2)).collect();
-            // A row whose status is none this store writes (damaged) is listed too, so
-            // that the listing fails naming it rather than leaving the run out unseen —
-            // as a listing of every run does.
-            let known: Vec<String> = KNOWN_STATUSES
-                .iter()
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect();
-            sql.push_str(&format!(
-                " WHERE r.status IN ({}) OR r.status NOT IN ({}) OR typeof(r.status) != 'text'",
-                places.join(", "),
-                known.join(", ")
-            ));
-        }
-        // Built from placeholders and this store's own status names: no value given to it
-        // is spliced into the text.
+        let sql = list_sql(statuses.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
         for status in statuses {
             query = query.bind(status.as_str());
@@ -524,5 +541,50 @@ impl CheckpointStore for SqliteStore {
             owner: owner.to_string(),
         };
         Box::pin(async move { inner.write("release", op).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filtered listing is answered from the `runs_by_status` index, damaged rows
+    /// included: a sweep for running runs does not read every finished one.
+    #[tokio::test]
+    async fn a_filtered_listing_searches_the_status_index() {
+        let dir = std::env::temp_dir().join(format!("fluxio-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plan.db");
+        let _ = std::fs::remove_file(&path);
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        schema::migrate(&mut conn, &path).await.unwrap();
+        // `EXPLAIN QUERY PLAN` rows are (id, parent, notused, detail).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            list_sql(2)
+        )))
+        .bind(0_i64)
+        .bind("running")
+        .bind("rolling_back")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let details: Vec<String> = rows.iter().map(|r| r.get::<String, _>(3)).collect();
+        assert!(
+            details.iter().any(|d| d.contains("runs_by_status")),
+            "{details:#?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN r")),
+            "{details:#?}"
+        );
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

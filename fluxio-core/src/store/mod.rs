@@ -110,6 +110,15 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, as a store may list them.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Running,
+        RunStatus::Failed,
+        RunStatus::Completed,
+        RunStatus::RolledBack,
+        RunStatus::RollingBack,
+    ];
+
     /// The status as stored: `running`, `failed`, `completed`, `rolled_back` or
     /// `rolling_back`.
     pub fn as_str(self) -> &'static str {
@@ -124,14 +133,9 @@ impl RunStatus {
 
     /// Parses [`as_str`](Self::as_str)'s output.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "running" => Some(RunStatus::Running),
-            "failed" => Some(RunStatus::Failed),
-            "completed" => Some(RunStatus::Completed),
-            "rolled_back" => Some(RunStatus::RolledBack),
-            "rolling_back" => Some(RunStatus::RollingBack),
-            _ => None,
-        }
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
     }
 }
 
