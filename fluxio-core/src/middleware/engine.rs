@@ -176,9 +176,7 @@ fn leave(
             if out.is_ok() {
                 return None;
             }
-            let Err(err) = std::mem::replace(out, Ok(StageOutput::Writes(Writes::none()))) else {
-                return None;
-            };
+            let err = std::mem::replace(out, Ok(StageOutput::Writes(Writes::none()))).err()?;
             match retry.after_failure(&stage_call(site, attempt), attempt, err) {
                 Ok(delay) => Some((attempt + 1, delay)),
                 Err(e) => {
@@ -206,6 +204,25 @@ fn leave(
             None
         }
     }
+}
+
+/// Leaves the entered middleware, innermost first, with `out` (changed in place).
+/// `Some((attempt, delay))` when a retry goes back in for `attempt` after `delay`: `frames`
+/// and `keys` then hold what is outside it.
+#[inline(always)]
+fn ascend(
+    frames: &mut Frames,
+    keys: &mut Keys,
+    site: &Site<'_>,
+    out: &mut StageResult,
+) -> Option<(u32, Duration)> {
+    while let Some(frame) = frames.pop() {
+        let depth = frames.len();
+        if let Some(again) = leave(frame, depth, keys, site, out) {
+            return Some(again);
+        }
+    }
+    None
 }
 
 /// The rest of the chain, handed to boxed futures, and the attempt of the last call that
@@ -549,14 +566,13 @@ impl Call {
     /// Carries `out` out through the entered middleware, innermost first. `None` when a
     /// retry goes back in.
     fn ascend(&mut self, site: &Site<'_>, mut out: StageResult) -> Option<StageResult> {
-        while let Some(frame) = self.frames.pop() {
-            let depth = self.frames.len();
-            if let Some((attempt, delay)) = leave(frame, depth, &mut self.keys, site, &mut out) {
+        match ascend(&mut self.frames, &mut self.keys, site, &mut out) {
+            Some((attempt, delay)) => {
                 self.backoff(attempt, delay);
-                return None;
+                None
             }
+            None => Some(out),
         }
-        Some(out)
     }
 
     /// Waits `delay`, then goes back in (from the retry at the top) for `attempt`.
@@ -656,13 +672,10 @@ impl Call {
                 }
             }
         };
-        while let Some(frame) = frames.pop() {
-            let depth = frames.len();
-            if let Some((attempt, delay)) = leave(frame, depth, &mut keys, site, &mut out) {
-                let mut call = Call::suspended(frames, keys, None, Phase::Descend);
-                call.backoff(attempt, delay);
-                return Fast::Suspended(call);
-            }
+        if let Some((attempt, delay)) = ascend(&mut frames, &mut keys, site, &mut out) {
+            let mut call = Call::suspended(frames, keys, None, Phase::Descend);
+            call.backoff(attempt, delay);
+            return Fast::Suspended(call);
         }
         Fast::Done(out)
     }
