@@ -74,12 +74,16 @@ pub const fn str_eq(a: &str, b: &str) -> bool {
     true
 }
 
-const fn find_common(xs: &[KeyDesc], ys: &[KeyDesc]) -> Option<&'static str> {
+/// The first key named in both `xs` and `ys` — leaving out, when `skip_merged`, a
+/// `#[merge]` key on both sides (two writes of one each add to the value).
+const fn find_common(xs: &[KeyDesc], ys: &[KeyDesc], skip_merged: bool) -> Option<&'static str> {
     let mut i = 0;
     while i < xs.len() {
         let mut j = 0;
         while j < ys.len() {
-            if str_eq(xs[i].name, ys[j].name) {
+            if str_eq(xs[i].name, ys[j].name)
+                && !(skip_merged && xs[i].is_merged() && ys[j].is_merged())
+            {
                 return Some(xs[i].name);
             }
             j += 1;
@@ -96,23 +100,6 @@ pub const fn first_conflict(a: &Access, b: &Access) -> Option<(ConflictKind, &'s
     first_conflict_in(a.reads, a.writes, b.reads, b.writes)
 }
 
-/// The first key both stages write, leaving out `#[merge]` keys (each adds to the value)
-/// that neither reads — one that reads it is a read/write conflict anyway.
-const fn find_common_write(xs: &[KeyDesc], ys: &[KeyDesc]) -> Option<&'static str> {
-    let mut i = 0;
-    while i < xs.len() {
-        let mut j = 0;
-        while j < ys.len() {
-            if str_eq(xs[i].name, ys[j].name) && !(xs[i].is_merged() && ys[j].is_merged()) {
-                return Some(xs[i].name);
-            }
-            j += 1;
-        }
-        i += 1;
-    }
-    None
-}
-
 /// [`first_conflict`] over borrowed key lists (for accesses computed at run time).
 ///
 /// Two writes of a `#[merge]` key do not conflict: each adds to the value.
@@ -122,13 +109,15 @@ pub const fn first_conflict_in(
     b_reads: &[KeyDesc],
     b_writes: &[KeyDesc],
 ) -> Option<(ConflictKind, &'static str)> {
-    if let Some(k) = find_common_write(a_writes, b_writes) {
+    // Two writes of a `#[merge]` key are no conflict; a stage that also reads it makes a
+    // read/write one below.
+    if let Some(k) = find_common(a_writes, b_writes, true) {
         return Some((ConflictKind::WriteWrite, k));
     }
-    if let Some(k) = find_common(a_reads, b_writes) {
+    if let Some(k) = find_common(a_reads, b_writes, false) {
         return Some((ConflictKind::ReadWrite, k));
     }
-    if let Some(k) = find_common(a_writes, b_reads) {
+    if let Some(k) = find_common(a_writes, b_reads, false) {
         return Some((ConflictKind::WriteRead, k));
     }
     None

@@ -63,20 +63,21 @@ impl<T: Send + 'static> Drop for BlockingCall<T> {
         handle.abort();
         // A body that never started ends at once (aborted), one that is running when it
         // returns: either way the run that is collecting learns whether it succeeded.
-        hand_over(Box::pin(async move { matches!(handle.await, Ok(Ok(_))) }));
+        hand_over(|| Box::pin(async move { matches!(handle.await, Ok(Ok(_))) }));
     }
 }
 
-/// Hands `rest` — what is left of a stage's work that cannot be stopped, ending with
+/// Hands `rest()` — what is left of a stage's work that cannot be stopped, ending with
 /// whether the stage succeeded — to the run collecting such work while it drops its
-/// stages ([`finishing`]), under the node being dropped. Outside that, `rest` is dropped.
-pub(crate) fn hand_over(rest: crate::store::BoxFuture<'static, bool>) {
+/// stages ([`finishing`]), under the node being dropped. Outside that (an ordinary cancel),
+/// `rest` is dropped uncalled: nothing is boxed.
+pub(crate) fn hand_over(rest: impl FnOnce() -> crate::store::BoxFuture<'static, bool>) {
     let _ = FINISHING.try_with(|finishing| {
         if let Ok(mut finishing) = finishing.try_borrow_mut()
             && let Some((node, bodies)) = &mut *finishing
         {
             let node = *node;
-            bodies.push((node, rest));
+            bodies.push((node, rest()));
         }
     });
 }

@@ -1733,10 +1733,12 @@ impl Drop for NestedRun {
             && self.rolling_back.load(Ordering::SeqCst)
         {
             // Nothing of the outer run's to undo: the nested node never finished.
-            crate::support::hand_over(Box::pin(async move {
-                let _ = run.await;
-                false
-            }));
+            crate::support::hand_over(|| {
+                Box::pin(async move {
+                    let _ = run.await;
+                    false
+                })
+            });
         }
     }
 }
