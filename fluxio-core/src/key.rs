@@ -106,6 +106,14 @@ pub(crate) fn added_to<'a>(
         .filter(|w| w.is_merged() && !reads.iter().any(|r| r.name == w.name))
 }
 
+/// How a stage reading `reads` and writing `writes` adds a write of key `name` to the value,
+/// when it does (see [`added_to`]).
+pub(crate) fn merge_in(reads: &[KeyDesc], writes: &[KeyDesc], name: &str) -> Option<MergeFn> {
+    added_to(reads, writes)
+        .find(|k| k.name == name)
+        .and_then(|k| k.merge)
+}
+
 /// `more` added to a copy of `held`, both `V`s.
 fn merge_values<V: Merge + Clone + Send + Sync + 'static>(
     held: &AnyValue,

@@ -383,9 +383,8 @@ impl Plan {
         if !self.merges[i] {
             return None;
         }
-        merge_keys(&self.nodes[i])
-            .find(|k| k.name == name)
-            .and_then(|k| k.merge)
+        let node = &self.nodes[i];
+        crate::key::merge_in(&node.reads, &node.writes, name)
     }
 
     pub(crate) fn build_dynamic(nodes: Vec<NodeSpec>) -> Plan {

@@ -105,9 +105,7 @@ impl<S: Stage> StepHarness<S> {
             // the input's value.
             StageOutput::Writes(w) => w.apply_merging(&mut ctx, |name| {
                 let access = &S::META.access;
-                crate::key::added_to(access.reads, access.writes)
-                    .find(|k| k.name == name)
-                    .and_then(|k| k.merge)
+                crate::key::merge_in(access.reads, access.writes, name)
             }),
             StageOutput::Route(_) | StageOutput::Skip(_) => {}
         }
