@@ -617,7 +617,8 @@ impl Call {
         // The attempt span of the innermost retry entered, and those of the retries
         // outside it (kept open until the call leaves them, as nested calls would).
         let mut span: Option<tracing::Span> = None;
-        let mut outer_spans: Vec<tracing::Span> = Vec::new();
+        // (An `Option`: an empty `Vec` still costs a call to drop, on every stage call.)
+        let mut outer_spans: Option<Vec<tracing::Span>> = None;
         let mut out = loop {
             let depth = frames.len();
             let Some(layer) = site.layers.get(depth) else {
@@ -648,7 +649,9 @@ impl Call {
                 Enter::Frame(frame) => {
                     if let Frame::Retry { attempt } = frame {
                         if let Some(own) = attempt_span(site.meta.name, attempt) {
-                            outer_spans.extend(span.replace(own));
+                            if let Some(outer) = span.replace(own) {
+                                outer_spans.get_or_insert_with(Vec::new).push(outer);
+                            }
                         }
                     }
                     frames.push(frame);
@@ -676,6 +679,10 @@ impl Call {
             let mut call = Call::suspended(frames, keys, None, Phase::Descend);
             call.backoff(attempt, delay);
             return Fast::Suspended(call);
+        }
+        if keys.is_empty() && !keys.spilled() {
+            // Nothing to drop: skip the out-of-line drop of an empty `SmallVec`.
+            std::mem::forget(keys);
         }
         Fast::Done(out)
     }
