@@ -410,7 +410,11 @@ mod tests {
         assert_eq!(cache.len(), 3);
         assert!(reads.iter().all(|r| Arc::strong_count(r) == 2));
         cache.insert(key(9, 9), out("late"), Clock::Run(&at(61)));
-        assert_eq!(cache.len(), 1, "the three expired entries are evicted at once");
+        assert_eq!(
+            cache.len(),
+            1,
+            "the three expired entries are evicted at once"
+        );
         assert!(
             reads.iter().all(|r| Arc::strong_count(r) == 1),
             "and what they held is freed"

@@ -1610,6 +1610,7 @@ impl Op<'_> {
     /// Like [`run`](Self::run), through the pipeline's middleware: `engine` keeps the
     /// state of the call, and `make` is called again for each attempt. Without middleware
     /// it is [`run`](Self::run).
+    #[inline]
     pub fn run_layered<F>(
         self,
         slot: Pin<&mut Option<F>>,
