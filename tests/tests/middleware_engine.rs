@@ -266,3 +266,26 @@ async fn a_stage_that_waits_once_is_polled_twice_with_or_without_middleware() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outer_cache_stores_the_result_after_an_inner_cache_saw_a_failure() {
+    // Cache, Retry, Cache: the first attempt fails inside the inner cache, which must let
+    // go of its key so that the outer cache still finds its own on the way out.
+    let script = Script::new(&[(0, true)]);
+    let (outer, inner) = (
+        Cache::ttl(Duration::from_secs(60)),
+        Cache::ttl(Duration::from_secs(60)),
+    );
+    let pipe = pipeline! { scripted }
+        .with_resource(script.clone())
+        .with_middleware(outer.clone())
+        .with_middleware(Retry::constant(2, Duration::from_millis(1)))
+        .with_middleware(inner.clone());
+    assert_eq!(pipe.invoke(input! { n: 3 }).await.unwrap()[out], 30);
+    assert_eq!(script.calls(), 2);
+    assert_eq!(inner.len(), 1, "the inner cache stored the second attempt");
+    assert_eq!(outer.len(), 1, "and the outer one the call's result");
+    assert_eq!(pipe.invoke(input! { n: 3 }).await.unwrap()[out], 30);
+    assert_eq!(outer.stats().hits, 1, "the next call is answered outside");
+    assert_eq!(script.calls(), 2);
+}

@@ -186,14 +186,19 @@ fn leave(
             }
         }
         Frame::Cache => {
-            let key = match keys.last() {
-                Some((at, _)) if *at == depth => keys.pop().map(|(_, key)| key),
-                _ => None,
-            };
-            if let (Some(key), Ok(done), Layer::Cache(cache)) =
-                (key, &*out, site.layers[depth].unscoped())
-            {
-                cache.insert(key, done.clone(), site.clock);
+            // The key is taken whatever the outcome (an outer cache's key is under it), and
+            // moved once: straight from the list into the insert.
+            if !matches!(keys.last(), Some((at, _)) if *at == depth) {
+                return None;
+            }
+            match (&*out, site.layers[depth].unscoped()) {
+                (Ok(done), Layer::Cache(cache)) => {
+                    let done = done.clone();
+                    if let Some((_, key)) = keys.pop() {
+                        cache.insert(key, done, site.clock);
+                    }
+                }
+                _ => drop(keys.pop()),
             }
             None
         }
