@@ -1336,3 +1336,61 @@ async fn middleware_behind_an_arc_or_a_box_wraps_the_stages() {
     // The caller's handle is the middleware the pipeline holds.
     assert_eq!(Arc::strong_count(&shared), 2);
 }
+
+/// Two stages named `calc`, in two modules: one always fails, the other never does.
+mod same_name {
+    pub mod good {
+        use fluxio::prelude::*;
+        #[stage(reads = [super::super::n], writes = [super::super::out])]
+        pub async fn calc(n: &u64) -> u64 {
+            *n
+        }
+    }
+    pub mod bad {
+        use fluxio::prelude::*;
+        #[stage(reads = [super::super::n], writes = [super::super::out])]
+        pub async fn calc(n: &u64) -> Result<u64, StageError> {
+            Err(StageError::msg(format!("bad calc of {n}")))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_breaker_keeps_stages_of_one_name_apart() {
+    let breaker = CircuitBreaker::new(1);
+    let good = pipeline! { same_name::good::calc }.with_middleware(breaker.clone());
+    let bad = pipeline! { same_name::bad::calc }.with_middleware(breaker.clone());
+    bad.invoke(input! { n: 1 }).await.unwrap_err();
+    let err = bad.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::CircuitOpen { stage: "calc", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        good.invoke(input! { n: 2 }).await.unwrap()[out],
+        2,
+        "the other `calc` never failed: its circuit is closed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_stage_rate_limit_keeps_stages_of_one_name_apart() {
+    let limit = RateLimit::per_second(0.001)
+        .burst(1)
+        .per_stage()
+        .refuse_when_limited();
+    let good = pipeline! { same_name::good::calc }.with_middleware(limit.clone());
+    let other = pipeline! { same_name::good::calc }.with_middleware(limit.clone());
+    let bad = pipeline! { same_name::bad::calc }.with_middleware(limit.clone());
+    good.invoke(input! { n: 1 }).await.unwrap();
+    let err = other.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { stage: "calc", .. }),
+        "the same stage in another pipeline shares its bucket: {err:?}"
+    );
+    let err = bad.invoke(input! { n: 1 }).await.unwrap_err();
+    assert!(
+        err.to_string().contains("bad calc of 1"),
+        "the other `calc` has its own token: it ran and failed on its own: {err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `CircuitBreaker`: stop calling a stage that keeps failing.
 
+use std::any::TypeId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
 use crate::error::Error;
-use crate::stage::{StageError, StageOutput};
+use crate::stage::{StageError, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,8 +37,10 @@ struct Shared {
     /// How many stages are not cleanly closed. While it is zero (the usual case) a call
     /// needs no lock: every circuit is closed, and a success changes nothing.
     troubled: AtomicUsize,
-    /// Stage names are compile-time constants, so a fast non-keyed hash is fine.
-    states: Mutex<FxHashMap<&'static str, State>>,
+    /// Per stage type: stages of different modules may share a name, and one breaker may
+    /// serve several pipelines. (Type ids are compile-time constants, so a fast non-keyed
+    /// hash is fine.)
+    states: Mutex<FxHashMap<TypeId, State>>,
 }
 
 /// A circuit breaker per stage: after `threshold` consecutive failures the stage's circuit
@@ -47,6 +50,10 @@ struct Shared {
 ///
 /// Put it outside [`Retry`](super::Retry) to count a call that failed after all its retries
 /// as one failure.
+///
+/// Clones share their circuits: one breaker added to several pipelines (one per downstream
+/// service, say) keeps one circuit per stage across them. A stage is its type, not its
+/// name: two stages of different modules that share a name have a circuit each.
 ///
 /// ```
 /// # use fluxio_core::middleware::CircuitBreaker;
@@ -80,9 +87,9 @@ impl CircuitBreaker {
     }
 
     /// Runs `f` on `stage`'s state under the lock, keeping the count of troubled stages.
-    fn update<T>(&self, stage: &'static str, f: impl FnOnce(&mut State) -> T) -> T {
+    fn update<T>(&self, stage: &StageMeta, f: impl FnOnce(&mut State) -> T) -> T {
         let mut states = self.shared.states.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(stage).or_insert(State::CLEAN);
+        let state = states.entry((stage.id)()).or_insert(State::CLEAN);
         let was_clean = *state == State::CLEAN;
         let out = f(state);
         match (was_clean, *state == State::CLEAN) {
@@ -101,7 +108,7 @@ impl CircuitBreaker {
     /// marks it); refused, how long until a trial call may go through.
     /// (Inlined: while no stage is in trouble, the usual case, it is one atomic load.)
     #[inline]
-    pub(crate) fn admit(&self, stage: &'static str) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, stage: &StageMeta) -> Result<(), Duration> {
         if self.shared.troubled.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
@@ -110,7 +117,7 @@ impl CircuitBreaker {
 
     /// [`admit`](Self::admit) while some stage's circuit is not clean.
     #[inline(never)]
-    fn admit_troubled(&self, stage: &'static str) -> Result<(), Duration> {
+    fn admit_troubled(&self, stage: &StageMeta) -> Result<(), Duration> {
         let reset = self.reset;
         self.update(stage, |state| {
             let now = Instant::now();
@@ -143,11 +150,7 @@ impl CircuitBreaker {
     /// (Inlined: a success while no stage is in trouble, the usual case, is one atomic
     /// load.)
     #[inline]
-    pub(crate) fn record_outcome(
-        &self,
-        stage: &'static str,
-        out: &Result<StageOutput, StageError>,
-    ) {
+    pub(crate) fn record_outcome(&self, stage: &StageMeta, out: &Result<StageOutput, StageError>) {
         if out.is_ok() && self.shared.troubled.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -155,14 +158,14 @@ impl CircuitBreaker {
     }
 
     #[inline(never)]
-    fn record_outcome_troubled(&self, stage: &'static str, out: &Result<StageOutput, StageError>) {
+    fn record_outcome_troubled(&self, stage: &StageMeta, out: &Result<StageOutput, StageError>) {
         match out {
             Err(e) if super::is_refusal(e) => {}
             out => self.record(stage, out.is_ok()),
         }
     }
 
-    pub(crate) fn record(&self, stage: &'static str, ok: bool) {
+    pub(crate) fn record(&self, stage: &StageMeta, ok: bool) {
         if ok && self.shared.troubled.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -174,7 +177,11 @@ impl CircuitBreaker {
                     until: Instant::now() + reset,
                 },
                 (State::Closed { failures }, false) if failures + 1 >= threshold => {
-                    tracing::warn!(stage, failures = failures + 1, "circuit opened");
+                    tracing::warn!(
+                        stage = stage.name,
+                        failures = failures + 1,
+                        "circuit opened"
+                    );
                     State::Open {
                         until: Instant::now() + reset,
                     }
@@ -194,9 +201,9 @@ impl Middleware for CircuitBreaker {
         call: StageCall<'a>,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
-        let stage = call.meta.name;
+        let stage = call.meta;
         if let Err(retry_in) = self.admit(stage) {
-            return Box::pin(std::future::ready(Err(Self::refusal(stage, retry_in))));
+            return Box::pin(std::future::ready(Err(Self::refusal(stage.name, retry_in))));
         }
         Box::pin(async move {
             let out = next.run(call).await;

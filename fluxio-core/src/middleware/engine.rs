@@ -116,12 +116,12 @@ fn enter(layer: &Layer, site: &Site<'_>, depth: usize, keys: &mut Keys) -> Enter
             }
         },
         Layer::Circuit(breaker) => {
-            if let Err(retry_in) = breaker.admit(meta.name) {
+            if let Err(retry_in) = breaker.admit(meta) {
                 return Enter::Answer(Err(CircuitBreaker::refusal(meta.name, retry_in)));
             }
             Frame::Circuit
         }
-        Layer::RateLimit(limit) => match limit.take(meta.name) {
+        Layer::RateLimit(limit) => match limit.take(meta) {
             None => Frame::Pass,
             Some(wait) if limit.refuse => {
                 return Enter::Answer(Err(RateLimit::refusal(meta.name, wait)));
@@ -204,7 +204,7 @@ fn leave(
         }
         Frame::Circuit => {
             if let Layer::Circuit(breaker) = site.layers[depth].unscoped() {
-                breaker.record_outcome(site.meta.name, out);
+                breaker.record_outcome(site.meta, out);
             }
             None
         }
@@ -555,7 +555,7 @@ impl Call {
             if let Some(Layer::RateLimit(limit)) =
                 site.layers.get(self.frames.len()).map(Layer::unscoped)
             {
-                if let Some(wait) = limit.take(site.meta.name) {
+                if let Some(wait) = limit.take(site.meta) {
                     // Another caller took the token first.
                     self.wait = Some(Box::pin(tokio::time::sleep(wait)));
                     return;

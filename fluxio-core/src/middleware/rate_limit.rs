@@ -1,5 +1,6 @@
 //! `RateLimit`: a token bucket in front of stage calls.
 
+use std::any::TypeId;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Middleware, Next, StageCall};
 use crate::error::Error;
-use crate::stage::{StageError, StageOutput};
+use crate::stage::{StageError, StageMeta, StageOutput};
 use crate::store::BoxFuture;
 
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +23,11 @@ struct Bucket {
 /// [`refuse_when_limited`](RateLimit::refuse_when_limited) it fails at once with
 /// [`Error::RateLimited`] instead (the stage is not called).
 /// One bucket for the whole pipeline by default, or one per stage with
-/// [`per_stage`](RateLimit::per_stage).
+/// [`per_stage`](RateLimit::per_stage). Clones share their buckets: one limit added to
+/// several pipelines limits their calls together.
+///
+/// By default a burst is as large as the rate (`per_second(20.0)` lets 20 calls go at once
+/// after a quiet second); set it with [`burst`](RateLimit::burst).
 ///
 /// The clock is tokio's, so tests can drive it with `tokio::time::pause()`.
 ///
@@ -37,7 +42,9 @@ pub struct RateLimit {
     burst: f64,
     per_stage: bool,
     pub(crate) refuse: bool,
-    buckets: Arc<Mutex<FxHashMap<&'static str, Bucket>>>,
+    /// Per stage type (`None`: the one bucket of a limit that is not per stage). Stages
+    /// of different modules may share a name; they are other stages.
+    buckets: Arc<Mutex<FxHashMap<Option<TypeId>, Bucket>>>,
 }
 
 impl RateLimit {
@@ -68,7 +75,8 @@ impl RateLimit {
         self
     }
 
-    /// One bucket per stage instead of one for the pipeline.
+    /// One bucket per stage instead of one for the pipeline (per stage *type*: two stages
+    /// of different modules that share a name have a bucket each).
     #[must_use]
     pub fn per_stage(mut self) -> Self {
         self.per_stage = true;
@@ -94,8 +102,8 @@ impl RateLimit {
     }
 
     /// Takes a token, or says how long to wait for one.
-    pub(crate) fn take(&self, stage: &'static str) -> Option<Duration> {
-        let key = if self.per_stage { stage } else { "" };
+    pub(crate) fn take(&self, stage: &StageMeta) -> Option<Duration> {
+        let key = self.per_stage.then(|| (stage.id)());
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let bucket = buckets.entry(key).or_insert(Bucket {
@@ -125,7 +133,7 @@ impl Middleware for RateLimit {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<StageOutput, StageError>> {
         Box::pin(async move {
-            while let Some(wait) = self.take(call.meta.name) {
+            while let Some(wait) = self.take(call.meta) {
                 if self.refuse {
                     return Err(Self::refusal(call.meta.name, wait));
                 }
