@@ -127,7 +127,13 @@ pub enum Event {
 /// A duration as fractional milliseconds: what event stores and dashboards read, rather
 /// than serde's `{"secs", "nanos"}`.
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e3)
+    s.serialize_f64(as_millis(*d))
+}
+
+/// `d` in milliseconds, as the nearest `f64` to the exact value: 34,134 ns is `0.034134`
+/// (`as_secs_f64() * 1e3` gives `0.034134000000000005`, which a stored event would keep).
+fn as_millis(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e6
 }
 
 /// An [`Event`] with the wall-clock time it happened: what to store when the events of
@@ -292,5 +298,23 @@ impl<F: Fn(Event) + Send + Sync + 'static> Callback for EventSink<F> {
             attempt: e.attempt,
             duration: elapsed,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_serialize_as_the_nearest_milliseconds() {
+        assert_eq!(
+            as_millis(Duration::from_nanos(34_134)).to_string(),
+            "0.034134"
+        );
+        assert_eq!(as_millis(Duration::from_millis(2_000)).to_string(), "2000");
+        assert_eq!(
+            as_millis(Duration::new(12, 345_678_901)).to_string(),
+            "12345.678901"
+        );
     }
 }

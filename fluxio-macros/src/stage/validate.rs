@@ -308,9 +308,15 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
             // `_total` reads `total` without using it: a dependency on the key only.
             ParamRole::Read(key.clone())
         } else {
+            // `_total` names the key `total` (a read whose value goes unused).
+            let name = ident.to_string();
+            let key = name
+                .strip_prefix('_')
+                .filter(|k| !k.is_empty())
+                .unwrap_or(&name);
             cx.error_spanned_by(
                 &arg.pat,
-                format!("parameter `{ident}` is not in `reads`; add it (`reads = [{ident}]`), or take a shared value as `Res<T>` or the run's identity as `RunInfo`"),
+                format!("parameter `{ident}` is not in `reads`; add it (`reads = [{key}]`), or take a shared value as `Res<T>` or the run's identity as `RunInfo`"),
             );
             continue;
         };
