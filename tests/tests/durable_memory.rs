@@ -606,9 +606,29 @@ async fn a_route_decided_before_a_failure_is_kept_on_resume() {
         .run_id("route")
         .await
         .unwrap_err();
+    // The record shows the route's choice as the run reported it: the branch not taken
+    // skipped, right after the route (it has no entry of its own).
+    let finished = |record: fluxio::RunRecord| -> Vec<(String, bool)> {
+        record
+            .finished
+            .into_iter()
+            .map(|f| (f.stage, f.skipped))
+            .collect()
+    };
+    let owned = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+        v.iter().map(|&(s, k)| (s.to_string(), k)).collect()
+    };
+    assert_eq!(
+        finished(pipe.inspect("route").await.unwrap()),
+        owned(&[("choose", false), ("basic", true)])
+    );
     probe.set_failing(&[]);
     let out = pipe.resume("route").await.unwrap();
     assert_eq!(out[picked], "gold 7");
+    assert_eq!(
+        finished(pipe.inspect("route").await.unwrap()),
+        owned(&[("choose", false), ("basic", true), ("gold", false)])
+    );
     assert_eq!(
         (
             probe.count("choose"),

@@ -1093,7 +1093,9 @@ pub struct RunRecord {
     /// this pipeline knows (a checkpoint of another version may hold others: left out).
     pub ctx: Ctx,
     /// The stages the checkpoint records as finished, in the order they finished — for a
-    /// run rolled back (or rolling back), also those whose rollbacks ran since.
+    /// run rolled back (or rolling back), also those whose rollbacks ran since. After a
+    /// route, the stages of the branches it did not take, as skipped (as the run reported
+    /// them). For a checkpoint of another pipeline version, only the stages it recorded.
     pub finished: Vec<FinishedStage>,
 }
 
@@ -1120,14 +1122,25 @@ pub(crate) async fn inspect(
         // run `resume` refuses.
         Reading::Strict => {
             let Restoration { ctx, restored, .. } = restore(plan, run_id, &stored)?;
-            let finished = restored
-                .done
-                .iter()
-                .map(|&(i, _, skipped)| FinishedStage {
+            let mut finished = Vec::new();
+            for &(i, branch, skipped) in &restored.done {
+                finished.push(FinishedStage {
                     stage: plan.nodes[i as usize].meta.name.to_string(),
                     skipped,
-                })
-                .collect();
+                });
+                // A route's branches not taken have no entries (its own entry holds its
+                // choice); the run reported their stages skipped when the route finished,
+                // and so does the record, right after the route.
+                let Some(chosen) = branch else { continue };
+                for (label, members) in plan.branch_members[i as usize].iter().enumerate() {
+                    if label as u32 != chosen {
+                        finished.extend(members.iter().map(|&k| FinishedStage {
+                            stage: plan.nodes[k as usize].meta.name.to_string(),
+                            skipped: true,
+                        }));
+                    }
+                }
+            }
             (ctx, finished)
         }
         // Another version's checkpoint is read for what it holds, nothing placed.
