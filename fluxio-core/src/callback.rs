@@ -80,7 +80,8 @@ pub trait Callback: Send + Sync + 'static {
     fn on_retry(&self, event: &StageEvent<'_>, error: &StageError, delay: Duration) {}
     /// A stream stage produced a chunk.
     fn on_chunk(&self, event: &StageEvent<'_>) {}
-    /// A durable run stored a stage's entry (`bytes` long).
+    /// A durable run stored a stage's entry (`bytes` long); `event.attempt` is the attempt
+    /// whose writes it holds (the last, after `Retry`).
     fn on_checkpoint(&self, event: &StageEvent<'_>, bytes: usize) {}
     /// A run was dropped (cancelled) before it ended.
     fn on_run_cancelled(&self, run_id: &str) {}

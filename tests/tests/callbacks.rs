@@ -271,10 +271,12 @@ impl fluxio::Callback for Extra {
         self.0.lock().unwrap().push(format!("chunk {}", e.stage));
     }
     fn on_checkpoint(&self, e: &StageEvent<'_>, bytes: usize) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("checkpoint {} {}", e.stage, bytes > 0));
+        self.0.lock().unwrap().push(format!(
+            "checkpoint {} {} attempt {}",
+            e.stage,
+            bytes > 0,
+            e.attempt
+        ));
     }
 }
 
@@ -318,9 +320,11 @@ async fn retries_chunks_and_checkpoints_are_reported() {
         2,
         "{log:?}"
     );
+    // The entry stored is the second attempt's: the checkpoint says so, as the stage's
+    // end does.
     assert!(
-        log.contains(&"checkpoint flaky true".to_string())
-            && log.contains(&"checkpoint say true".to_string()),
+        log.contains(&"checkpoint flaky true attempt 2".to_string())
+            && log.contains(&"checkpoint say true attempt 1".to_string()),
         "{log:?}"
     );
 }

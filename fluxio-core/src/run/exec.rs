@@ -1257,7 +1257,11 @@ impl SchedState {
         d.poll_lease(cx)?;
         let progressed = !finished.is_empty();
         for (i, route, size) in finished {
-            self.notify(i as usize, |c, ev| c.on_checkpoint(ev, size));
+            // The attempt whose writes were stored (the last, after `Retry`).
+            let attempt = self.attempt_of(i as usize, None);
+            self.notify(i as usize, |c, ev| {
+                c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
+            });
             self.finish_node(i as usize, route);
         }
         Ok(progressed)
