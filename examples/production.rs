@@ -3,7 +3,9 @@
 //!
 //! Run it with `cargo run --example production` (it writes `production.db` in a temporary
 //! directory). `RUST_LOG`-style filtering is left to your own subscriber; this example
-//! prints the events it collected and the spans it saw.
+//! prints every span fluxio opens and fluxio's log lines (`LoggingCallback`'s among them: the
+//! user service's first call fails and `Retry` calls it again), then the events it
+//! collected.
 
 use std::sync::{Arc, Mutex};
 
@@ -95,7 +97,8 @@ fn stream_response(prompt: &String) -> impl Stream<Item = Result<String, StageEr
     )
 }
 
-/// Prints the spans fluxio opens (a stand-in for an OpenTelemetry exporter).
+/// Prints the spans fluxio opens and the log lines (a stand-in for an OpenTelemetry
+/// exporter and a log subscriber).
 struct PrintSpans;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PrintSpans {
@@ -105,7 +108,33 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PrintSpans {
         _: &tracing::span::Id,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        println!("  span {}", attrs.metadata().name());
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        println!("  span {}{}", attrs.metadata().name(), fields.0);
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        // fluxio's own lines only (sqlx logs every statement at `debug`).
+        if !event.metadata().target().starts_with("fluxio") {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        println!("  log  {:<5}{}", event.metadata().level(), fields.0);
+    }
+}
+
+/// A span's or log line's fields, as ` message key=value ...`.
+#[derive(Default)]
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = match field.name() {
+            "message" => write!(self.0, " {value:?}"),
+            name => write!(self.0, " {name}={value:?}"),
+        };
     }
 }
 
@@ -156,7 +185,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("orders:  {:?}", out[orders]);
     println!("events:");
     for e in events.lock().unwrap().iter() {
-        println!("  {}", e.name());
+        match e.stage() {
+            Some(stage) => println!("  {:<18} {stage}", e.name()),
+            None => println!("  {}", e.name()),
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

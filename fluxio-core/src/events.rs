@@ -183,6 +183,33 @@ impl Event {
         }
     }
 
+    /// The stage a `stage.*` event is about (`None` for a `pipeline.*` event).
+    ///
+    /// ```
+    /// # use fluxio_core::events::Event;
+    /// let e = Event::StageSkipped {
+    ///     run_id: "r1".into(),
+    ///     stage: "send_email",
+    ///     reason: "maintenance".into(),
+    /// };
+    /// assert_eq!(e.stage(), Some("send_email"));
+    /// assert_eq!(Event::PipelineStarted { run_id: "r1".into() }.stage(), None);
+    /// ```
+    pub fn stage(&self) -> Option<&'static str> {
+        match self {
+            Event::StageStarted { stage, .. }
+            | Event::StageCompleted { stage, .. }
+            | Event::StageFailed { stage, .. }
+            | Event::StageSkipped { stage, .. }
+            | Event::StageCancelled { stage, .. } => Some(stage),
+            Event::PipelineStarted { .. }
+            | Event::PipelineCompleted { .. }
+            | Event::PipelineFailed { .. }
+            | Event::PipelineCancelled { .. }
+            | Event::PipelineResumed { .. } => None,
+        }
+    }
+
     /// The run the event belongs to.
     pub fn run_id(&self) -> &str {
         match self {
