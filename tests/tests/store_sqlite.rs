@@ -290,3 +290,34 @@ async fn a_damaged_status_fails_a_filtered_listing_too() {
         .to_string();
     assert!(err.contains("`blob`"), "{err}");
 }
+
+#[stage(reads = [seed], writes = [half])]
+async fn hang(seed: &u64, started: Res<std::sync::Arc<tokio::sync::Notify>>) -> u64 {
+    started.notify_one();
+    std::future::pending::<()>().await;
+    *seed
+}
+
+/// A run dropped mid-stage gives its lock back before the drop returns (the request is in
+/// the writer's queue ahead of anything asked after it): the next call finds the id free.
+#[tokio::test]
+async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
+    let dir = Scratch::new("dropped");
+    let store = SqliteStore::open(dir.file("dropped.db")).await.unwrap();
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let pipe = pipeline! { hang }
+        .with_resource(started.clone())
+        .with_store(store.clone());
+    let mut run = Box::pin(pipe.invoke(input! { seed: 4 }).run_id("dropped"));
+    tokio::select! {
+        out = &mut run => panic!("the stage never ends: {out:?}"),
+        () = started.notified() => {}
+    }
+    // Dropped (cancelled): no await between the drop and the next lock request.
+    drop(run);
+    let free = store
+        .acquire("dropped", "next-owner", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(free, "the dropped run still held its lock");
+}

@@ -653,3 +653,26 @@ async fn a_timeout_behind_a_users_middleware_leaves_out_the_consumers_time_too()
         "{end:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_streams_end_comes_once_the_run_has_let_go_of_its_id() {
+    let store = InMemoryStore::new();
+    let pipe = pipeline! { plain_stream }.with_store(store.clone());
+    let slow = || input! { chunks_n: 5, work_ms: 10, stall_ms: 0 };
+
+    // Through `finish`: it returns once the run has stopped, so its id is free at once.
+    let mut chunks = pipe.stream::<u64>(slow()).run_id("held-1");
+    chunks.next().await;
+    let out = chunks.run_id("other").finish().await;
+    assert!(matches!(out, Err(Error::BadRunId { .. })), "{out:?}");
+    let out = pipe.resume("held-1").await;
+    assert!(out.is_ok(), "resumed right after: {out:?}");
+
+    // Through the stream: its last item comes once the run has stopped.
+    let mut chunks = pipe.stream::<u64>(slow()).run_id("held-2");
+    chunks.next().await;
+    let mut chunks = chunks.run_id("other");
+    while chunks.next().await.is_some() {}
+    let out = pipe.resume("held-2").await;
+    assert!(out.is_ok(), "resumed right after: {out:?}");
+}

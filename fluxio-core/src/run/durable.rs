@@ -44,10 +44,17 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.released {
-            // Dropped mid-run (cancelled): give the lock back in the background if we can;
-            // otherwise the lease runs out on its own.
+            // Dropped mid-run (cancelled): give the lock back if we can; otherwise the
+            // lease runs out on its own. Polled once here, so that a store that releases
+            // at once (in memory) or queues the request (SQLite's single writer) does so
+            // before the drop returns — a call made right after finds the run free — and
+            // whatever is left goes on in the background.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(self.store.release(&self.run_id, &self.owner));
+                let mut release = self.store.release(&self.run_id, &self.owner);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if release.as_mut().poll(&mut cx).is_pending() {
+                    handle.spawn(release);
+                }
             }
         }
     }

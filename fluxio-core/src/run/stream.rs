@@ -27,18 +27,25 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 /// the pace of the stream stages: one waits when the consumer is more than 32 chunks
 /// behind. If the run fails, the stream yields the error as its last item.
 ///
-/// Dropping the handle cancels the run (aborts its task).
+/// Dropping the handle cancels the run (aborts its task: the cancellation, and a durable
+/// run's lock release, complete when the runtime next runs it).
 ///
 /// Before it is first polled, `.run_id(..)`, `.resume()` and `.allow_version_change()`
 /// configure the run as they do an invoke: a durable streaming run under your own id, and
 /// its continuation after a crash (stream stages that finished before are not run again,
 /// so their chunks are not streamed again). Called once the handle was polled, they cancel
 /// the run, which ends with [`Error::BadRunId`]: it had started under a generated id.
+/// That end ([`finish`](StreamHandle::finish), or the stream's last item) comes once the
+/// run's task has stopped.
 #[must_use = "a stream does nothing unless polled"]
 pub struct StreamHandle<C> {
     /// What the run starts from, until the handle is first polled.
     start: Option<Box<(Pipeline, Ctx, super::exec::RunOptions, Sender)>>,
     run: Option<RunFuture>,
+    /// A run cancelled on its task (configured late), until the task has stopped: its
+    /// stages dropped, their cancellation reported, a durable run's lock given back. The
+    /// handle's end waits for it, so the run's id is free once the handle says it ended.
+    stopping: Option<RunFuture>,
     /// The run's task, when it was spawned.
     task: Option<tokio::task::AbortHandle>,
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
@@ -72,6 +79,7 @@ impl<C: Send + 'static> StreamHandle<C> {
         StreamHandle {
             start: Some(Box::new((pipe, input, Default::default(), tx))),
             run: None,
+            stopping: None,
             task: None,
             rx: Some(rx),
             result: None,
@@ -89,10 +97,21 @@ impl<C: Send + 'static> StreamHandle<C> {
         // A run that ended on its task (its end not seen yet) is not cancelled: too late
         // to configure, as for one whose end the handle saw.
         let ended = self.task.as_ref().is_some_and(|t| t.is_finished());
-        if self.start.is_none() && !ended && self.run.take().is_some() {
-            // Dropping the run's future cancels it (and releases a durable run's lock).
-            self.rx = None;
-            self.result = Some(Err(Error::BadRunId { reason: LATE }));
+        if self.start.is_none() && !ended {
+            if let Some(run) = self.run.take() {
+                match &self.task {
+                    // On its task: aborted, and awaited before the handle reports the end
+                    // (the abort takes effect when the runtime next runs the task).
+                    Some(task) => {
+                        task.abort();
+                        self.stopping = Some(run);
+                    }
+                    // Polled in place: dropping its future cancels it now.
+                    None => drop(run),
+                }
+                self.rx = None;
+                self.result = Some(Err(Error::BadRunId { reason: LATE }));
+            }
         }
         self.start.as_mut().map(|s| &mut s.2)
     }
@@ -177,6 +196,10 @@ impl<C: Send + 'static> StreamHandle<C> {
         if let Some(run) = self.run.take() {
             self.result = Some(run.await);
         }
+        if let Some(stopping) = self.stopping.take() {
+            // Its own outcome (cancelled) is not the handle's: `result` says why.
+            let _ = stopping.await;
+        }
         self.result.take().unwrap_or(Err(Error::Cancelled {
             run_id: self.run_id.clone(),
         }))
@@ -205,6 +228,13 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.started();
+        if let Some(stopping) = &mut this.stopping {
+            // A run cancelled on its task: its end is reported once the task stopped.
+            if stopping.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.stopping = None;
+        }
         // Whether the run ended (on its task; polled in place outside tokio, where it moves
         // on at every poll, also while chunks wait in the buffer).
         if let Some(run) = &mut this.run {
