@@ -228,12 +228,13 @@ impl Callback for LoggingCallback {
         tracing::info!(
             run_id = event.run_id,
             stage = event.stage,
+            attempt = event.attempt,
             elapsed_ms = elapsed.as_millis() as u64,
             "stage completed"
         );
     }
     fn on_stage_error(&self, event: &StageEvent<'_>, error: &Error, elapsed: Duration) {
-        tracing::warn!(run_id = event.run_id, stage = event.stage, elapsed_ms = elapsed.as_millis() as u64, error = %error, "stage failed");
+        tracing::warn!(run_id = event.run_id, stage = event.stage, attempt = event.attempt, elapsed_ms = elapsed.as_millis() as u64, error = %error, "stage failed");
     }
     fn on_stage_skip(&self, event: &StageEvent<'_>, reason: &str) {
         tracing::info!(

@@ -13,10 +13,26 @@ fluxio::keys! {
     pub b: u64;
 }
 
-/// Records the spans runs open, with their fields; and, in `closed`, the order in which
-/// spans open (`new ..`) and close (`close ..`).
+/// Records the spans runs open, with their fields; in the second list, the order in which
+/// spans open (`new ..`) and close (`close ..`); in the third, fluxio's log lines.
 #[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>);
+struct SpanLog(
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<String>>>,
+);
+
+/// A span's or log line's fields, as ` name=value ...`.
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push_str(&format!(" {}={value}", field.name()));
+    }
+}
 
 /// A span's name and fields, kept with it until it closes.
 struct Described(String);
@@ -33,21 +49,20 @@ where
         }
     }
 
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target().starts_with("fluxio") {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.2.lock().unwrap().push(fields.0);
+        }
+    }
+
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
         id: &tracing::span::Id,
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={:?}", field.name(), value));
-            }
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                self.0.push_str(&format!(" {}={value}", field.name()));
-            }
-        }
         let mut fields = Fields(String::new());
         attrs.record(&mut fields);
         let described = format!("{}{}", attrs.metadata().name(), fields.0);
@@ -95,11 +110,20 @@ async fn every_run_stage_and_attempt_is_a_span() {
     pipe.invoke(input! { n: 1 }).run_id("traced").await.unwrap();
     let pipe = pipeline! { flaky }
         .with_resource(std::sync::atomic::AtomicU32::new(0))
-        .with_middleware(Retry::constant(2, Duration::from_millis(1)));
+        .with_middleware(Retry::constant(2, Duration::from_millis(1)))
+        .with_callback(LoggingCallback::default());
     pipe.invoke(input! { n: 1 })
         .run_id("retried")
         .await
         .unwrap();
+    // `LoggingCallback` says which attempt a stage ended on.
+    let lines = log.2.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("message=stage completed")
+            && l.contains("run_id=retried")
+            && l.contains("attempt=2")),
+        "{lines:?}"
+    );
 
     let spans = log.0.lock().unwrap().clone();
     assert!(
