@@ -244,6 +244,16 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The nodes of route `route`'s branches other than `chosen` (nested ones too): what
+    /// its choice skips. A skipped route's `NO_BRANCH` skips every branch.
+    pub(crate) fn not_chosen(&self, route: usize, chosen: u32) -> impl Iterator<Item = u32> + '_ {
+        self.branch_members[route]
+            .iter()
+            .enumerate()
+            .filter(move |&(label, _)| label as u32 != chosen)
+            .flat_map(|(_, members)| members.iter().copied())
+    }
+
     #[allow(
         clippy::needless_range_loop,
         reason = "the loops walk index pairs (i, j) of the matrix"

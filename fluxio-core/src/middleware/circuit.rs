@@ -157,18 +157,14 @@ impl CircuitBreaker {
         self.record_outcome_troubled(stage, out);
     }
 
+    /// [`record_outcome`](Self::record_outcome) of a failure, or of a success while some
+    /// stage's circuit is not clean.
     #[inline(never)]
     fn record_outcome_troubled(&self, stage: &StageMeta, out: &Result<StageOutput, StageError>) {
-        match out {
-            Err(e) if super::is_refusal(e) => {}
-            out => self.record(stage, out.is_ok()),
-        }
-    }
-
-    pub(crate) fn record(&self, stage: &StageMeta, ok: bool) {
-        if ok && self.shared.troubled.load(Ordering::Acquire) == 0 {
-            return;
-        }
+        let ok = match out {
+            Err(e) if super::is_refusal(e) => return,
+            out => out.is_ok(),
+        };
         let (threshold, reset) = (self.threshold, self.reset);
         self.update(stage, |state| {
             *state = match (*state, ok) {

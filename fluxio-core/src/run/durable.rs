@@ -1139,14 +1139,10 @@ pub(crate) async fn inspect(
                 // choice); the run reported their stages skipped when the route finished,
                 // and so does the record, right after the route.
                 let Some(chosen) = branch else { continue };
-                for (label, members) in plan.branch_members[i as usize].iter().enumerate() {
-                    if label as u32 != chosen {
-                        finished.extend(members.iter().map(|&k| FinishedStage {
-                            stage: plan.nodes[k as usize].meta.name.to_string(),
-                            skipped: true,
-                        }));
-                    }
-                }
+                finished.extend(plan.not_chosen(i as usize, chosen).map(|k| FinishedStage {
+                    stage: plan.nodes[k as usize].meta.name.to_string(),
+                    skipped: true,
+                }));
             }
             (ctx, finished)
         }

@@ -703,13 +703,13 @@ impl Scheduler {
                 for &(i, route, _) in &restored.done {
                     sched.state[i as usize] = DONE;
                     if let Some(l) = route {
-                        sched.mark_skipped(i as usize, l as usize);
+                        sched.mark_skipped(i as usize, l);
                     }
                 }
                 for &(i, route, _) in &restored.done {
                     sched.release(i as usize);
                     if let Some(l) = route {
-                        sched.release_skipped(i as usize, l as usize, false);
+                        sched.release_skipped(i as usize, l, false);
                     }
                 }
                 sched.ready = (0..n as u32)
@@ -1029,7 +1029,7 @@ impl SchedState {
             };
             self.apply(i, writes);
             if let Some(l) = route {
-                self.mark_skipped(i, l as usize);
+                self.mark_skipped(i, l);
             }
             self.state[i] = PERSISTING;
             let d = self.durable.as_mut().expect("checked above");
@@ -1041,7 +1041,7 @@ impl SchedState {
         }
         self.apply(i, writes);
         if let Some(l) = route {
-            self.mark_skipped(i, l as usize);
+            self.mark_skipped(i, l);
         }
         self.finish_node(i, route);
         Ok(())
@@ -1111,7 +1111,7 @@ impl SchedState {
         }
         self.release(i);
         if let Some(l) = route {
-            self.release_skipped(i, l as usize, true);
+            self.release_skipped(i, l, true);
         }
     }
 
@@ -1183,34 +1183,27 @@ impl SchedState {
     }
 
     /// Marks every node of route `i`'s other branches skipped.
-    fn mark_skipped(&mut self, i: usize, chosen: usize) {
+    fn mark_skipped(&mut self, i: usize, chosen: u32) {
         let plan = self.plan.clone();
-        for (l, nodes) in plan.branch_members[i].iter().enumerate() {
-            if l != chosen {
-                for &k in nodes {
-                    self.state[k as usize] = SKIPPED;
-                }
-            }
+        for k in plan.not_chosen(i, chosen) {
+            self.state[k as usize] = SKIPPED;
         }
     }
 
     /// Releases the dependents of route `i`'s skipped nodes, reporting them skipped.
-    fn release_skipped(&mut self, i: usize, chosen: usize, report: bool) {
+    fn release_skipped(&mut self, i: usize, chosen: u32, report: bool) {
         let plan = self.plan.clone();
         let node = &plan.nodes[i];
-        for (l, nodes) in plan.branch_members[i].iter().enumerate() {
-            if l != chosen {
-                for &k in nodes {
-                    if report && self.obs.is_some() {
-                        let reason = match node.labels.get(chosen) {
-                            Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
-                            None => format!("route `{}` was skipped", node.meta.name),
-                        };
-                        self.notify(k as usize, |c, ev| c.on_stage_skip(ev, &reason));
-                    }
-                    self.release(k as usize);
-                }
+        let reason =
+            (report && self.obs.is_some()).then(|| match node.labels.get(chosen as usize) {
+                Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
+                None => format!("route `{}` was skipped", node.meta.name),
+            });
+        for k in plan.not_chosen(i, chosen) {
+            if let Some(reason) = &reason {
+                self.notify(k as usize, |c, ev| c.on_stage_skip(ev, reason));
             }
+            self.release(k as usize);
         }
     }
 
