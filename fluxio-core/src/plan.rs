@@ -378,12 +378,12 @@ impl Plan {
         }
     }
 
-    /// How the stages of this pipeline that merge key `name` (if any does) merge it: for an
-    /// addition a stage of another version stored, which this version no longer has.
+    /// How key `name` merges, as this pipeline declares it (`None`: it is not `#[merge]`,
+    /// or not a key of this pipeline): for an addition whose stage this version no longer
+    /// has, or one stored with its list of added keys.
     pub(crate) fn merge_of_key(&self, name: &str) -> Option<crate::key::MergeFn> {
-        self.nodes
+        self.key_descs
             .iter()
-            .flat_map(merge_keys)
             .find(|k| k.name == name)
             .and_then(|k| k.merge)
     }

@@ -273,7 +273,7 @@ fn merge_for(
 ) -> Option<crate::key::MergeFn> {
     if let Some(added) = &entry.added {
         return if added.iter().any(|k| k == name) {
-            find_key(plan, name).and_then(|k| k.merge)
+            plan.merge_of_key(name)
         } else {
             None
         };

@@ -41,11 +41,11 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 pub struct StreamHandle<C> {
     /// What the run starts from, until the handle is first polled.
     start: Option<Box<(Pipeline, Ctx, super::exec::RunOptions, Sender)>>,
+    /// The run, until it has ended. One cancelled on its task (configured late) stays
+    /// here, aborted, until the task has stopped — its stages dropped, their cancellation
+    /// reported, a durable run's lock given back — so the run's id is free once the handle
+    /// says it ended; `result` already holds why it ended.
     run: Option<RunFuture>,
-    /// A run cancelled on its task (configured late), until the task has stopped: its
-    /// stages dropped, their cancellation reported, a durable run's lock given back. The
-    /// handle's end waits for it, so the run's id is free once the handle says it ended.
-    stopping: Option<RunFuture>,
     /// The run's task, when it was spawned.
     task: Option<tokio::task::AbortHandle>,
     rx: Option<tokio::sync::mpsc::Receiver<RawChunk>>,
@@ -79,7 +79,6 @@ impl<C: Send + 'static> StreamHandle<C> {
         StreamHandle {
             start: Some(Box::new((pipe, input, Default::default(), tx))),
             run: None,
-            stopping: None,
             task: None,
             rx: Some(rx),
             result: None,
@@ -97,21 +96,16 @@ impl<C: Send + 'static> StreamHandle<C> {
         // A run that ended on its task (its end not seen yet) is not cancelled: too late
         // to configure, as for one whose end the handle saw.
         let ended = self.task.as_ref().is_some_and(|t| t.is_finished());
-        if self.start.is_none() && !ended {
-            if let Some(run) = self.run.take() {
-                match &self.task {
-                    // On its task: aborted, and awaited before the handle reports the end
-                    // (the abort takes effect when the runtime next runs the task).
-                    Some(task) => {
-                        task.abort();
-                        self.stopping = Some(run);
-                    }
-                    // Polled in place: dropping its future cancels it now.
-                    None => drop(run),
-                }
-                self.rx = None;
-                self.result = Some(Err(Error::BadRunId { reason: LATE }));
+        if self.start.is_none() && !ended && self.run.is_some() && self.result.is_none() {
+            match &self.task {
+                // On its task: aborted, and awaited before the handle reports the end (the
+                // abort takes effect when the runtime next runs the task).
+                Some(task) => task.abort(),
+                // Polled in place: dropping its future cancels it now.
+                None => self.run = None,
             }
+            self.rx = None;
+            self.result = Some(Err(Error::BadRunId { reason: LATE }));
         }
         self.start.as_mut().map(|s| &mut s.2)
     }
@@ -194,11 +188,9 @@ impl<C: Send + 'static> StreamHandle<C> {
         self.rx = None;
         self.started();
         if let Some(run) = self.run.take() {
-            self.result = Some(run.await);
-        }
-        if let Some(stopping) = self.stopping.take() {
-            // Its own outcome (cancelled) is not the handle's: `result` says why.
-            let _ = stopping.await;
+            // The first answer stands (a cancelled run's own end is `Cancelled`).
+            let out = run.await;
+            self.result.get_or_insert(out);
         }
         self.result.take().unwrap_or(Err(Error::Cancelled {
             run_id: self.run_id.clone(),
@@ -228,19 +220,12 @@ impl<C: Send + 'static> Stream for StreamHandle<C> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.started();
-        if let Some(stopping) = &mut this.stopping {
-            // A run cancelled on its task: its end is reported once the task stopped.
-            if stopping.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.stopping = None;
-        }
         // Whether the run ended (on its task; polled in place outside tokio, where it moves
         // on at every poll, also while chunks wait in the buffer).
         if let Some(run) = &mut this.run {
             if let Poll::Ready(result) = run.as_mut().poll(cx) {
                 this.run = None;
-                this.result = Some(result);
+                this.result.get_or_insert(result);
             }
         }
         if let Some(rx) = &mut this.rx {
