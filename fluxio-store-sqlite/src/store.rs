@@ -19,7 +19,8 @@ use crate::{Error, SqliteOptions, schema};
 /// row): a value below, between or above the sorted status names, or a blob. Written as
 /// ranges rather than `NOT IN (..)`, so that SQLite still answers a filtered listing from
 /// the `runs_by_status` index (it splits an `OR` over index searches only when every term
-/// can use one).
+/// can use one). Numbers and NULLs need no range: `status` is a `TEXT NOT NULL` column, so
+/// SQLite stores a number written there as text and refuses a NULL.
 static DAMAGED_STATUS: LazyLock<String> = LazyLock::new(|| {
     let mut known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
     known.sort_unstable();
