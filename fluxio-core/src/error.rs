@@ -296,7 +296,26 @@ impl std::fmt::Display for Error {
                 stage,
                 run_id,
                 source,
-            } => write!(f, "{}stage `{stage}` failed: {source}", run_prefix(run_id)),
+            } => {
+                // `Retry` gave up: say it once, and say the stage once (its last error is
+                // often about the same stage, a timeout say).
+                if let Some(gave_up) = source.downcast_ref::<crate::middleware::RetriesExhausted>()
+                {
+                    write!(
+                        f,
+                        "{}stage `{stage}` failed after {} attempts: ",
+                        run_prefix(run_id),
+                        gave_up.attempts
+                    )?;
+                    return match gave_up.last.downcast_ref::<Error>() {
+                        Some(last) if last.stage_called() == Some(*stage) => {
+                            last.fmt_without_stage(f)
+                        }
+                        _ => write!(f, "{}", gave_up.last),
+                    };
+                }
+                write!(f, "{}stage `{stage}` failed: {source}", run_prefix(run_id))
+            }
             Error::Timeout {
                 stage,
                 run_id,
@@ -715,6 +734,39 @@ pub(crate) fn short_type(name: &str) -> String {
 }
 
 /// ``run `id`: `` before a message, or nothing for a run without an id.
+impl Error {
+    /// The stage a timeout or a middleware's refusal is about: the errors that read well
+    /// without the stage's name after the stage was named (see
+    /// [`fmt_without_stage`](Self::fmt_without_stage)).
+    fn stage_called(&self) -> Option<&'static str> {
+        match self {
+            Error::Timeout { stage, .. }
+            | Error::CircuitOpen { stage, .. }
+            | Error::RateLimited { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// This error for a sentence that has named its stage already.
+    fn fmt_without_stage(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Timeout { after, .. } => write!(f, "timed out after {after:?}"),
+            Error::CircuitOpen { retry_in, .. } => write!(
+                f,
+                "its circuit is open: it failed too often; the breaker lets a trial call \
+                through in {}",
+                round_duration(*retry_in)
+            ),
+            Error::RateLimited { retry_in, .. } => write!(
+                f,
+                "its rate limit has no token left; the next comes in {}",
+                round_duration(*retry_in)
+            ),
+            other => std::fmt::Display::fmt(other, f),
+        }
+    }
+}
+
 fn run_prefix(run_id: &Option<String>) -> String {
     run_id
         .as_deref()

@@ -78,7 +78,7 @@ async fn retry_gives_up_saying_how_many_attempts_ran() {
     assert_eq!(flaky.calls(), 3);
     assert_eq!(
         err.to_string(),
-        "stage `work` failed: failed after 3 attempts: transient failure 3"
+        "stage `work` failed after 3 attempts: transient failure 3"
     );
 }
 
@@ -369,10 +369,9 @@ async fn a_retry_outside_the_breaker_returns_an_open_circuit_at_once() {
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     assert_eq!(flaky.calls(), 1);
     assert!(
-        err.to_string().ends_with(
-            "failed after 4 attempts: circuit open for stage `work`: it failed too often; \
-             the breaker lets a trial call through in 57s"
-        ),
+        err.to_string()
+            == "stage `work` failed after 4 attempts: its circuit is open: it failed too \
+                often; the breaker lets a trial call through in 57s",
         "{err}"
     );
 }
@@ -1090,6 +1089,11 @@ async fn a_timeout_is_found_behind_the_retries_that_gave_up() {
         err.find::<fluxio::middleware::RetriesExhausted>()
             .map(|r| r.attempts),
         Some(2)
+    );
+    // The stage is named once.
+    assert_eq!(
+        err.to_string(),
+        "stage `sleepy` failed after 2 attempts: timed out after 100ms"
     );
 }
 
