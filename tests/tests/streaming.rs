@@ -676,3 +676,58 @@ async fn a_cancelled_streams_end_comes_once_the_run_has_let_go_of_its_id() {
     let out = pipe.resume("held-2").await;
     assert!(out.is_ok(), "resumed right after: {out:?}");
 }
+
+#[tokio::test]
+async fn cancel_returns_once_the_run_has_stopped_and_let_go_of_its_id() {
+    let gate = Arc::new(Gate(tokio::sync::Semaphore::new(0)));
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { gated }
+        .with_resource(gate.clone())
+        .with_store(InMemoryStore::new())
+        .with_callback(sink);
+    let names =
+        || -> Vec<&'static str> { events.lock().unwrap().iter().map(|e| e.name()).collect() };
+
+    // Mid-run: the stage waits at its gate after its first chunk.
+    let mut s = pipe
+        .stream::<String>(input! { words: "first".into() })
+        .run_id("cancelled-1");
+    assert_eq!(s.next().await.unwrap().unwrap().data, "first");
+    let out = s.cancel().await;
+    assert!(
+        matches!(&out, Err(Error::Cancelled { run_id: Some(id) }) if id == "cancelled-1"),
+        "{out:?}"
+    );
+    // Stopped by the time `cancel` returns: reported, and its id free.
+    assert_eq!(
+        names(),
+        [
+            "pipeline.started",
+            "stage.started",
+            "stage.cancelled",
+            "pipeline.cancelled"
+        ]
+    );
+    gate.0.add_permits(1);
+    let resumed = pipe.resume("cancelled-1").await;
+    assert!(resumed.is_ok(), "resumed right after: {resumed:?}");
+
+    // Never polled: nothing ran, nothing is reported.
+    events.lock().unwrap().clear();
+    let out = pipe
+        .stream::<String>(input! { words: "first".into() })
+        .run_id("never")
+        .cancel()
+        .await;
+    assert!(
+        matches!(&out, Err(Error::Cancelled { run_id: Some(id) }) if id == "never"),
+        "{out:?}"
+    );
+    assert!(names().is_empty(), "{:?}", names());
+
+    // Ended before it was cancelled (its end not seen yet): its result stands.
+    gate.0.add_permits(1);
+    let mut s = pipe.stream::<String>(input! { words: "first".into() });
+    while s.next().await.is_some() {}
+    assert!(s.cancel().await.is_ok());
+}

@@ -27,8 +27,10 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<Ctx>> + Send>>;
 /// the pace of the stream stages: one waits when the consumer is more than 32 chunks
 /// behind. If the run fails, the stream yields the error as its last item.
 ///
-/// Dropping the handle cancels the run (aborts its task: the cancellation, and a durable
-/// run's lock release, complete when the runtime next runs it).
+/// [`cancel`](StreamHandle::cancel) cancels the run and waits until it has stopped.
+/// Dropping the handle cancels it too (aborts its task), without waiting: the
+/// cancellation, and a durable run's lock release, complete when the runtime next runs
+/// the task.
 ///
 /// Before it is first polled, `.run_id(..)`, `.resume()` and `.allow_version_change()`
 /// configure the run as they do an invoke: a durable streaming run under your own id, and
@@ -189,6 +191,56 @@ impl<C: Send + 'static> StreamHandle<C> {
         self.started();
         if let Some(run) = self.run.take() {
             // The first answer stands (a cancelled run's own end is `Cancelled`).
+            let out = run.await;
+            self.result.get_or_insert(out);
+        }
+        self.result.take().unwrap_or(Err(Error::Cancelled {
+            run_id: self.run_id.clone(),
+        }))
+    }
+
+    /// Cancels the run and waits until it has stopped: its stages are dropped (callbacks
+    /// hear `stage.cancelled`, then `pipeline.cancelled`) and a durable run has given its
+    /// id's lock back — so a `resume` of the id right after does not meet
+    /// [`Error::RunIdInUse`] (with the Redis store, the lock's release is still sent in the
+    /// background). A durable run keeps its checkpoint, to be resumed. Dropping the handle
+    /// cancels the run too, but does not wait for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Cancelled`] naming the run — or, when the run had ended before it could be
+    /// cancelled, how it ended (`Ok` with its final context if it completed). A handle never
+    /// polled started nothing: `Error::Cancelled`.
+    ///
+    /// ```
+    /// # use fluxio_core::{Ctx, Error, Pipeline};
+    /// # async fn demo(pipe: Pipeline, input: Ctx) {
+    /// let handle = pipe.stream::<String>(input).run_id("order-42");
+    /// // ... read some chunks, then give up on the rest:
+    /// if let Err(Error::Cancelled { run_id }) = handle.cancel().await {
+    ///     println!("cancelled {run_id:?}");
+    /// }
+    /// // "order-42" is free: `pipe.resume("order-42")` continues it from its checkpoint.
+    /// # }
+    /// # let _ = demo;
+    /// ```
+    pub async fn cancel(mut self) -> Result<Ctx> {
+        self.rx = None;
+        if let Some(start) = self.start.take() {
+            return Err(Error::Cancelled {
+                run_id: start.2.run_id,
+            });
+        }
+        if self.result.is_none() {
+            match &self.task {
+                // Aborted; awaited below, until the task has stopped (a task that ended
+                // first keeps its result).
+                Some(task) => task.abort(),
+                // Polled in place: dropping its future cancels it now.
+                None => self.run = None,
+            }
+        }
+        if let Some(run) = self.run.take() {
             let out = run.await;
             self.result.get_or_insert(out);
         }
