@@ -140,3 +140,35 @@ async fn a_run_whose_lock_key_holds_another_type_is_a_corrupt_checkpoint() {
         other => panic!("expected CorruptCheckpoint, got {other:?}"),
     }
 }
+
+/// A run dropped while it waits for its lock (a caller's timeout, say) may still get the
+/// lock — the command was sent — and gives it back after it: the same id is free again at
+/// once, or within moments (Redis finishes a dropped run's release in the background), not
+/// after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_while_taking_its_lock_leaves_no_lock_behind() {
+    let Some(p) = Prefixed::connect("dropped-acquire").await else {
+        return;
+    };
+    let pipe = pipeline! { double }
+        .with_resource(Arc::new(Open(AtomicBool::new(true))))
+        .with_store(p.store.clone())
+        .with_lease(Duration::from_secs(120));
+    for i in 0..200 {
+        let id = format!("job-{i}");
+        let mut first = Box::pin(pipe.invoke(input! { n: 4 }).run_id(id.clone()));
+        // One poll: the lock is asked for, and the call is dropped before the answer.
+        assert!(futures::poll!(&mut first).is_pending());
+        drop(first);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match pipe.invoke(input! { n: 4 }).run_id(id.clone()).await {
+                Ok(_) => break,
+                Err(Error::RunIdInUse { .. }) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+    }
+}

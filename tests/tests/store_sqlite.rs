@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use fluxio::prelude::*;
 use fluxio::store::{CheckpointStore, RunStatus, SqliteStore};
+use futures::StreamExt;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 
@@ -320,4 +321,45 @@ async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
         .await
         .unwrap();
     assert!(free, "the dropped run still held its lock");
+}
+
+#[stage(reads = [seed], writes = [half])]
+async fn halve_quietly(seed: &u64) -> u64 {
+    seed / 2
+}
+
+/// A run dropped while it waits for its lock (a caller's timeout, say) may still get the
+/// lock — the writer finishes what it was sent — and gives it back: retried at once, the
+/// same id is free, and no lock is left behind unseen by `list_runs`.
+#[tokio::test]
+async fn a_run_dropped_while_taking_its_lock_leaves_no_lock_behind() {
+    let dir = Scratch::new("dropped-acquire");
+    let store = SqliteStore::open(dir.file("acquire.db")).await.unwrap();
+    let pipe = pipeline! { halve_quietly }.with_store(store.clone());
+    for i in 0..20 {
+        let id = format!("job-{i}");
+        let mut first = Box::pin(pipe.invoke(input! { seed: 4 }).run_id(id.clone()));
+        // One poll: the lock is asked for, and the call is dropped before the answer.
+        assert!(futures::poll!(&mut first).is_pending());
+        drop(first);
+        let retried = pipe.invoke(input! { seed: 4 }).run_id(id.clone()).await;
+        assert!(retried.is_ok(), "{id}: {retried:?}");
+    }
+    let free = store
+        .acquire("job-0", "next-owner", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(free);
+
+    // The same for a streamed run, cancelled while its task waits for the lock.
+    for i in 0..20 {
+        let id = format!("stream-{i}");
+        let mut first = pipe.stream::<u64>(input! { seed: 4 }).run_id(id.clone());
+        assert!(futures::poll!(first.next()).is_pending());
+        // Its task runs up to the lock request.
+        tokio::task::yield_now().await;
+        let _ = first.cancel().await;
+        let retried = pipe.invoke(input! { seed: 4 }).run_id(id.clone()).await;
+        assert!(retried.is_ok(), "{id}: {retried:?}");
+    }
 }

@@ -763,21 +763,28 @@ pub(crate) async fn run(
 ) -> Result<Ctx> {
     let plan = pipe.plan.clone();
     let owner = fresh_owner();
-    let acquired = store.acquire(&run_id, &owner, pipe.lease).await;
-    if acquired.is_err() {
-        begin();
-    }
-    if !acquired.map_err(store_err(&run_id, "acquire"))? {
-        return Err(Error::RunIdInUse {
-            run_id: run_id.to_string(),
-        });
-    }
-    let guard = LockGuard {
+    // The guard exists before the lock is asked for: a call dropped while it waits for the
+    // acquire (a caller's timeout, a `select!`) may still get the lock — the store finishes
+    // what it was sent — and its drop then asks for the release after the acquire (SQLite's
+    // writer and a Redis connection take requests in order), instead of leaving the lock
+    // held, unseen by `list_runs`, until its lease runs out.
+    let mut guard = LockGuard {
         store: store.clone(),
         run_id: run_id.clone(),
         owner: owner.clone(),
         released: false,
     };
+    let acquired = store.acquire(&run_id, &owner, pipe.lease).await;
+    if acquired.is_err() {
+        begin();
+    }
+    if !acquired.map_err(store_err(&run_id, "acquire"))? {
+        // Another owner holds it: nothing of ours to give back.
+        guard.released = true;
+        return Err(Error::RunIdInUse {
+            run_id: run_id.to_string(),
+        });
+    }
 
     // Every way out before the run starts gives the lock back at once: a caller that
     // corrects its call (say, with `allow_version_change`) must not find it still held.
