@@ -153,6 +153,17 @@ pub enum Error {
         /// The run, when it has an id.
         run_id: Option<String>,
     },
+    /// The run is polled outside a tokio runtime, and something in it needs one: a durable
+    /// run (its store and its lease's timer), a sync stage (tokio's blocking pool), a
+    /// `Retry` backoff or a `RateLimit` wait (tokio's timer). A pipeline of async stages
+    /// alone runs under any executor.
+    NoRuntime {
+        /// What needs the runtime: ``sync stage `resize` (it runs on tokio's blocking
+        /// pool)``, `a durable run (its store and its lease timer)`.
+        needed_by: String,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
+    },
     /// `resume`, `replay` or `diff` found no checkpoint for the run.
     NoCheckpoint {
         /// The run.
@@ -432,6 +443,12 @@ impl std::fmt::Display for Error {
                 Some(id) => write!(f, "run `{id}` cancelled"),
                 None => write!(f, "run cancelled"),
             },
+            Error::NoRuntime { needed_by, run_id } => write!(
+                f,
+                "{}{needed_by} needs a tokio runtime, and the run is polled outside one: \
+                await it inside one (`#[tokio::main]`, `Runtime::block_on`)",
+                run_prefix(run_id)
+            ),
             Error::NoCheckpoint { run_id } => write!(f, "no checkpoint for run `{run_id}`"),
             Error::CheckpointVersion {
                 run_id,
@@ -668,6 +685,7 @@ impl Error {
             | Error::KeyType { run_id, .. }
             | Error::KeyClash { run_id, .. }
             | Error::ChunkType { run_id, .. }
+            | Error::NoRuntime { run_id, .. }
             | Error::Cancelled { run_id },
         ) = (id, &mut self)
         {
@@ -735,6 +753,16 @@ pub(crate) fn short_type(name: &str) -> String {
 
 /// ``run `id`: `` before a message, or nothing for a run without an id.
 impl Error {
+    /// `needed_by` needs a tokio runtime, and none is current: the error saying so.
+    pub(crate) fn without_runtime(needed_by: impl FnOnce() -> String) -> Option<Error> {
+        tokio::runtime::Handle::try_current()
+            .is_err()
+            .then(|| Error::NoRuntime {
+                needed_by: needed_by(),
+                run_id: None,
+            })
+    }
+
     /// The stage a timeout or a middleware's refusal is about: the errors that read well
     /// without the stage's name after the stage was named (see
     /// [`fmt_without_stage`](Self::fmt_without_stage)).

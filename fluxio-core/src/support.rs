@@ -22,6 +22,11 @@ where
     F: FnOnce() -> Result<T, StageError> + Send + 'static,
     T: Send + 'static,
 {
+    if let Some(e) = crate::Error::without_runtime(|| {
+        format!("sync stage `{stage}` (it runs on tokio's blocking pool)")
+    }) {
+        return Err(StageError::new(e));
+    }
     let span = tracing::Span::current();
     let call = BlockingCall(Some(tokio::task::spawn_blocking(move || {
         span.in_scope(body)

@@ -126,7 +126,12 @@ fn enter(layer: &Layer, site: &Site<'_>, depth: usize, keys: &mut Keys) -> Enter
             Some(wait) if limit.refuse => {
                 return Enter::Answer(Err(RateLimit::refusal(meta.name, wait)));
             }
-            Some(wait) => return Enter::Wait(wait),
+            Some(wait) => {
+                return match RateLimit::no_timer(meta.name) {
+                    Some(e) => Enter::Answer(Err(e)),
+                    None => Enter::Wait(wait),
+                };
+            }
         },
         Layer::Timeout(_) if meta.timeout.is_some() => Frame::Pass,
         // The deadline on the stage's own clock: for a stream stage, the consumer's time is

@@ -126,6 +126,18 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Outside a tokio runtime, the error a call that must wait for a token gets: the wait
+    /// is tokio's timer.
+    #[cold]
+    pub(crate) fn no_timer(stage: &'static str) -> Option<StageError> {
+        crate::Error::without_runtime(|| {
+            format!("`RateLimit`, to wait for a token for stage `{stage}`,")
+        })
+        .map(StageError::new)
+    }
+}
+
 impl Middleware for RateLimit {
     fn handle<'a>(
         &'a self,
@@ -136,6 +148,9 @@ impl Middleware for RateLimit {
             while let Some(wait) = self.take(call.meta) {
                 if self.refuse {
                     return Err(Self::refusal(call.meta.name, wait));
+                }
+                if let Some(e) = Self::no_timer(call.meta.name) {
+                    return Err(e);
                 }
                 tokio::time::sleep(wait).await;
             }

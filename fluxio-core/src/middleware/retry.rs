@@ -189,6 +189,16 @@ impl Retry {
                 last: err.into_inner(),
             }));
         }
+        // The wait before the next attempt is tokio's timer.
+        if let Some(e) = crate::Error::without_runtime(|| {
+            format!(
+                "`Retry`, to wait before calling stage `{}` again after attempt {attempt} \
+                 failed ({err}),",
+                call.meta.name
+            )
+        }) {
+            return Err(StageError::new(e));
+        }
         let delay = self.delay(attempt);
         tracing::debug!(stage = call.meta.name, attempt, error = %err, ?delay, "stage failed; retrying");
         let this = StageCall { attempt, ..*call };

@@ -761,6 +761,12 @@ pub(crate) async fn run(
     obs: Option<Observers>,
     begin: &(dyn Fn() + Sync),
 ) -> Result<Ctx> {
+    if let Some(e) = Error::without_runtime(|| {
+        "a durable run (its checkpoint store and its lease's timer)".to_string()
+    }) {
+        begin();
+        return Err(e.in_run(Some(&run_id)));
+    }
     let plan = pipe.plan.clone();
     let owner = fresh_owner();
     // The guard exists before the lock is asked for: a call dropped while it waits for the
