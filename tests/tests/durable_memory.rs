@@ -732,6 +732,17 @@ async fn inspect_reads_a_stored_run_without_running_it() {
         pipe.inspect("nope").await,
         Err(Error::NoCheckpoint { run_id }) if run_id == "nope"
     ));
+    // An empty id is refused as a run's is, not looked for.
+    let empty = |out: Result<(), Error>| match out {
+        Err(e @ Error::BadRunId { .. }) => {
+            assert_eq!(e.to_string(), "bad run id: a run id cannot be empty")
+        }
+        other => panic!("{other:?}"),
+    };
+    empty(pipe.inspect("").await.map(drop));
+    empty(pipe.replay("").await.map(drop));
+    empty(pipe.diff("", "r").await.map(drop));
+    empty(pipe.diff("r", "").await.map(drop));
     let no_store = pipeline! { sa, sb, sc }.with_resource(probe.clone());
     assert!(matches!(
         no_store.inspect("r").await,

@@ -176,10 +176,13 @@ pub(crate) fn start_run(
     Box::pin(tracing::Instrument::instrument(run, span))
 }
 
+/// Why an empty run id is refused.
+pub(crate) const EMPTY_RUN_ID: &str = "a run id cannot be empty";
+
 /// What is wrong with the run id of a call, if anything.
 fn run_id_problem(opts: &RunOptions) -> Option<&'static str> {
     match opts.run_id.as_deref() {
-        Some("") => Some("a run id cannot be empty"),
+        Some("") => Some(EMPTY_RUN_ID),
         None if opts.resume => Some(
             "`resume` continues a stored run and needs its id: add `.run_id(id)` (or call `pipe.resume(id)`)",
         ),

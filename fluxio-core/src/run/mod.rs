@@ -171,12 +171,14 @@ impl Pipeline {
     /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
     /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint),
     /// [`Error::RollbackPending`](crate::Error::RollbackPending) for a run stopped while
-    /// rolling back (resume it first), or the run's own error.
+    /// rolling back (resume it first), [`Error::BadRunId`](crate::Error::BadRunId) for an
+    /// empty id, or the run's own error.
     pub async fn replay(&self, run_id: impl AsRef<str>) -> Result<Ctx> {
         let run_id = run_id.as_ref();
         let store = self.store.clone().ok_or(crate::Error::NoStore {
             operation: "replay",
         })?;
+        not_empty(run_id)?;
         let input = durable::stored_input(&self.plan, &*store, run_id).await?;
         self.invoke(input).run_id(run_id).await
     }
@@ -195,12 +197,14 @@ impl Pipeline {
     ///
     /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
     /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint) (a value that does not
-    /// decode as this pipeline's type of its key), or [`Error::Store`](crate::Error::Store).
+    /// decode as this pipeline's type of its key), [`Error::BadRunId`](crate::Error::BadRunId)
+    /// for an empty id, or [`Error::Store`](crate::Error::Store).
     pub async fn inspect(&self, run_id: impl AsRef<str>) -> Result<RunRecord> {
         let run_id = run_id.as_ref();
         let store = self.store.clone().ok_or(crate::Error::NoStore {
             operation: "inspect",
         })?;
+        not_empty(run_id)?;
         durable::inspect(&self.plan, &*store, run_id).await
     }
 
@@ -209,14 +213,17 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint)
-    /// or [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint).
+    /// [`Error::NoStore`](crate::Error::NoStore), [`Error::NoCheckpoint`](crate::Error::NoCheckpoint),
+    /// [`Error::CorruptCheckpoint`](crate::Error::CorruptCheckpoint), or
+    /// [`Error::BadRunId`](crate::Error::BadRunId) for an empty id.
     pub async fn diff(&self, a: impl AsRef<str>, b: impl AsRef<str>) -> Result<CtxDiff> {
         let (a, b) = (a.as_ref(), b.as_ref());
         let store = self
             .store
             .clone()
             .ok_or(crate::Error::NoStore { operation: "diff" })?;
+        not_empty(a)?;
+        not_empty(b)?;
         durable::diff(&self.plan, &*store, a, b).await
     }
 
@@ -491,4 +498,14 @@ impl Drop for Invoke<'_> {
             crate::support::outside_finishing(|| drop(run));
         }
     }
+}
+
+/// An empty run id is refused as it is for a run: no run can have it.
+fn not_empty(run_id: &str) -> Result<()> {
+    if run_id.is_empty() {
+        return Err(crate::Error::BadRunId {
+            reason: exec::EMPTY_RUN_ID,
+        });
+    }
+    Ok(())
 }
