@@ -136,13 +136,15 @@ async fn held_note(label: &String, gate: Res<Gate>) -> Result<String, StageError
     Ok(format!("{label}!"))
 }
 
+// snippet: operations.md 2
+use fluxio::store::{CheckpointStore, RunListing, RunStatus};
+
+// Store calls fail with `StoreError`, pipeline calls with `fluxio::Error`: a boxed error
+// (or `anyhow::Error`) takes both.
 async fn recover_abandoned_runs(
     pipe: &Pipeline,
-    store: &dyn fluxio::store::CheckpointStore,
-) -> anyhow::Result<()> {
-    // snippet: operations.md 2
-    use fluxio::store::{RunListing, RunStatus};
-
+    store: &dyn CheckpointStore,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listed = store.list_runs(&[RunStatus::Running, RunStatus::RollingBack]).await?;
     for run in listed.into_iter().filter(RunListing::is_abandoned) {
         if !run.run_id.starts_with("order-") || run.version != pipe.version() {
@@ -157,9 +159,9 @@ async fn recover_abandoned_runs(
             Err(e) => tracing::warn!(run_id = %run.run_id, error = %e, "could not recover"),
         }
     }
-    // end snippet
     Ok(())
 }
+// end snippet
 
 #[tokio::test(start_paused = true)]
 async fn abandoned_runs_are_found_and_recovered() {
