@@ -82,7 +82,9 @@ pub enum Error {
         /// The key written.
         key: &'static str,
     },
-    /// Two branches of a fork wrote the same key.
+    /// Two branches of a fork wrote the same key; or a resume's input sets a key the run
+    /// already holds (a resume input only adds keys): then `stages` is the stage that
+    /// wrote it (or [`Error::CHECKPOINT`]) and [`Error::RESUME_INPUT`].
     MergeConflict {
         /// The key both wrote.
         key: &'static str,
@@ -90,13 +92,6 @@ pub enum Error {
         stages: [String; 2],
         /// The run's id, when it has one of its own (as for [`Error::Stage`]).
         run_id: Option<String>,
-    },
-    /// A resume's input sets a key the run already holds (a resume input only adds keys).
-    ResumeInputClash {
-        /// The run.
-        run_id: String,
-        /// The key.
-        key: &'static str,
     },
     /// A stage's read is not in the context: in a pipeline, because the stages that write
     /// it did not run (a route took another branch, or a middleware skipped them) or did
@@ -383,6 +378,21 @@ impl std::fmt::Display for Error {
             ),
             Error::MergeConflict {
                 key,
+                stages: [holder, resume],
+                run_id,
+            } if resume == Error::RESUME_INPUT => write!(
+                f,
+                "{}the resume input sets `{key}`, which the run already holds ({}); a resume \
+                input may only add keys",
+                run_prefix(run_id),
+                if holder == Error::CHECKPOINT {
+                    "in its checkpoint".to_string()
+                } else {
+                    format!("written by `{holder}`")
+                }
+            ),
+            Error::MergeConflict {
+                key,
                 stages,
                 run_id,
             } => write!(
@@ -391,11 +401,6 @@ impl std::fmt::Display for Error {
                 run_prefix(run_id),
                 stages[0],
                 stages[1]
-            ),
-            Error::ResumeInputClash { run_id, key } => write!(
-                f,
-                "the resume input of run `{run_id}` sets `{key}`, which the run already holds; a \
-                resume input may only add keys"
             ),
             Error::MissingKey {
                 stage,
@@ -655,7 +660,6 @@ impl Error {
                 | Error::CheckpointVersion { .. }
                 | Error::IncompatibleCheckpoint { .. }
                 | Error::CorruptCheckpoint { .. }
-                | Error::ResumeInputClash { .. }
                 | Error::Encode { .. }
                 | Error::Store { .. }
                 | Error::StoreSetup { .. }
@@ -753,6 +757,15 @@ pub(crate) fn short_type(name: &str) -> String {
 
 /// ``run `id`: `` before a message, or nothing for a run without an id.
 impl Error {
+    /// In [`Error::MergeConflict`]'s `stages`: the input of a resume that sets a key the
+    /// run already holds (the second of the two).
+    pub const RESUME_INPUT: &'static str = "<resume input>";
+
+    /// In [`Error::MergeConflict`]'s `stages`: what holds the key a resume's input sets
+    /// again, when no stage of the pipeline wrote it — the run's own input (or, in a
+    /// checkpoint of another version, a stage this one no longer has).
+    pub const CHECKPOINT: &'static str = "<checkpoint>";
+
     /// `needed_by` needs a tokio runtime, and none is current: the error saying so.
     pub(crate) fn without_runtime(needed_by: impl FnOnce() -> String) -> Option<Error> {
         tokio::runtime::Handle::try_current()

@@ -310,7 +310,8 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
         .allow_version_change()
         .await;
     assert!(
-        matches!(&out, Err(Error::ResumeInputClash { key: "b_out", .. })),
+        matches!(&out, Err(Error::MergeConflict { key: "b_out", stages, .. })
+            if stages[0] == Error::CHECKPOINT && stages[1] == Error::RESUME_INPUT),
         "the value `sb` wrote is still in the run: {out:?}"
     );
     let out = v3
@@ -656,13 +657,28 @@ async fn resume_input_adds_keys_and_refuses_to_override() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::ResumeInputClash { key: "seed", .. }),
+        matches!(&err, Error::MergeConflict { key: "seed", stages, run_id: Some(id) }
+            if stages[0] == Error::CHECKPOINT && stages[1] == Error::RESUME_INPUT && id == "m"),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the resume input of run `m` sets `seed`, which the run already holds; a resume input \
-         may only add keys"
+        "run `m`: the resume input sets `seed`, which the run already holds (in its \
+         checkpoint); a resume input may only add keys"
+    );
+    // A key a finished stage wrote names the stage.
+    let done = pipe.resume("m").await;
+    assert!(done.is_ok(), "{done:?}");
+    let err = pipe
+        .invoke(input! { a_out: 0 })
+        .run_id("m")
+        .resume()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "run `m`: the resume input sets `a_out`, which the run already holds (written by \
+         `sa`); a resume input may only add keys"
     );
 }
 

@@ -930,9 +930,21 @@ async fn prepare(
         let mut added = Vec::new();
         for (name, value) in input.iter_slots() {
             if ctx.contains_name(name) {
-                return Err(Error::ResumeInputClash {
-                    run_id: run_id.to_string(),
+                // The finished stage that wrote it, else the run's input (or a stage of
+                // another version).
+                let holder = restored
+                    .done
+                    .iter()
+                    .map(|&(i, ..)| &plan.nodes[i as usize])
+                    .find(|node| node.writes.iter().any(|d| d.name == name))
+                    .map_or_else(
+                        || Error::CHECKPOINT.to_string(),
+                        |node| node.meta.name.to_string(),
+                    );
+                return Err(Error::MergeConflict {
                     key: name,
+                    stages: [holder, Error::RESUME_INPUT.to_string()],
+                    run_id: Some(run_id.to_string()),
                 });
             }
             ctx.insert_slot(name, value.clone());

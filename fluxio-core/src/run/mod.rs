@@ -431,7 +431,7 @@ impl<'p> Invoke<'p> {
 
     /// Continues the run from its last checkpoint instead of starting fresh: finished stages
     /// are not run again; the input's keys are added to the restored context (a key the
-    /// checkpoint already holds is [`Error::ResumeInputClash`](crate::Error::ResumeInputClash)).
+    /// checkpoint already holds is [`Error::MergeConflict`](crate::Error::MergeConflict)).
     /// A run that had completed returns its final context without running anything.
     ///
     /// Fails with [`Error::NoCheckpoint`](crate::Error::NoCheckpoint) when there is none,
