@@ -150,8 +150,8 @@ pub enum Error {
     },
     /// The run is polled outside a tokio runtime, and something in it needs one: a durable
     /// run (its store and its lease's timer), a sync stage (tokio's blocking pool), a
-    /// `Retry` backoff or a `RateLimit` wait (tokio's timer). A pipeline of async stages
-    /// alone runs under any executor.
+    /// `Retry` backoff, a `RateLimit` wait or the timeout of a stage that waits (tokio's
+    /// timer). A pipeline of async stages alone runs under any executor.
     NoRuntime {
         /// What needs the runtime: ``sync stage `resize` (it runs on tokio's blocking
         /// pool)``, `a durable run (its store and its lease timer)`.

@@ -1,6 +1,7 @@
 //! A run polled outside a tokio runtime: a pipeline of async stages runs; what needs the
-//! runtime — a durable run, a sync stage, a `Retry` backoff, a `RateLimit` wait — fails with
-//! `Error::NoRuntime` naming it, instead of panicking inside tokio.
+//! runtime — a durable run, a sync stage, a `Retry` backoff, a `RateLimit` wait, a timeout of
+//! a stage that waits — fails with `Error::NoRuntime` naming it, instead of panicking inside
+//! tokio.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -119,4 +120,76 @@ fn a_rate_limit_wait_says_it_needs_the_runtime() {
     block_on(pipe.invoke(input! { n: 4 })).unwrap();
     let (what, _) = needed_by(block_on(pipe.invoke(input! { n: 4 })));
     assert_eq!(what, "`RateLimit`, to wait for a token for stage `double`,");
+}
+
+/// Pending once (waking itself), then ready: a stage that waits, with no timer involved.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[stage(reads = [n], writes = [doubled], timeout = "1s")]
+async fn waits_with_timeout(n: &u64) -> u64 {
+    YieldOnce(false).await;
+    n * 2
+}
+
+#[stage(reads = [n], writes = [doubled])]
+async fn waits(n: &u64) -> u64 {
+    YieldOnce(false).await;
+    n * 2
+}
+
+/// A user's middleware that only passes calls on: the built-ins behind it run through
+/// their own `Middleware::handle`, not the engine.
+struct PassOn;
+
+impl fluxio::middleware::Middleware for PassOn {
+    fn handle<'a>(
+        &'a self,
+        call: fluxio::middleware::StageCall<'a>,
+        next: fluxio::middleware::Next<'a>,
+    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        next.run(call)
+    }
+}
+
+#[test]
+fn a_timeout_of_a_stage_that_waits_says_it_needs_the_runtime() {
+    // A waiting stage alone is fine.
+    let out = block_on(pipeline! { waits }.invoke(input! { n: 4 })).unwrap();
+    assert_eq!(out[doubled], 8);
+
+    let (what, _) = needed_by(block_on(
+        pipeline! { waits_with_timeout }.invoke(input! { n: 4 }),
+    ));
+    assert_eq!(
+        what,
+        "the timeout of stage `waits_with_timeout` (tokio's timer)"
+    );
+
+    let timeout = || Timeout::new(Duration::from_secs(1));
+    let (what, _) = needed_by(block_on(
+        pipeline! { waits }
+            .with_middleware(timeout())
+            .invoke(input! { n: 4 }),
+    ));
+    assert_eq!(what, "the `Timeout` of stage `waits` (tokio's timer)");
+    // Behind a user's middleware (the boxed path).
+    let (what, _) = needed_by(block_on(
+        pipeline! { waits }
+            .with_middleware(PassOn)
+            .with_middleware(timeout())
+            .invoke(input! { n: 4 }),
+    ));
+    assert_eq!(what, "the `Timeout` of stage `waits` (tokio's timer)");
 }

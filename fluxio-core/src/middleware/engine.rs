@@ -715,16 +715,28 @@ impl Call {
             Some(Layer::Timeout(t)) => t.after,
             _ => Duration::ZERO,
         };
-        // The deadline on the real clock, as the consumer's time stands when it is read.
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if poll_deadline(timer.as_mut(), cx, || {
-            deadline.checked_add(consumer_time(site))
-        })
-        .is_pending()
-        {
-            return None;
+        // Outside a tokio runtime there is no timer to arm: the `Timeout` answers that.
+        let no_runtime = match self.timer {
+            Some(_) => None,
+            None => Error::without_runtime(|| {
+                format!(
+                    "the `Timeout` of stage `{}` (tokio's timer)",
+                    site.meta.name
+                )
+            }),
+        };
+        if no_runtime.is_none() {
+            // The deadline on the real clock, as the consumer's time stands when it is read.
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if poll_deadline(timer.as_mut(), cx, || {
+                deadline.checked_add(consumer_time(site))
+            })
+            .is_pending()
+            {
+                return None;
+            }
         }
         // The attempts a `Retry` inside made: its frame is dropped with the rest.
         let inner_retry = self.frames.as_slice()[depth..]
@@ -739,11 +751,11 @@ impl Call {
         // The caches inside are left without a result.
         self.keys.retain(|(at, _)| *at < depth);
         self.frames.truncate(depth);
-        Some(Err(StageError::new(Error::Timeout {
+        Some(Err(StageError::new(no_runtime.unwrap_or(Error::Timeout {
             stage: site.meta.name,
             run_id: None,
             after,
-        })))
+        }))))
     }
 
     /// How many attempts the call has made (the innermost `Retry`'s count, or the delegated

@@ -50,13 +50,27 @@ impl Middleware for Timeout {
             let due =
                 || deadline.checked_add(chunks.consumer_time(call.meta).saturating_sub(before));
             let mut inner = next.run(call);
-            let timer = tokio::time::sleep_until(deadline);
-            tokio::pin!(timer);
+            // Armed once the call waits (outside a tokio runtime, there is no timer).
+            let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(out) = inner.as_mut().poll(cx) {
                     return Poll::Ready(out);
                 }
-                poll_deadline(timer.as_mut(), cx, due).map(|()| {
+                if timer.is_none() {
+                    if let Some(e) = Error::without_runtime(|| {
+                        format!(
+                            "the `Timeout` of stage `{}` (tokio's timer)",
+                            call.meta.name
+                        )
+                    }) {
+                        return Poll::Ready(Err(StageError::new(e)));
+                    }
+                    timer.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                let Some(timer) = timer.as_mut().as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                poll_deadline(timer, cx, due).map(|()| {
                     Err(StageError::new(Error::Timeout {
                         stage: call.meta.name,
                         run_id: None,

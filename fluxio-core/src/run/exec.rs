@@ -443,7 +443,9 @@ const FALLBACK: u8 = 5;
 /// A stage's own timeout while it (or its fallback) runs.
 struct Deadline {
     node: u32,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// `None` outside a tokio runtime: no timer can be armed, and the stage fails with
+    /// `Error::NoRuntime` when the deadlines are next checked.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When it ends, leaving out the consumer's time (of a stream stage) from here on…
     due: Instant,
     /// …which stood at this when it was set.
@@ -809,7 +811,9 @@ impl SchedState {
             .unwrap_or_else(|| start + crate::middleware::FOREVER);
         Deadline {
             node: i as u32,
-            timer: Box::pin(tokio::time::sleep_until(due)),
+            timer: tokio::runtime::Handle::try_current()
+                .is_ok()
+                .then(|| Box::pin(tokio::time::sleep_until(due))),
             due,
             consumer: self.env.chunks.consumer_time(&self.plan.nodes[i].meta),
         }
@@ -1513,14 +1517,22 @@ impl SchedState {
             // A stream stage's end moves on with the time the consumer held it up since.
             let chunks = &self.env.chunks;
             let end = || due.checked_add(chunks.consumer_time(&node.meta).saturating_sub(before));
-            if poll_deadline(d.timer.as_mut(), cx, end).is_pending() {
-                continue;
-            }
             let name = node.meta.name;
-            let e = Error::Timeout {
-                stage: name,
-                run_id: None,
-                after: node.meta.timeout.unwrap_or_default(),
+            let e = match &mut d.timer {
+                Some(timer) => {
+                    if poll_deadline(timer.as_mut(), cx, end).is_pending() {
+                        continue;
+                    }
+                    Error::Timeout {
+                        stage: name,
+                        run_id: None,
+                        after: node.meta.timeout.unwrap_or_default(),
+                    }
+                }
+                None => Error::NoRuntime {
+                    needed_by: format!("the timeout of stage `{name}` (tokio's timer)"),
+                    run_id: None,
+                },
             };
             self.forget(i);
             self.report_error(i, &e);
