@@ -4,7 +4,7 @@
 //! touching several of them stays within one slot on a Redis Cluster:
 //!
 //! ```text
-//! <prefix>:{<run id>}:meta     hash: version, status, error, header
+//! <prefix>:{<run id>}:meta     hash: version, status, error, header, updated_at_ms
 //! <prefix>:{<run id>}:entries  list: entry blobs, in save order
 //! <prefix>:{<run id>}:tokens   set: the tokens of the entry saves appended (resends skip)
 //! <prefix>:{<run id>}:lock     string: the lock owner, with a PX expiry (the lease)
@@ -28,7 +28,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "fluxio:checkpoint";
 #[non_exhaustive]
 pub struct RunKeys {
     /// `<prefix>:{<run id>}:meta`: a hash with the fields `version`, `status`, `error`
-    /// (only for a run that failed) and `header`.
+    /// (only for a run that failed), `header` and `updated_at_ms` (when the start or finish
+    /// record was written: the server's clock, in milliseconds since the UNIX epoch).
     pub meta: String,
     /// `<prefix>:{<run id>}:entries`: a list of the encoded stage entries.
     pub entries: String,

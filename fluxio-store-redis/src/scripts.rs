@@ -37,7 +37,9 @@ if ARGV[4] == '1' and redis.call('TYPE', KEYS[2]).ok == 'hash'
   return -2
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[2], 'version', ARGV[2], 'status', 'running', 'header', ARGV[3])
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'version', ARGV[2], 'status', 'running', 'header', ARGV[3],
+  'updated_at_ms', now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
 for i = 5, #ARGV, 500 do
   redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 499, #ARGV)))
 end
@@ -72,10 +74,12 @@ return 1
 pub(crate) const SAVE_FINISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local now = redis.call('TIME')
+local at = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
 if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'error', ARGV[4])
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'error', ARGV[4], 'updated_at_ms', at)
 else
-  redis.call('HSET', KEYS[2], 'status', ARGV[2])
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updated_at_ms', at)
   redis.call('HDEL', KEYS[2], 'error')
 end
 if ARGV[5] ~= '0' and ARGV[2] ~= 'running' and ARGV[2] ~= 'rolling_back' then

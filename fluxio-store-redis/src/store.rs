@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use fluxio_core::store::{
     BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
@@ -540,7 +540,7 @@ impl CheckpointStore for RedisStore {
     }
 
     /// `SCAN`s the keys under the store's prefix for the runs' meta hashes, then reads each
-    /// one's version and status and its lock's time left (`PTTL`), a thousand at a time in
+    /// one's version, status, time and error and its lock's time left (`PTTL`), a thousand at a time in
     /// one round trip. A meta key of another type fails the listing with
     /// [`StoreError::Corrupt`] naming its run (the scan does not filter by type: that would
     /// leave such a run out without a word). On a Redis Cluster it sees the keys of the
@@ -585,6 +585,8 @@ impl CheckpointStore for RedisStore {
                             .arg(meta)
                             .arg("version")
                             .arg("status")
+                            .arg("updated_at_ms")
+                            .arg("error")
                             .cmd("PTTL")
                             .arg(lock);
                     }
@@ -638,7 +640,13 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
     let [fields, locked] = replies else {
         return Err(unexpected("list_runs", replies.len() as i64));
     };
-    let (version, status): (Option<Vec<u8>>, Option<Vec<u8>>) =
+    type Fields = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let (version, status, updated_ms, error): Fields =
         redis::from_redis_value_ref(fields).map_err(|e| corrupt(format!("its meta: {e}")))?;
     let pttl: i64 =
         redis::from_redis_value_ref(locked).map_err(|e| corrupt(format!("its lock: {e}")))?;
@@ -659,7 +667,26 @@ fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunLi
         -1 => Some(Duration::MAX),
         ms => Some(Duration::from_millis(ms.max(0) as u64)),
     };
-    Ok(Some(RunListing::new(run_id, version, status, left)))
+    // Written by this store since it keeps the time (older records have none).
+    let updated_ms: Option<u64> = match updated_ms {
+        Some(ms) => Some(
+            meta_text("updated_at_ms", ms)
+                .map_err(corrupt)?
+                .parse()
+                .map_err(|e| corrupt(format!("its meta's `updated_at_ms`: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut run = RunListing::new(run_id, version, status, left);
+    if let Some(ms) = updated_ms {
+        run = run.with_updated_at(UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    // Only words for the operator: a damaged text is read as far as it goes rather than
+    // fail the whole listing.
+    if let Some(error) = error {
+        run = run.with_error(String::from_utf8_lossy(&error));
+    }
+    Ok(Some(run))
 }
 
 /// Runs a lock script of run `run_id` answering 1 (true) or 0 (false).

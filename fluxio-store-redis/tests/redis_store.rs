@@ -66,8 +66,13 @@ async fn keys_share_the_run_hash_tag() {
     let meta: HashMap<String, Vec<u8>> = conn.hgetall(&keys.meta).await.unwrap();
     let mut fields: Vec<&str> = meta.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["header", "status", "version"]);
+    assert_eq!(fields, ["header", "status", "updated_at_ms", "version"]);
     assert_eq!(meta["status"], b"running");
+    let at = String::from_utf8(meta["updated_at_ms"].clone()).unwrap();
+    assert!(
+        at.len() >= 13 && at.bytes().all(|b| b.is_ascii_digit()),
+        "milliseconds since the epoch: {at}"
+    );
     let entries: Vec<Vec<u8>> = conn.lrange(&keys.entries, 0, -1).await.unwrap();
     assert_eq!(entries, vec![b"e".to_vec()]);
     let owner: String = conn.get(&keys.lock).await.unwrap();

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use fluxio_core::store::{
     BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
@@ -257,7 +257,7 @@ impl SqliteStore {
 fn list_sql(statuses: usize) -> String {
     let mut sql = String::from(
         "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
-             WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1)
+             WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1), r.updated_at_ms, r.error
          FROM runs r",
     );
     if statuses > 0 {
@@ -332,7 +332,14 @@ fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
         let status = parse_status(&run_id, row.try_get(2)?)?;
         let left_ms: Option<i64> = row.try_get(3)?;
         let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
-        Ok(RunListing::new(run_id.clone(), version, status, left))
+        let updated_ms: i64 = row.try_get(4)?;
+        // Only words for the operator: a damaged text is read as far as it goes rather than
+        // fail the whole listing.
+        let error: Option<Vec<u8>> = row.try_get_unchecked(5)?;
+        let mut run = RunListing::new(run_id.clone(), version, status, left)
+            .with_updated_at(UNIX_EPOCH + Duration::from_millis(updated_ms.max(0) as u64));
+        run.error = error.map(|e| String::from_utf8_lossy(&e).into_owned());
+        Ok(run)
     };
     decode().map_err(|e| read_error("list_runs", Some(&run_id), e))
 }

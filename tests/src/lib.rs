@@ -80,6 +80,36 @@ pub fn event_log() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events
     (EventSink::new(move |e| log.lock().unwrap().push(e)), events)
 }
 
+/// Checks that `store` lists each of `runs` — `(run id, the start of its error text, if it
+/// failed)` — with the time its status was last written, since `since` (taken before the
+/// runs, on this machine: the store's clock is the same one), and its error.
+pub async fn assert_listing_has_times_and_errors(
+    store: &dyn fluxio::store::CheckpointStore,
+    since: std::time::SystemTime,
+    runs: &[(&str, Option<&str>)],
+) {
+    // Stores keep milliseconds.
+    let since = since - std::time::Duration::from_millis(1);
+    let listed = store.list_runs(&[]).await.unwrap();
+    for (id, error) in runs {
+        let run = listed
+            .iter()
+            .find(|r| r.run_id == *id)
+            .unwrap_or_else(|| panic!("`{id}` is not listed: {listed:?}"));
+        let at = run.updated_at.expect("a listing with its time");
+        assert!(
+            at >= since && at <= std::time::SystemTime::now(),
+            "`{id}` updated at {at:?}, before {since:?} or in the future"
+        );
+        assert!(run.since_update().is_some());
+        match (error, &run.error) {
+            (None, None) => {}
+            (Some(start), Some(text)) if text.starts_with(start) => {}
+            (want, got) => panic!("`{id}`: error {got:?}, expected one starting {want:?}"),
+        }
+    }
+}
+
 /// `(stage, attempt)` of every stage event named `name` (`stage.failed`, ...).
 pub fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
     events

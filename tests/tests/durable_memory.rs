@@ -1366,3 +1366,26 @@ mod self_describing {
         assert_eq!(out[summary], r#"{"seed":7}"#);
     }
 }
+
+/// A listing carries when each run's status was last written, and a failed run's error.
+#[tokio::test]
+async fn a_listing_says_when_and_why() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = chain(&probe, &store);
+    let since = std::time::SystemTime::now();
+    pipe.invoke(input! { seed: 1 })
+        .run_id("done")
+        .await
+        .unwrap();
+    probe.set_failing(&["sb"]);
+    pipe.invoke(input! { seed: 1 })
+        .run_id("failed")
+        .await
+        .unwrap_err();
+    fluxio_tests::assert_listing_has_times_and_errors(
+        &store,
+        since,
+        &[("done", None), ("failed", Some("stage `sb` failed"))],
+    )
+    .await;
+}

@@ -172,3 +172,32 @@ async fn a_run_dropped_while_taking_its_lock_leaves_no_lock_behind() {
         }
     }
 }
+
+/// A listing carries when each run's status was last written (Redis's clock: the server is
+/// on this machine in the tests), and a failed run's error.
+#[tokio::test]
+async fn a_listing_says_when_and_why() {
+    let Some(p) = Prefixed::connect("listing-times").await else {
+        return;
+    };
+    let open = Arc::new(Open(AtomicBool::new(false)));
+    let pipe = pipeline! { double }
+        .with_resource(open.clone())
+        .with_store(p.store.clone());
+    let since = std::time::SystemTime::now();
+    pipe.invoke(input! { n: 4 })
+        .run_id("failed")
+        .await
+        .unwrap_err();
+    open.0.store(true, Ordering::SeqCst);
+    pipe.invoke(input! { n: 4 }).run_id("done").await.unwrap();
+    fluxio_tests::assert_listing_has_times_and_errors(
+        &p.store,
+        since,
+        &[
+            ("done", None),
+            ("failed", Some("stage `double` failed: not yet")),
+        ],
+    )
+    .await;
+}

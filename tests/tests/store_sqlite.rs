@@ -363,3 +363,47 @@ async fn a_run_dropped_while_taking_its_lock_leaves_no_lock_behind() {
         assert!(retried.is_ok(), "{id}: {retried:?}");
     }
 }
+
+#[stage(reads = [seed], writes = [half])]
+async fn halve_or_fail(seed: &u64) -> Result<u64, StageError> {
+    if *seed == 0 {
+        return Err(StageError::msg("zero"));
+    }
+    Ok(seed / 2)
+}
+
+/// A listing carries when each run's status was last written, and a failed run's error —
+/// also one whose error text is not UTF-8 (read as far as it goes: the listing does not
+/// fail for it).
+#[tokio::test]
+async fn a_listing_says_when_and_why() {
+    let dir = Scratch::new("listing-times");
+    let store = SqliteStore::open(dir.file("times.db")).await.unwrap();
+    let pipe = pipeline! { halve_or_fail }.with_store(store.clone());
+    let since = std::time::SystemTime::now();
+    pipe.invoke(input! { seed: 4 })
+        .run_id("done")
+        .await
+        .unwrap();
+    pipe.invoke(input! { seed: 0 })
+        .run_id("failed")
+        .await
+        .unwrap_err();
+    fluxio_tests::assert_listing_has_times_and_errors(
+        &store,
+        since,
+        &[
+            ("done", None),
+            ("failed", Some("stage `halve_or_fail` failed: zero")),
+        ],
+    )
+    .await;
+
+    let mut conn = raw(&dir.file("times.db")).await;
+    sqlx::query("UPDATE runs SET error = X'6661696CFF' WHERE run_id = 'failed'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let listed = store.list_runs(&[RunStatus::Failed]).await.unwrap();
+    assert_eq!(listed[0].error.as_deref(), Some("fail\u{FFFD}"));
+}

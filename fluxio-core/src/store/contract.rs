@@ -967,8 +967,13 @@ async fn run_ids_are_independent(s: &dyn CheckpointStore) -> Outcome {
 }
 
 async fn list_runs_finds_runs_by_status_with_their_lock(s: &dyn CheckpointStore) -> Outcome {
+    // The store's clock may be another machine's (Redis): its times are checked loosely.
+    let slack = Duration::from_secs(300);
+    let since = std::time::SystemTime::now() - slack;
     // Listings sorted by id, each lock's lease checked (what is left of one acquired for
-    // LONG), then compared as "locked" (shown as LONG) or not.
+    // LONG), then compared as "locked" (shown as LONG) or not. The time and the error, which
+    // a store may leave out (`None`), are checked when given, then left out of the
+    // comparison.
     let listed = |statuses: &'static [RunStatus]| async move {
         let mut runs = ok(s.list_runs(statuses).await, "list_runs")?;
         runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -980,6 +985,20 @@ async fn list_runs_finds_runs_by_status_with_their_lock(s: &dyn CheckpointStore)
                 run.run_id
             );
             run.lease_left = left.map(|_| LONG);
+            let at = run.updated_at.take();
+            ensure!(
+                at.is_none_or(|at| at >= since && at <= std::time::SystemTime::now() + slack),
+                "`{}`: updated at {at:?}, not while the check ran",
+                run.run_id
+            );
+            let error = run.error.take();
+            let failed = matches!(run.status, RunStatus::Failed | RunStatus::RollingBack);
+            ensure!(
+                error.is_none() || (failed && error.as_deref() == Some("x")),
+                "`{}` ({:?}) listed with error {error:?}",
+                run.run_id,
+                run.status
+            );
         }
         Ok::<_, String>(runs)
     };

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{
     BoxFuture, CheckpointStore, RunListing, RunStatus, Save, StoreError, StoreResult, StoredRun,
@@ -11,6 +11,8 @@ use super::{
 #[derive(Default)]
 struct Inner {
     runs: HashMap<String, StoredRun>,
+    /// When each run's status was last written (start, rewrite, finish).
+    updated: HashMap<String, SystemTime>,
     locks: HashMap<String, (String, Instant)>,
 }
 
@@ -105,6 +107,7 @@ impl CheckpointStore for InMemoryStore {
                     inner
                         .runs
                         .insert(run_id.to_string(), started(version, header, Vec::new()));
+                    inner.updated.insert(run_id.to_string(), SystemTime::now());
                 }
                 Save::Rewrite {
                     version,
@@ -114,6 +117,7 @@ impl CheckpointStore for InMemoryStore {
                     inner
                         .runs
                         .insert(run_id.to_string(), started(version, header, entries));
+                    inner.updated.insert(run_id.to_string(), SystemTime::now());
                 }
                 Save::Entry(bytes) => match inner.runs.get_mut(run_id) {
                     Some(run) => run.entries.push(bytes),
@@ -125,6 +129,7 @@ impl CheckpointStore for InMemoryStore {
                     Some(run) => {
                         run.status = status;
                         run.error = error;
+                        inner.updated.insert(run_id.to_string(), SystemTime::now());
                     }
                     None => {
                         return Err(no_checkpoint(run_id));
@@ -146,6 +151,7 @@ impl CheckpointStore for InMemoryStore {
             }),
             _ => {
                 inner.runs.remove(run_id);
+                inner.updated.remove(run_id);
                 Ok(())
             }
         }))
@@ -210,7 +216,11 @@ impl CheckpointStore for InMemoryStore {
                         .get(id)
                         .and_then(|(_, until)| until.checked_duration_since(now))
                         .filter(|left| !left.is_zero());
-                    RunListing::new(id.clone(), run.version.clone(), run.status, left)
+                    let mut listing =
+                        RunListing::new(id.clone(), run.version.clone(), run.status, left);
+                    listing.updated_at = inner.updated.get(id).copied();
+                    listing.error.clone_from(&run.error);
+                    listing
                 })
                 .collect()
         })))

@@ -234,6 +234,14 @@ pub struct RunListing {
     /// has left; `None` when nobody does. A run whose process just died stays locked that
     /// long, then it is abandoned — when a sweep may look again.
     pub lease_left: Option<Duration>,
+    /// When the run's status was last written — its start (or a version change's rewrite)
+    /// or its finish — by the store's clock: since when a running run has run (or lain
+    /// abandoned), how old a finished one is. Entries do not move it. `None` from a store
+    /// that does not keep it, and for a record written before it did (Redis records of
+    /// fluxio builds before this field).
+    pub updated_at: Option<std::time::SystemTime>,
+    /// The error text a failed (or rolled back) run finished with, as `inspect` gives it.
+    pub error: Option<String>,
 }
 
 impl RunListing {
@@ -250,7 +258,43 @@ impl RunListing {
             version: version.into(),
             status,
             lease_left,
+            updated_at: None,
+            error: None,
         }
+    }
+
+    /// With the time the run's status was last written ([`updated_at`](Self::updated_at)).
+    #[must_use]
+    pub fn with_updated_at(mut self, at: std::time::SystemTime) -> Self {
+        self.updated_at = Some(at);
+        self
+    }
+
+    /// With the error text the run finished with ([`error`](Self::error)).
+    #[must_use]
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+
+    /// How long ago the run's status was last written ([`updated_at`](Self::updated_at)),
+    /// if the store keeps the time (zero for a time ahead of this machine's clock).
+    ///
+    /// ```
+    /// # use fluxio_core::store::{RunListing, RunStatus};
+    /// # use std::time::{Duration, SystemTime};
+    /// let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    /// let run = RunListing::new("order-7", "v1", RunStatus::Running, None)
+    ///     .with_updated_at(an_hour_ago);
+    /// assert!(run.since_update().unwrap() >= Duration::from_secs(3600));
+    /// ```
+    pub fn since_update(&self) -> Option<Duration> {
+        let at = self.updated_at?;
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(at)
+                .unwrap_or_default(),
+        )
     }
 
     /// Whether an owner holds the run's lock now (its lease has time left). A run `running`
