@@ -540,6 +540,9 @@ pub struct StageEnv {
     /// For a run without an id: a number that names it, when a stage asks ([`RunInfo`]);
     /// 0 otherwise.
     pub seq: u64,
+    /// The nested pipelines the call runs in, outermost first, joined by `/`
+    /// (`"checkout/payment"`): `None` at the top level. Part of [`RunInfo::idempotency_key`].
+    pub scope: Option<Arc<str>>,
 }
 
 impl StageEnv {
@@ -551,7 +554,11 @@ impl StageEnv {
             (None, 0) => None,
             (None, seq) => Some(crate::run::run_id_of(seq).into()),
         };
-        RunInfo::new(run_id, stage)
+        RunInfo {
+            run_id,
+            stage,
+            scope: self.scope.clone(),
+        }
     }
 }
 
@@ -563,6 +570,7 @@ impl fmt::Debug for StageEnv {
             .field("run_id", &self.run_id)
             .field("callbacks", &self.callbacks.as_ref().map_or(0, |c| c.len()))
             .field("seq", &self.seq)
+            .field("scope", &self.scope)
             .finish()
     }
 }
@@ -570,9 +578,9 @@ impl fmt::Debug for StageEnv {
 /// Which run and stage a call belongs to: take it as a `RunInfo` parameter.
 ///
 /// In a durable run a stage that was in flight when its process died runs again on resume
-/// (at-least-once). Use [`idempotency_key`](RunInfo::idempotency_key) — the run id and the
-/// stage name — to make its side effects happen once (e.g. as a payment provider's
-/// idempotency key, or a unique key in your own table).
+/// (at-least-once). Use [`idempotency_key`](RunInfo::idempotency_key) — the run id, the
+/// nested pipelines the stage runs in, and the stage name — to make its side effects happen
+/// once (e.g. as a payment provider's idempotency key, or a unique key in your own table).
 ///
 /// ```
 /// # use fluxio_core::RunInfo;
@@ -583,12 +591,24 @@ impl fmt::Debug for StageEnv {
 pub struct RunInfo {
     run_id: Option<Arc<str>>,
     stage: &'static str,
+    scope: Option<Arc<str>>,
 }
 
 impl RunInfo {
-    /// Information for `stage` in run `run_id`.
+    /// Information for `stage` in run `run_id`, at the top level of its pipeline.
     pub fn new(run_id: Option<Arc<str>>, stage: &'static str) -> Self {
-        RunInfo { run_id, stage }
+        RunInfo {
+            run_id,
+            stage,
+            scope: None,
+        }
+    }
+
+    /// The nested pipelines the stage runs in, outermost first, joined by `/` — each by its
+    /// [`named`](crate::Pipeline::named) name (`"first"`, `"checkout/payment"`); `None` for
+    /// a stage of the pipeline that was invoked.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
     }
 
     /// The run's id: the one given with `.run_id(..)`, or one generated for the run. `None`
@@ -602,9 +622,15 @@ impl RunInfo {
         self.stage
     }
 
-    /// `"<run id>:<stage>"`, stable across retries and resumes of the same run.
+    /// `"<run id>:<stage>"` — `"<run id>:<scope>/<stage>"` inside a nested pipeline (see
+    /// [`scope`](Self::scope)), so a stage of two nested copies of one pipeline, named
+    /// apart, gets two keys — stable across retries and resumes of the same run.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.run_id.as_deref().unwrap_or(""), self.stage)
+        let run = self.run_id.as_deref().unwrap_or("");
+        match &self.scope {
+            Some(scope) => format!("{run}:{scope}/{}", self.stage),
+            None => format!("{run}:{}", self.stage),
+        }
     }
 }
 

@@ -82,6 +82,7 @@ impl<S: Stage> StepHarness<S> {
             run_id: Some("step-harness".into()),
             callbacks: None,
             seq: 0,
+            scope: None,
         };
         guarded(
             meta.name,

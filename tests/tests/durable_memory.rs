@@ -923,6 +923,43 @@ async fn stages_get_an_idempotency_key_from_run_id_and_stage() {
     assert_eq!(out[key_seen], "pay-42:idem");
 }
 
+/// Records the idempotency key of every call.
+#[stage(writes = [key_seen])]
+async fn idem_seen(info: RunInfo, seen: Res<Arc<Mutex<Vec<String>>>>) -> String {
+    seen.lock().unwrap().push(info.idempotency_key());
+    info.idempotency_key()
+}
+
+/// A stage of a nested pipeline is keyed under the pipeline's name: two named copies of
+/// one pipeline, and a top-level stage of the same name, get keys of their own.
+#[tokio::test]
+async fn nested_stages_get_idempotency_keys_of_their_own() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sub = pipeline! { idem_seen };
+    let inner = pipeline! { sub.clone().named("inner") };
+    pipeline! {
+        sub.clone().named("first"),
+        idem_seen,
+        sub.clone().named("second"),
+        inner.named("outer"),
+    }
+    .with_resource(seen.clone())
+    .with_store(InMemoryStore::new())
+    .invoke(Ctx::new())
+    .run_id("pay-7")
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "pay-7:first/idem_seen",
+            "pay-7:idem_seen",
+            "pay-7:second/idem_seen",
+            "pay-7:outer/inner/idem_seen",
+        ]
+    );
+}
+
 /// Wraps the in-memory store; once `lost` is set, writes fail as if another process had
 /// taken the run's lock over (the stores' own tests cover how they detect that).
 #[derive(Clone)]

@@ -65,6 +65,7 @@ pub(crate) fn start_run(
         run_id: None,
         callbacks: None,
         seq: 0,
+        scope: None,
     };
     if let Some(reason) = run_id_problem(&opts) {
         return Box::pin(std::future::ready(Err(Error::BadRunId { reason })));
@@ -1690,6 +1691,11 @@ fn start_dyn(plan: &Plan, i: usize, ctx: &Ctx, env: &StageEnv) -> StageFuture {
             let sub = sub.clone();
             let input = ctx.clone();
             let mut env = env.clone();
+            let name = plan.nodes[i].meta.name;
+            env.scope = Some(match &env.scope {
+                Some(outer) => format!("{outer}/{name}").into(),
+                None => name.into(),
+            });
             if !sub.resources.is_empty() {
                 // The nested pipeline keeps its own resources; the outer run's fill in.
                 env.resources = Arc::new(sub.resources.over(&env.resources));
