@@ -667,7 +667,8 @@ impl Error {
                 | Error::RolledBack { .. }
                 | Error::RollbackPending { .. }
                 | Error::BadRunId { .. }
-        )
+        ) || matches!(self, Error::MergeConflict { stages: [_, input], .. }
+            if input == Error::RESUME_INPUT)
     }
 
     /// `self` naming run `id`, if it is an error of a stage in the run that does not name
@@ -755,7 +756,6 @@ pub(crate) fn short_type(name: &str) -> String {
     out
 }
 
-/// ``run `id`: `` before a message, or nothing for a run without an id.
 impl Error {
     /// In [`Error::MergeConflict`]'s `stages`: the input of a resume that sets a key the
     /// run already holds (the second of the two).
@@ -808,6 +808,7 @@ impl Error {
     }
 }
 
+/// ``run `id`: `` before a message, or nothing for a run without an id.
 fn run_prefix(run_id: &Option<String>) -> String {
     run_id
         .as_deref()

@@ -540,8 +540,8 @@ impl CheckpointStore for RedisStore {
     }
 
     /// `SCAN`s the keys under the store's prefix for the runs' meta hashes, then reads each
-    /// one's version, status, time and error and its lock's time left (`PTTL`), a thousand at a time in
-    /// one round trip. A meta key of another type fails the listing with
+    /// one's version, status, time and error (`HMGET`) and its lock's time left (`PTTL`),
+    /// a thousand at a time in one round trip. A meta key of another type fails the listing with
     /// [`StoreError::Corrupt`] naming its run (the scan does not filter by type: that would
     /// leave such a run out without a word). On a Redis Cluster it sees the keys of the
     /// node it is connected to only.
@@ -630,8 +630,8 @@ impl CheckpointStore for RedisStore {
     }
 }
 
-/// The listing of `run_id` from its replies to `HMGET meta version status` and
-/// `PTTL lock` (-2: no lock): `None` when the run was deleted since the scan found it.
+/// The listing of `run_id` from its replies to `HMGET meta version status updated_at_ms
+/// error` and `PTTL lock` (-2: no lock): `None` when the run was deleted since the scan found it.
 fn listing(run_id: String, replies: &[redis::Value]) -> StoreResult<Option<RunListing>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         run_id: run_id.clone(),

@@ -81,15 +81,17 @@ pub fn event_log() -> (EventSink<impl Fn(Event) + Send + Sync + 'static>, Events
 }
 
 /// Checks that `store` lists each of `runs` — `(run id, the start of its error text, if it
-/// failed)` — with the time its status was last written, since `since` (taken before the
-/// runs, on this machine: the store's clock is the same one), and its error.
+/// failed)` — with the time its status was last written, between `since` (taken on this
+/// machine before the runs) and now, give or take `slack` (a server's clock, Redis's, may
+/// be another machine's), and its error.
 pub async fn assert_listing_has_times_and_errors(
     store: &dyn fluxio::store::CheckpointStore,
     since: std::time::SystemTime,
+    slack: std::time::Duration,
     runs: &[(&str, Option<&str>)],
 ) {
     // Stores keep milliseconds.
-    let since = since - std::time::Duration::from_millis(1);
+    let since = since - std::time::Duration::from_millis(1) - slack;
     let listed = store.list_runs(&[]).await.unwrap();
     for (id, error) in runs {
         let run = listed
@@ -98,7 +100,7 @@ pub async fn assert_listing_has_times_and_errors(
             .unwrap_or_else(|| panic!("`{id}` is not listed: {listed:?}"));
         let at = run.updated_at.expect("a listing with its time");
         assert!(
-            at >= since && at <= std::time::SystemTime::now(),
+            at >= since && at <= std::time::SystemTime::now() + slack,
             "`{id}` updated at {at:?}, before {since:?} or in the future"
         );
         assert!(run.since_update().is_some());

@@ -923,6 +923,48 @@ async fn stages_get_an_idempotency_key_from_run_id_and_stage() {
     assert_eq!(out[key_seen], "pay-42:idem");
 }
 
+/// Resumes run `inner-run` of the pipeline it is given, adding `seed` again.
+#[stage(reads = [label], writes = [picked])]
+async fn resume_inner(label: &String, inner: Res<Pipeline>) -> Result<String, StageError> {
+    inner
+        .invoke(input! { seed: 5 })
+        .run_id("inner-run")
+        .resume()
+        .await?;
+    Ok(label.clone())
+}
+
+/// A clashing resume input met by a stage resuming another run is that stage's failure,
+/// not the outer run's own clash.
+#[tokio::test]
+async fn a_resume_clash_inside_a_stage_is_the_stages_failure() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let inner = chain(&probe, &store);
+    inner
+        .invoke(input! { seed: 1 })
+        .run_id("inner-run")
+        .await
+        .unwrap();
+    let err = pipeline! { resume_inner }
+        .with_resource(inner)
+        .with_store(InMemoryStore::new())
+        .invoke(input! { label: "x".into() })
+        .run_id("outer-run")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Stage { stage: "resume_inner", run_id: Some(id), .. } if id == "outer-run"),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            err.find::<Error>(),
+            Some(Error::MergeConflict { key: "seed", .. })
+        ),
+        "{err:?}"
+    );
+}
+
 /// Records the idempotency key of every call.
 #[stage(writes = [key_seen])]
 async fn idem_seen(info: RunInfo, seen: Res<Arc<Mutex<Vec<String>>>>) -> String {
@@ -1422,6 +1464,7 @@ async fn a_listing_says_when_and_why() {
     fluxio_tests::assert_listing_has_times_and_errors(
         &store,
         since,
+        std::time::Duration::ZERO,
         &[("done", None), ("failed", Some("stage `sb` failed"))],
     )
     .await;

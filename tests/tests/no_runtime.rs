@@ -193,3 +193,20 @@ fn a_timeout_of_a_stage_that_waits_says_it_needs_the_runtime() {
     ));
     assert_eq!(what, "the `Timeout` of stage `waits` (tokio's timer)");
 }
+
+#[test]
+fn retry_does_not_retry_a_missing_runtime() {
+    // Even with a predicate that retries everything: the first attempt's error is the
+    // answer, said once.
+    for retry in [
+        Retry::constant(3, Duration::from_millis(1)),
+        Retry::constant(3, Duration::from_millis(1)).when(|_| true),
+    ] {
+        let pipe = pipeline! { double_sync }.with_middleware(retry);
+        let (what, _) = needed_by(block_on(pipe.invoke(input! { n: 4 })));
+        assert_eq!(
+            what,
+            "sync stage `double_sync` (it runs on tokio's blocking pool)"
+        );
+    }
+}

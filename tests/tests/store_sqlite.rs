@@ -392,6 +392,7 @@ async fn a_listing_says_when_and_why() {
     fluxio_tests::assert_listing_has_times_and_errors(
         &store,
         since,
+        std::time::Duration::ZERO,
         &[
             ("done", None),
             ("failed", Some("stage `halve_or_fail` failed: zero")),

@@ -139,14 +139,15 @@ impl<'a> Next<'a> {
     }
 }
 
-/// Whether `err` is a middleware's refusal to call the stage (an open circuit, a rate
-/// limit without a token): it stands until its `retry_in`, usually longer than a backoff,
-/// and says nothing about the stage's health — `Retry` does not retry it by default and a
-/// `CircuitBreaker` does not count it.
+/// Whether `err` is a refusal to call the stage (an open circuit, a rate limit without a
+/// token) or a call outside a tokio runtime (`NoRuntime`): it stands until its
+/// `retry_in` (or for good), usually longer than a backoff, and says nothing about the
+/// stage's health — `Retry` does not retry it by default and a `CircuitBreaker` does not
+/// count it.
 pub(crate) fn is_refusal(err: &StageError) -> bool {
     matches!(
         err.as_error().downcast_ref::<Error>(),
-        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
+        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::NoRuntime { .. })
     )
 }
 

@@ -170,6 +170,14 @@ impl Retry {
         // callbacks learn the attempt from the engine).
         // A panic is a bug, not a passing failure: never called again (an async stage's
         // panic does not even get here).
+        // Outside a tokio runtime nothing is retried: the wait needs one (and the failure
+        // may be just that). Said once, whatever the predicate thinks.
+        if matches!(
+            err.as_error().downcast_ref::<crate::Error>(),
+            Some(crate::Error::NoRuntime { .. })
+        ) {
+            return Err(err);
+        }
         let retry = !crate::run::is_panic(&err)
             && match &self.when {
                 Some(accepts) => accepts(&err),

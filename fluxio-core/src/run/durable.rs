@@ -935,6 +935,7 @@ async fn prepare(
                 let holder = restored
                     .done
                     .iter()
+                    .filter(|&&(.., skipped)| !skipped)
                     .map(|&(i, ..)| &plan.nodes[i as usize])
                     .find(|node| node.writes.iter().any(|d| d.name == name))
                     .map_or_else(

@@ -236,9 +236,10 @@ pub struct RunListing {
     pub lease_left: Option<Duration>,
     /// When the run's status was last written — its start (or a version change's rewrite)
     /// or its finish — by the store's clock: since when a running run has run (or lain
-    /// abandoned), how old a finished one is. Entries do not move it. `None` from a store
-    /// that does not keep it, and for a record written before it did (Redis records of
-    /// fluxio builds before this field).
+    /// abandoned), how old a finished one is. Entries do not move it, nor does a resume of a
+    /// run left `running` (a resumed failed run's status changes when it finishes again).
+    /// `None` from a store that does not keep it, and for a record written before it did
+    /// (Redis records of fluxio builds before this field).
     pub updated_at: Option<std::time::SystemTime>,
     /// The error text a failed (or rolled back) run finished with, as `inspect` gives it.
     pub error: Option<String>,
@@ -370,6 +371,14 @@ pub trait CheckpointStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, StoreResult<bool>>;
 
     /// Releases `owner`'s lock (nothing happens if another owner holds it).
+    ///
+    /// A release asked for after an `acquire` of the same owner must apply after it — also
+    /// when that acquire's future was dropped before it answered, having already reached
+    /// the store: a run dropped while taking its lock asks for the release right away, and
+    /// a release applied first would leave the lock the acquire then takes held until its
+    /// lease runs out. One writer queue (SQLite) or one ordered connection (Redis) gives
+    /// that; a pooled store must send both on one connection, or make the release wait for
+    /// the acquire.
     fn release(&self, run_id: &str, owner: &str) -> BoxFuture<'static, StoreResult<()>>;
 
     /// The runs the store holds whose status is one of `statuses` (every run when
