@@ -237,7 +237,8 @@ pub(crate) struct Plan {
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
     pub(crate) key_clash: Option<(&'static str, [&'static str; 2])>,
-    /// Nodes that need resources (checked before a run starts).
+    /// Nodes that need resources (checked before a run starts): stages that take a `Res`,
+    /// and nested pipelines with such stages.
     pub(crate) needs_resources: Vec<u32>,
     pub(crate) graph: Graph,
     pub(crate) version: String,
@@ -332,7 +333,10 @@ impl Plan {
         }
         let dependents: Vec<u32> = dependents.into_iter().flatten().collect();
         let needs_resources = (0..n as u32)
-            .filter(|&i| !nodes[i as usize].meta.resources.is_empty())
+            .filter(|&i| match &nodes[i as usize].exec {
+                Exec::Pipeline(sub) => !sub.plan().needs_resources.is_empty(),
+                Exec::Stage(_) => !nodes[i as usize].meta.resources.is_empty(),
+            })
             .collect();
         let graph = Graph::new(&nodes, &edges_full);
         let version = version_of(&nodes, &edges_full);

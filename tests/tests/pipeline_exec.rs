@@ -345,6 +345,27 @@ async fn missing_resource_fails_before_any_stage_runs() {
     );
     let pipe = pipeline! { priced }.with_shared_resource(Arc::new(Rates(3)));
     assert_eq!(pipe.invoke(input! { seed: 2 }).await.unwrap()[b_out], 6);
+
+    // A stage of a nested pipeline (two levels down) is checked before anything runs too.
+    let inner = pipeline! { stage_a };
+    let middle = pipeline! { inner.named("inner") };
+    let pipe = pipeline! { left, middle.named("middle") }.with_callback(rec.clone());
+    let err = pipe.invoke(input! { seed: 1 }).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingResource {
+                stage: "stage_a",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(rec.events().is_empty(), "{:?}", rec.events());
+    // The nested pipeline's own resources count, as they do when it runs.
+    let inner = pipeline! { stage_a }.with_resource(Arc::new(Probe::default()));
+    let pipe = pipeline! { left, inner.named("inner") };
+    assert_eq!(pipe.invoke(input! { seed: 1 }).await.unwrap()[a_out], 2);
 }
 
 /// A service's client, used as `Res<Rates>` (not `Res<Arc<Rates>>`).

@@ -337,11 +337,30 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
             });
         }
     }
+    missing_resource(plan, &env.resources).map_or(Ok(()), Err)
+}
+
+/// The first resource a stage of `plan` needs that `resources` lack — nested pipelines'
+/// stages included, with their own resources over the outer ones (as they run).
+fn missing_resource(plan: &Plan, resources: &crate::stage::Resources) -> Option<Error> {
     for &i in &plan.needs_resources {
         let node = &plan.nodes[i as usize];
+        if let Exec::Pipeline(sub) = &node.exec {
+            let own;
+            let resources = if sub.resources.is_empty() {
+                resources
+            } else {
+                own = sub.resources.over(resources);
+                &own
+            };
+            if let Some(missing) = missing_resource(&sub.plan, resources) {
+                return Some(missing);
+            }
+            continue;
+        }
         for res in node.meta.resources {
-            if !env.resources.contains((res.type_id)()) {
-                return Err(Error::MissingResource {
+            if !resources.contains((res.type_id)()) {
+                return Some(Error::MissingResource {
                     stage: node.meta.name,
                     type_name: (res.type_name)(),
                     run_id: None,
@@ -349,7 +368,7 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
             }
         }
     }
-    Ok(())
+    None
 }
 
 pub(crate) fn panic_error(stage: &'static str, payload: Box<dyn std::any::Any + Send>) -> Error {
