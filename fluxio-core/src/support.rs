@@ -290,7 +290,8 @@ impl ViaBox {
 #[diagnostic::on_unimplemented(
     message = "the stage returns `{Self}` for a key whose value type is `{V}`",
     label = "expected `{V}` here",
-    note = "a stage returns the values of its `writes`, in order (a tuple for several), each with its key's type"
+    note = "a stage returns the values of its `writes`, in order (a tuple for several), each with its key's type",
+    note = "a fallible stage's return type is read from its spelling: one whose last segment is `Result` (`Result<T, E>`, `anyhow::Result<T>`); a `Result` behind an alias of another name is taken as the value itself — write `Result<..>` out"
 )]
 pub trait Written<V> {
     /// The value, as the key stores it.

@@ -109,8 +109,30 @@ fn check_key_list(cx: &mut Ctxt, option: &str, keys: Vec<KeyRef>) -> Vec<KeyRef>
 /// the runtime can call it from the context alone.
 fn check_signature(cx: &mut Ctxt, item: &ItemFn) {
     let sig = &item.sig;
-    if !sig.generics.params.is_empty() {
+    let only_lifetimes = sig
+        .generics
+        .params
+        .iter()
+        .all(|p| matches!(p, syn::GenericParam::Lifetime(_)));
+    if !sig.generics.params.is_empty() && only_lifetimes {
+        cx.error_spanned_by(
+            &sig.generics,
+            "a stage function cannot be generic, not even over a lifetime: drop it — a \
+             parameter `&V` borrows from the context already",
+        );
+    } else if !sig.generics.params.is_empty() {
         cx.error_spanned_by(&sig.generics, "a stage function cannot be generic");
+    }
+    for arg in &sig.inputs {
+        if let syn::FnArg::Typed(arg) = arg {
+            if let Some(imp) = impl_trait_in(&arg.ty) {
+                cx.error_spanned_by(
+                    imp,
+                    "a stage function cannot be generic: `impl Trait` in a parameter makes \
+                     it so; take the key's value type (`&V`, or `V` for a clone)",
+                );
+            }
+        }
     }
     if let Some(c) = &sig.constness {
         cx.error_spanned_by(c, "a stage function cannot be `const`");
@@ -120,6 +142,28 @@ fn check_signature(cx: &mut Ctxt, item: &ItemFn) {
     }
     if let Some(v) = &sig.variadic {
         cx.error_spanned_by(v, "a stage function cannot be variadic");
+    }
+}
+
+/// The first `impl Trait` in `ty`, at its top or inside a reference, a slice, a tuple or
+/// a type's arguments (`&impl AsRef<str>`, `Vec<impl Display>`).
+fn impl_trait_in(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::ImplTrait(_) => Some(ty),
+        Type::Reference(r) => impl_trait_in(&r.elem),
+        Type::Slice(s) => impl_trait_in(&s.elem),
+        Type::Array(a) => impl_trait_in(&a.elem),
+        Type::Paren(p) => impl_trait_in(&p.elem),
+        Type::Group(g) => impl_trait_in(&g.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(impl_trait_in),
+        Type::Path(p) => p.path.segments.iter().find_map(|seg| match &seg.arguments {
+            syn::PathArguments::AngleBracketed(args) => args.args.iter().find_map(|a| match a {
+                syn::GenericArgument::Type(t) => impl_trait_in(t),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
     }
 }
 

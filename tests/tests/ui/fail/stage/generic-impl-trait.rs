@@ -1,0 +1,10 @@
+use fluxio::prelude::*;
+
+fluxio::keys! { pub user_id: u64; pub doubled: u64; }
+
+#[stage(reads = [user_id], writes = [doubled])]
+async fn double(user_id: impl Into<u64>) -> u64 {
+    user_id.into() * 2
+}
+
+fn main() {}
