@@ -65,3 +65,51 @@ async fn a_user_item_named_like_a_generated_binding_changes_nothing() {
         .unwrap();
     assert_eq!(ctx[out], 11);
 }
+
+/// `#[cfg]` and `#[deprecated]` on keys and stages: a key or stage configured out is gone
+/// whole, and a deprecated one warns only where the user names it — not in the code the
+/// macros generate for it (this module denies `deprecated`, so any such warning fails the
+/// build).
+#[deny(deprecated)]
+mod attributes {
+    use fluxio::prelude::*;
+
+    fluxio::keys! {
+        pub kept: u64;
+        pub twice: u64;
+        #[deprecated(note = "use `kept`")]
+        pub old: u64;
+        #[cfg(any())]
+        pub gone: NotEvenAType;
+    }
+
+    #[stage(reads = [kept], writes = [twice])]
+    #[deprecated(note = "use `double_kept`")]
+    pub async fn old_double(kept: &u64) -> u64 {
+        kept * 2
+    }
+
+    #[stage(reads = [kept], writes = [twice])]
+    #[cfg(any())]
+    pub async fn never(kept: &NotEvenAType) -> u64 {
+        0
+    }
+
+    #[stage(reads = [kept], writes = [twice])]
+    pub async fn double_kept(kept: &u64) -> u64 {
+        kept * 2
+    }
+
+    pub fn pipe() -> Pipeline {
+        pipeline! { double_kept }
+    }
+}
+
+#[tokio::test]
+async fn keys_and_stages_take_cfg_and_deprecated() {
+    let out = attributes::pipe()
+        .invoke(input! { attributes::kept: 4 })
+        .await
+        .unwrap();
+    assert_eq!(out[attributes::twice], 8);
+}

@@ -14,6 +14,13 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
         .iter()
         .map(|key| {
             let (attrs, vis, ident, ty) = (&key.attrs, &key.vis, &key.ident, &key.ty);
+            // `#[cfg]` applies to every item of the key (a key configured out is gone whole);
+            // `#[deprecated]` to the type and the function users name, whose own uses of the
+            // type are allowed. Everything else (docs, ...) goes on the type.
+            let named = |name: &str| -> Vec<_> {
+                attrs.iter().filter(|a| a.path().is_ident(name)).collect()
+            };
+            let (cfgs, deprecated) = (named("cfg"), named("deprecated"));
             let name = ident.to_string();
             let value = quote_spanned!(ty.span()=> type Value = #ty;);
             // A merged key's description carries its merge; the bound on `Merge` is
@@ -29,16 +36,20 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
                 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
                 #vis struct #ident {}
 
+                #(#cfgs)*
                 #[automatically_derived]
+                #[allow(deprecated)]
                 impl #private::Key for #ident {
                     #value
                     const NAME: &'static str = #name;
                     #desc
                 }
 
+                #(#cfgs)*
+                #(#deprecated)*
                 #[doc(hidden)]
                 #[inline(always)]
-                #[allow(dead_code)]
+                #[allow(dead_code, deprecated)]
                 #vis const fn #ident() -> #ident {
                     #ident {}
                 }

@@ -16,6 +16,16 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         .iter()
         .filter(|a| a.path().is_ident("doc"))
         .collect();
+    // `#[cfg]` applies to every item of the stage; `#[deprecated]` to the stage value too
+    // (and to `run`, which keeps all the function's attributes), while the stage's own
+    // impls may use both.
+    let named = |name: &str| -> Vec<&syn::Attribute> {
+        item.attrs
+            .iter()
+            .filter(|a| a.path().is_ident(name))
+            .collect()
+    };
+    let (cfgs, deprecated) = (named("cfg"), named("deprecated"));
     let name = &def.name;
 
     let mut run_fn = item.clone();
@@ -325,17 +335,23 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
 
     quote! {
         #(#docs)*
+        #(#cfgs)*
+        #(#deprecated)*
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, Default)]
         #vis struct #ident;
 
+        #(#cfgs)*
+        #[allow(deprecated)]
         impl #ident {
             /// The stage's function as written, callable directly (for unit tests).
             #[allow(dead_code, clippy::ptr_arg)]
             #run_fn
         }
 
+        #(#cfgs)*
         #[automatically_derived]
+        #[allow(deprecated)]
         impl #private::Stage for #ident {
             const META: #private::StageMeta = #private::StageMeta {
                 name: #name,
