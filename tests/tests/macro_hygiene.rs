@@ -113,3 +113,30 @@ async fn keys_and_stages_take_cfg_and_deprecated() {
         .unwrap();
     assert_eq!(out[attributes::twice], 8);
 }
+
+mod raw {
+    use fluxio::prelude::*;
+
+    fluxio::keys! {
+        pub r#type: String;
+        pub r#loop: u64;
+    }
+
+    #[stage(reads = [r#type], writes = [r#loop])]
+    pub async fn r#match(r#type: &str) -> u64 {
+        r#type.len() as u64
+    }
+}
+
+/// Raw identifiers name keys and stages without their `r#`.
+#[tokio::test]
+async fn raw_identifiers_name_keys_and_stages_plainly() {
+    use raw::*;
+    let pipe = pipeline! { r#match };
+    assert!(pipe.to_mermaid().contains("match"), "{}", pipe.to_mermaid());
+    assert!(!pipe.to_mermaid().contains("r#"), "{}", pipe.to_mermaid());
+    assert_eq!(pipe.inputs(), ["type"]);
+    let out = pipe.invoke(input! { r#type: "abc".into() }).await.unwrap();
+    assert_eq!(out[r#loop], 3);
+    assert_eq!(out.keys(), ["loop", "type"]);
+}

@@ -21,7 +21,8 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
                 attrs.iter().filter(|a| a.path().is_ident(name)).collect()
             };
             let (cfgs, deprecated) = (named("cfg"), named("deprecated"));
-            let name = ident.to_string();
+            // `r#type` is the key `type`.
+            let name = syn::ext::IdentExt::unraw(ident).to_string();
             let value = quote_spanned!(ty.span()=> type Value = #ty;);
             // A merged key's description carries its merge; the bound on `Merge` is
             // checked at the type, so the error points at it.

@@ -441,7 +441,7 @@ pub(crate) fn fallback(
 ) -> TokenStream {
     let private = crate::paths::private(krate);
     let (vis, ident) = (&item.vis, &item.sig.ident);
-    let name = ident.to_string();
+    let name = syn::ext::IdentExt::unraw(ident).to_string();
     let errors = errors.to_compile_error();
     quote! {
         #errors

@@ -292,9 +292,11 @@ pub(crate) fn stage_from_ast(cx: &mut Ctxt, args: StageArgs, item: ItemFn) -> Op
     let ctx_style = params.iter().any(|p| matches!(p.role, ParamRole::Ctx));
     check_output(cx, &output, ok.as_ref(), &writes, ctx_style, ret_span);
 
-    let name = o
-        .name
-        .unwrap_or_else(|| LitStr::new(&sig.ident.to_string(), sig.ident.span()));
+    let name = o.name.unwrap_or_else(|| {
+        // `fn r#match` is the stage `match`.
+        let name = syn::ext::IdentExt::unraw(&sig.ident).to_string();
+        LitStr::new(&name, sig.ident.span())
+    });
     Some(StageDef {
         item,
         name,
