@@ -361,9 +361,26 @@ pub const fn check_parallel(first: &crate::StageMeta, second: &crate::StageMeta)
 }
 
 /// Compile-time check that a stage is used as what it is: a route stage (returning `Route`)
-/// is followed by `=> { ... }`, and only a route stage is.
-pub const fn check_route_use(meta: &crate::StageMeta, followed_by_branches: bool) {
+/// is followed by `=> { ... }`, and only a route stage is. `in_parallel`: the stage is a
+/// member of a `parallel` block, where a route cannot be (its branches follow it).
+pub const fn check_route_use(
+    meta: &crate::StageMeta,
+    followed_by_branches: bool,
+    in_parallel: bool,
+) {
     let is_route = matches!(meta.kind, crate::StageKind::Route);
+    if is_route && in_parallel {
+        let msg = crate::access::ConstMsg::new()
+            .push("stage `")
+            .push(meta.name)
+            .push(
+                "` returns `Route`, and a route cannot run in a `parallel` block: its branches \
+                   follow it; move it out of the block and follow it with them: `",
+            )
+            .push(meta.name)
+            .push(" => { \"label\" => [stages], ... }`");
+        panic!("{}", msg.as_str());
+    }
     if is_route && !followed_by_branches {
         let msg = crate::access::ConstMsg::new()
             .push("stage `")

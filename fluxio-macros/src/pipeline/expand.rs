@@ -103,10 +103,11 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         }
         let branch = branch_tokens(node.branch);
         let group = node.group;
+        let in_parallel = group != 0;
         match &node.kind {
             FlatKind::Stage(path) => {
                 let check = quote! {
-                    const _: () = #private::check_route_use(&<#path as #private::Stage>::META, false);
+                    const _: () = #private::check_route_use(&<#path as #private::Stage>::META, false, #in_parallel);
                 };
                 checks.push(respan(check, path.span()));
                 specs.push(
@@ -116,7 +117,7 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
             }
             FlatKind::Route { stage, labels } => {
                 let check = quote! {
-                    const _: () = #private::check_route_use(&<#stage as #private::Stage>::META, true);
+                    const _: () = #private::check_route_use(&<#stage as #private::Stage>::META, true, false);
                 };
                 checks.push(respan(check, stage.span()));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
