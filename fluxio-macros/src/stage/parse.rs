@@ -152,7 +152,7 @@ pub(crate) fn parse_duration(text: &str, span: Span) -> syn::Result<u128> {
         syn::Error::new(
             span,
             format!(
-                "invalid `timeout` \"{text}\": use a number and a unit (ns, us, ms, s, m, h), e.g. \"5s\" or \"1m 30s\""
+                "invalid `timeout` \"{text}\": use a number and a unit (ns, us, ms, s, m, h, d, w), e.g. \"5s\" or \"1m 30s\""
             ),
         )
     };
@@ -181,12 +181,16 @@ pub(crate) fn parse_duration(text: &str, span: Span) -> syn::Result<u128> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let nanos: u128 = match unit {
-            "ns" | "nsec" => 1,
-            "us" | "µs" | "usec" => 1_000,
-            "ms" | "msec" => 1_000_000,
-            "s" | "sec" | "secs" => 1_000_000_000,
-            "m" | "min" | "mins" => 60_000_000_000,
-            "h" | "hr" | "hrs" => 3_600_000_000_000,
+            // humantime's units (SPEC's timeout format), but for months and years, whose
+            // lengths a timeout should not have to guess.
+            "ns" | "nsec" | "nanos" => 1,
+            "us" | "µs" | "usec" | "micros" => 1_000,
+            "ms" | "msec" | "millis" => 1_000_000,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000_000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000_000_000,
+            "d" | "day" | "days" => 86_400_000_000_000,
+            "w" | "week" | "weeks" => 604_800_000_000_000,
             _ => return Err(err()),
         };
         total = n
@@ -216,6 +220,15 @@ mod tests {
         let s = Span::call_site();
         assert_eq!(parse_duration("5s", s).unwrap(), 5_000_000_000);
         assert_eq!(parse_duration("250ms", s).unwrap(), 250_000_000);
+        assert_eq!(parse_duration("1d", s).unwrap(), 86_400_000_000_000);
+        assert_eq!(
+            parse_duration("1 week 2 days", s).unwrap(),
+            9 * 86_400_000_000_000
+        );
+        assert_eq!(
+            parse_duration("2 hours 1 minute", s).unwrap(),
+            7_260_000_000_000
+        );
         assert_eq!(parse_duration("1m 30s", s).unwrap(), 90_000_000_000);
         assert!(parse_duration("5", s).is_err());
         assert!(parse_duration("s", s).is_err());
