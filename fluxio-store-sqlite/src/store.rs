@@ -237,8 +237,40 @@ impl SqliteStore {
     /// An SQLite error ([`Error::Sqlx`], or [`Error::Shared`] when the group commit it was
     /// part of failed).
     pub async fn purge_finished(&self, older_than: Duration) -> Result<u64, Error> {
+        self.purge(
+            older_than,
+            [
+                Some(RunStatus::Completed.as_str()),
+                Some(RunStatus::Failed.as_str()),
+                Some(RunStatus::RolledBack.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// Like [`purge_finished`](Self::purge_finished), for completed runs only: failed and
+    /// rolled-back runs stay for a longer look (and failed ones for a resume). A schedule
+    /// may call both: this one with a short `older_than`, `purge_finished` with a long one.
+    ///
+    /// # Errors
+    ///
+    /// As [`purge_finished`](Self::purge_finished).
+    pub async fn purge_completed(&self, older_than: Duration) -> Result<u64, Error> {
+        self.purge(
+            older_than,
+            [Some(RunStatus::Completed.as_str()), None, None],
+        )
+        .await
+    }
+
+    async fn purge(
+        &self,
+        older_than: Duration,
+        statuses: [Option<&'static str>; 3],
+    ) -> Result<u64, Error> {
         let op = Op::Purge {
             older_than_ms: millis(older_than),
+            statuses,
         };
         match self.inner.call(op).await {
             Ok(Outcome::Count(n)) => Ok(n),

@@ -56,7 +56,11 @@ pub(crate) enum Op {
     /// `CheckpointStore::release`.
     Release { run_id: String, owner: String },
     /// `SqliteStore::purge_finished`.
-    Purge { older_than_ms: i64 },
+    /// `statuses`: the finished statuses to purge (`None` for an unused slot).
+    Purge {
+        older_than_ms: i64,
+        statuses: [Option<&'static str>; 3],
+    },
 }
 
 /// What a write returns.
@@ -319,11 +323,12 @@ const RENEW: &str = "UPDATE locks SET expires_at_ms = ?3
 
 const RELEASE: &str = "DELETE FROM locks WHERE run_id = ?1 AND owner = ?2";
 
-/// The condition on `runs` of a purge: finished runs last updated at or before ?1 whose lock
-/// is not held at ?2 (a failed run being resumed stays `failed` until it finishes again).
+/// The condition on `runs` of a purge: runs of the statuses ?3, ?4, ?5 (finished ones; a
+/// `NULL` matches nothing) last updated at or before ?1 whose lock is not held at ?2 (a
+/// failed run being resumed stays `failed` until it finishes again).
 macro_rules! purgeable {
     () => {
-        "status IN ('completed', 'failed', 'rolled_back') AND updated_at_ms <= ?1
+        "status IN (?3, ?4, ?5) AND updated_at_ms <= ?1
          AND NOT EXISTS (SELECT 1 FROM locks
                          WHERE locks.run_id = runs.run_id AND locks.expires_at_ms > ?2)"
     };
@@ -531,27 +536,29 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                 .await?;
             Ok(Ok(Outcome::Done))
         }
-        Op::Purge { older_than_ms } => {
+        Op::Purge {
+            older_than_ms,
+            statuses: [s3, s4, s5],
+        } => {
             let cutoff = now.saturating_sub(*older_than_ms);
-            // Entries and inputs before the runs: their condition reads the runs.
-            for sql in [PURGE_ENTRIES, PURGE_HEADERS] {
+            let purge = |sql: &'static str| {
                 sqlx::query(sql)
                     .bind(cutoff)
                     .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            let runs = sqlx::query(PURGE_RUNS)
-                .bind(cutoff)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+                    .bind(*s3)
+                    .bind(*s4)
+                    .bind(*s5)
+            };
+            // Entries and inputs before the runs: their condition reads the runs.
+            purge(PURGE_ENTRIES).execute(&mut *conn).await?;
+            purge(PURGE_HEADERS).execute(&mut *conn).await?;
+            let purged = purge(PURGE_RUNS).execute(&mut *conn).await?.rows_affected();
             // An expired lock acts as no lock at all, so dropping its row changes nothing.
             sqlx::query("DELETE FROM locks WHERE expires_at_ms <= ?1")
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-            Ok(Ok(Outcome::Count(runs.rows_affected())))
+            Ok(Ok(Outcome::Count(purged)))
         }
     }
 }

@@ -104,3 +104,31 @@ async fn stats_count_commits_and_saves() {
     assert!(stats.commits >= 1 && stats.commits <= 3, "{stats:?}");
     assert!(format!("{s:?}").contains("SqliteStore"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_completed_keeps_failed_and_rolled_back_runs() {
+    let db = TempDb::new("purge-completed");
+    let s = SqliteStore::open(db.path()).await.unwrap();
+    for (run, status) in [
+        ("done", RunStatus::Completed),
+        ("failed", RunStatus::Failed),
+        ("undone", RunStatus::RolledBack),
+    ] {
+        assert!(s.acquire(run, "a", LONG).await.unwrap());
+        s.save(run, "a", Save::start("v", b"h")).await.unwrap();
+        s.save(run, "a", Save::Entry(vec![1])).await.unwrap();
+        s.save(run, "a", Save::finish(status, None)).await.unwrap();
+        s.release(run, "a").await.unwrap();
+    }
+    assert_eq!(
+        s.purge_completed(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    assert_eq!(s.purge_completed(Duration::ZERO).await.unwrap(), 1);
+    assert!(!s.exists("done").await.unwrap());
+    let failed = s.load("failed").await.unwrap().expect("kept");
+    assert_eq!(failed.entries.len(), 1, "with its entries");
+    assert!(s.exists("undone").await.unwrap());
+    // Then the rest, with `purge_finished`.
+    assert_eq!(s.purge_finished(Duration::ZERO).await.unwrap(), 2);
+}
