@@ -289,7 +289,8 @@ impl SqliteStore {
 fn list_sql(statuses: usize) -> String {
     let mut sql = String::from(
         "SELECT r.run_id, r.version, r.status, (SELECT l.expires_at_ms - ?1 FROM locks l
-             WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1), r.updated_at_ms, r.error
+             WHERE l.run_id = r.run_id AND l.expires_at_ms > ?1) AS lease_left_ms, r.updated_at_ms,
+             r.error
          FROM runs r",
     );
     if statuses > 0 {
@@ -350,24 +351,24 @@ fn parse_status(run_id: &str, status: String) -> Result<RunStatus, Error> {
 /// A row of `list_runs`. The run id is decoded first, so any column that does not decode
 /// is a corrupt record of that run; a run id that is not text itself is named lossily.
 fn listing(row: &SqliteRow) -> StoreResult<RunListing> {
-    let run_id: String = match row.try_get(0) {
+    let run_id: String = match row.try_get("run_id") {
         Ok(run_id) => run_id,
         Err(e) => {
             // Whatever the stored value, its bytes (SQLite converts numbers to text).
-            let bytes: Vec<u8> = row.try_get_unchecked(0).unwrap_or_default();
+            let bytes: Vec<u8> = row.try_get_unchecked("run_id").unwrap_or_default();
             let run_id = String::from_utf8_lossy(&bytes);
             return Err(read_error("list_runs", Some(&run_id), e.into()));
         }
     };
     let decode = || -> Result<RunListing, Error> {
-        let version: String = row.try_get(1)?;
-        let status = parse_status(&run_id, row.try_get(2)?)?;
-        let left_ms: Option<i64> = row.try_get(3)?;
+        let version: String = row.try_get("version")?;
+        let status = parse_status(&run_id, row.try_get("status")?)?;
+        let left_ms: Option<i64> = row.try_get("lease_left_ms")?;
         let left = left_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
-        let updated_ms: i64 = row.try_get(4)?;
+        let updated_ms: i64 = row.try_get("updated_at_ms")?;
         // Only words for the operator: a damaged text is read as far as it goes rather than
         // fail the whole listing.
-        let error: Option<Vec<u8>> = row.try_get_unchecked(5)?;
+        let error: Option<Vec<u8>> = row.try_get_unchecked("error")?;
         let mut run = RunListing::new(run_id.clone(), version, status, left)
             .with_updated_at(UNIX_EPOCH + Duration::from_millis(updated_ms.max(0) as u64));
         run.error = error.map(|e| String::from_utf8_lossy(&e).into_owned());
@@ -463,10 +464,11 @@ impl Inner {
                 .await?;
         tx.commit().await?;
         Ok(Some(RunRow {
-            version: row.try_get(0)?,
-            status: row.try_get(1)?,
-            error: row.try_get(2)?,
-            header: row.try_get(3)?,
+            // By name: a column that does not read back is named in the error.
+            version: row.try_get("version")?,
+            status: row.try_get("status")?,
+            error: row.try_get("error")?,
+            header: row.try_get("header")?,
             entries,
         }))
     }

@@ -271,7 +271,8 @@ async fn a_run_with_an_unknown_status_is_a_corrupt_checkpoint() {
                 "UPDATE runs SET status = 'running'",
                 "UPDATE run_headers SET header = 5",
             ],
-            "does not read back",
+            // The column is named.
+            "\"header\"",
         ),
         (&["DELETE FROM run_headers"], "its input"),
     ] {
@@ -299,16 +300,18 @@ async fn a_listed_run_whose_row_does_not_read_back_is_corrupt_and_named() {
         store.save(run, "a", Save::start("v", b"h")).await.unwrap();
     }
     let mut conn = raw(db.path()).await;
-    for (edit, expected_run) in [
+    for (edit, expected_run, column) in [
         // A version that is not UTF-8 text.
         (
             "UPDATE runs SET version = CAST(X'FF' AS TEXT) WHERE run_id = 'badver'",
             "badver",
+            "\"version\"",
         ),
         // A run id that is not UTF-8 text itself: named as best it can be.
         (
             "UPDATE runs SET version = 'v', run_id = CAST(X'62FF' AS TEXT) WHERE run_id = 'badver'",
             "b\u{FFFD}",
+            "\"run_id\"",
         ),
     ] {
         sqlx::query(edit).execute(&mut conn).await.unwrap();
@@ -316,6 +319,7 @@ async fn a_listed_run_whose_row_does_not_read_back_is_corrupt_and_named() {
             Err(StoreError::Corrupt { run_id, reason }) => {
                 assert_eq!(run_id, expected_run, "after `{edit}`");
                 assert!(reason.contains("does not read back"), "{reason}");
+                assert!(reason.contains(column), "the column is named: {reason}");
             }
             other => panic!("expected a corrupt run after `{edit}`, got {other:?}"),
         }
