@@ -832,6 +832,19 @@ impl Middleware for Answer {
     }
 }
 
+/// Answers every call with a route choice.
+struct AnswerRoute;
+
+impl Middleware for AnswerRoute {
+    fn handle<'a>(
+        &'a self,
+        _call: StageCall<'a>,
+        _next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(async { Ok(fluxio::StageOutput::Route(fluxio::Route::to("big"))) })
+    }
+}
+
 #[tokio::test]
 async fn a_middleware_answering_for_a_stage_is_held_to_its_writes() {
     let flaky = Flaky::failing(0);
@@ -954,6 +967,18 @@ async fn a_middleware_cannot_hide_a_failure_or_overrule_a_route() {
         err.to_string()
             .contains("answered for a route stage with writes"),
         "{err}"
+    );
+    // A route choice for a stage that is not a route.
+    let err = pipeline! { maybe_out }
+        .with_middleware(AnswerRoute)
+        .invoke(input! { n: 2 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `maybe_out` failed: a middleware answered with a route choice for a stage that \
+         is not a route: return the stage's writes (`StageOutput::Writes`), or \
+         `StageOutput::Skip(reason)`"
     );
     // A ctx-style stage's own answer may write part of its `writes`.
     let pipe = pipeline! { maybe_out }.with_middleware(Observe);

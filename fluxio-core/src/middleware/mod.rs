@@ -374,10 +374,17 @@ fn checked_answer(
     out: Result<StageOutput, StageError>,
     reached: bool,
 ) -> Result<StageOutput, StageError> {
+    let is_route = meta.kind == crate::stage::StageKind::Route;
+    if let (Ok(StageOutput::Route(_)), false) = (&out, is_route) {
+        return Err(StageError::msg(
+            "a middleware answered with a route choice for a stage that is not a route: \
+             return the stage's writes (`StageOutput::Writes`), or `StageOutput::Skip(reason)`",
+        ));
+    }
     let Ok(StageOutput::Writes(writes)) = &out else {
         return out;
     };
-    if meta.kind == crate::stage::StageKind::Route {
+    if is_route {
         return Err(StageError::msg(
             "a middleware answered for a route stage with writes: return the stage's \
              `StageOutput::Route`, or `StageOutput::Skip(reason)` (no branch runs)",
