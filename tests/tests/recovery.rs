@@ -670,3 +670,55 @@ async fn a_fallback_has_only_what_its_stage_left_of_the_timeout_after_a_failed_f
         out.map(|c| c[price])
     );
 }
+
+#[stage(writes = [order_id])]
+async fn new_order() -> u64 {
+    7
+}
+
+#[stage(reads = [order_id], writes = [price], fallback = default_price)]
+async fn price_order(order_id: &u64) -> u64 {
+    *order_id * 10
+}
+
+async fn default_price(_order_id: &u64) -> u64 {
+    1
+}
+
+/// A stage whose read is missing (its writer was skipped) was never called: its fallback,
+/// which takes the same parameters, does not run, and the run fails with `MissingKey`
+/// saying why.
+/// Counts `on_fallback` calls.
+#[derive(Default)]
+struct Fallbacks(std::sync::atomic::AtomicU32);
+
+impl Callback for Fallbacks {
+    fn on_fallback(&self, _event: &fluxio::StageEvent<'_>, _error: &Error) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_read_is_not_answered_by_the_fallback() {
+    let fallbacks = Arc::new(Fallbacks::default());
+    let err = pipeline! { new_order, price_order }
+        .with_middleware(SkipStage("new_order"))
+        .with_callback(fallbacks.clone())
+        .invoke(Ctx::new())
+        .await
+        .unwrap_err();
+    match &err {
+        Error::MissingKey {
+            stage: "price_order",
+            key: "order_id",
+            reason,
+            ..
+        } => assert!(reason.contains("skipped by a middleware"), "{reason}"),
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+    assert_eq!(
+        fallbacks.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no fallback ran"
+    );
+}

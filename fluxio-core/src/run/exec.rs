@@ -987,7 +987,15 @@ impl SchedState {
                         *reason = why;
                     }
                 }
-                if self.state[i] == RUNNING {
+                // A stage whose parameters could not be had (a read missing or of another
+                // type, a resource missing) never ran, and its fallback takes the same
+                // parameters: the run fails with that reason, not the fallback's copy of it.
+                let name = self.plan.nodes[i].meta.name;
+                let not_called = matches!(&e,
+                    Error::MissingKey { stage, .. }
+                    | Error::KeyType { stage, .. }
+                    | Error::MissingResource { stage, .. } if *stage == name);
+                if self.state[i] == RUNNING && !not_called {
                     if let Some(stage) = self.plan.nodes[i]
                         .has_fallback
                         .then(|| self.stage_of(i))
