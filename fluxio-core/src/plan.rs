@@ -255,6 +255,25 @@ impl Plan {
             .flat_map(|(_, members)| members.iter().copied())
     }
 
+    /// [`not_chosen`](Self::not_chosen), less the stages that also sit in the chosen branch
+    /// (a stage may appear in several branches of one route): what is reported skipped —
+    /// a stage that runs is not also reported skipped under its own name.
+    pub(crate) fn reported_not_chosen(
+        &self,
+        route: usize,
+        chosen: u32,
+    ) -> impl Iterator<Item = u32> + '_ {
+        let taken = self.branch_members[route].get(chosen as usize);
+        self.not_chosen(route, chosen).filter(move |&k| {
+            let name = self.nodes[k as usize].meta.name;
+            !taken.is_some_and(|members| {
+                members
+                    .iter()
+                    .any(|&m| self.nodes[m as usize].meta.name == name)
+            })
+        })
+    }
+
     #[allow(
         clippy::needless_range_loop,
         reason = "the loops walk index pairs (i, j) of the matrix"

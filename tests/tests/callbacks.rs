@@ -115,6 +115,49 @@ async fn branches_not_taken_are_reported_skipped() {
     );
 }
 
+/// A stage in both branches of a route runs in the chosen one: it is not also reported
+/// skipped (under its own name) for the other — in events or in `inspect`.
+#[tokio::test]
+async fn a_stage_in_both_branches_is_not_reported_skipped_when_it_runs() {
+    let (sink, events) = event_log();
+    let pipe = pipeline! { choose => { "l" => [left, right], "r" => [right] } }
+        .with_callback(sink)
+        .with_store(InMemoryStore::new());
+    pipe.invoke(input! { label: "r".into() })
+        .run_id("both")
+        .await
+        .unwrap();
+    let names = names(&events);
+    assert!(
+        names.contains(&"stage.skipped left".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"stage.completed right".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"stage.skipped right".to_string()),
+        "{names:?}"
+    );
+    let finished: Vec<(String, bool)> = pipe
+        .inspect("both")
+        .await
+        .unwrap()
+        .finished
+        .into_iter()
+        .map(|f| (f.stage, f.skipped))
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            ("choose".to_string(), false),
+            ("left".to_string(), true),
+            ("right".to_string(), false)
+        ]
+    );
+}
+
 #[stage(reads = [n], writes = [a])]
 async fn forever(n: &u64) -> u64 {
     std::future::pending::<()>().await;

@@ -1165,9 +1165,11 @@ pub(crate) async fn inspect(
                 // choice); the run reported their stages skipped when the route finished,
                 // and so does the record, right after the route.
                 let Some(chosen) = branch else { continue };
-                finished.extend(plan.not_chosen(i as usize, chosen).map(|k| FinishedStage {
-                    stage: plan.nodes[k as usize].meta.name.to_string(),
-                    skipped: true,
+                finished.extend(plan.reported_not_chosen(i as usize, chosen).map(|k| {
+                    FinishedStage {
+                        stage: plan.nodes[k as usize].meta.name.to_string(),
+                        skipped: true,
+                    }
                 }));
             }
             (ctx, finished)

@@ -1234,10 +1234,12 @@ impl SchedState {
                 Some(label) => format!("route `{}` chose `{label}`", node.meta.name),
                 None => format!("route `{}` was skipped", node.meta.name),
             });
-        for k in plan.not_chosen(i, chosen) {
-            if let Some(reason) = &reason {
+        if let Some(reason) = &reason {
+            for k in plan.reported_not_chosen(i, chosen) {
                 self.notify(k as usize, |c, ev| c.on_stage_skip(ev, reason));
             }
+        }
+        for k in plan.not_chosen(i, chosen) {
             self.release(k as usize);
         }
     }
