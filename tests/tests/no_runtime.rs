@@ -149,20 +149,6 @@ async fn waits(n: &u64) -> u64 {
     n * 2
 }
 
-/// A user's middleware that only passes calls on: the built-ins behind it run through
-/// their own `Middleware::handle`, not the engine.
-struct PassOn;
-
-impl fluxio::middleware::Middleware for PassOn {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        next.run(call)
-    }
-}
-
 #[test]
 fn a_timeout_of_a_stage_that_waits_says_it_needs_the_runtime() {
     // A waiting stage alone is fine.
@@ -187,7 +173,7 @@ fn a_timeout_of_a_stage_that_waits_says_it_needs_the_runtime() {
     // Behind a user's middleware (the boxed path).
     let (what, _) = needed_by(block_on(
         pipeline! { waits }
-            .with_middleware(PassOn)
+            .with_middleware(fluxio_tests::PassOn)
             .with_middleware(timeout())
             .invoke(input! { n: 4 }),
     ));

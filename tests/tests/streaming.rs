@@ -620,24 +620,10 @@ async fn a_stream_stage_past_its_deadline_before_it_waits_for_the_consumer_times
     }
 }
 
-/// A user's middleware that only passes calls on: the built-ins behind it run through
-/// their own `Middleware::handle`, not the engine.
-struct PassOn;
-
-impl fluxio::middleware::Middleware for PassOn {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        next.run(call)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_timeout_behind_a_users_middleware_leaves_out_the_consumers_time_too() {
     let pipe = pipeline! { plain_stream }
-        .with_middleware(PassOn)
+        .with_middleware(fluxio_tests::PassOn)
         .with_middleware(Timeout::new(200 * MS));
     // The buffer fills; the consumer is away 1 s after each chunk: its time, not the stage's.
     let s = pipe.stream::<u64>(input! { chunks_n: 40, work_ms: 0, stall_ms: 0 });
