@@ -202,3 +202,25 @@ async fn a_listing_says_when_and_why() {
     )
     .await;
 }
+
+/// Resumes of a completed run only read it: many at once all get its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_of_a_completed_run_all_get_its_result() {
+    let Some(p) = Prefixed::connect("resume-completed").await else {
+        return;
+    };
+    let pipe = pipeline! { double }
+        .with_resource(Arc::new(Open(AtomicBool::new(true))))
+        .with_store(p.store.clone());
+    pipe.invoke(input! { n: 4 }).run_id("done").await.unwrap();
+    let resumes: Vec<_> = (0..50)
+        .map(|_| {
+            let pipe = pipe.clone();
+            tokio::spawn(async move { pipe.resume("done").await })
+        })
+        .collect();
+    for resume in resumes {
+        let out = resume.await.unwrap();
+        assert_eq!(out.map(|ctx| ctx[doubled]).unwrap(), 8);
+    }
+}

@@ -408,3 +408,26 @@ async fn a_listing_says_when_and_why() {
     let listed = store.list_runs(&[RunStatus::Failed]).await.unwrap();
     assert_eq!(listed[0].error.as_deref(), Some("fail\u{FFFD}"));
 }
+
+/// Resumes of a completed run only read it: many at once all get its result, though each
+/// takes the run's lock a moment (two retries of one request must not get `RunIdInUse`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_of_a_completed_run_all_get_its_result() {
+    let dir = Scratch::new("resume-completed");
+    let store = SqliteStore::open(dir.file("done.db")).await.unwrap();
+    let pipe = pipeline! { halve_quietly }.with_store(store);
+    pipe.invoke(input! { seed: 8 })
+        .run_id("done")
+        .await
+        .unwrap();
+    let resumes: Vec<_> = (0..50)
+        .map(|_| {
+            let pipe = pipe.clone();
+            tokio::spawn(async move { pipe.resume("done").await })
+        })
+        .collect();
+    for resume in resumes {
+        let out = resume.await.unwrap();
+        assert_eq!(out.map(|ctx| ctx[half]).unwrap(), 4);
+    }
+}

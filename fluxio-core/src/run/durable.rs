@@ -787,6 +787,15 @@ pub(crate) async fn run(
     if !acquired.map_err(store_err(&run_id, "acquire"))? {
         // Another owner holds it: nothing of ours to give back.
         guard.released = true;
+        // A resume of a completed run only reads it: it is answered though another call
+        // holds the lock a moment (another resume of it, say — two retries of one request).
+        if opts.resume {
+            if let Some(ctx) =
+                completed_result(&plan, &*store, &run_id, &owner, input, opts, &env).await
+            {
+                return Ok(ctx);
+            }
+        }
         return Err(Error::RunIdInUse {
             run_id: run_id.to_string(),
         });
@@ -884,6 +893,28 @@ enum Prepared {
 /// Writes the start record of a fresh run, or loads, checks and revives the checkpoint of
 /// a resumed one. Everything that refuses a run (missing inputs or resources, a key clash)
 /// is checked before the first write, so a refused call leaves the store as it was.
+/// The final context a resume gets from run `run_id` if it has completed, read without its
+/// lock (nothing is written for a completed run); `None` for any other run, or when it
+/// cannot be read.
+async fn completed_result(
+    plan: &Plan,
+    store: &dyn CheckpointStore,
+    run_id: &Arc<str>,
+    owner: &str,
+    input: Ctx,
+    opts: &RunOptions,
+    env: &StageEnv,
+) -> Option<Ctx> {
+    let stored = store.load(run_id).await.ok()??;
+    if stored.status != RunStatus::Completed {
+        return None;
+    }
+    match prepare(plan, store, run_id, owner, input, opts, env).await {
+        Ok(Prepared::Completed(ctx)) => Some(ctx),
+        _ => None,
+    }
+}
+
 async fn prepare(
     plan: &Plan,
     store: &dyn CheckpointStore,
