@@ -126,6 +126,12 @@ mod raw {
     pub async fn r#match(r#type: &str) -> u64 {
         r#type.len() as u64
     }
+
+    /// A read whose value goes unused, by its plain name.
+    #[stage(reads = [r#type], writes = [r#loop])]
+    pub async fn ignores_type(_type: &str) -> u64 {
+        0
+    }
 }
 
 /// Raw identifiers name keys and stages without their `r#`.

@@ -21,6 +21,9 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
                 attrs.iter().filter(|a| a.path().is_ident(name)).collect()
             };
             let (cfgs, deprecated) = (named("cfg"), named("deprecated"));
+            // Only a deprecated key's own items may use it without a warning (an allow on
+            // any other would hide a deprecated value type).
+            let allow_deprecated = (!deprecated.is_empty()).then(|| quote!(#[allow(deprecated)]));
             // `r#type` is the key `type`.
             let name = syn::ext::IdentExt::unraw(ident).to_string();
             let value = quote_spanned!(ty.span()=> type Value = #ty;);
@@ -39,7 +42,7 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
 
                 #(#cfgs)*
                 #[automatically_derived]
-                #[allow(deprecated)]
+                #allow_deprecated
                 impl #private::Key for #ident {
                     #value
                     const NAME: &'static str = #name;
@@ -50,7 +53,8 @@ pub(crate) fn expand(input: &KeysInput) -> TokenStream {
                 #(#deprecated)*
                 #[doc(hidden)]
                 #[inline(always)]
-                #[allow(dead_code, deprecated)]
+                #[allow(dead_code)]
+                #allow_deprecated
                 #vis const fn #ident() -> #ident {
                     #ident {}
                 }

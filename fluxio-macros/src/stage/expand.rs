@@ -26,6 +26,9 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
             .collect()
     };
     let (cfgs, deprecated) = (named("cfg"), named("deprecated"));
+    // Only a deprecated stage's own impls may use it without a warning: on any other, an
+    // allow would hide the user's deprecated calls in the stage's body.
+    let allow_deprecated = (!deprecated.is_empty()).then(|| quote!(#[allow(deprecated)]));
     let name = &def.name;
 
     let mut run_fn = item.clone();
@@ -342,7 +345,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
         #vis struct #ident;
 
         #(#cfgs)*
-        #[allow(deprecated)]
+        #allow_deprecated
         impl #ident {
             /// The stage's function as written, callable directly (for unit tests).
             #[allow(dead_code, clippy::ptr_arg)]
@@ -351,7 +354,7 @@ pub(crate) fn expand(def: &StageDef) -> TokenStream {
 
         #(#cfgs)*
         #[automatically_derived]
-        #[allow(deprecated)]
+        #allow_deprecated
         impl #private::Stage for #ident {
             const META: #private::StageMeta = #private::StageMeta {
                 name: #name,

@@ -346,11 +346,12 @@ fn check_params(cx: &mut Ctxt, item: &ItemFn, reads: &[KeyRef]) -> Vec<Param> {
             ParamRole::Ctx
         } else if is_named(&arg.ty, "RunInfo") {
             ParamRole::RunInfo
-        } else if let Some(key) = reads
-            .iter()
-            .find(|k| *k.ident() == ident)
-            .or_else(|| reads.iter().find(|k| ident == format!("_{}", k.ident())))
-        {
+        } else if let Some(key) = reads.iter().find(|k| *k.ident() == ident).or_else(|| {
+            // (`_type` for the key `r#type`.)
+            reads
+                .iter()
+                .find(|k| ident == format!("_{}", syn::ext::IdentExt::unraw(k.ident())))
+        }) {
             // `_total` reads `total` without using it: a dependency on the key only.
             ParamRole::Read(key.clone())
         } else {
