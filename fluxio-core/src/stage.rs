@@ -109,6 +109,25 @@ pub struct StageError {
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
+/// The error of a stage that could not be called — a read missing or of another type, a
+/// resource missing — so its body never ran: no fallback answers it, no `Retry` repeats
+/// it. (A wrapper rather than a flag beside `inner`: `StageError` stays two words, as every
+/// stage call's result holds one.) Seen through, as its `Error`, by everything public.
+#[derive(Debug)]
+struct NotCalled(Error);
+
+impl fmt::Display for NotCalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for NotCalled {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 #[derive(Debug)]
 struct Message(String);
 
@@ -150,12 +169,30 @@ impl StageError {
 
     /// The underlying error.
     pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.inner
+        match self.inner.downcast_ref::<NotCalled>() {
+            Some(NotCalled(error)) => error,
+            None => &*self.inner,
+        }
     }
 
     /// Converts into the boxed underlying error.
     pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self.inner
+        match self.inner.downcast::<NotCalled>() {
+            Ok(not_called) => Box::new(not_called.0),
+            Err(inner) => inner,
+        }
+    }
+
+    /// `error`, which kept the stage from being called (see [`NotCalled`]).
+    pub(crate) fn not_called(error: Error) -> Self {
+        StageError {
+            inner: Box::new(NotCalled(error)),
+        }
+    }
+
+    /// Whether the stage could not be called (its parameters could not be had).
+    pub(crate) fn was_not_called(&self) -> bool {
+        self.inner.is::<NotCalled>()
     }
 
     pub(crate) fn into_run_error(self, stage: &'static str) -> Error {
@@ -164,7 +201,7 @@ impl StageError {
         // store: a stage that invoked or resumed another run): returned as it is, it would
         // read as this run's (a lost lock skips the finish record and the rollbacks, a
         // missing checkpoint tells a resume loop to start afresh).
-        match self.inner.downcast::<Error>() {
+        match self.into_inner().downcast::<Error>() {
             Ok(inner) if !inner.is_about_a_run() => *inner,
             Ok(inner) => Error::Stage {
                 stage,
@@ -190,7 +227,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for StageError {
 
 impl fmt::Debug for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.inner, f)
+        fmt::Debug::fmt(self.as_error(), f)
     }
 }
 
@@ -893,7 +930,7 @@ pub fn ctx_view(ctx: &Ctx, lists: &[&'static [KeyDesc]]) -> Ctx {
 
 #[cold]
 fn unreadable<K: Key>(ctx: &Ctx, stage: &'static str) -> StageError {
-    StageError::new(if ctx.contains_name(K::NAME) {
+    StageError::not_called(if ctx.contains_name(K::NAME) {
         Error::KeyType {
             stage,
             key: K::NAME,

@@ -343,7 +343,7 @@ impl<'a, T> FromRead<'a, Vec<T>> for &'a [T] {
 
 /// The error of a stage call whose resource is missing.
 pub fn missing_resource(stage: &'static str, type_name: &'static str) -> StageError {
-    StageError::new(crate::Error::MissingResource {
+    StageError::not_called(crate::Error::MissingResource {
         stage,
         type_name,
         run_id: None,

@@ -685,9 +685,6 @@ async fn default_price(_order_id: &u64) -> u64 {
     1
 }
 
-/// A stage whose read is missing (its writer was skipped) was never called: its fallback,
-/// which takes the same parameters, does not run, and the run fails with `MissingKey`
-/// saying why.
 /// Counts `on_fallback` calls.
 #[derive(Default)]
 struct Fallbacks(std::sync::atomic::AtomicU32);
@@ -698,6 +695,9 @@ impl Callback for Fallbacks {
     }
 }
 
+/// A stage whose read is missing (its writer was skipped) was never called: its fallback,
+/// which takes the same parameters, does not run, and the run fails with `MissingKey`
+/// saying why.
 #[tokio::test]
 async fn a_missing_read_is_not_answered_by_the_fallback() {
     let fallbacks = Arc::new(Fallbacks::default());
@@ -721,4 +721,50 @@ async fn a_missing_read_is_not_answered_by_the_fallback() {
         0,
         "no fallback ran"
     );
+}
+
+#[stage(reads = [order_id], writes = [price], fallback = default_price)]
+async fn looks_up_price(order_id: &u64) -> Result<u64, StageError> {
+    // The stage's own code failing with a `MissingKey` naming it (a lookup of its own):
+    // it was called, so its fallback answers.
+    Err(StageError::new(Error::MissingKey {
+        stage: "looks_up_price",
+        run_id: None,
+        key: "price",
+        reason: format!("no price for order {order_id}"),
+    }))
+}
+
+#[tokio::test]
+async fn a_stage_that_ran_and_failed_like_a_missing_read_still_gets_its_fallback() {
+    let out = pipeline! { looks_up_price }
+        .invoke(input! { order_id: 3 })
+        .await
+        .unwrap();
+    assert_eq!(out[price], 1);
+    // A missing read is not retried either: the context would be the same.
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let err = pipeline! { new_order, price_order }
+        .with_middleware(SkipStage("new_order"))
+        .with_middleware(Retry::constant(3, std::time::Duration::ZERO).when(|_| true))
+        .with_callback(Arc::new(CountRetries(calls.clone())))
+        .invoke(Ctx::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingKey { .. }), "{err:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Counts `on_retry` calls.
+struct CountRetries(Arc<std::sync::atomic::AtomicU32>);
+
+impl Callback for CountRetries {
+    fn on_retry(
+        &self,
+        _event: &fluxio::StageEvent<'_>,
+        _error: &StageError,
+        _delay: std::time::Duration,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -140,15 +140,16 @@ impl<'a> Next<'a> {
 }
 
 /// Whether `err` is a refusal to call the stage (an open circuit, a rate limit without a
-/// token) or a call outside a tokio runtime (`NoRuntime`): it stands until its
-/// `retry_in` (or for good), usually longer than a backoff, and says nothing about the
-/// stage's health — `Retry` does not retry it by default and a `CircuitBreaker` does not
-/// count it.
+/// token), a call outside a tokio runtime (`NoRuntime`), or a stage that could not be
+/// called (a read or resource missing): it stands until its `retry_in` (or for good),
+/// usually longer than a backoff, and says nothing about the stage's health — `Retry` does
+/// not retry it by default and a `CircuitBreaker` does not count it.
 pub(crate) fn is_refusal(err: &StageError) -> bool {
-    matches!(
-        err.as_error().downcast_ref::<Error>(),
-        Some(Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::NoRuntime { .. })
-    )
+    err.was_not_called()
+        || matches!(
+            err.as_error().downcast_ref::<Error>(),
+            Some(Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::NoRuntime { .. })
+        )
 }
 
 /// The longest duration the built-ins count with: longer TTLs, reset timeouts and waits are

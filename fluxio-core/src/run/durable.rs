@@ -790,10 +790,10 @@ pub(crate) async fn run(
         // A resume of a completed run only reads it: it is answered though another call
         // holds the lock a moment (another resume of it, say — two retries of one request).
         if opts.resume {
-            if let Some(ctx) =
+            if let Some(answer) =
                 completed_result(&plan, &*store, &run_id, &owner, input, opts, &env).await
             {
-                return Ok(ctx);
+                return answer;
             }
         }
         return Err(Error::RunIdInUse {
@@ -804,7 +804,7 @@ pub(crate) async fn run(
     // Every way out before the run starts gives the lock back at once: a caller that
     // corrects its call (say, with `allow_version_change`) must not find it still held.
     let (ctx, restored, kept_error) =
-        match prepare(&plan, &*store, &run_id, &owner, input, opts, &env).await {
+        match prepare(&plan, &*store, &run_id, &owner, input, opts, &env, None).await {
             Ok(Prepared::Run(ctx, restored, kept)) => (ctx, restored, kept),
             Ok(Prepared::Completed(ctx)) => {
                 guard.release().await;
@@ -890,12 +890,14 @@ enum Prepared {
     Completed(Ctx),
 }
 
-/// Writes the start record of a fresh run, or loads, checks and revives the checkpoint of
-/// a resumed one. Everything that refuses a run (missing inputs or resources, a key clash)
-/// is checked before the first write, so a refused call leaves the store as it was.
-/// The final context a resume gets from run `run_id` if it has completed, read without its
-/// lock (nothing is written for a completed run); `None` for any other run, or when it
-/// cannot be read.
+/// The answer a resume gets from run `run_id` if it has completed, read without its lock
+/// (nothing is written for a completed run): its final context, or why the resume is
+/// refused (another version, a clashing input). `None` for any other run, or one that
+/// cannot be read: the lock's holder is then the answer.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one resume call, handed on to `prepare`"
+)]
 async fn completed_result(
     plan: &Plan,
     store: &dyn CheckpointStore,
@@ -904,17 +906,31 @@ async fn completed_result(
     input: Ctx,
     opts: &RunOptions,
     env: &StageEnv,
-) -> Option<Ctx> {
+) -> Option<Result<Ctx>> {
     let stored = store.load(run_id).await.ok()??;
     if stored.status != RunStatus::Completed {
         return None;
     }
-    match prepare(plan, store, run_id, owner, input, opts, env).await {
-        Ok(Prepared::Completed(ctx)) => Some(ctx),
-        _ => None,
-    }
+    // From this one read: `prepare` of a completed run returns before any write.
+    Some(
+        match prepare(plan, store, run_id, owner, input, opts, env, Some(stored)).await {
+            Ok(Prepared::Completed(ctx)) => Ok(ctx),
+            Ok(Prepared::Run(..)) => Err(Error::RunIdInUse {
+                run_id: run_id.to_string(),
+            }),
+            Err(e) => Err(e),
+        },
+    )
 }
 
+/// Writes the start record of a fresh run, or loads (unless `loaded` holds it), checks and
+/// revives the checkpoint of a resumed one. Everything that refuses a run (missing inputs
+/// or resources, a key clash) is checked before the first write, so a refused call leaves
+/// the store as it was.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one run call, handed on from `run`"
+)]
 async fn prepare(
     plan: &Plan,
     store: &dyn CheckpointStore,
@@ -923,9 +939,13 @@ async fn prepare(
     input: Ctx,
     opts: &RunOptions,
     env: &StageEnv,
+    loaded: Option<StoredRun>,
 ) -> Result<Prepared> {
     if opts.resume {
-        let stored = load(store, run_id).await?;
+        let stored = match loaded {
+            Some(stored) => stored,
+            None => load(store, run_id).await?,
+        };
         if stored.version != plan.version {
             if !opts.allow_version_change {
                 return Err(Error::CheckpointVersion {

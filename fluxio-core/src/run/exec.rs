@@ -978,6 +978,10 @@ impl SchedState {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
+                // A stage whose parameters could not be had (a read missing or of another
+                // type, a resource missing) never ran, and its fallback takes the same
+                // parameters: the run fails with that reason, not the fallback's copy of it.
+                let not_called = e.was_not_called();
                 let mut e = e.into_run_error(self.plan.nodes[i].meta.name);
                 // (A nested pipeline's own run already said why, from inside.)
                 if let Error::MissingKey { key, reason, .. } = &mut e
@@ -987,14 +991,6 @@ impl SchedState {
                         *reason = why;
                     }
                 }
-                // A stage whose parameters could not be had (a read missing or of another
-                // type, a resource missing) never ran, and its fallback takes the same
-                // parameters: the run fails with that reason, not the fallback's copy of it.
-                let name = self.plan.nodes[i].meta.name;
-                let not_called = matches!(&e,
-                    Error::MissingKey { stage, .. }
-                    | Error::KeyType { stage, .. }
-                    | Error::MissingResource { stage, .. } if *stage == name);
                 if self.state[i] == RUNNING && !not_called {
                     if let Some(stage) = self.plan.nodes[i]
                         .has_fallback
