@@ -127,6 +127,26 @@ pub async fn assert_listing_has_times_and_errors(
     }
 }
 
+/// `n` resumes of run `run_id` of `pipe`, spawned at once (on the test's runtime), and
+/// what each returned.
+pub async fn resumes_at_once(
+    pipe: &fluxio::Pipeline,
+    run_id: &str,
+    n: usize,
+) -> Vec<Result<fluxio::Ctx, fluxio::Error>> {
+    let resumes: Vec<_> = (0..n)
+        .map(|_| {
+            let (pipe, run_id) = (pipe.clone(), run_id.to_string());
+            tokio::spawn(async move { pipe.resume(run_id).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for resume in resumes {
+        out.push(resume.await.expect("a resume panicked"));
+    }
+    out
+}
+
 /// `(stage, attempt)` of every stage event named `name` (`stage.failed`, ...).
 pub fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
     events

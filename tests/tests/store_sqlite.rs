@@ -421,14 +421,7 @@ async fn concurrent_resumes_of_a_completed_run_all_get_its_result() {
         .run_id("done")
         .await
         .unwrap();
-    let resumes: Vec<_> = (0..50)
-        .map(|_| {
-            let pipe = pipe.clone();
-            tokio::spawn(async move { pipe.resume("done").await })
-        })
-        .collect();
-    for resume in resumes {
-        let out = resume.await.unwrap();
+    for out in fluxio_tests::resumes_at_once(&pipe, "done", 50).await {
         assert_eq!(out.map(|ctx| ctx[half]).unwrap(), 4);
     }
 }

@@ -145,10 +145,21 @@ impl<'a> Next<'a> {
 /// usually longer than a backoff, and says nothing about the stage's health — `Retry` does
 /// not retry it by default and a `CircuitBreaker` does not count it.
 pub(crate) fn is_refusal(err: &StageError) -> bool {
+    is_final(err)
+        || matches!(
+            err.as_error().downcast_ref::<Error>(),
+            Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
+        )
+}
+
+/// The refusals no `Retry` repeats, whatever its predicate: a stage that could not be
+/// called (calling again finds the same context) and a call outside a tokio runtime (the
+/// wait needs one).
+pub(crate) fn is_final(err: &StageError) -> bool {
     err.was_not_called()
         || matches!(
             err.as_error().downcast_ref::<Error>(),
-            Some(Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::NoRuntime { .. })
+            Some(Error::NoRuntime { .. })
         )
 }
 

@@ -170,15 +170,7 @@ impl Retry {
         // callbacks learn the attempt from the engine).
         // A panic is a bug, not a passing failure: never called again (an async stage's
         // panic does not even get here).
-        // Outside a tokio runtime nothing is retried: the wait needs one (and the failure
-        // may be just that). Nor is a stage that could not be called (a read or resource
-        // missing: calling again finds the same context). Whatever the predicate thinks.
-        if err.was_not_called()
-            || matches!(
-                err.as_error().downcast_ref::<crate::Error>(),
-                Some(crate::Error::NoRuntime { .. })
-            )
-        {
+        if super::is_final(&err) {
             return Err(err);
         }
         let retry = !crate::run::is_panic(&err)

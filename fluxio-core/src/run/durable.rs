@@ -780,6 +780,14 @@ pub(crate) async fn run(
         owner: owner.clone(),
         released: false,
     };
+    let call = Call {
+        plan: &plan,
+        store: &*store,
+        run_id: &run_id,
+        owner: &owner,
+        opts,
+        env: &env,
+    };
     let acquired = store.acquire(&run_id, &owner, pipe.lease).await;
     if acquired.is_err() {
         begin();
@@ -790,9 +798,7 @@ pub(crate) async fn run(
         // A resume of a completed run only reads it: it is answered though another call
         // holds the lock a moment (another resume of it, say — two retries of one request).
         if opts.resume {
-            if let Some(answer) =
-                completed_result(&plan, &*store, &run_id, &owner, input, opts, &env).await
-            {
+            if let Some(answer) = completed_result(call, input).await {
                 return answer;
             }
         }
@@ -803,21 +809,20 @@ pub(crate) async fn run(
 
     // Every way out before the run starts gives the lock back at once: a caller that
     // corrects its call (say, with `allow_version_change`) must not find it still held.
-    let (ctx, restored, kept_error) =
-        match prepare(&plan, &*store, &run_id, &owner, input, opts, &env, None).await {
-            Ok(Prepared::Run(ctx, restored, kept)) => (ctx, restored, kept),
-            Ok(Prepared::Completed(ctx)) => {
-                guard.release().await;
-                return Ok(ctx);
+    let (ctx, restored, kept_error) = match prepare(call, input, None).await {
+        Ok(Prepared::Run(ctx, restored, kept)) => (ctx, restored, kept),
+        Ok(Prepared::Completed(ctx)) => {
+            guard.release().await;
+            return Ok(ctx);
+        }
+        Err(e) => {
+            if !matches!(e, Error::NoCheckpoint { .. }) {
+                begin();
             }
-            Err(e) => {
-                if !matches!(e, Error::NoCheckpoint { .. }) {
-                    begin();
-                }
-                guard.release().await;
-                return Err(e);
-            }
-        };
+            guard.release().await;
+            return Err(e);
+        }
+    };
 
     begin();
     if let (Some(obs), Some(restored)) = (&obs, &restored) {
@@ -890,57 +895,51 @@ enum Prepared {
     Completed(Ctx),
 }
 
+/// One durable call of a pipeline, as `run` makes it: what `prepare` and
+/// `completed_result` work on.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    plan: &'a Plan,
+    store: &'a dyn CheckpointStore,
+    run_id: &'a Arc<str>,
+    /// The owner the call takes (or took) the run's lock as.
+    owner: &'a str,
+    opts: &'a RunOptions,
+    env: &'a StageEnv,
+}
+
 /// The answer a resume gets from run `run_id` if it has completed, read without its lock
 /// (nothing is written for a completed run): its final context, or why the resume is
 /// refused (another version, a clashing input). `None` for any other run, or one that
 /// cannot be read: the lock's holder is then the answer.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the parts of one resume call, handed on to `prepare`"
-)]
-async fn completed_result(
-    plan: &Plan,
-    store: &dyn CheckpointStore,
-    run_id: &Arc<str>,
-    owner: &str,
-    input: Ctx,
-    opts: &RunOptions,
-    env: &StageEnv,
-) -> Option<Result<Ctx>> {
-    let stored = store.load(run_id).await.ok()??;
+async fn completed_result(call: Call<'_>, input: Ctx) -> Option<Result<Ctx>> {
+    let stored = call.store.load(call.run_id).await.ok()??;
     if stored.status != RunStatus::Completed {
         return None;
     }
     // From this one read: `prepare` of a completed run returns before any write.
-    Some(
-        match prepare(plan, store, run_id, owner, input, opts, env, Some(stored)).await {
-            Ok(Prepared::Completed(ctx)) => Ok(ctx),
-            Ok(Prepared::Run(..)) => Err(Error::RunIdInUse {
-                run_id: run_id.to_string(),
-            }),
-            Err(e) => Err(e),
-        },
-    )
+    Some(match prepare(call, input, Some(stored)).await {
+        Ok(Prepared::Completed(ctx)) => Ok(ctx),
+        Ok(Prepared::Run(..)) => Err(Error::RunIdInUse {
+            run_id: call.run_id.to_string(),
+        }),
+        Err(e) => Err(e),
+    })
 }
 
 /// Writes the start record of a fresh run, or loads (unless `loaded` holds it), checks and
 /// revives the checkpoint of a resumed one. Everything that refuses a run (missing inputs
 /// or resources, a key clash) is checked before the first write, so a refused call leaves
 /// the store as it was.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the parts of one run call, handed on from `run`"
-)]
-async fn prepare(
-    plan: &Plan,
-    store: &dyn CheckpointStore,
-    run_id: &Arc<str>,
-    owner: &str,
-    input: Ctx,
-    opts: &RunOptions,
-    env: &StageEnv,
-    loaded: Option<StoredRun>,
-) -> Result<Prepared> {
+async fn prepare(call: Call<'_>, input: Ctx, loaded: Option<StoredRun>) -> Result<Prepared> {
+    let Call {
+        plan,
+        store,
+        run_id,
+        owner,
+        opts,
+        env,
+    } = call;
     if opts.resume {
         let stored = match loaded {
             Some(stored) => stored,

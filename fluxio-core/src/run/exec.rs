@@ -337,29 +337,26 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
             });
         }
     }
-    missing_resource(plan, &env.resources).map_or(Ok(()), Err)
+    missing_resource(plan, &[&env.resources]).map_or(Ok(()), Err)
 }
 
-/// The first resource a stage of `plan` needs that `resources` lack — nested pipelines'
-/// stages included, with their own resources over the outer ones (as they run).
-fn missing_resource(plan: &Plan, resources: &crate::stage::Resources) -> Option<Error> {
+/// The first resource a stage of `plan` needs that all of `layers` lack — nested
+/// pipelines' stages included, their own resources one more layer (as they run). Layers,
+/// not a merged map: nothing is copied on every invoke.
+fn missing_resource(plan: &Plan, layers: &[&crate::stage::Resources]) -> Option<Error> {
     for &i in &plan.needs_resources {
         let node = &plan.nodes[i as usize];
         if let Exec::Pipeline(sub) = &node.exec {
-            let own;
-            let resources = if sub.resources.is_empty() {
-                resources
-            } else {
-                own = sub.resources.over(resources);
-                &own
-            };
-            if let Some(missing) = missing_resource(&sub.plan, resources) {
+            let mut inner: SmallVec<[&crate::stage::Resources; 4]> = layers.into();
+            inner.push(&sub.resources);
+            if let Some(missing) = missing_resource(&sub.plan, &inner) {
                 return Some(missing);
             }
             continue;
         }
         for res in node.meta.resources {
-            if !resources.contains((res.type_id)()) {
+            let id = (res.type_id)();
+            if !layers.iter().any(|r| r.contains(id)) {
                 return Some(Error::MissingResource {
                     stage: node.meta.name,
                     type_name: (res.type_name)(),

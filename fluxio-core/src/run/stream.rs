@@ -99,17 +99,21 @@ impl<C: Send + 'static> StreamHandle<C> {
         // to configure, as for one whose end the handle saw.
         let ended = self.task.as_ref().is_some_and(|t| t.is_finished());
         if self.start.is_none() && !ended && self.run.is_some() && self.result.is_none() {
-            match &self.task {
-                // On its task: aborted, and awaited before the handle reports the end (the
-                // abort takes effect when the runtime next runs the task).
-                Some(task) => task.abort(),
-                // Polled in place: dropping its future cancels it now.
-                None => self.run = None,
-            }
+            self.abort();
             self.rx = None;
             self.result = Some(Err(Error::BadRunId { reason: LATE }));
         }
         self.start.as_mut().map(|s| &mut s.2)
+    }
+
+    /// Cancels the started run: on its task, aborts it (the abort takes effect when the
+    /// runtime next runs the task, so the caller awaits `run` before reporting the end);
+    /// polled in place, drops its future, which cancels it now.
+    fn abort(&mut self) {
+        match &self.task {
+            Some(task) => task.abort(),
+            None => self.run = None,
+        }
     }
 
     /// Names the run, as [`Invoke::run_id`](super::Invoke::run_id) does: in a durable
@@ -232,13 +236,9 @@ impl<C: Send + 'static> StreamHandle<C> {
             });
         }
         if self.result.is_none() {
-            match &self.task {
-                // Aborted; awaited below, until the task has stopped (a task that ended
-                // first keeps its result).
-                Some(task) => task.abort(),
-                // Polled in place: dropping its future cancels it now.
-                None => self.run = None,
-            }
+            // Awaited below, until the task has stopped (one that ended first keeps its
+            // result).
+            self.abort();
         }
         if let Some(run) = self.run.take() {
             let out = run.await;
