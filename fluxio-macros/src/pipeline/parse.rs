@@ -66,6 +66,22 @@ impl Parse for PipelineInput {
     }
 }
 
+/// The error for a member of a `parallel` block, at `member`, that is not a stage: most
+/// likely a nested pipeline (an expression), spanned whole.
+fn not_a_parallel_member(member: ParseStream<'_>) -> syn::Error {
+    const HOLDS: &str = "`parallel { ... }` holds stages only, separated by commas";
+    match member.fork().parse::<syn::Expr>() {
+        Ok(expr) => syn::Error::new_spanned(
+            expr,
+            format!(
+                "{HOLDS}: a nested pipeline (an expression, like `sub.clone()`) cannot run in \
+                 a parallel block; run it before or after the block"
+            ),
+        ),
+        Err(_) => member.error(HOLDS),
+    }
+}
+
 impl Parse for Node {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         if input.peek(Ident) && input.peek2(syn::token::Brace) {
@@ -83,13 +99,19 @@ impl Parse for Node {
                         || content.peek(Token![self])
                         || content.peek(Token![super]))
                     {
-                        return Err(content
-                            .error("`parallel { ... }` holds stages only, separated by commas"));
+                        return Err(not_a_parallel_member(&content));
                     }
+                    let member = content.fork();
                     let path = content.call(syn::Path::parse_mod_style)?;
+                    if content.peek(Token![=>]) {
+                        return Err(syn::Error::new_spanned(
+                            &path,
+                            "a route cannot run in a `parallel { ... }` block: its branches \
+                             follow it; move it and its branches out of the block",
+                        ));
+                    }
                     if !(content.is_empty() || content.peek(Token![,])) {
-                        return Err(content
-                            .error("`parallel { ... }` holds stages only, separated by commas"));
+                        return Err(not_a_parallel_member(&member));
                     }
                     members.push(path);
                     if content.is_empty() {
