@@ -131,6 +131,17 @@ pub enum Error {
         /// The run's id, when it has one of its own (as for [`Error::Stage`]).
         run_id: Option<String>,
     },
+    /// Two nodes of one pipeline that can both run in a run have the same name, and one of
+    /// them is a nested pipeline (named with [`Pipeline::named`](crate::Pipeline::named),
+    /// or `pipeline` when it was not): their stages would share idempotency keys, events
+    /// and callbacks could not tell them apart. The pipeline refuses to run. (Two stages of
+    /// one name are a compile error.)
+    NameClash {
+        /// The shared name.
+        name: &'static str,
+        /// The run's id, when it has one of its own (as for [`Error::Stage`]).
+        run_id: Option<String>,
+    },
     /// A stream stage produced chunks of another type than the one asked of `stream::<C>()`.
     ChunkType {
         /// The stream stage's name.
@@ -432,6 +443,18 @@ impl std::fmt::Display for Error {
                 distinct_types(types)[0],
                 distinct_types(types)[1]
             ),
+            Error::NameClash { name, run_id } => write!(
+                f,
+                "{}two nodes of the pipeline are named `{name}`, a nested pipeline among them{}: \
+                 a name identifies a node in events and idempotency keys; give each nested \
+                 pipeline a name of its own with `Pipeline::named`",
+                run_prefix(run_id),
+                if *name == crate::plan::UNNAMED_PIPELINE {
+                    " (`pipeline` is the name of a nested pipeline not given one)"
+                } else {
+                    ""
+                }
+            ),
             Error::ChunkType {
                 stage,
                 expected,
@@ -689,6 +712,7 @@ impl Error {
             | Error::MergeConflict { run_id, .. }
             | Error::KeyType { run_id, .. }
             | Error::KeyClash { run_id, .. }
+            | Error::NameClash { run_id, .. }
             | Error::ChunkType { run_id, .. }
             | Error::NoRuntime { run_id, .. }
             | Error::Cancelled { run_id },

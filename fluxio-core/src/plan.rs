@@ -237,6 +237,9 @@ pub(crate) struct Plan {
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
     pub(crate) key_clash: Option<(&'static str, [&'static str; 2])>,
+    /// A name two nodes share, one of them a nested pipeline, when both can run in one run
+    /// (here or in a nested pipeline): the plan cannot run.
+    pub(crate) name_clash: Option<&'static str>,
     /// Nodes that need resources (checked before a run starts): stages that take a `Res`,
     /// and nested pipelines with such stages.
     pub(crate) needs_resources: Vec<u32>,
@@ -256,22 +259,28 @@ impl Plan {
     }
 
     /// [`not_chosen`](Self::not_chosen), less the stages that also sit in the chosen branch
-    /// (a stage may appear in several branches of one route): what is reported skipped —
-    /// a stage that runs is not also reported skipped under its own name.
+    /// (a stage may appear in several branches of one route), each name once: what is
+    /// reported skipped — a stage that runs is not also reported skipped under its own name,
+    /// and one in several branches not taken is reported skipped once.
     pub(crate) fn reported_not_chosen(
         &self,
         route: usize,
         chosen: u32,
     ) -> impl Iterator<Item = u32> + '_ {
         let taken = self.branch_members[route].get(chosen as usize);
-        self.not_chosen(route, chosen).filter(move |&k| {
-            let name = self.nodes[k as usize].meta.name;
-            !taken.is_some_and(|members| {
-                members
-                    .iter()
-                    .any(|&m| self.nodes[m as usize].meta.name == name)
+        let name = |k: u32| self.nodes[k as usize].meta.name;
+        self.not_chosen(route, chosen)
+            .enumerate()
+            .filter(move |&(at, k)| {
+                let runs = taken.is_some_and(|members| members.iter().any(|&m| name(m) == name(k)));
+                // Reported already, under an earlier branch not taken.
+                let earlier = self
+                    .not_chosen(route, chosen)
+                    .take(at)
+                    .any(|e| name(e) == name(k));
+                !runs && !earlier
             })
-        })
+            .map(|(_, k)| k)
     }
 
     #[allow(
@@ -374,6 +383,7 @@ impl Plan {
                 }
             }
         }
+        let name_clash = name_clash(&nodes);
         let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
         let has_timeout = nodes.iter().map(|n| n.meta.timeout.is_some()).collect();
         let merges = (0..n)
@@ -386,6 +396,7 @@ impl Plan {
             merges,
             key_descs,
             key_clash,
+            name_clash,
             dep_offsets,
             needs_resources,
             nodes,
@@ -437,6 +448,30 @@ fn merge_keys(node: &NodeSpec) -> impl Iterator<Item = &KeyDesc> {
 }
 
 /// Whether nodes `a` and `b` sit in different branches of one route (only one runs).
+/// The first name two nodes share when one of them is a nested pipeline and both can run in
+/// one run (not in different branches of one route), or a nested pipeline's own such clash.
+/// Two stages of one name are refused at compile time; a nested pipeline's name is given
+/// at run time (`Pipeline::named`), so it is checked here.
+fn name_clash(nodes: &[NodeSpec]) -> Option<&'static str> {
+    for (j, node) in nodes.iter().enumerate() {
+        if let Exec::Pipeline(sub) = &node.exec {
+            if let Some(inner) = sub.plan().name_clash {
+                return Some(inner);
+            }
+        }
+        let clash = nodes[..j].iter().enumerate().any(|(i, earlier)| {
+            earlier.meta.name == node.meta.name
+                && (earlier.meta.kind == StageKind::Pipeline
+                    || node.meta.kind == StageKind::Pipeline)
+                && !exclusive(nodes, i, j)
+        });
+        if clash {
+            return Some(node.meta.name);
+        }
+    }
+    None
+}
+
 fn exclusive(nodes: &[NodeSpec], a: usize, b: usize) -> bool {
     let branches = |mut i: usize| {
         let mut out = Vec::new();

@@ -158,6 +158,43 @@ async fn a_stage_in_both_branches_is_not_reported_skipped_when_it_runs() {
     );
 }
 
+/// A stage in two branches not taken is reported skipped once — in events and in
+/// `inspect` — whichever branch is taken.
+#[tokio::test]
+async fn a_stage_in_two_branches_not_taken_is_reported_skipped_once() {
+    let (sink, events) = event_log();
+    let pipe = pipeline! {
+        choose => { "l" => [left], "r" => [right], "again" => [right] }
+    }
+    .with_callback(sink)
+    .with_store(InMemoryStore::new());
+    pipe.invoke(input! { label: "l".into() })
+        .run_id("twice")
+        .await
+        .unwrap();
+    let skipped: Vec<String> = names(&events)
+        .into_iter()
+        .filter(|n| n.starts_with("stage.skipped"))
+        .collect();
+    assert_eq!(skipped, ["stage.skipped right"]);
+    let finished: Vec<(String, bool)> = pipe
+        .inspect("twice")
+        .await
+        .unwrap()
+        .finished
+        .into_iter()
+        .map(|f| (f.stage, f.skipped))
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            ("choose".to_string(), false),
+            ("right".to_string(), true),
+            ("left".to_string(), false)
+        ]
+    );
+}
+
 #[stage(reads = [n], writes = [a])]
 async fn forever(n: &u64) -> u64 {
     std::future::pending::<()>().await;

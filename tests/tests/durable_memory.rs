@@ -1002,6 +1002,72 @@ async fn nested_stages_get_idempotency_keys_of_their_own() {
     );
 }
 
+/// Two nested pipelines of one name that can both run would give their stages one
+/// idempotency key (a second payment deduplicated away): the run is refused before any
+/// stage runs, naming the name — also when the clash is inside a nested pipeline, and for
+/// a nested pipeline named like a stage. In different branches of one route, one name is
+/// fine (only one of them runs).
+#[tokio::test]
+async fn nested_pipelines_of_one_name_are_refused_before_any_stage_runs() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sub = pipeline! { idem_seen };
+    let inner_clash = pipeline! { sub.clone(), sub.clone() };
+    let cases = [
+        (pipeline! { sub.clone(), sub.clone() }, "pipeline"),
+        (
+            pipeline! { sub.clone().named("pay"), sub.clone().named("pay") },
+            "pay",
+        ),
+        (
+            pipeline! { idem_seen, sub.clone().named("idem_seen") },
+            "idem_seen",
+        ),
+        (pipeline! { inner_clash.named("outer") }, "pipeline"),
+    ];
+    for (pipe, name) in cases {
+        let err = pipe
+            .with_resource(seen.clone())
+            .invoke(Ctx::new())
+            .run_id("pay-8")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::NameClash { name: n, run_id: Some(id) } if *n == name && id == "pay-8"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("Pipeline::named"), "{err}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no stage ran: {:?}",
+        seen.lock().unwrap()
+    );
+    let unnamed = Error::NameClash {
+        name: "pipeline",
+        run_id: None,
+    };
+    assert!(unnamed.to_string().contains("not given one"), "{unnamed}");
+
+    // One name in two branches of a route: only one of them runs.
+    pipeline! {
+        pick_first => {
+            "first" => [sub.clone()],
+            "second" => [sub.clone()],
+        }
+    }
+    .with_resource(seen.clone())
+    .invoke(Ctx::new())
+    .run_id("pay-9")
+    .await
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["pay-9:pipeline/idem_seen"]);
+}
+
+#[stage]
+fn pick_first() -> Route {
+    Route::to("first")
+}
+
 /// Wraps the in-memory store; once `lost` is set, writes fail as if another process had
 /// taken the run's lock over (the stores' own tests cover how they detect that).
 #[derive(Clone)]

@@ -228,6 +228,59 @@ async fn other_branch() -> u64 {
     1
 }
 
+/// Skips the stage of the given name (a middleware answering for it).
+struct SkipOne(&'static str);
+
+impl fluxio::middleware::Middleware for SkipOne {
+    fn handle<'a>(
+        &'a self,
+        call: fluxio::middleware::StageCall<'a>,
+        next: fluxio::middleware::Next<'a>,
+    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        if call.meta.name == self.0 {
+            return Box::pin(async { Ok(fluxio::StageOutput::Skip("maintenance".into())) });
+        }
+        next.run(call)
+    }
+}
+
+/// A route a middleware skipped took no branch: a read of what its branches write says so,
+/// rather than that a branch was "not taken" (as if the route had chosen another).
+#[tokio::test]
+async fn a_read_whose_route_was_skipped_says_the_route_was_skipped() {
+    let pipe = pipeline! {
+        choose => { "l" => [left], "r" => [other_branch] },
+        after_route,
+    }
+    .with_middleware(SkipOne("choose"));
+    let err = pipe.invoke(input! { label: "l".into() }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `after_route` reads `picked`, but nothing wrote it: `left` is in branch `l` of \
+         route `choose`, which was skipped by a middleware and took no branch"
+    );
+
+    // A route inside a branch not taken did not run at all.
+    let pipe = pipeline! {
+        choose => {
+            "l" => [inner_choice => { "in" => [left], "out" => [other_branch] }],
+            "r" => [other_branch],
+        },
+        after_route,
+    };
+    let err = pipe.invoke(input! { label: "r".into() }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `after_route` reads `picked`, but nothing wrote it: `left` is in branch `in` of \
+         route `inner_choice`, which did not run"
+    );
+}
+
+#[stage]
+async fn inner_choice() -> Route {
+    Route::to("in")
+}
+
 #[tokio::test]
 async fn a_read_whose_writer_was_in_a_branch_not_taken_names_the_route() {
     let pipe = pipeline! {

@@ -310,6 +310,9 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
             run_id: None,
         });
     }
+    if let Some(name) = plan.name_clash {
+        return Err(Error::NameClash { name, run_id: None });
+    }
     for (i, key) in plan.input_descs.iter().enumerate() {
         if let Some(value) = input.slot(key.name) {
             // A value of another type under the key's name (a same-named key of another
@@ -1189,10 +1192,20 @@ impl SchedState {
                 let node = &plan.nodes[k];
                 let name = node.meta.name;
                 match (self.state[k], node.branch) {
-                    (SKIPPED, Some((r, l))) => format!(
-                        "`{name}` is in branch `{}` of route `{}`, which was not taken",
-                        plan.nodes[r as usize].labels[l as usize], plan.nodes[r as usize].meta.name
-                    ),
+                    (SKIPPED, Some((r, l))) => {
+                        let route = &plan.nodes[r as usize];
+                        let what = if self.state[r as usize] == SKIPPED {
+                            "which did not run"
+                        } else if self.took_no_branch(r as usize) {
+                            "which was skipped by a middleware and took no branch"
+                        } else {
+                            "which was not taken"
+                        };
+                        format!(
+                            "`{name}` is in branch `{}` of route `{}`, {what}",
+                            route.labels[l as usize], route.meta.name
+                        )
+                    }
                     (DONE, _) if matches!(node.exec, crate::plan::Exec::Pipeline(_)) => {
                         format!("`{name}` (a nested pipeline) did not write it")
                     }
@@ -1208,6 +1221,14 @@ impl SchedState {
             })
             .collect::<Vec<_>>();
         (!writers.is_empty()).then(|| writers.join("; "))
+    }
+
+    /// Whether route `r`, finished, took no branch (a middleware skipped it): every branch
+    /// is skipped whole. (A branch of no stages cannot tell: it counts as taken.)
+    fn took_no_branch(&self, r: usize) -> bool {
+        self.plan.branch_members[r].iter().all(|members| {
+            !members.is_empty() && members.iter().all(|&k| self.state[k as usize] == SKIPPED)
+        })
     }
 
     /// Marks every node of route `i`'s other branches skipped.
