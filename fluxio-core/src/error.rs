@@ -191,8 +191,9 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
-    /// This run lost its lock: it stalled past its lease (a paused process, a long stop, a
-    /// network partition), and another process may have taken the run over. It stopped at
+    /// This run lost its lock: its lease ran out before it was renewed — this process
+    /// stalled (a paused process, a long stop) or the store did (unreachable, paused or slow
+    /// past the lease) — and another process may have taken the run over. It stopped at
     /// its next write or lease renewal, writing nothing more and starting no further
     /// rollback (one lost while rolling back may have run some: the run stays
     /// `rolling_back`, and a resume runs them all again); resume it (here or elsewhere)
@@ -494,8 +495,9 @@ impl std::fmt::Display for Error {
             ),
             Error::LockLost { run_id } => write!(
                 f,
-                "run `{run_id}` lost its lock: it stalled past its lease, which another owner \
-                may have taken; it stopped without writing more or running further rollbacks"
+                "run `{run_id}` lost its lock: its lease ran out before it was renewed (this \
+                process or the checkpoint store stalled past it), and another owner may have \
+                taken it; it stopped without writing more or running further rollbacks"
             ),
             Error::IncompatibleCheckpoint { run_id, reason } => write!(
                 f,

@@ -16,10 +16,14 @@ use crate::error::{Error, Result, redact_url};
 use crate::keys::{self, DEFAULT_KEY_PREFIX, RunKeys, escape};
 use crate::scripts::{self, SCRIPTS};
 
-/// How long one attempt to open a connection may take, in [`RedisStore::default_config`].
+/// How long one attempt to open a connection may take, in [`RedisStore::default_config`]:
+/// 2 seconds.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the server may take to answer a command, in [`RedisStore::default_config`].
+/// How long the server may take to answer a command, in [`RedisStore::default_config`]:
+/// 5 seconds. A Redis paused or unreachable for longer fails the command (and the run that
+/// sent it, with `Error::Store` naming the operation); a shorter stall is ridden out —
+/// unless it outlasts the run's lease, which then ends in `Error::LockLost`.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a lost connection is retried before an operation fails, in
@@ -170,7 +174,8 @@ impl RedisStore {
     /// `ttl` longer than the time you take to resume failed runs. Applied when the run's finish record is saved; a finished run that is
     /// resumed loses its TTL until it finishes again. Without this, finished runs are kept
     /// until [`delete`](CheckpointStore::delete)d. Durations are rounded up to whole
-    /// milliseconds.
+    /// milliseconds: `Duration::ZERO` keeps a finished run 1 ms — it deletes every finished
+    /// run at once, failed ones included, leaving nothing to inspect or resume.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);

@@ -157,7 +157,8 @@ pub fn attempts(events: &Events, name: &str) -> Vec<(&'static str, u32)> {
         .filter_map(|e| match e {
             Event::StageStarted { stage, attempt, .. }
             | Event::StageCompleted { stage, attempt, .. }
-            | Event::StageFailed { stage, attempt, .. } => Some((*stage, *attempt)),
+            | Event::StageFailed { stage, attempt, .. }
+            | Event::StageCancelled { stage, attempt, .. } => Some((*stage, *attempt)),
             _ => None,
         })
         .collect()

@@ -324,6 +324,46 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
     assert_eq!(out[c_out], 35);
 }
 
+/// A finished stage renamed in a new version (`sb` is `sb_slow` now, writing the same
+/// key): resumed, the new stage would run, replace the value `sb` left and repeat its side
+/// effects under another idempotency key. Refused before anything runs; the checkpoint
+/// is left as it was.
+#[tokio::test]
+async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    probe.set_failing(&["sc"]);
+    chain(&probe, &store)
+        .invoke(input! { seed: 1 })
+        .run_id("renamed")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let before = stored(&store, "renamed").await;
+    let v2 = pipeline! { sa, sb_slow, sc }
+        .with_resource(probe.clone())
+        .with_store(store.clone());
+    let err = v2
+        .invoke(Ctx::new())
+        .run_id("renamed")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleCheckpoint { run_id, reason }
+            if run_id == "renamed"
+                && reason.contains("stage `sb_slow` has not run and writes `b_out`, which `sb` wrote")),
+        "{err:?}"
+    );
+    assert_eq!(probe.count("sc"), 1, "nothing ran");
+    let after = stored(&store, "renamed").await;
+    assert_eq!(
+        (after.version, after.entries),
+        (before.version, before.entries),
+        "nothing was written"
+    );
+}
+
 #[stage(reads = [seed])]
 async fn lane(seed: &u64) -> Route {
     Route::to(if *seed > 100 { "fast" } else { "slow" })
@@ -1104,8 +1144,10 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         inner: InMemoryStore::new(),
         lost: Arc::new(AtomicBool::new(false)),
     };
+    let (sink, events) = fluxio_tests::event_log();
     let pipe = pipeline! { held, sb }
         .with_resource(probe.clone())
+        .with_callback(sink)
         .with_store(store.clone());
     let started = probe.started.notified();
     let run = tokio::spawn({
@@ -1121,6 +1163,13 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         "{err:?}"
     );
     assert_eq!(probe.count("sb"), 0, "no stage ran after the lock was lost");
+    // `held` itself did not fail (its entry could not be stored; it runs again on resume):
+    // it is reported cancelled, not as a failure a stage's metrics would count.
+    assert_eq!(
+        fluxio_tests::attempts(&events, "stage.cancelled"),
+        [("held", 1)]
+    );
+    assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
 }
 
 /// Wraps the in-memory store; loads find a record the store did not write.

@@ -360,6 +360,8 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
     let mut gone = Vec::new();
+    // The keys each stage of `gone` wrote (that this version knows).
+    let mut gone_writes: Vec<(String, Vec<String>)> = Vec::new();
     let entries = entries_in_order(run_id, stored)?;
     restored.next_seq = seq_after(&entries);
     for mut entry in entries {
@@ -377,6 +379,10 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                 None => {
                     if !entry.skipped {
                         gone.push(entry.stage.clone());
+                        gone_writes.push((
+                            entry.stage.clone(),
+                            entry.writes.iter().map(|(name, _)| name.clone()).collect(),
+                        ));
                     }
                     tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
                     // Kept as values given at this point (an input entry replaces), an
@@ -408,6 +414,7 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         }
     }
     check_fit(plan, run_id, &restored, reading, stored.status)?;
+    check_gone_writes(plan, run_id, &restored, &gone_writes)?;
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -733,6 +740,50 @@ fn check_fit(
     }
     if reading == Reading::Strict {
         check_complete(run_id, &finished, status)?;
+    }
+    Ok(())
+}
+
+/// Checks, for a checkpoint of another version, that no stage of this version that has not
+/// run writes a key a finished stage this version no longer has wrote: resumed, it would
+/// replace the value that stage left — most likely that stage renamed, whose side effects
+/// (under another idempotency key) would happen again. A stage adding to a `#[merge]` key
+/// replaces nothing; one in a branch a finished route did not take never runs.
+fn check_gone_writes(
+    plan: &Plan,
+    run_id: &str,
+    restored: &Restored,
+    gone_writes: &[(String, Vec<String>)],
+) -> Result<()> {
+    if gone_writes.is_empty() {
+        return Ok(());
+    }
+    let finished = Finished::of(plan, restored);
+    for (u, node) in plan.nodes.iter().enumerate() {
+        if finished.has(u) || finished.not_taken(u) {
+            continue;
+        }
+        for key in &node.writes {
+            if plan.merge_of(u, key.name).is_some() {
+                continue;
+            }
+            if let Some((gone, _)) = gone_writes
+                .iter()
+                .find(|(_, keys)| keys.iter().any(|k| k == key.name))
+            {
+                return Err(incompatible(
+                    run_id,
+                    format!(
+                        "stage `{}` has not run and writes `{}`, which `{gone}` wrote — a \
+                         finished stage this version does not have (renamed?): it would \
+                         replace that value, and repeat what `{gone}` did under another \
+                         idempotency key; resume with the version that wrote the run, or \
+                         start it fresh",
+                        node.meta.name, key.name
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -1287,12 +1287,15 @@ impl SchedState {
                     finished.push((i, route, size));
                 }
                 Poll::Ready(Err(e)) => {
-                    // The stage's end could not be recorded: it ends failed (and no
-                    // rollback runs: see `poll_rollback_record`).
+                    // The stage's end could not be recorded: the run fails with the store's
+                    // error (and no rollback runs: see `poll_rollback_record`). The stage
+                    // itself did not fail — it runs again on resume — so it is reported
+                    // cancelled, as the stages whose entries were still being stored are
+                    // (not as a failure a stage's metrics would count).
                     let (i, ..) = d.pending.swap_remove(k);
                     d.entry_lost = true;
                     let e = Error::from_store(&d.run_id, "save", e);
-                    self.report_error(i as usize, &e);
+                    self.report_cancelled(i as usize);
                     return Err(e);
                 }
                 Poll::Pending => k += 1,

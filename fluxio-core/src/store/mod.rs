@@ -234,10 +234,11 @@ pub struct RunListing {
     /// has left; `None` when nobody does. A run whose process just died stays locked that
     /// long, then it is abandoned — when a sweep may look again.
     pub lease_left: Option<Duration>,
-    /// When the run's status was last written — its start (or a version change's rewrite)
-    /// or its finish — by the store's clock: since when a running run has run (or lain
-    /// abandoned), how old a finished one is. Entries do not move it, nor does a resume of a
-    /// run left `running` (a resumed failed run's status changes when it finishes again).
+    /// When the run's status was last written — its start (or a version change's rewrite),
+    /// its finish, or a resume of a finished run (a failed one), which marks it `running`
+    /// again — by the store's clock: since when a running run has run (or lain abandoned),
+    /// how old a finished one is. Entries do not move it, nor does a resume of a run left
+    /// `running` (crashed or dropped): a sweep sees how long ago it was started.
     /// `None` from a store that does not keep it, and for a record written before it did
     /// (Redis records of fluxio builds before this field).
     pub updated_at: Option<std::time::SystemTime>,
