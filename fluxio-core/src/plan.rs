@@ -218,6 +218,9 @@ pub(crate) struct Plan {
     pub(crate) roots: Vec<u32>,
     /// For each route node, for each label, every node inside that branch (nested too).
     pub(crate) branch_members: Vec<Vec<Vec<u32>>>,
+    /// For each route node, for each label and then for no branch taken: the nodes reported
+    /// skipped ([`reported_not_chosen`](Self::reported_not_chosen)).
+    pub(crate) reported_skips: Vec<Vec<Vec<u32>>>,
     pub(crate) input_descs: Vec<KeyDesc>,
     /// For each input, the first stage that reads it.
     pub(crate) input_readers: Vec<&'static str>,
@@ -261,26 +264,17 @@ impl Plan {
     /// [`not_chosen`](Self::not_chosen), less the stages that also sit in the chosen branch
     /// (a stage may appear in several branches of one route), each name once: what is
     /// reported skipped — a stage that runs is not also reported skipped under its own name,
-    /// and one in several branches not taken is reported skipped once.
+    /// and one in several branches not taken is reported skipped once. (Listed when the plan
+    /// is built, per route and choice.)
     pub(crate) fn reported_not_chosen(
         &self,
         route: usize,
         chosen: u32,
     ) -> impl Iterator<Item = u32> + '_ {
-        let taken = self.branch_members[route].get(chosen as usize);
-        let name = |k: u32| self.nodes[k as usize].meta.name;
-        self.not_chosen(route, chosen)
-            .enumerate()
-            .filter(move |&(at, k)| {
-                let runs = taken.is_some_and(|members| members.iter().any(|&m| name(m) == name(k)));
-                // Reported already, under an earlier branch not taken.
-                let earlier = self
-                    .not_chosen(route, chosen)
-                    .take(at)
-                    .any(|e| name(e) == name(k));
-                !runs && !earlier
-            })
-            .map(|(_, k)| k)
+        let choices = &self.reported_skips[route];
+        // The last list is for a route that took no branch (`NO_BRANCH`).
+        let at = (chosen as usize).min(choices.len().saturating_sub(1));
+        choices.get(at).into_iter().flatten().copied()
     }
 
     #[allow(
@@ -384,6 +378,7 @@ impl Plan {
             }
         }
         let name_clash = name_clash(&nodes);
+        let reported_skips = reported_skips(&nodes, &branch_members);
         let has_rollback = nodes.iter().map(|n| n.has_rollback).collect();
         let has_timeout = nodes.iter().map(|n| n.meta.timeout.is_some()).collect();
         let merges = (0..n)
@@ -403,6 +398,7 @@ impl Plan {
             dependents,
             dep_counts,
             roots,
+            reported_skips,
             branch_members,
             input_descs,
             input_readers,
@@ -447,7 +443,36 @@ fn merge_keys(node: &NodeSpec) -> impl Iterator<Item = &KeyDesc> {
     crate::key::added_to(&node.reads, &node.writes)
 }
 
-/// Whether nodes `a` and `b` sit in different branches of one route (only one runs).
+/// For each route of `nodes`, for each of its labels and then for no branch taken, the nodes
+/// its choice skips that are reported skipped: those of the branches not taken, less any of
+/// a name that runs in the chosen branch, each name once.
+fn reported_skips(nodes: &[NodeSpec], branch_members: &[Vec<Vec<u32>>]) -> Vec<Vec<Vec<u32>>> {
+    let name = |k: u32| nodes[k as usize].meta.name;
+    branch_members
+        .iter()
+        .map(|branches| {
+            if branches.is_empty() {
+                return Vec::new();
+            }
+            (0..=branches.len())
+                .map(|chosen| {
+                    let taken = branches.get(chosen);
+                    let mut reported: Vec<u32> = Vec::new();
+                    for (_, members) in branches.iter().enumerate().filter(|&(l, _)| l != chosen) {
+                        for &k in members {
+                            let runs = taken.is_some_and(|t| t.iter().any(|&m| name(m) == name(k)));
+                            if !runs && !reported.iter().any(|&r| name(r) == name(k)) {
+                                reported.push(k);
+                            }
+                        }
+                    }
+                    reported
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The first name two nodes share when one of them is a nested pipeline and both can run in
 /// one run (not in different branches of one route), or a nested pipeline's own such clash.
 /// Two stages of one name are refused at compile time; a nested pipeline's name is given
@@ -472,6 +497,7 @@ fn name_clash(nodes: &[NodeSpec]) -> Option<&'static str> {
     None
 }
 
+/// Whether nodes `a` and `b` sit in different branches of one route (only one runs).
 fn exclusive(nodes: &[NodeSpec], a: usize, b: usize) -> bool {
     let branches = |mut i: usize| {
         let mut out = Vec::new();

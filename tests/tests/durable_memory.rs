@@ -352,7 +352,7 @@ async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
     assert!(
         matches!(&err, Error::IncompatibleCheckpoint { run_id, reason }
             if run_id == "renamed"
-                && reason.contains("stage `sb_slow` has not run and writes `b_out`, which `sb` wrote")),
+                && reason.contains("stage `sb_slow` has not run and writes `b_out`, whose value `sb` wrote")),
         "{err:?}"
     );
     assert_eq!(probe.count("sc"), 1, "nothing ran");
@@ -362,6 +362,34 @@ async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
         (before.version, before.entries),
         "nothing was written"
     );
+
+    // A stage that reads the key too transforms the value, as it would have after the
+    // vanished stage: `sb` deleted before `sb_bump` resumes.
+    probe.set_failing(&["sb_bump"]);
+    pipeline! { sa, sb, sb_bump }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(input! { seed: 1 })
+        .run_id("deleted")
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+    let out = pipeline! { sa, sb_bump }
+        .with_resource(probe.clone())
+        .with_store(store.clone())
+        .invoke(Ctx::new())
+        .run_id("deleted")
+        .resume()
+        .allow_version_change()
+        .await
+        .unwrap();
+    assert_eq!(out[b_out], 21, "`sb`'s 20, bumped once");
+}
+
+#[stage(reads = [b_out], writes = [b_out])]
+async fn sb_bump(b_out: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("sb_bump")?;
+    Ok(b_out + 1)
 }
 
 #[stage(reads = [seed])]
@@ -1170,6 +1198,74 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         [("held", 1)]
     );
     assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
+}
+
+/// Wraps the in-memory store; the second stage entry it is asked to save fails.
+#[derive(Clone)]
+struct SecondEntryFails {
+    inner: InMemoryStore,
+    entries: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl ForwardStore for SecondEntryFails {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.inner
+    }
+    fn save(
+        &self,
+        run_id: &str,
+        owner: &str,
+        save: Save,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        if matches!(save, Save::Entry(_)) && self.entries.fetch_add(1, Ordering::SeqCst) == 1 {
+            return Box::pin(async { Err(fluxio::store::StoreError::backend("save", "down")) });
+        }
+        self.inner.save(run_id, owner, save)
+    }
+}
+
+/// Two stages end together and the second's entry cannot be stored: the first's entry is
+/// stored, so it ended (completed, checkpointed) — it is not left started without an end —
+/// and the second, which did not fail, is reported cancelled; the run fails with the store's
+/// error, and a resume runs only the second.
+#[tokio::test]
+async fn a_stage_stored_beside_a_failed_save_is_reported_ended() {
+    let probe = Arc::new(Probe::default());
+    let store = SecondEntryFails {
+        inner: InMemoryStore::new(),
+        entries: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+    };
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { parallel { left, right } }
+        .with_resource(probe.clone())
+        .with_callback(sink)
+        .with_store(store.clone());
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("beside")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store { run_id, operation: "save", .. } if run_id == "beside"),
+        "{err:?}"
+    );
+    let completed = fluxio_tests::attempts(&events, "stage.completed");
+    let cancelled = fluxio_tests::attempts(&events, "stage.cancelled");
+    assert_eq!(
+        completed.len() + cancelled.len(),
+        2,
+        "{completed:?} {cancelled:?}"
+    );
+    assert_eq!((completed.len(), cancelled.len()), (1, 1));
+    assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
+    let stored_one = completed[0].0;
+    assert_eq!(stored(&store.inner, "beside").await.entries.len(), 1);
+    pipe.resume("beside").await.unwrap();
+    assert_eq!(
+        (probe.count(stored_one), probe.count(cancelled[0].0)),
+        (1, 2),
+        "the resume ran only the stage whose entry was lost"
+    );
 }
 
 /// Wraps the in-memory store; loads find a record the store did not write.

@@ -19,6 +19,9 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Node index of the entry that records keys added by a resume's input.
 const INPUT_ENTRY: u32 = u32::MAX;
+/// The stage name of the input entry a resume with input adds (other input entries are the
+/// writes kept of stages a version change left behind, under those stages' names).
+const INPUT_STAGE: &str = "<input>";
 
 /// A token naming this lock holder, unique across processes and time.
 fn fresh_owner() -> Arc<str> {
@@ -360,8 +363,9 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
     let mut rewritten = Vec::new();
     let mut seen = vec![false; plan.nodes.len()];
     let mut gone = Vec::new();
-    // The keys each stage of `gone` wrote (that this version knows).
-    let mut gone_writes: Vec<(String, Vec<String>)> = Vec::new();
+    // Per key this version knows, the stage of `gone` whose write it holds (`None`: the
+    // last write was a stage this version has, or an input).
+    let mut last_writers: Vec<(String, Option<String>)> = Vec::new();
     let entries = entries_in_order(run_id, stored)?;
     restored.next_seq = seq_after(&entries);
     for mut entry in entries {
@@ -379,10 +383,6 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
                 None => {
                     if !entry.skipped {
                         gone.push(entry.stage.clone());
-                        gone_writes.push((
-                            entry.stage.clone(),
-                            entry.writes.iter().map(|(name, _)| name.clone()).collect(),
-                        ));
                     }
                     tracing::warn!(run_id, stage = %entry.stage, "a stage that finished under another pipeline version is not in this one; the values it wrote are kept");
                     // Kept as values given at this point (an input entry replaces), an
@@ -405,6 +405,16 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             }
         }
         if reading == Reading::OtherVersion {
+            // An input entry of another name holds the writes of a stage this version lacks
+            // (made so just above, or by an earlier version change).
+            let writer = (entry.node == INPUT_ENTRY && entry.stage != INPUT_STAGE)
+                .then(|| entry.stage.clone());
+            for (name, _) in &entry.writes {
+                match last_writers.iter_mut().find(|(k, _)| k == name) {
+                    Some((_, last)) => last.clone_from(&writer),
+                    None => last_writers.push((name.clone(), writer.clone())),
+                }
+            }
             rewritten.push(encoded(
                 format::encode_entry(&entry),
                 run_id,
@@ -414,7 +424,11 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
         }
     }
     check_fit(plan, run_id, &restored, reading, stored.status)?;
-    check_gone_writes(plan, run_id, &restored, &gone_writes)?;
+    if stored.status != RunStatus::RollingBack {
+        // (A run stopped while rolling back is refused for its vanished stages anyway, with
+        // the reason that applies: their rollbacks cannot run.)
+        check_gone_writes(plan, run_id, &restored, &last_writers)?;
+    }
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -745,17 +759,20 @@ fn check_fit(
 }
 
 /// Checks, for a checkpoint of another version, that no stage of this version that has not
-/// run writes a key a finished stage this version no longer has wrote: resumed, it would
-/// replace the value that stage left — most likely that stage renamed, whose side effects
-/// (under another idempotency key) would happen again. A stage adding to a `#[merge]` key
-/// replaces nothing; one in a branch a finished route did not take never runs.
+/// run writes a key whose value a finished stage this version no longer has left
+/// (`last_writers`: per key, that stage): resumed, it would replace that value — most
+/// likely that stage renamed, whose side effects (under another idempotency key) would
+/// happen again. Not refused: a stage that reads the key too (it transforms the value, as
+/// it would have after the vanished stage), one adding to a `#[merge]` key (it replaces
+/// nothing), one in a branch a finished route did not take (it never runs). A renamed stage
+/// that writes nothing, or only those, is not seen.
 fn check_gone_writes(
     plan: &Plan,
     run_id: &str,
     restored: &Restored,
-    gone_writes: &[(String, Vec<String>)],
+    last_writers: &[(String, Option<String>)],
 ) -> Result<()> {
-    if gone_writes.is_empty() {
+    if last_writers.iter().all(|(_, gone)| gone.is_none()) {
         return Ok(());
     }
     let finished = Finished::of(plan, restored);
@@ -764,21 +781,19 @@ fn check_gone_writes(
             continue;
         }
         for key in &node.writes {
-            if plan.merge_of(u, key.name).is_some() {
+            if plan.merge_of(u, key.name).is_some() || node.reads.iter().any(|r| r.name == key.name)
+            {
                 continue;
             }
-            if let Some((gone, _)) = gone_writes
-                .iter()
-                .find(|(_, keys)| keys.iter().any(|k| k == key.name))
-            {
+            if let Some((_, Some(gone))) = last_writers.iter().find(|(k, _)| k == key.name) {
                 return Err(incompatible(
                     run_id,
                     format!(
-                        "stage `{}` has not run and writes `{}`, which `{gone}` wrote — a \
+                        "stage `{}` has not run and writes `{}`, whose value `{gone}` wrote — a \
                          finished stage this version does not have (renamed?): it would \
-                         replace that value, and repeat what `{gone}` did under another \
-                         idempotency key; resume with the version that wrote the run, or \
-                         start it fresh",
+                         replace that value, and if it is `{gone}` renamed, repeat what it did \
+                         under another idempotency key; resume with the version that wrote \
+                         the run, or start it fresh",
                         node.meta.name, key.name
                     ),
                 ));
@@ -1105,7 +1120,7 @@ async fn prepare(call: Call<'_>, input: Ctx, loaded: Option<StoredRun>) -> Resul
         if !added.is_empty() {
             let entry = format::Entry {
                 node: INPUT_ENTRY,
-                stage: "<input>".into(),
+                stage: INPUT_STAGE.into(),
                 route: None,
                 skipped: false,
                 writes: added,

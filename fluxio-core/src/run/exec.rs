@@ -1279,6 +1279,7 @@ impl SchedState {
             return Ok(false);
         };
         let mut finished: SmallVec<[(u32, Option<u32>, usize); 8]> = SmallVec::new();
+        let mut lost = None;
         let mut k = 0;
         while k < d.pending.len() {
             match d.pending[k].3.as_mut().poll(cx) {
@@ -1294,15 +1295,17 @@ impl SchedState {
                     // (not as a failure a stage's metrics would count).
                     let (i, ..) = d.pending.swap_remove(k);
                     d.entry_lost = true;
-                    let e = Error::from_store(&d.run_id, "save", e);
-                    self.report_cancelled(i as usize);
-                    return Err(e);
+                    lost = Some((i, Error::from_store(&d.run_id, "save", e)));
+                    break;
                 }
                 Poll::Pending => k += 1,
             }
         }
-        d.poll_lease(cx)?;
+        if lost.is_none() {
+            d.poll_lease(cx)?;
+        }
         let progressed = !finished.is_empty();
+        // Stored, even beside a save that failed: they ended.
         for (i, route, size) in finished {
             // The attempt whose writes were stored (the last, after `Retry`).
             let attempt = self.attempt_of(i as usize, None);
@@ -1310,6 +1313,10 @@ impl SchedState {
                 c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
             });
             self.finish_node(i as usize, route);
+        }
+        if let Some((i, e)) = lost {
+            self.report_cancelled(i as usize);
+            return Err(e);
         }
         Ok(progressed)
     }

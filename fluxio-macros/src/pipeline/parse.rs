@@ -66,19 +66,21 @@ impl Parse for PipelineInput {
     }
 }
 
-/// The error for a member of a `parallel` block, at `member`, that is not a stage: most
-/// likely a nested pipeline (an expression), spanned whole.
-fn not_a_parallel_member(member: ParseStream<'_>) -> syn::Error {
+/// The error for a member of a `parallel` block, starting at `member`, that is not a
+/// stage: a nested pipeline (a whole expression before the next comma) is named as one,
+/// spanned whole; anything else (a missing comma, say) is told at `here`.
+fn not_a_parallel_member(member: ParseStream<'_>, here: ParseStream<'_>) -> syn::Error {
     const HOLDS: &str = "`parallel { ... }` holds stages only, separated by commas";
-    match member.fork().parse::<syn::Expr>() {
-        Ok(expr) => syn::Error::new_spanned(
+    let fork = member.fork();
+    match fork.parse::<syn::Expr>() {
+        Ok(expr) if fork.is_empty() || fork.peek(Token![,]) => syn::Error::new_spanned(
             expr,
             format!(
                 "{HOLDS}: a nested pipeline (an expression, like `sub.clone()`) cannot run in \
                  a parallel block; run it before or after the block"
             ),
         ),
-        Err(_) => member.error(HOLDS),
+        _ => here.error(HOLDS),
     }
 }
 
@@ -99,7 +101,7 @@ impl Parse for Node {
                         || content.peek(Token![self])
                         || content.peek(Token![super]))
                     {
-                        return Err(not_a_parallel_member(&content));
+                        return Err(not_a_parallel_member(&content, &content));
                     }
                     let member = content.fork();
                     let path = content.call(syn::Path::parse_mod_style)?;
@@ -111,7 +113,7 @@ impl Parse for Node {
                         ));
                     }
                     if !(content.is_empty() || content.peek(Token![,])) {
-                        return Err(not_a_parallel_member(&member));
+                        return Err(not_a_parallel_member(&member, &content));
                     }
                     members.push(path);
                     if content.is_empty() {
