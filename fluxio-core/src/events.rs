@@ -13,7 +13,8 @@ use crate::error::Error;
 /// `pipeline.cancelled`, `pipeline.resumed` (a durable run resuming a stored one),
 /// `stage.started`, `stage.completed`, `stage.failed`,
 /// `stage.skipped`, and `stage.cancelled` (a started stage dropped before it ended, so
-/// that every `stage.started` has its end). Serializable, so it can be stored or sent as
+/// that every `stage.started` has its end) — and, for recovery, `stage.retrying`,
+/// `stage.fallback`, `stage.rolled_back` and `stage.rollback_failed`. Serializable, so it can be stored or sent as
 /// it is; durations serialize as milliseconds (`duration_ms`, fractional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
@@ -122,6 +123,55 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// `stage.retrying`: `Retry` calls the stage again after `delay` (the attempt that
+    /// failed, and its error).
+    #[serde(rename = "stage.retrying")]
+    StageRetrying {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The attempt that failed, from 1.
+        attempt: u32,
+        /// Its error's message.
+        error: String,
+        /// The wait before the next attempt.
+        #[serde(rename = "delay_ms", serialize_with = "millis")]
+        delay: Duration,
+    },
+    /// `stage.fallback`: the stage failed (after its retries) and its fallback produces its
+    /// writes instead; the stage then ends with `stage.completed` or `stage.failed`.
+    #[serde(rename = "stage.fallback")]
+    StageFallback {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The last attempt, from 1.
+        attempt: u32,
+        /// The stage's error's message.
+        error: String,
+    },
+    /// `stage.rolled_back`: the run failed and this finished stage's rollback ran (after
+    /// the stage's end, before `pipeline.failed`).
+    #[serde(rename = "stage.rolled_back")]
+    StageRolledBack {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+    },
+    /// `stage.rollback_failed`: the run failed and this finished stage's rollback failed
+    /// (the run's error says so too).
+    #[serde(rename = "stage.rollback_failed")]
+    StageRollbackFailed {
+        /// The run.
+        run_id: String,
+        /// The stage.
+        stage: &'static str,
+        /// The rollback's error's message.
+        error: String,
+    },
 }
 
 /// A duration as fractional milliseconds: what event stores and dashboards read, rather
@@ -180,6 +230,10 @@ impl Event {
             Event::StageFailed { .. } => "stage.failed",
             Event::StageSkipped { .. } => "stage.skipped",
             Event::StageCancelled { .. } => "stage.cancelled",
+            Event::StageRetrying { .. } => "stage.retrying",
+            Event::StageFallback { .. } => "stage.fallback",
+            Event::StageRolledBack { .. } => "stage.rolled_back",
+            Event::StageRollbackFailed { .. } => "stage.rollback_failed",
         }
     }
 
@@ -201,7 +255,11 @@ impl Event {
             | Event::StageCompleted { stage, .. }
             | Event::StageFailed { stage, .. }
             | Event::StageSkipped { stage, .. }
-            | Event::StageCancelled { stage, .. } => Some(stage),
+            | Event::StageCancelled { stage, .. }
+            | Event::StageRetrying { stage, .. }
+            | Event::StageFallback { stage, .. }
+            | Event::StageRolledBack { stage, .. }
+            | Event::StageRollbackFailed { stage, .. } => Some(stage),
             Event::PipelineStarted { .. }
             | Event::PipelineCompleted { .. }
             | Event::PipelineFailed { .. }
@@ -222,7 +280,11 @@ impl Event {
             | Event::StageCompleted { run_id, .. }
             | Event::StageFailed { run_id, .. }
             | Event::StageSkipped { run_id, .. }
-            | Event::StageCancelled { run_id, .. } => run_id,
+            | Event::StageCancelled { run_id, .. }
+            | Event::StageRetrying { run_id, .. }
+            | Event::StageFallback { run_id, .. }
+            | Event::StageRolledBack { run_id, .. }
+            | Event::StageRollbackFailed { run_id, .. } => run_id,
         }
     }
 }
@@ -324,6 +386,36 @@ impl<F: Fn(Event) + Send + Sync + 'static> Callback for EventSink<F> {
             stage: e.stage,
             attempt: e.attempt,
             duration: elapsed,
+        });
+    }
+    fn on_retry(&self, e: &StageEvent<'_>, error: &crate::StageError, delay: Duration) {
+        (self.emit)(Event::StageRetrying {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+            error: error.to_string(),
+            delay,
+        });
+    }
+    fn on_fallback(&self, e: &StageEvent<'_>, error: &Error) {
+        (self.emit)(Event::StageFallback {
+            run_id: e.run_id.into(),
+            stage: e.stage,
+            attempt: e.attempt,
+            error: error.to_string(),
+        });
+    }
+    fn on_rollback(&self, e: &StageEvent<'_>, error: Option<&Error>) {
+        (self.emit)(match error {
+            None => Event::StageRolledBack {
+                run_id: e.run_id.into(),
+                stage: e.stage,
+            },
+            Some(error) => Event::StageRollbackFailed {
+                run_id: e.run_id.into(),
+                stage: e.stage,
+                error: error.to_string(),
+            },
         });
     }
 }

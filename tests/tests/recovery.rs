@@ -768,3 +768,98 @@ impl Callback for CountRetries {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+#[stage(reads = [order_id], writes = [reserved], rollback = release_reservation)]
+async fn reserve(order_id: &u64) -> u64 {
+    *order_id
+}
+
+async fn release_reservation(_order_id: &u64) -> Result<(), StageError> {
+    Err(StageError::msg("warehouse unreachable"))
+}
+
+fluxio::keys! {
+    pub reserved: u64;
+}
+
+/// The event stream carries recovery too: a retry, a fallback, the rollbacks (one that
+/// failed) — each naming its stage, before the run's own end.
+#[tokio::test(start_paused = true)]
+async fn recovery_is_in_the_event_stream() {
+    use fluxio::events::Event;
+    let journal = Arc::new(Journal::default());
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { fetch_price, reserve, charge, ship, notify }
+        .with_resource(journal.clone())
+        .with_callback(sink)
+        .with_middleware(Retry::constant(2, Duration::from_millis(10)));
+    pipe.invoke(input! { order_id: 5 })
+        .run_id("audit")
+        .await
+        .unwrap_err();
+    let recovery: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.name(),
+                "stage.retrying"
+                    | "stage.fallback"
+                    | "stage.rolled_back"
+                    | "stage.rollback_failed"
+                    | "pipeline.failed"
+            )
+        })
+        .map(|e| match e {
+            Event::StageRetrying {
+                stage,
+                attempt,
+                error,
+                delay,
+                ..
+            } => format!("retrying {stage} #{attempt} after {delay:?}: {error}"),
+            Event::StageFallback {
+                stage,
+                attempt,
+                error,
+                ..
+            } => format!("fallback {stage} #{attempt}: {error}"),
+            Event::StageRollbackFailed { stage, error, .. } => {
+                format!("rollback failed {stage}: {error}")
+            }
+            other => format!("{} {}", other.name(), other.stage().unwrap_or("-")),
+        })
+        .collect();
+    // `fetch_price` and `notify` run concurrently: their events interleave in any order.
+    let (during, after) = recovery.split_at(3);
+    let mut during = during.to_vec();
+    during.sort();
+    assert_eq!(
+        during,
+        [
+            "fallback fetch_price #2: stage `fetch_price` failed after 2 attempts: pricing service down",
+            "retrying fetch_price #1 after 10ms: pricing service down",
+            "retrying notify #1 after 10ms: mail server down",
+        ]
+    );
+    // The rollbacks, last finished first, then the run's end.
+    assert_eq!(
+        after,
+        [
+            "stage.rolled_back ship",
+            "stage.rolled_back charge",
+            "rollback failed reserve: rollback of stage `reserve` failed: warehouse unreachable",
+            "pipeline.failed -",
+        ]
+    );
+    let json = serde_json::to_string(&events.lock().unwrap()[..]).unwrap();
+    assert!(
+        json.contains(r#"{"type":"stage.rolled_back","run_id":"audit","stage":"ship"}"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#""type":"stage.retrying""#) && json.contains(r#""delay_ms":10"#),
+        "{json}"
+    );
+}
