@@ -115,6 +115,16 @@ async fn branches_not_taken_are_reported_skipped() {
     );
 }
 
+/// What `inspect` says run `id` finished: (stage, skipped).
+async fn finished_of(pipe: &fluxio::Pipeline, id: &str) -> Vec<(String, bool)> {
+    let record = pipe.inspect(id).await.unwrap();
+    record
+        .finished
+        .into_iter()
+        .map(|f| (f.stage, f.skipped))
+        .collect()
+}
+
 /// A stage in both branches of a route runs in the chosen one: it is not also reported
 /// skipped (under its own name) for the other — in events or in `inspect`.
 #[tokio::test]
@@ -140,14 +150,7 @@ async fn a_stage_in_both_branches_is_not_reported_skipped_when_it_runs() {
         !names.contains(&"stage.skipped right".to_string()),
         "{names:?}"
     );
-    let finished: Vec<(String, bool)> = pipe
-        .inspect("both")
-        .await
-        .unwrap()
-        .finished
-        .into_iter()
-        .map(|f| (f.stage, f.skipped))
-        .collect();
+    let finished = finished_of(&pipe, "both").await;
     assert_eq!(
         finished,
         [
@@ -177,14 +180,7 @@ async fn a_stage_in_two_branches_not_taken_is_reported_skipped_once() {
         .filter(|n| n.starts_with("stage.skipped"))
         .collect();
     assert_eq!(skipped, ["stage.skipped right"]);
-    let finished: Vec<(String, bool)> = pipe
-        .inspect("twice")
-        .await
-        .unwrap()
-        .finished
-        .into_iter()
-        .map(|f| (f.stage, f.skipped))
-        .collect();
+    let finished = finished_of(&pipe, "twice").await;
     assert_eq!(
         finished,
         [

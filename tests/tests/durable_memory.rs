@@ -70,6 +70,17 @@ fn chain(probe: &Arc<Probe>, store: &InMemoryStore) -> Pipeline {
         .with_store(store.clone())
 }
 
+/// Runs [`chain`] as `run_id` on `seed` with `sc` failing: `sa` and `sb` are stored done.
+async fn stopped_at_sc(probe: &Arc<Probe>, store: &InMemoryStore, run_id: &str, seed: u64) {
+    probe.set_failing(&["sc"]);
+    chain(probe, store)
+        .invoke(input! { seed: seed })
+        .run_id(run_id)
+        .await
+        .unwrap_err();
+    probe.set_failing(&[]);
+}
+
 async fn stored(store: &InMemoryStore, run_id: &str) -> fluxio::store::StoredRun {
     store.load(run_id).await.unwrap().expect("a checkpoint")
 }
@@ -182,13 +193,7 @@ async fn sd(c_out: &u64) -> String {
 #[tokio::test]
 async fn another_pipeline_version_is_refused_unless_allowed() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    probe.set_failing(&["sc"]);
-    chain(&probe, &store)
-        .invoke(input! { seed: 1 })
-        .run_id("v")
-        .await
-        .unwrap_err();
-    probe.set_failing(&[]);
+    stopped_at_sc(&probe, &store, "v", 1).await;
 
     // The same stages plus one at the end: a new version, compatible with the old run.
     let v2 = pipeline! { sa, sb, sc, sd }
@@ -268,13 +273,7 @@ async fn s_label(seed: &u64) -> String {
 #[tokio::test]
 async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    probe.set_failing(&["sc"]);
-    chain(&probe, &store)
-        .invoke(input! { seed: 1 })
-        .run_id("moved")
-        .await
-        .unwrap_err();
-    probe.set_failing(&[]);
+    stopped_at_sc(&probe, &store, "moved", 1).await;
     // A stage added in front moves every node index; `sa` and `sb` are still done.
     let v2 = pipeline! { s_label, sa, sb, sc }
         .with_resource(probe.clone())
@@ -293,13 +292,7 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
     );
 
     // A version without `sb` keeps the value `sb` wrote (`sc` reads it as an input now).
-    probe.set_failing(&["sc"]);
-    chain(&probe, &store)
-        .invoke(input! { seed: 2 })
-        .run_id("gone")
-        .await
-        .unwrap_err();
-    probe.set_failing(&[]);
+    stopped_at_sc(&probe, &store, "gone", 2).await;
     let v3 = pipeline! { sa, sc }
         .with_resource(probe.clone())
         .with_store(store.clone());
@@ -331,13 +324,7 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
 #[tokio::test]
 async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    probe.set_failing(&["sc"]);
-    chain(&probe, &store)
-        .invoke(input! { seed: 1 })
-        .run_id("renamed")
-        .await
-        .unwrap_err();
-    probe.set_failing(&[]);
+    stopped_at_sc(&probe, &store, "renamed", 1).await;
     let before = stored(&store, "renamed").await;
     let v2 = pipeline! { sa, sb_slow, sc }
         .with_resource(probe.clone())
@@ -417,13 +404,7 @@ async fn sb_route(_a_out: &u64) -> Route {
 #[tokio::test]
 async fn a_new_version_that_would_rerun_or_misplace_a_finished_stage_is_refused() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    probe.set_failing(&["sc"]);
-    chain(&probe, &store)
-        .invoke(input! { seed: 1 })
-        .run_id("r")
-        .await
-        .unwrap_err();
-    probe.set_failing(&[]);
+    stopped_at_sc(&probe, &store, "r", 1).await;
     let before = stored(&store, "r").await;
     let resume = |pipe: Pipeline| {
         let pipe = pipe.with_resource(probe.clone()).with_store(store.clone());
