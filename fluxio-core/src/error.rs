@@ -604,6 +604,33 @@ impl std::error::Error for Error {
     }
 }
 
+/// The source of an [`Error::Store`] that ended a failed run before its rollbacks: the
+/// store could not record that the run is rolling back. It keeps the failure that started
+/// it, which the run no longer returns — so the error says both.
+#[derive(Debug)]
+pub(crate) struct StoreFailedWhileFailing {
+    /// The store's error.
+    pub(crate) store: SharedError,
+    /// Why the run was failing.
+    pub(crate) failure: Error,
+}
+
+impl std::fmt::Display for StoreFailedWhileFailing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (recording that the run is rolling back, after: {}; no rollback ran)",
+            self.store, self.failure
+        )
+    }
+}
+
+impl std::error::Error for StoreFailedWhileFailing {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.store)
+    }
+}
+
 /// Why a stage with a fallback failed anyway: its fallback failed too. The source of the
 /// run's [`Error::Stage`]; its own [`source()`](std::error::Error::source) is the
 /// fallback's error, and it keeps the stage's.

@@ -471,6 +471,14 @@ async fn a_run_whose_store_cannot_record_the_rollback_stays_resumable_undone() {
         matches!(&err, Error::Store { run_id, .. } if run_id == "unrecorded"),
         "{err:?}"
     );
+    // The failure that started it is in the error too (the run no longer returns it).
+    let text = err.to_string();
+    assert!(
+        text.contains("connection refused")
+            && text.contains("after: stage `fail_once` failed: transient")
+            && text.contains("no rollback ran"),
+        "{text}"
+    );
     assert_eq!(
         refunds.0.get(),
         0,

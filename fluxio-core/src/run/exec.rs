@@ -1457,6 +1457,23 @@ impl SchedState {
                 let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
                 let e = Error::from_store(&d.run_id, "save", e);
                 tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
+                // The store's error is the run's (no rollback ran), carrying the failure
+                // that started it: an operator sees why the run was failing too.
+                let e = match e {
+                    Error::Store {
+                        run_id,
+                        operation,
+                        source,
+                    } => Error::Store {
+                        run_id,
+                        operation,
+                        source: Arc::new(crate::error::StoreFailedWhileFailing {
+                            store: source,
+                            failure,
+                        }),
+                    },
+                    other => other,
+                };
                 Some(Poll::Ready(Err(e)))
             }
         }
