@@ -139,6 +139,9 @@ pub enum Error {
     NameClash {
         /// The shared name.
         name: &'static str,
+        /// Where the two nodes are, when not in the pipeline run itself: the nested
+        /// pipeline holding them (`"outer"`, `"outer/inner"`).
+        nested_in: Option<String>,
         /// The run's id, when it has one of its own (as for [`Error::Stage`]).
         run_id: Option<String>,
     },
@@ -444,12 +447,20 @@ impl std::fmt::Display for Error {
                 distinct_types(types)[0],
                 distinct_types(types)[1]
             ),
-            Error::NameClash { name, run_id } => write!(
+            Error::NameClash {
+                name,
+                nested_in,
+                run_id,
+            } => write!(
                 f,
-                "{}two nodes of the pipeline are named `{name}`, a nested pipeline among them{}: \
+                "{}two nodes of {} are named `{name}`, a nested pipeline among them{}: \
                  a name identifies a node in events and idempotency keys; give each nested \
                  pipeline a name of its own with `Pipeline::named`",
                 run_prefix(run_id),
+                match nested_in {
+                    Some(path) => format!("nested pipeline `{path}`"),
+                    None => "the pipeline".to_string(),
+                },
                 if *name == crate::plan::UNNAMED_PIPELINE {
                     " (`pipeline` is the name of a nested pipeline not given one)"
                 } else {

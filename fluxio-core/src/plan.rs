@@ -240,9 +240,10 @@ pub(crate) struct Plan {
     pub(crate) key_descs: Vec<KeyDesc>,
     /// Two different keys with one name (and their value types): the plan cannot run.
     pub(crate) key_clash: Option<(&'static str, [&'static str; 2])>,
-    /// A name two nodes share, one of them a nested pipeline, when both can run in one run
-    /// (here or in a nested pipeline): the plan cannot run.
-    pub(crate) name_clash: Option<&'static str>,
+    /// A name two nodes share, one of them a nested pipeline, when both can run in one run,
+    /// and the path of the nested pipeline holding them (`None`: this plan's own nodes):
+    /// the plan cannot run.
+    pub(crate) name_clash: Option<(&'static str, Option<String>)>,
     /// Nodes that need resources (checked before a run starts): stages that take a `Res`,
     /// and nested pipelines with such stages.
     pub(crate) needs_resources: Vec<u32>,
@@ -477,11 +478,15 @@ fn reported_skips(nodes: &[NodeSpec], branch_members: &[Vec<Vec<u32>>]) -> Vec<V
 /// one run (not in different branches of one route), or a nested pipeline's own such clash.
 /// Two stages of one name are refused at compile time; a nested pipeline's name is given
 /// at run time (`Pipeline::named`), so it is checked here.
-fn name_clash(nodes: &[NodeSpec]) -> Option<&'static str> {
+fn name_clash(nodes: &[NodeSpec]) -> Option<(&'static str, Option<String>)> {
     for (j, node) in nodes.iter().enumerate() {
         if let Exec::Pipeline(sub) = &node.exec {
-            if let Some(inner) = sub.plan().name_clash {
-                return Some(inner);
+            if let Some((name, within)) = &sub.plan().name_clash {
+                let path = match within {
+                    Some(inner) => format!("{}/{inner}", node.meta.name),
+                    None => node.meta.name.to_string(),
+                };
+                return Some((name, Some(path)));
             }
         }
         let clash = nodes[..j].iter().enumerate().any(|(i, earlier)| {
@@ -491,7 +496,7 @@ fn name_clash(nodes: &[NodeSpec]) -> Option<&'static str> {
                 && !exclusive(nodes, i, j)
         });
         if clash {
-            return Some(node.meta.name);
+            return Some((node.meta.name, None));
         }
     }
     None

@@ -1073,7 +1073,7 @@ async fn nested_pipelines_of_one_name_are_refused_before_any_stage_runs() {
         ),
         (pipeline! { inner_clash.named("outer") }, "pipeline"),
     ];
-    for (pipe, name) in cases {
+    for (k, (pipe, name)) in cases.into_iter().enumerate() {
         let err = pipe
             .with_resource(seen.clone())
             .invoke(Ctx::new())
@@ -1081,8 +1081,16 @@ async fn nested_pipelines_of_one_name_are_refused_before_any_stage_runs() {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::NameClash { name: n, run_id: Some(id) } if *n == name && id == "pay-8"),
+            matches!(&err, Error::NameClash { name: n, run_id: Some(id), .. } if *n == name && id == "pay-8"),
             "{err:?}"
+        );
+        // The last clash is inside the nested pipeline `outer`: the error says where.
+        let inside = matches!(&err, Error::NameClash { nested_in: Some(p), .. } if p == "outer");
+        assert_eq!(inside, k == 3, "{err:?}");
+        assert_eq!(
+            err.to_string().contains("nested pipeline `outer`"),
+            k == 3,
+            "{err}"
         );
         assert!(err.to_string().contains("Pipeline::named"), "{err}");
     }
@@ -1093,6 +1101,7 @@ async fn nested_pipelines_of_one_name_are_refused_before_any_stage_runs() {
     );
     let unnamed = Error::NameClash {
         name: "pipeline",
+        nested_in: None,
         run_id: None,
     };
     assert!(unnamed.to_string().contains("not given one"), "{unnamed}");

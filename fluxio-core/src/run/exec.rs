@@ -310,8 +310,12 @@ pub(crate) fn preflight(plan: &Plan, input: &Ctx, env: &StageEnv) -> Result<()> 
             run_id: None,
         });
     }
-    if let Some(name) = plan.name_clash {
-        return Err(Error::NameClash { name, run_id: None });
+    if let Some((name, nested_in)) = &plan.name_clash {
+        return Err(Error::NameClash {
+            name,
+            nested_in: nested_in.clone(),
+            run_id: None,
+        });
     }
     for (i, key) in plan.input_descs.iter().enumerate() {
         if let Some(value) = input.slot(key.name) {
