@@ -1121,6 +1121,23 @@ async fn nested_pipelines_of_one_name_are_refused_before_any_stage_runs() {
     assert_eq!(*seen.lock().unwrap(), ["pay-9:pipeline/idem_seen"]);
 }
 
+/// A nested pipeline's name separates scopes in idempotency keys: one with a `/` (or none
+/// at all) is refused where it is given.
+#[test]
+fn a_nested_pipeline_name_with_a_slash_is_refused() {
+    for bad in ["pay/charge", "", " "] {
+        let given = std::panic::catch_unwind(|| pipeline! { idem_seen }.named(bad));
+        let Err(payload) = given else {
+            panic!("`{bad}` was taken as a name")
+        };
+        let text = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(text.contains("hold no `/`"), "{text}");
+    }
+}
+
 #[stage]
 fn pick_first() -> Route {
     Route::to("first")

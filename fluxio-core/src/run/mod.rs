@@ -85,6 +85,12 @@ impl Pipeline {
     /// for idempotency under `name` instead of `pipeline` — and a resume under another
     /// version can find it by that name. Give each nested pipeline of one graph its own.
     ///
+    /// # Panics
+    ///
+    /// When `name` is empty or holds a `/`, which separates nested pipelines in
+    /// idempotency keys (`"<run id>:<nested pipeline>/<stage>"`): a configuration mistake,
+    /// caught where it is made.
+    ///
     /// ```
     /// # use fluxio_core::Pipeline;
     /// fn for_nesting(checkout: Pipeline) -> Pipeline {
@@ -96,6 +102,11 @@ impl Pipeline {
     /// ```
     #[must_use]
     pub fn named(mut self, name: &'static str) -> Self {
+        assert!(
+            !name.trim().is_empty() && !name.contains('/'),
+            "`Pipeline::named({name:?})`: a nested pipeline's name must be non-empty and hold \
+             no `/` (it separates nested pipelines in idempotency keys)"
+        );
         self.name = Some(name);
         self
     }

@@ -68,6 +68,12 @@ fn check_options(cx: &mut Ctxt, args: StageArgs) -> Options {
             StageOption::Name(_, lit) => {
                 if lit.value().trim().is_empty() {
                     cx.error_spanned_by(&lit, "`name` must not be empty");
+                } else if lit.value().contains('/') {
+                    cx.error_spanned_by(
+                        &lit,
+                        "`name` must not hold `/`: it separates nested pipelines in idempotency \
+                         keys (`<run id>:<nested pipeline>/<stage>`)",
+                    );
                 }
                 o.name = Some(lit)
             }
