@@ -1207,6 +1207,65 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
     assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
 }
 
+/// Wraps the in-memory store; a save does its work only once polled, as a store that
+/// sends it over a connection does (the in-memory store writes when `save` is called).
+#[derive(Clone)]
+struct Lazy(InMemoryStore);
+
+impl ForwardStore for Lazy {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.0
+    }
+    fn save(
+        &self,
+        run_id: &str,
+        owner: &str,
+        save: Save,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        let (inner, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());
+        Box::pin(async move { inner.save(&run_id, &owner, save).await })
+    }
+}
+
+/// SPEC §6: siblings that had finished stay finished for resume — also one that finished in
+/// the same wake-up as the failure, its entry not yet stored: the run stores it before it
+/// ends, and a resume does not run it again.
+#[tokio::test]
+async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { parallel { left, right } }
+        .with_resource(probe.clone())
+        .with_callback(sink)
+        .with_store(Lazy(store.clone()));
+    probe.set_failing(&["right"]);
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("beside-failure")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Stage { stage: "right", .. }),
+        "{err:?}"
+    );
+    probe.set_failing(&[]);
+    let cp = stored(&store, "beside-failure").await;
+    assert_eq!(cp.entries.len(), 1, "`left`'s entry is stored");
+    // `left` finished as the run failed: reported cancelled (as with rollbacks), never
+    // failed.
+    assert_eq!(
+        fluxio_tests::attempts(&events, "stage.failed"),
+        [("right", 1)]
+    );
+    let out = pipe.resume("beside-failure").await.unwrap();
+    assert_eq!((out[a_out], out[b_out]), (101, 201));
+    assert_eq!(
+        (probe.count("left"), probe.count("right")),
+        (1, 2),
+        "the resume ran only the failed stage"
+    );
+}
+
 /// Wraps the in-memory store; the second stage entry it is asked to save fails.
 #[derive(Clone)]
 struct SecondEntryFails {

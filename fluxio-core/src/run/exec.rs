@@ -1357,7 +1357,9 @@ impl SchedState {
         if let Some(watch) = &self.rollback_watch {
             watch.store(true, Ordering::SeqCst);
         }
-        tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
+        if !self.rollback_order.is_empty() {
+            tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
+        }
         // Entries still being stored are finished first (their stages are in
         // `rollback_order`: a resume must know to roll them back); their stages did not
         // complete in the run, which reports them cancelled.
@@ -1403,13 +1405,6 @@ impl SchedState {
         }
         let d = self.durable.as_mut()?;
         let rb = self.rolling_back.as_mut().expect("rolling back");
-        if self.rollback_order.is_empty() && !d.rolling_back.load(Ordering::SeqCst) {
-            // It waited for stages it could not stop (a sync stage's body, a nested
-            // pipeline's rollbacks), none of which left anything to undo: the run fails as
-            // one without rollbacks does, resumable.
-            let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
-            return Some(Poll::Ready(Err(failure)));
-        }
         let mut k = 0;
         while k < rb.saving.len() {
             match rb.saving[k].as_mut().poll(cx) {
@@ -1421,7 +1416,7 @@ impl SchedState {
                         if matches!(e, Error::LockLost { .. }) {
                             return Some(Poll::Ready(Err(e)));
                         }
-                        tracing::warn!(error = %e, "could not store a finished stage's entry before rolling back");
+                        tracing::warn!(error = %e, "could not store a finished stage's entry as the run failed");
                         d.entry_lost = true;
                     }
                 }
@@ -1429,6 +1424,14 @@ impl SchedState {
         }
         if !rb.saving.is_empty() {
             return Some(Poll::Pending);
+        }
+        if self.rollback_order.is_empty() && !d.rolling_back.load(Ordering::SeqCst) {
+            // It waited for stages it could not stop (a sync stage's body, a nested
+            // pipeline's rollbacks), or for finished stages' entries to be stored, none of
+            // which left anything to undo: the run fails as one without rollbacks does,
+            // resumable.
+            let failure = rb.error.take().unwrap_or(Error::Cancelled { run_id: None });
+            return Some(Poll::Ready(Err(failure)));
         }
         if d.rolling_back.load(Ordering::SeqCst) {
             return None;
@@ -1955,14 +1958,20 @@ where
             || sched.plan.has_rollback[i]
             || matches!(sched.plan.nodes[i].exec, Exec::Pipeline(_))
     };
-    if !(0..sched.plan.nodes.len()).any(wait_for) {
+    // Entries of finished stages still being stored are stored before the run ends (the
+    // stages finished: a resume must not run them again), with or without rollbacks.
+    let saving = sched
+        .durable
+        .as_ref()
+        .is_some_and(|d| !d.pending.is_empty());
+    if !saving && !(0..sched.plan.nodes.len()).any(wait_for) {
         return Some(Poll::Ready(Err(e)));
     }
     // The fallbacks first: `start_rollback` forgets them.
     let mut finishing = drop_fallbacks(&mut sched.fallbacks);
     finishing.append(&mut cancel_slots_guarded(sched, slots, cx));
     finishing.retain(|(i, _)| wait_for(*i));
-    if nothing_yet && finishing.is_empty() {
+    if nothing_yet && finishing.is_empty() && !saving {
         return Some(Poll::Ready(Err(e)));
     }
     sched.start_rollback(e, finishing);
