@@ -475,6 +475,10 @@ impl Inner {
 
     /// The runs with one of `statuses` (all when empty), with whether their lock is held.
     async fn list_runs(&self, statuses: &[RunStatus]) -> StoreResult<Vec<RunListing>> {
+        // After what this process queued before the listing was asked for: the lock of a
+        // run dropped a moment ago is given back through the writer, and a sweep right
+        // after the drop must see the run free (abandoned), as a resume would.
+        self.write("list_runs", Op::Barrier).await?;
         let sql = list_sql(statuses.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
         for status in statuses {

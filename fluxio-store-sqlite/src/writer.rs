@@ -55,6 +55,9 @@ pub(crate) enum Op {
     },
     /// `CheckpointStore::release`.
     Release { run_id: String, owner: String },
+    /// Nothing: answered once the requests queued before it have run (a listing waits for
+    /// the lock releases of runs dropped before it was asked for).
+    Barrier,
     /// `SqliteStore::purge_finished`.
     /// `statuses`: the finished statuses to purge (`None` for an unused slot).
     Purge {
@@ -268,7 +271,7 @@ fn writes_once(op: &Op) -> bool {
         // A start writes the run's row and its input (and a rewrite its entries): a
         // transaction of its own.
         Op::Save { save, .. } => matches!(save, Save::Entry(_) | Save::Finish { .. }),
-        Op::Acquire { .. } | Op::Renew { .. } | Op::Release { .. } => true,
+        Op::Acquire { .. } | Op::Renew { .. } | Op::Release { .. } | Op::Barrier => true,
         Op::Delete { .. } | Op::Purge { .. } => false,
     }
 }
@@ -528,6 +531,7 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                 .await?;
             Ok(Ok(Outcome::Flag(done.rows_affected() == 1)))
         }
+        Op::Barrier => Ok(Ok(Outcome::Done)),
         Op::Release { run_id, owner } => {
             sqlx::query(RELEASE)
                 .bind(run_id.as_str())

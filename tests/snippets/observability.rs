@@ -46,12 +46,12 @@ async fn the_event_stream() {
 
     // `tx`: any sender whose `send` does not wait (std's mpsc, tokio's unbounded channel).
     let pipe = pipe.with_callback(EventSink::new(move |event: Event| {
-        let _ = tx.send(event);   // e.g. to a task that writes them to your database
+        let _ = tx.send(event.stamped());   // to a task that writes them to your database
     }));
     // end snippet
 
     pipe.invoke(input! { order_id: 1 }).await.unwrap();
-    let names: Vec<_> = rx.try_iter().map(|event| event.name()).collect();
+    let names: Vec<_> = rx.try_iter().map(|stamped| stamped.event.name()).collect();
     assert_eq!(
         names,
         [

@@ -300,7 +300,8 @@ async fn hang(seed: &u64, started: Res<std::sync::Arc<tokio::sync::Notify>>) -> 
 }
 
 /// A run dropped mid-stage gives its lock back before the drop returns (the request is in
-/// the writer's queue ahead of anything asked after it): the next call finds the id free.
+/// the writer's queue ahead of anything asked after it): the next call — a listing, a
+/// lock request — finds the id free.
 #[tokio::test]
 async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
     let dir = Scratch::new("dropped");
@@ -314,8 +315,36 @@ async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
         out = &mut run => panic!("the stage never ends: {out:?}"),
         () = started.notified() => {}
     }
-    // Dropped (cancelled): no await between the drop and the next lock request.
+    // Another process holds the file's write lock a moment: the release waits in the
+    // writer's queue, and a listing (which reads apart from the writer) must wait for it.
+    let mut other = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new().filename(dir.file("dropped.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // Dropped (cancelled): no await between the drop and the next call.
     drop(run);
+    let listing = tokio::spawn({
+        let store = store.clone();
+        async move { store.list_runs(&[]).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // A sweep's listing sees the run free (abandoned), as a resume would.
+    let listed = listing.await.unwrap();
+    let run = listed
+        .iter()
+        .find(|r| r.run_id == "dropped")
+        .expect("listed");
+    assert_eq!(
+        (run.is_locked(), run.is_abandoned()),
+        (false, true),
+        "{run:?}"
+    );
     let free = store
         .acquire("dropped", "next-owner", std::time::Duration::from_secs(60))
         .await
