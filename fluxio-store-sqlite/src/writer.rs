@@ -156,7 +156,15 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.max_batch);
         // `recv_many` waits for one request, then takes what is already queued.
         while rx.recv_many(&mut batch, self.max_batch).await > 0 {
-            self.execute(&mut batch).await;
+            // Barriers take no part in the batch's transaction (a read-only store has none
+            // to begin): answered once everything queued before them has run.
+            let barriers = take_barriers(&mut batch);
+            if !batch.is_empty() {
+                self.execute(&mut batch).await;
+            }
+            for barrier in barriers {
+                let _ = barrier.reply.send(Ok(Outcome::Done));
+            }
         }
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
@@ -262,6 +270,18 @@ impl Writer {
         }
         Ok(replies)
     }
+}
+
+/// Takes the barriers out of `batch`, keeping the order of the rest (the usual batch has
+/// none: nothing is moved).
+fn take_barriers(batch: &mut Vec<Request>) -> Vec<Request> {
+    if !batch.iter().any(|r| matches!(r.op, Op::Barrier)) {
+        return Vec::new();
+    }
+    let (barriers, rest): (Vec<Request>, Vec<Request>) =
+        batch.drain(..).partition(|r| matches!(r.op, Op::Barrier));
+    batch.extend(rest);
+    barriers
 }
 
 /// Whether `op` writes with a single statement (its fencing check included), so it is

@@ -104,6 +104,14 @@ async fn read_only_mode_reads_and_refuses_writes_naming_the_operation() {
         store.purge_finished(Duration::ZERO).await,
         Err(Error::Sqlx(_))
     ));
+    // A listing works (it waits for the writer's queue first), also asked beside a write
+    // the store refuses, in one batch of the writer.
+    let (refused, listed) = tokio::join!(
+        store.save("r", "a", Save::Entry(vec![3])),
+        store.list_runs(&[])
+    );
+    assert_eq!(shape(&refused), "backend(save)");
+    assert_eq!(listed.unwrap().len(), 1);
     // Nothing changed.
     assert_eq!(store.load("r").await.unwrap().unwrap().entries.len(), 0);
 }
