@@ -240,7 +240,10 @@ pub enum Error {
         run_id: String,
         /// What the store was doing.
         operation: &'static str,
-        /// The store's error.
+        /// The store's error — for a run that failed and whose store could not record that
+        /// it is rolling back, an error whose message also gives that failure and whose
+        /// own source is the store's error (reach the store's type with
+        /// [`Error::find`]).
         source: SharedError,
     },
     /// A `CircuitBreaker` is open for the stage: it failed too often and is not called

@@ -152,8 +152,9 @@ pub enum Event {
         /// The stage's error's message.
         error: String,
     },
-    /// `stage.rolled_back`: the run failed and this finished stage's rollback ran (after
-    /// the stage's end, before `pipeline.failed`).
+    /// `stage.rolled_back`: the run failed and this finished stage's rollback ran (before
+    /// `pipeline.failed`). The rollbacks of a nested pipeline's stages have none: the
+    /// outer run sees the nested pipeline as one node.
     #[serde(rename = "stage.rolled_back")]
     StageRolledBack {
         /// The run.
@@ -162,7 +163,8 @@ pub enum Event {
         stage: &'static str,
     },
     /// `stage.rollback_failed`: the run failed and this finished stage's rollback failed
-    /// (the run's error says so too).
+    /// (the run still returns its own failure; a durable run's stored error text lists
+    /// the failed rollbacks).
     #[serde(rename = "stage.rollback_failed")]
     StageRollbackFailed {
         /// The run.

@@ -105,6 +105,29 @@ struct Inner {
     writer: mpsc::Sender<Request>,
     reads: SqlitePool,
     counters: Arc<Counters>,
+    /// Lock releases asked for and not answered yet: a listing waits for them (a run
+    /// dropped a moment ago must list as free).
+    releasing: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a release as in flight while it lives ([`Inner::releasing`]).
+struct Releasing(Arc<Inner>);
+
+impl Releasing {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner
+            .releasing
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Releasing(inner.clone())
+    }
+}
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        self.0
+            .releasing
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What a store's writer has done since it was opened (shared by its clones), as
@@ -204,6 +227,7 @@ impl SqliteStore {
                 writer,
                 reads,
                 counters,
+                releasing: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -475,10 +499,13 @@ impl Inner {
 
     /// The runs with one of `statuses` (all when empty), with whether their lock is held.
     async fn list_runs(&self, statuses: &[RunStatus]) -> StoreResult<Vec<RunListing>> {
-        // After what this process queued before the listing was asked for: the lock of a
-        // run dropped a moment ago is given back through the writer, and a sweep right
-        // after the drop must see the run free (abandoned), as a resume would.
-        self.write("list_runs", Op::Barrier).await?;
+        // After the releases this store was asked for before the listing: the lock of a run
+        // dropped a moment ago is given back through the writer, and a sweep right after
+        // the drop must see the run free (abandoned), as a resume would. Only then: a
+        // listing does not otherwise wait behind the writer's queue.
+        if self.releasing.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            self.write("list_runs", Op::Barrier).await?;
+        }
         let sql = list_sql(statuses.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
         for status in statuses {
@@ -529,7 +556,9 @@ impl CheckpointStore for SqliteStore {
     }
 
     /// Reads the `runs` table (its `status` index when `statuses` are given) and the
-    /// `locks` table, from the read pool: it does not wait for the writer.
+    /// `locks` table, from the read pool. It waits for the writer only while a lock release
+    /// this store was asked for is unanswered (a run dropped a moment ago lists as free,
+    /// as a resume finds it); otherwise not, so a listing answers while the file is busy.
     fn list_runs(
         &self,
         statuses: &[RunStatus],
@@ -586,7 +615,12 @@ impl CheckpointStore for SqliteStore {
             run_id: run_id.to_string(),
             owner: owner.to_string(),
         };
-        Box::pin(async move { inner.write("release", op).await })
+        // Counted from now until answered (or dropped unsent).
+        let releasing = Releasing::new(&inner);
+        Box::pin(async move {
+            let _releasing = releasing;
+            inner.write("release", op).await
+        })
     }
 }
 

@@ -797,3 +797,65 @@ async fn a_store_panicking_during_the_rollbacks_leaves_the_run_for_a_resume() {
     );
     assert_eq!(refunds.0.get(), 1);
 }
+
+#[stage(reads = [seed], writes = [a_out])]
+async fn until_renewal(seed: &u64) -> u64 {
+    // The lease is renewed a third of the way through it: this stage ends in that instant.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    *seed
+}
+
+/// A stage whose entry is stored in the poll where the lease's renewal fails ended: it is
+/// reported completed before the run fails with the store's error (every started stage
+/// gets its end).
+#[tokio::test(start_paused = true)]
+async fn a_stage_stored_as_the_lease_fails_is_reported_ended() {
+    let store = InMemoryStore::new();
+    let (sink, events) = fluxio_tests::event_log();
+    let pipe = pipeline! { until_renewal }
+        .with_callback(sink)
+        .with_lease(Duration::from_millis(300))
+        .with_store(Faulty::on_renew(&store, || {
+            Some(failing("renew", "connection refused"))
+        }));
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("at-renewal")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Store {
+                operation: "renew",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let names: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.name().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pipeline.started",
+            "stage.started",
+            "stage.completed",
+            "pipeline.failed"
+        ]
+    );
+    assert_eq!(
+        store
+            .load("at-renewal")
+            .await
+            .unwrap()
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+}

@@ -305,7 +305,13 @@ async fn hang(seed: &u64, started: Res<std::sync::Arc<tokio::sync::Notify>>) -> 
 #[tokio::test]
 async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
     let dir = Scratch::new("dropped");
-    let store = SqliteStore::open(dir.file("dropped.db")).await.unwrap();
+    // Writes wait for a busy file far longer than the test waits for a listing.
+    let store = SqliteStore::open_with(
+        dir.file("dropped.db"),
+        fluxio::store::SqliteOptions::new().busy_timeout(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let started = std::sync::Arc::new(tokio::sync::Notify::new());
     let pipe = pipeline! { hang }
         .with_resource(started.clone())
@@ -350,6 +356,29 @@ async fn a_dropped_run_gives_its_lock_back_before_the_next_call() {
         .await
         .unwrap();
     assert!(free, "the dropped run still held its lock");
+
+    // With no release in flight, a listing does not wait behind the writer: it answers
+    // while another process holds the write lock and a save waits for it.
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let save = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .save("dropped", "next-owner", fluxio::store::Save::Entry(vec![1]))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(10), store.list_runs(&[]))
+        .await
+        .expect("the listing waited for the writer")
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let _ = save.await.unwrap();
 }
 
 #[stage(reads = [seed], writes = [half])]

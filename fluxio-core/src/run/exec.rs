@@ -1305,9 +1305,13 @@ impl SchedState {
                 Poll::Pending => k += 1,
             }
         }
-        if lost.is_none() {
-            d.poll_lease(cx)?;
-        }
+        // A lease that could not be kept ends the run — after the stages stored above are
+        // reported: they ended.
+        let lease = if lost.is_none() {
+            d.poll_lease(cx)
+        } else {
+            Ok(())
+        };
         let progressed = !finished.is_empty();
         // Stored, even beside a save that failed: they ended.
         for (i, route, size) in finished {
@@ -1322,6 +1326,7 @@ impl SchedState {
             self.report_cancelled(i as usize);
             return Err(e);
         }
+        lease?;
         Ok(progressed)
     }
 
