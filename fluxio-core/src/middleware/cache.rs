@@ -218,24 +218,49 @@ impl Cache {
         stage: &dyn DynStage,
         ctx: &Ctx,
     ) -> Option<CacheKey> {
+        let mut keys: SmallVec<[(usize, CacheKey); 1]> = SmallVec::new();
+        self.push_key(meta, stage, ctx, 0, &mut keys)
+            .then(|| keys.pop().map(|(_, key)| key))
+            .flatten()
+    }
+
+    /// [`key`](Self::key), built in place at the end of `keys` (with `depth`): whether there
+    /// is one. (A key built apart and moved in costs the engine a copy of it on every call.)
+    #[inline]
+    pub(crate) fn push_key(
+        &self,
+        meta: &StageMeta,
+        stage: &dyn DynStage,
+        ctx: &Ctx,
+        depth: usize,
+        keys: &mut SmallVec<[(usize, CacheKey); 1]>,
+    ) -> bool {
         if meta.kind == StageKind::Stream || stage.has_rollback() {
-            return None;
+            return false;
         }
         let stage = (meta.id)();
         let mut h = self.shared.hasher.build_hasher();
         stage.hash(&mut h);
         let mut reads = SmallVec::with_capacity(meta.access.reads.len());
         for desc in meta.access.reads {
-            let value = ctx.slot(desc.name)?;
-            (desc.hash)(&**value, &mut h).ok()?;
+            let Some(value) = ctx.slot(desc.name) else {
+                return false;
+            };
+            if (desc.hash)(&**value, &mut h).is_err() {
+                return false;
+            }
             reads.push(value.clone());
         }
-        Some(CacheKey {
-            hash: h.finish(),
-            stage,
-            descs: meta.access.reads,
-            reads,
-        })
+        keys.push((
+            depth,
+            CacheKey {
+                hash: h.finish(),
+                stage,
+                descs: meta.access.reads,
+                reads,
+            },
+        ));
+        true
     }
 
     /// The cached result for `key`, if there is one that has not expired; counted as a hit

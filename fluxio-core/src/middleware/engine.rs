@@ -105,16 +105,20 @@ fn enter(layer: &Layer, site: &Site<'_>, depth: usize, keys: &mut Keys) -> Enter
         }
         Layer::Retry(_) if meta.kind == StageKind::Stream => Frame::Pass,
         Layer::Retry(_) => Frame::Retry { attempt: 1 },
-        Layer::Cache(cache) => match cache.key(meta, &**site.stage, site.ctx) {
-            None => Frame::Pass,
-            Some(key) => {
-                if let Some(hit) = cache.lookup(&key, site.clock) {
+        Layer::Cache(cache) => {
+            if !cache.push_key(meta, &**site.stage, site.ctx, depth, keys) {
+                Frame::Pass
+            } else {
+                let hit = keys
+                    .last()
+                    .and_then(|(_, key)| cache.lookup(key, site.clock));
+                if let Some(hit) = hit {
+                    drop(keys.pop());
                     return Enter::Answer(Ok(hit));
                 }
-                keys.push((depth, key));
                 Frame::Cache
             }
-        },
+        }
         Layer::Circuit(breaker) => {
             if let Err(retry_in) = breaker.admit(meta) {
                 return Enter::Answer(Err(CircuitBreaker::refusal(meta.name, retry_in)));
