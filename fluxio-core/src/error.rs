@@ -622,11 +622,11 @@ impl std::error::Error for Error {
 /// store could not record that the run is rolling back. It keeps the failure that started
 /// it, which the run no longer returns — so the error says both.
 #[derive(Debug)]
-pub(crate) struct StoreFailedWhileFailing {
+struct StoreFailedWhileFailing {
     /// The store's error.
-    pub(crate) store: SharedError,
+    store: SharedError,
     /// Why the run was failing.
-    pub(crate) failure: Error,
+    failure: Error,
 }
 
 impl std::fmt::Display for StoreFailedWhileFailing {
@@ -735,6 +735,27 @@ impl Error {
                 | Error::BadRunId { .. }
         ) || matches!(self, Error::MergeConflict { stages: [_, input], .. }
             if input == Error::RESUME_INPUT)
+    }
+
+    /// This store error, met while the run was failing with `failure` (recording that it
+    /// is rolling back), carrying that failure in its source ([`StoreFailedWhileFailing`]);
+    /// any other error as it is.
+    pub(crate) fn while_failing(self, failure: Error) -> Self {
+        match self {
+            Error::Store {
+                run_id,
+                operation,
+                source,
+            } => Error::Store {
+                run_id,
+                operation,
+                source: Arc::new(StoreFailedWhileFailing {
+                    store: source,
+                    failure,
+                }),
+            },
+            other => other,
+        }
     }
 
     /// `self` naming run `id`, if it is an error of a stage in the run that does not name

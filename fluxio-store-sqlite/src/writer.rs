@@ -551,6 +551,8 @@ async fn apply(conn: &mut SqliteConnection, op: &mut Op, keep: bool) -> Result<R
                 .await?;
             Ok(Ok(Outcome::Flag(done.rows_affected() == 1)))
         }
+        // Taken out of every batch before it runs (`take_barriers`); were one to get here,
+        // it has nothing to do.
         Op::Barrier => Ok(Ok(Outcome::Done)),
         Op::Release { run_id, owner } => {
             sqlx::query(RELEASE)

@@ -228,22 +228,6 @@ async fn other_branch() -> u64 {
     1
 }
 
-/// Skips the stage of the given name (a middleware answering for it).
-struct SkipOne(&'static str);
-
-impl fluxio::middleware::Middleware for SkipOne {
-    fn handle<'a>(
-        &'a self,
-        call: fluxio::middleware::StageCall<'a>,
-        next: fluxio::middleware::Next<'a>,
-    ) -> fluxio::store::BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
-        if call.meta.name == self.0 {
-            return Box::pin(async { Ok(fluxio::StageOutput::Skip("maintenance".into())) });
-        }
-        next.run(call)
-    }
-}
-
 /// A route a middleware skipped took no branch: a read of what its branches write says so,
 /// rather than that a branch was "not taken" (as if the route had chosen another).
 #[tokio::test]
@@ -252,7 +236,7 @@ async fn a_read_whose_route_was_skipped_says_the_route_was_skipped() {
         choose => { "l" => [left], "r" => [other_branch] },
         after_route,
     }
-    .with_middleware(SkipOne("choose"));
+    .with_middleware(fluxio_tests::SkipStage("choose"));
     let err = pipe.invoke(input! { label: "l".into() }).await.unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -20,6 +20,9 @@ use crate::store::BoxFuture;
 /// The values of a call's reads, in the stage's order.
 type Reads = SmallVec<[Slot; 1]>;
 
+/// The keys of the caches a call entered, with the depth of their cache, outermost first.
+pub(crate) type Keys = SmallVec<[(usize, CacheKey); 1]>;
+
 /// What a cached result is found by: the stage and the values of the keys it reads, with
 /// their hash computed once per call. The values are kept as they are in the context
 /// (shared, not copied); two are the same read when they are the same value in memory, or
@@ -218,10 +221,9 @@ impl Cache {
         stage: &dyn DynStage,
         ctx: &Ctx,
     ) -> Option<CacheKey> {
-        let mut keys: SmallVec<[(usize, CacheKey); 1]> = SmallVec::new();
-        self.push_key(meta, stage, ctx, 0, &mut keys)
-            .then(|| keys.pop().map(|(_, key)| key))
-            .flatten()
+        let mut keys = Keys::new();
+        self.push_key(meta, stage, ctx, 0, &mut keys);
+        keys.pop().map(|(_, key)| key)
     }
 
     /// [`key`](Self::key), built in place at the end of `keys` (with `depth`): whether there
@@ -233,7 +235,7 @@ impl Cache {
         stage: &dyn DynStage,
         ctx: &Ctx,
         depth: usize,
-        keys: &mut SmallVec<[(usize, CacheKey); 1]>,
+        keys: &mut Keys,
     ) -> bool {
         if meta.kind == StageKind::Stream || stage.has_rollback() {
             return false;

@@ -21,10 +21,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
-use super::cache::CacheKey;
+use super::cache::Keys;
 use super::retry::attempt_span;
 use super::{CircuitBreaker, Clock, Layer, RateLimit, StageCall};
 use crate::ctx::Ctx;
@@ -66,9 +65,6 @@ enum Frame {
     /// clock (see [`own_time`]).
     Timeout { deadline: Instant },
 }
-
-/// The keys of the entered caches, with the depth of their cache, outermost first.
-type Keys = SmallVec<[(usize, CacheKey); 1]>;
 
 /// What entering a middleware gives.
 enum Enter {

@@ -423,12 +423,14 @@ fn restore(plan: &Plan, run_id: &str, stored: &StoredRun) -> Result<Restoration>
             )?);
         }
     }
-    check_fit(plan, run_id, &restored, reading, stored.status)?;
-    if stored.status != RunStatus::RollingBack {
-        // (A run stopped while rolling back is refused for its vanished stages anyway, with
-        // the reason that applies: their rollbacks cannot run.)
-        check_gone_writes(plan, run_id, &restored, &last_writers)?;
-    }
+    check_fit(
+        plan,
+        run_id,
+        &restored,
+        reading,
+        stored.status,
+        &last_writers,
+    )?;
     let rewritten = match reading {
         Reading::Strict => None,
         Reading::OtherVersion => {
@@ -686,13 +688,16 @@ fn check_complete(run_id: &str, finished: &Finished<'_>, status: RunStatus) -> R
 /// Checks that the finished stages fit this pipeline: each inside a route branch sits in
 /// the branch its route (finished too) chose — else it would be skipped after it ran. In
 /// this version's own checkpoint a misfit is corruption, and so is a lost entry
-/// ([`check_complete`]).
+/// ([`check_complete`]); in another version's, a stage that would replace a value a
+/// finished stage left ([`check_gone_writes`] for those the version no longer has,
+/// `last_writers`).
 fn check_fit(
     plan: &Plan,
     run_id: &str,
     restored: &Restored,
     reading: Reading,
     status: RunStatus,
+    last_writers: &[(String, Option<String>)],
 ) -> Result<()> {
     let misfit = |reason: String| match reading {
         Reading::Strict => corrupt(run_id, reason),
@@ -752,6 +757,11 @@ fn check_fit(
             }
         }
     }
+    // (A run stopped while rolling back is refused for its vanished stages anyway, with the
+    // reason that applies: their rollbacks cannot run.)
+    if reading == Reading::OtherVersion && status != RunStatus::RollingBack {
+        check_gone_writes(plan, run_id, &finished, last_writers)?;
+    }
     if reading == Reading::Strict {
         check_complete(run_id, &finished, status)?;
     }
@@ -769,13 +779,12 @@ fn check_fit(
 fn check_gone_writes(
     plan: &Plan,
     run_id: &str,
-    restored: &Restored,
+    finished: &Finished<'_>,
     last_writers: &[(String, Option<String>)],
 ) -> Result<()> {
     if last_writers.iter().all(|(_, gone)| gone.is_none()) {
         return Ok(());
     }
-    let finished = Finished::of(plan, restored);
     for (u, node) in plan.nodes.iter().enumerate() {
         if finished.has(u) || finished.not_taken(u) {
             continue;

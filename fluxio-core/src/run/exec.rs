@@ -1471,22 +1471,7 @@ impl SchedState {
                 tracing::warn!(error = %failure, store_error = %e, "run failed, and its store could not record that it is rolling back: no rollback ran");
                 // The store's error is the run's (no rollback ran), carrying the failure
                 // that started it: an operator sees why the run was failing too.
-                let e = match e {
-                    Error::Store {
-                        run_id,
-                        operation,
-                        source,
-                    } => Error::Store {
-                        run_id,
-                        operation,
-                        source: Arc::new(crate::error::StoreFailedWhileFailing {
-                            store: source,
-                            failure,
-                        }),
-                    },
-                    other => other,
-                };
-                Some(Poll::Ready(Err(e)))
+                Some(Poll::Ready(Err(e.while_failing(failure))))
             }
         }
     }
