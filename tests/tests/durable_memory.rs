@@ -1227,6 +1227,36 @@ impl ForwardStore for Lazy {
     }
 }
 
+/// What the callbacks hear of stage `left`, and the run's end.
+#[derive(Default, Clone)]
+struct LeftLog(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl fluxio::Callback for LeftLog {
+    fn on_stage_start(&self, e: &fluxio::StageEvent<'_>) {
+        self.push(e, "start");
+    }
+    fn on_checkpoint(&self, e: &fluxio::StageEvent<'_>, _: usize) {
+        self.push(e, "checkpoint");
+    }
+    fn on_stage_end(&self, e: &fluxio::StageEvent<'_>, _: Duration) {
+        self.push(e, "end");
+    }
+    fn on_stage_cancelled(&self, e: &fluxio::StageEvent<'_>, _: Duration) {
+        self.push(e, "cancelled");
+    }
+    fn on_run_end(&self, _: &str, _: Result<&Ctx, &Error>, _: Duration) {
+        self.0.lock().unwrap().push("run end");
+    }
+}
+
+impl LeftLog {
+    fn push(&self, e: &fluxio::StageEvent<'_>, what: &'static str) {
+        if e.stage == "left" {
+            self.0.lock().unwrap().push(what);
+        }
+    }
+}
+
 /// SPEC §6: siblings that had finished stay finished for resume — also one that finished in
 /// the same wake-up as the failure, its entry not yet stored: the run stores it before it
 /// ends, and a resume does not run it again.
@@ -1234,9 +1264,11 @@ impl ForwardStore for Lazy {
 async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     let (sink, events) = fluxio_tests::event_log();
+    let left_log = LeftLog::default();
     let pipe = pipeline! { parallel { left, right } }
         .with_resource(probe.clone())
         .with_callback(sink)
+        .with_callback(left_log.clone())
         .with_store(Lazy(store.clone()));
     probe.set_failing(&["right"]);
     let err = pipe
@@ -1251,11 +1283,21 @@ async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
     probe.set_failing(&[]);
     let cp = stored(&store, "beside-failure").await;
     assert_eq!(cp.entries.len(), 1, "`left`'s entry is stored");
-    // `left` finished as the run failed: reported cancelled (as with rollbacks), never
-    // failed.
+    // `left` finished as the run failed and its entry is stored: reported completed, after
+    // its checkpoint, and before the run's end — never cancelled (a consumer would read
+    // that as "runs again") nor failed.
     assert_eq!(
         fluxio_tests::attempts(&events, "stage.failed"),
         [("right", 1)]
+    );
+    assert_eq!(
+        fluxio_tests::attempts(&events, "stage.completed"),
+        [("left", 1)]
+    );
+    assert_eq!(fluxio_tests::attempts(&events, "stage.cancelled"), []);
+    assert_eq!(
+        left_log.0.lock().unwrap().as_slice(),
+        ["start", "checkpoint", "end", "run end"]
     );
     let out = pipe.resume("beside-failure").await.unwrap();
     assert_eq!((out[a_out], out[b_out]), (101, 201));

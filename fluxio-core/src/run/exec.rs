@@ -629,7 +629,8 @@ struct RollingBack {
     current: Option<(u32, StageFuture)>,
     /// The entries of finished stages still being stored when the run failed: stored
     /// before the run records that it is rolling back, so a resume knows to roll them back.
-    saving: Vec<BoxFuture<'static, StoreResult<()>>>,
+    /// With each, its node and the entry's size (for the callbacks, once it is stored).
+    saving: Vec<(u32, usize, BoxFuture<'static, StoreResult<()>>)>,
     /// A durable run's record that it is rolling back, being written: no rollback runs
     /// before it is stored (`Durability::rolling_back`), so a resume never completes a run
     /// whose stages were undone.
@@ -879,11 +880,15 @@ impl SchedState {
         let running = std::mem::take(&mut self.running);
         // A finished stage whose entry is still being stored has not completed either (its
         // save is not polled again).
-        let persisting: SmallVec<[u32; 4]> = self
+        let mut persisting: SmallVec<[u32; 4]> = self
             .durable
             .as_mut()
             .map(|d| d.pending.drain(..).map(|(i, ..)| i).collect())
             .unwrap_or_default();
+        // So has one whose entry was being stored as the run failed (dropped meanwhile).
+        if let Some(rb) = self.rolling_back.as_mut() {
+            persisting.extend(rb.saving.drain(..).map(|(i, ..)| i));
+        }
         for i in running
             .iter()
             .chain(self.fallbacks.iter().map(|(i, ..)| i))
@@ -1366,17 +1371,17 @@ impl SchedState {
             tracing::warn!(error = %error, stages = self.rollback_order.len(), "run failed; rolling back finished stages");
         }
         // Entries still being stored are finished first (their stages are in
-        // `rollback_order`: a resume must know to roll them back); their stages did not
-        // complete in the run, which reports them cancelled.
-        let pending = self
+        // `rollback_order`: a resume must know to roll them back). Their stages are
+        // reported when each save ends: completed once stored (a resume does not run them
+        // again), cancelled if it failed.
+        let saving = self
             .durable
             .as_mut()
             .map(|d| std::mem::take(&mut d.pending))
-            .unwrap_or_default();
-        for (i, ..) in &pending {
-            self.report_cancelled(*i as usize);
-        }
-        let saving = pending.into_iter().map(|(.., save)| save).collect();
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(i, _, size, save)| (i, size, save))
+            .collect();
         self.cancel_in_flight();
         self.deadlines.clear();
         // The stages' spans end here (the rollbacks are the run's).
@@ -1408,25 +1413,11 @@ impl SchedState {
         if self.poll_finishing(cx).is_pending() {
             return Some(Poll::Pending);
         }
+        if let Some(lost) = self.poll_saving(cx) {
+            return Some(Poll::Ready(Err(lost)));
+        }
         let d = self.durable.as_mut()?;
         let rb = self.rolling_back.as_mut().expect("rolling back");
-        let mut k = 0;
-        while k < rb.saving.len() {
-            match rb.saving[k].as_mut().poll(cx) {
-                Poll::Pending => k += 1,
-                Poll::Ready(r) => {
-                    drop(rb.saving.swap_remove(k));
-                    if let Err(e) = r {
-                        let e = Error::from_store(&d.run_id, "save", e);
-                        if matches!(e, Error::LockLost { .. }) {
-                            return Some(Poll::Ready(Err(e)));
-                        }
-                        tracing::warn!(error = %e, "could not store a finished stage's entry as the run failed");
-                        d.entry_lost = true;
-                    }
-                }
-            }
-        }
         if !rb.saving.is_empty() {
             return Some(Poll::Pending);
         }
@@ -1474,6 +1465,66 @@ impl SchedState {
                 Some(Poll::Ready(Err(e.while_failing(failure))))
             }
         }
+    }
+
+    /// Advances the saves of the entries that were being stored when the run failed, telling
+    /// the callbacks how each stage ended: completed once its entry is stored (after
+    /// `on_checkpoint`), cancelled if the store failed. `Some` when the run lost its lock.
+    fn poll_saving(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        let (Some(d), Some(rb)) = (self.durable.as_mut(), self.rolling_back.as_mut()) else {
+            return None;
+        };
+        let mut ended: SmallVec<[(u32, Option<usize>); 4]> = SmallVec::new();
+        let mut lock_lost = None;
+        let mut k = 0;
+        while k < rb.saving.len() {
+            let Poll::Ready(r) = rb.saving[k].2.as_mut().poll(cx) else {
+                k += 1;
+                continue;
+            };
+            let (i, size, _) = rb.saving.swap_remove(k);
+            match r {
+                Ok(()) => ended.push((i, Some(size))),
+                Err(e) => {
+                    ended.push((i, None));
+                    let e = Error::from_store(&d.run_id, "save", e);
+                    if matches!(e, Error::LockLost { .. }) {
+                        lock_lost = Some(e);
+                        break;
+                    }
+                    tracing::warn!(error = %e, "could not store a finished stage's entry as the run failed");
+                    d.entry_lost = true;
+                }
+            }
+        }
+        for (i, stored) in ended {
+            let i = i as usize;
+            match stored {
+                Some(size) => {
+                    let attempt = self.attempt_of(i, None);
+                    self.notify(i, |c, ev| {
+                        c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
+                    });
+                    self.state[i] = DONE;
+                    if self.obs.is_some() {
+                        self.note_finished(i);
+                    }
+                }
+                None => self.report_cancelled(i),
+            }
+        }
+        if lock_lost.is_some() {
+            // The saves left are not polled again: their stages did not end either.
+            let left = self
+                .rolling_back
+                .as_mut()
+                .map(|rb| std::mem::take(&mut rb.saving))
+                .unwrap_or_default();
+            for (i, ..) in left {
+                self.report_cancelled(i as usize);
+            }
+        }
+        lock_lost
     }
 
     /// Waits for the bodies of sync stages still running on the blocking pool when the run
