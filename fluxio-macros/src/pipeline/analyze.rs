@@ -1,6 +1,6 @@
 //! Flattens the input and checks the rules that the macro's own tokens can decide.
 
-use super::model::{Analysis, FlatKind, FlatNode};
+use super::model::{Analysis, FlatKind, FlatNode, ParallelBlock};
 use super::parse::{Node, PipelineInput};
 use crate::diag::Ctxt;
 
@@ -60,7 +60,11 @@ fn flatten(cx: &mut Ctxt, a: &mut Analysis, nodes: Vec<Node>, branch: Option<(u3
                         branch,
                     });
                 }
-                a.parallel_blocks.push(members);
+                a.parallel_blocks.push(ParallelBlock {
+                    keyword: keyword.span(),
+                    brace,
+                    members,
+                });
             }
             Node::Route {
                 stage,

@@ -12,17 +12,25 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     let private = crate::paths::private(krate);
     let mut checks = Vec::new();
 
-    // Each pair of one `parallel` block must not conflict; reported at the later stage.
+    // Each pair of one `parallel` block must not conflict; reported on the block (SPEC
+    // §1.3), the message naming both stages and the key: the call starts at the `parallel`
+    // keyword and its arguments' parentheses carry the braces' span, so the compiler
+    // underlines `parallel { ... }` whole.
     for block in &a.parallel_blocks {
-        for (j, b) in block.iter().enumerate() {
-            for first in &block[..j] {
-                let check = quote! {
-                    const _: () = #private::check_parallel(
-                        &<#first as #private::Stage>::META,
-                        &<#b as #private::Stage>::META,
-                    );
-                };
-                checks.push(respan(check, b.span()));
+        let members = &block.members;
+        for (j, b) in members.iter().enumerate() {
+            for first in &members[..j] {
+                let args = quote!(
+                    &<#first as #private::Stage>::META,
+                    &<#b as #private::Stage>::META,
+                );
+                let mut args = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, args);
+                args.set_span(block.brace);
+                let head = respan(
+                    quote!(const _: () = #private::check_parallel),
+                    block.keyword,
+                );
+                checks.push(quote!(#head #args;));
             }
         }
     }

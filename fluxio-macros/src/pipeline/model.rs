@@ -19,12 +19,22 @@ pub(crate) struct FlatNode {
     pub(crate) branch: Option<(u32, u32)>,
 }
 
+/// A `parallel { ... }` block as written.
+pub(crate) struct ParallelBlock {
+    /// Where it starts (the `parallel` keyword) and ends (its braces): a conflict inside
+    /// is reported on the whole block.
+    pub(crate) keyword: proc_macro2::Span,
+    pub(crate) brace: proc_macro2::Span,
+    /// Its members in order.
+    pub(crate) members: Vec<syn::Path>,
+}
+
 /// What analysis derived from the input.
 pub(crate) struct Analysis {
     /// Every node in source order.
     pub(crate) nodes: Vec<FlatNode>,
-    /// For each `parallel` block, its members in order (to check each pair for conflicts).
-    pub(crate) parallel_blocks: Vec<Vec<syn::Path>>,
+    /// Every `parallel` block (to check each pair of its members for conflicts).
+    pub(crate) parallel_blocks: Vec<ParallelBlock>,
     /// Whether a nested pipeline value is present (its access is known only at run time).
     pub(crate) has_sub: bool,
 }
