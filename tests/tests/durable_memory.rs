@@ -1308,6 +1308,56 @@ async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
     );
 }
 
+#[stage(name = "left", reads = [seed], writes = [a_out], rollback = undo_left)]
+async fn left_undone(seed: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
+    probe.hit("left")?;
+    Ok(seed + 100)
+}
+
+async fn undo_left(_seed: &u64, probe: Res<Arc<Probe>>) -> Result<(), StageError> {
+    probe.hit("undo left")
+}
+
+/// The same with a rollback: the sibling stored beside the failure is reported completed,
+/// then rolled back — it had finished, so its work is undone, not cancelled.
+#[tokio::test]
+async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let (sink, events) = fluxio_tests::event_log();
+    let left_log = LeftLog::default();
+    let pipe = pipeline! { parallel { left_undone, right } }
+        .with_resource(probe.clone())
+        .with_callback(sink)
+        .with_callback(left_log.clone())
+        .with_store(Lazy(store.clone()));
+    probe.set_failing(&["right"]);
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("beside-failure-undone")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Stage { stage: "right", .. }),
+        "{err:?}"
+    );
+    assert_eq!(probe.count("undo left"), 1);
+    assert_eq!(
+        left_log.0.lock().unwrap().as_slice(),
+        ["start", "checkpoint", "end", "run end"]
+    );
+    let names: Vec<&str> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.stage() == Some("left"))
+        .map(|e| e.name())
+        .collect();
+    assert_eq!(
+        names,
+        ["stage.started", "stage.completed", "stage.rolled_back"]
+    );
+}
+
 /// Wraps the in-memory store; the second stage entry it is asked to save fails.
 #[derive(Clone)]
 struct SecondEntryFails {
