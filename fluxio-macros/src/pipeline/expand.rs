@@ -64,10 +64,11 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         });
         for (i, node) in a.nodes.iter().enumerate().skip(1) {
             if let Some(path) = stage_path(&node.kind) {
-                let check = quote! {
-                    const _: () = #private::check_distinct_name(&__FLUXIO_BRANCHES, &__FLUXIO_NAMES, #i);
-                };
-                checks.push(respan(check, path.span()));
+                checks.push(check_at(
+                    path,
+                    quote!(#private::check_distinct_name),
+                    quote!(&__FLUXIO_BRANCHES, &__FLUXIO_NAMES, #i),
+                ));
             }
         }
     }
@@ -114,20 +115,22 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         let in_parallel = group != 0;
         match &node.kind {
             FlatKind::Stage(path) => {
-                let check = quote! {
-                    const _: () = #private::check_route_use(&<#path as #private::Stage>::META, false, #in_parallel);
-                };
-                checks.push(respan(check, path.span()));
+                checks.push(check_at(
+                    path,
+                    quote!(#private::check_route_use),
+                    quote!(&<#path as #private::Stage>::META, false, #in_parallel),
+                ));
                 specs.push(
                     quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
                 );
                 descs.push(desc(&private, path, group, &branch));
             }
             FlatKind::Route { stage, labels } => {
-                let check = quote! {
-                    const _: () = #private::check_route_use(&<#stage as #private::Stage>::META, true, false);
-                };
-                checks.push(respan(check, stage.span()));
+                checks.push(check_at(
+                    stage,
+                    quote!(#private::check_route_use),
+                    quote!(&<#stage as #private::Stage>::META, true, false),
+                ));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
                 descs.push(desc(&private, stage, 0, &branch));
             }
@@ -182,6 +185,19 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
 }
 
 /// The stage of a node (none for a nested pipeline).
+/// `const _: () = check(args);`, a compile-time check about the stage at `path`, spanned
+/// so that the compiler underlines the whole path (`billing::charge`, not only `billing`):
+/// the call starts at the path's first token and its parentheses end at its last.
+fn check_at(path: &syn::Path, check: TokenStream, args: TokenStream) -> TokenStream {
+    let first = path.span();
+    let last = path.segments.last().map_or(first, |s| s.ident.span());
+    let head = respan(quote!(const _: () = #check), first);
+    let mut args =
+        proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, respan(args, first));
+    args.set_span(last);
+    quote!(#head #args;)
+}
+
 fn stage_path(kind: &FlatKind) -> Option<&syn::Path> {
     match kind {
         FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => Some(path),
