@@ -128,6 +128,23 @@ impl std::error::Error for NotCalled {
     }
 }
 
+/// A middleware's refusal to call the stage ([`StageError::refusal`]). Seen through, as
+/// its error, by everything public.
+#[derive(Debug)]
+struct Refused(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 #[derive(Debug)]
 struct Message(String);
 
@@ -167,18 +184,61 @@ impl StageError {
         StageError { inner: error }
     }
 
+    /// A middleware's refusal to call the stage — a guard denying a tenant, a quota, a
+    /// kill switch — as opposed to the stage failing. Like the built-ins' own refusals
+    /// (`Error::CircuitOpen`, `Error::RateLimited`) it says nothing about the stage's
+    /// health: a `Retry` does not repeat it (unless a `.when` predicate accepts it), and a
+    /// `CircuitBreaker` does not count it, so one tenant's denied calls do not open the
+    /// circuit for every tenant. Otherwise it is the stage's error as any other: the run
+    /// fails with `Error::Stage` carrying `error` (found with `find`/`downcast_ref` as
+    /// usual), callbacks hear `on_stage_error`, and a stage's `fallback` answers it.
+    ///
+    /// ```
+    /// # use fluxio_core::StageError;
+    /// let denied = StageError::refusal(StageError::msg("tenant `bob` may not run `export`"));
+    /// assert!(denied.is_refusal());
+    /// assert_eq!(denied.to_string(), "tenant `bob` may not run `export`");
+    /// ```
+    pub fn refusal(error: impl Into<StageError>) -> Self {
+        let error: StageError = error.into();
+        if error.is_refusal() {
+            return error;
+        }
+        StageError {
+            inner: Box::new(Refused(error.inner)),
+        }
+    }
+
+    /// Whether this is a middleware's refusal to call the stage: one made with
+    /// [`refusal`](Self::refusal), or a built-in's (`Error::CircuitOpen`,
+    /// `Error::RateLimited`) — what a `Retry` predicate may want to leave alone.
+    pub fn is_refusal(&self) -> bool {
+        self.inner.is::<Refused>()
+            || matches!(
+                self.as_error().downcast_ref::<Error>(),
+                Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
+            )
+    }
+
     /// The underlying error.
     pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        match self.inner.downcast_ref::<NotCalled>() {
-            Some(NotCalled(error)) => error,
+        if let Some(NotCalled(error)) = self.inner.downcast_ref::<NotCalled>() {
+            return error;
+        }
+        match self.inner.downcast_ref::<Refused>() {
+            Some(Refused(error)) => &**error,
             None => &*self.inner,
         }
     }
 
     /// Converts into the boxed underlying error.
     pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        match self.inner.downcast::<NotCalled>() {
-            Ok(not_called) => Box::new(not_called.0),
+        let inner = match self.inner.downcast::<NotCalled>() {
+            Ok(not_called) => return Box::new(not_called.0),
+            Err(inner) => inner,
+        };
+        match inner.downcast::<Refused>() {
+            Ok(refused) => refused.0,
             Err(inner) => inner,
         }
     }

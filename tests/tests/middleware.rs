@@ -661,6 +661,80 @@ async fn middleware_can_short_circuit_with_an_explicit_error() {
     assert_eq!(flaky.calls(), 0);
 }
 
+/// A guard: refuses calls whose `n` is odd (a tenant it denies), counting how often it
+/// is asked.
+#[derive(Default)]
+struct OddGuard {
+    asked: AtomicU32,
+    /// Refuse with a plain error instead of a refusal.
+    plain: bool,
+}
+
+impl Middleware for OddGuard {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if call.ctx.get(n).is_some_and(|v| v % 2 == 1) {
+            let denied = StageError::msg(format!("n is odd: `{}` denied", call.meta.name));
+            let err = if self.plain {
+                denied
+            } else {
+                StageError::refusal(denied)
+            };
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        next.run(call)
+    }
+}
+
+/// A middleware's refusal (`StageError::refusal`) is the stage's error for the run, but,
+/// like an open circuit, says nothing about the stage's health: `Retry` does not repeat it
+/// and a `CircuitBreaker` does not count it — one denied tenant does not open the circuit
+/// for the others. A plain error from the same guard does both (the contrast).
+#[tokio::test(start_paused = true)]
+async fn a_middleware_refusal_is_neither_retried_nor_counted_by_a_breaker() {
+    for plain in [false, true] {
+        let flaky = Flaky::failing(0);
+        let guard = Arc::new(OddGuard {
+            plain,
+            ..Default::default()
+        });
+        let pipe = pipeline! { work }
+            .with_resource(flaky.clone())
+            .with_middleware(CircuitBreaker::new(2))
+            .with_middleware(Retry::constant(3, std::time::Duration::from_millis(5)))
+            .with_middleware(guard.clone());
+        for _ in 0..2 {
+            let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+            assert!(matches!(err, Error::Stage { stage: "work", .. }), "{err:?}");
+            assert!(
+                err.to_string().ends_with("n is odd: `work` denied"),
+                "{err}"
+            );
+        }
+        let asked = guard.asked.load(Ordering::SeqCst);
+        let allowed = pipe.invoke(input! { n: 2 }).await;
+        if plain {
+            assert_eq!(asked, 6, "a plain error is retried: 3 attempts per run");
+            assert!(
+                matches!(allowed, Err(Error::CircuitOpen { stage: "work", .. })),
+                "and counted: the circuit opened for every caller: {allowed:?}"
+            );
+        } else {
+            assert_eq!(asked, 2, "a refusal is not retried");
+            assert_eq!(
+                allowed.unwrap()[out],
+                4,
+                "nor counted: the circuit stayed closed"
+            );
+            assert_eq!(flaky.calls(), 1);
+        }
+    }
+}
+
 /// Skips one stage by name, with a reason.
 struct SkipStage(&'static str);
 

@@ -140,16 +140,12 @@ impl<'a> Next<'a> {
 }
 
 /// Whether `err` is a refusal to call the stage (an open circuit, a rate limit without a
-/// token), a call outside a tokio runtime (`NoRuntime`), or a stage that could not be
+/// token, a middleware's [`StageError::refusal`]), a call outside a tokio runtime (`NoRuntime`), or a stage that could not be
 /// called (a read or resource missing): it stands until its `retry_in` (or for good),
 /// usually longer than a backoff, and says nothing about the stage's health — `Retry` does
 /// not retry it by default and a `CircuitBreaker` does not count it.
 pub(crate) fn is_refusal(err: &StageError) -> bool {
-    is_final(err)
-        || matches!(
-            err.as_error().downcast_ref::<Error>(),
-            Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
-        )
+    is_final(err) || err.is_refusal()
 }
 
 /// The refusals no `Retry` repeats, whatever its predicate: a stage that could not be
