@@ -20,7 +20,7 @@
 //! # }
 //! ```
 //!
-//! The checks use real time (lease expiry is waited for: about seven seconds in all), so
+//! The checks use real time (lease expiry is waited for: about ten seconds in all), so
 //! run them on a runtime whose clock is not paused. Run ids start with `contract-`. What
 //! they check is what [`CheckpointStore`]'s documentation promises.
 
@@ -240,7 +240,9 @@ checks!(
     release_frees_only_the_owners_lock,
     delete_removes_an_unlocked_runs_checkpoint_only,
     run_ids_are_independent,
+    a_release_applies_after_an_acquire_whose_future_was_dropped,
     list_runs_finds_runs_by_status_with_their_lock,
+    updated_at_is_the_last_status_write,
 );
 
 /// A lease no check outlives.
@@ -277,7 +279,11 @@ macro_rules! same {
 
 /// A store call that must succeed.
 fn ok<T>(result: StoreResult<T>, what: &str) -> Result<T, String> {
-    result.map_err(|e| format!("{what} failed: {e}"))
+    result.map_err(|e| match &e {
+        // The store's error already says what failed.
+        StoreError::Backend { operation, .. } if *operation == what => e.to_string(),
+        _ => format!("{what} failed: {e}"),
+    })
 }
 
 /// A save that must be refused with `LockLost` for `run_id`.
@@ -565,14 +571,34 @@ async fn entries_keep_their_order_and_bytes(s: &dyn CheckpointStore) -> Outcome 
     ensure!(stored.header == header, "the header came back changed");
     same!(stored.entries.len(), expected.len(), "number of entries");
     for (i, (got, want)) in stored.entries.iter().zip(&expected).enumerate() {
-        ensure!(
-            got == want,
-            "entry {i} came back changed ({} bytes, {} saved)",
-            got.len(),
-            want.len()
-        );
+        if got == want {
+            continue;
+        }
+        // Say which: an entry in another place, or bytes changed.
+        return Err(match expected.iter().position(|e| e == got) {
+            Some(saved) => format!(
+                "entries came back in another order than saved: entry {i} is the one saved \
+                 {}",
+                ordinal(saved)
+            ),
+            None => format!(
+                "entry {i} came back changed ({} bytes, {} saved)",
+                got.len(),
+                want.len()
+            ),
+        });
     }
     Ok(())
+}
+
+/// `0` → "first", `1` → "second", then "#n" (1-based).
+fn ordinal(i: usize) -> String {
+    match i {
+        0 => "first".into(),
+        1 => "second".into(),
+        2 => "third".into(),
+        _ => format!("#{}", i + 1),
+    }
 }
 
 async fn runs_do_not_mix_their_entries(s: &dyn CheckpointStore) -> Outcome {
@@ -862,6 +888,70 @@ async fn release_frees_only_the_owners_lock(s: &dyn CheckpointStore) -> Outcome 
     ensure!(
         ok(s.exists(r).await, "exists")?,
         "the checkpoint went with the lock"
+    );
+    Ok(())
+}
+
+/// A run dropped while taking its lock (a caller's timeout around `invoke`) drops the
+/// `acquire` future after it reached the store, and asks for the release at once: the
+/// release must apply after the acquire, or the lock stays held for the whole lease.
+async fn a_release_applies_after_an_acquire_whose_future_was_dropped(
+    s: &dyn CheckpointStore,
+) -> Outcome {
+    for round in 0..10 {
+        let r = format!("contract-dropped-acquire-{round}");
+        let r = r.as_str();
+        // Polled once (a store may start its work on the first poll), then dropped.
+        let answered = {
+            let mut taking = s.acquire(r, "a", LONG);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            taking.as_mut().poll(&mut cx).is_ready()
+        };
+        ok(s.release(r, "a").await, "release")?;
+        // Time for an acquire still in flight to land.
+        tokio::time::sleep(Duration::from_millis(if answered { 0 } else { 50 })).await;
+        ensure!(
+            ok(s.acquire(r, "b", LONG).await, "acquire")?,
+            "a release asked for after an acquire whose future was dropped applied before \
+             it (round {round}): the acquire then took the lock, held for its whole lease \
+             (see `CheckpointStore::release`)"
+        );
+        ok(s.release(r, "b").await, "release")?;
+    }
+    Ok(())
+}
+
+/// `RunListing::updated_at`, when a store gives it, is the time of the run's last status
+/// write: a finish moves it on from the start.
+async fn updated_at_is_the_last_status_write(s: &dyn CheckpointStore) -> Outcome {
+    let r = "contract-updated-at";
+    let at = |listing: Vec<RunListing>| {
+        listing
+            .into_iter()
+            .find(|l| l.run_id == r)
+            .map(|l| l.updated_at)
+            .ok_or_else(|| format!("`{r}` is not listed"))
+    };
+    acquire(s, r, "a", LONG).await?;
+    ok(s.save(r, "a", Save::start("v", Vec::new())).await, "start")?;
+    let Some(started) = at(ok(s.list_runs(&[]).await, "list_runs")?)? else {
+        // The store does not give the time.
+        return Ok(());
+    };
+    let pause = Duration::from_millis(60);
+    tokio::time::sleep(pause).await;
+    ok(
+        s.save(r, "a", Save::finish(RunStatus::Completed, None))
+            .await,
+        "finish",
+    )?;
+    let finished = at(ok(s.list_runs(&[]).await, "list_runs")?)?;
+    let moved = finished.and_then(|f| f.duration_since(started).ok());
+    // Two readings of the store's clock, `pause` apart: allow for a coarse clock.
+    ensure!(
+        moved.is_some_and(|d| d >= pause / 2),
+        "`updated_at` is {finished:?} after the finish, {started:?} after the start \
+         ({pause:?} earlier): it must be the time of the last status write"
     );
     Ok(())
 }
@@ -1184,6 +1274,69 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(checks().len(), 20);
+        assert_eq!(checks().len(), 22);
+    }
+
+    /// A store whose acquire reaches the backend a little after it is asked for (a pooled
+    /// query whose future was dropped in flight): a release asked for at once applies
+    /// first, and the lock stays held.
+    #[tokio::test]
+    async fn a_release_overtaking_a_dropped_acquire_is_caught() {
+        struct LateAcquire(InMemoryStore);
+        impl ForwardStore for LateAcquire {
+            fn target(&self) -> &dyn CheckpointStore {
+                &self.0
+            }
+            fn acquire(
+                &self,
+                run_id: &str,
+                owner: &str,
+                lease: Duration,
+            ) -> BoxFuture<'static, StoreResult<bool>> {
+                let (store, run_id, owner) =
+                    (self.0.clone(), run_id.to_string(), owner.to_string());
+                let landing = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    store.acquire(&run_id, &owner, lease).await
+                });
+                Box::pin(async move { landing.await.expect("the acquire's task") })
+            }
+        }
+        let late: Arc<dyn CheckpointStore> = Arc::new(LateAcquire(InMemoryStore::new()));
+        let name = "a_release_applies_after_an_acquire_whose_future_was_dropped";
+        let err = check(name).unwrap().run(late).await.unwrap_err();
+        assert!(err.contains("applied before it"), "{err}");
+    }
+
+    /// A store that leaves `updated_at` at the start's time.
+    #[tokio::test]
+    async fn an_updated_at_frozen_at_the_start_is_caught() {
+        struct Frozen(InMemoryStore);
+        impl ForwardStore for Frozen {
+            fn target(&self) -> &dyn CheckpointStore {
+                &self.0
+            }
+            fn list_runs(
+                &self,
+                statuses: &[RunStatus],
+            ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+                let listed = self.0.list_runs(statuses);
+                Box::pin(async move {
+                    let epoch = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+                    Ok(listed
+                        .await?
+                        .into_iter()
+                        .map(|l| l.with_updated_at(epoch))
+                        .collect())
+                })
+            }
+        }
+        let frozen: Arc<dyn CheckpointStore> = Arc::new(Frozen(InMemoryStore::new()));
+        let err = check("updated_at_is_the_last_status_write")
+            .unwrap()
+            .run(frozen)
+            .await
+            .unwrap_err();
+        assert!(err.contains("time of the last status write"), "{err}");
     }
 }

@@ -320,8 +320,16 @@ impl RunListing {
 /// `fluxio-store-sqlite`), `RedisStore` (crate `fluxio-store-redis`). All methods return
 /// `'static` futures: copy what you need from the arguments before the `async` block.
 ///
-/// The runtime polls every future it gets to completion; a store may do its work when the
-/// method is called or when the future is first polled.
+/// A store may do its work when the method is called or when the future is first polled.
+/// The runtime polls the futures it gets to completion while the run lives; when the run
+/// itself is dropped (a caller's timeout around `invoke`, a `select!`), the future in flight
+/// is dropped with it — an `acquire` that may already have reached the store, say, which is
+/// why [`release`](Self::release) asks for an order.
+///
+/// Leases are timed on one clock for every process sharing the store: the server's when
+/// there is one (Redis's `TIME`, a database's `clock_timestamp()`), or the machine's for a
+/// store on one machine (SQLite, the in-memory store) — so owners whose clocks disagree still
+/// agree on when a lease ran out.
 ///
 /// Locking: a run is written only by the holder of its lock. [`acquire`](Self::acquire)
 /// takes it for a lease (the holder taking it again sets the new lease, shorter or not),
