@@ -128,6 +128,19 @@ impl Parse for Node {
                 });
             }
         }
+        // `parallel(a, b)` or `parallel [a, b]`: the block written with other brackets
+        // (a function named `parallel` returning a pipeline would be a stretch).
+        if input.peek(Ident) && (input.peek2(syn::token::Paren) || input.peek2(syn::token::Bracket))
+        {
+            let fork = input.fork();
+            let keyword: Ident = fork.parse()?;
+            if keyword == PARALLEL {
+                return Err(syn::Error::new(
+                    keyword.span(),
+                    "a parallel block takes braces: `parallel { a, b }`",
+                ));
+            }
+        }
         // A plain path is a stage (or a route stage when `=>` follows); anything else is an
         // expression producing a nested pipeline.
         let fork = input.fork();
