@@ -350,6 +350,14 @@ pub fn missing_resource(stage: &'static str, type_name: &'static str) -> StageEr
     })
 }
 
+/// The metadata of `stage`, as `pipeline!`'s compile-time checks read it: from the stage
+/// as a value, not its type (`<S as Stage>::META`), so that a plain function named in
+/// `pipeline!` is reported as "not a fluxio stage" rather than first as "not a type".
+pub const fn meta_of<S: crate::Stage>(stage: &S) -> crate::StageMeta {
+    let _ = stage;
+    S::META
+}
+
 /// Compile-time check of two stages of one `parallel` block (called in a `const` item
 /// spanned at the user's tokens): panics, which rustc reports as an error naming both
 /// stages and the key, when their accesses conflict.

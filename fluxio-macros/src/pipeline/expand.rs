@@ -21,8 +21,8 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         for (j, b) in members.iter().enumerate() {
             for first in &members[..j] {
                 let args = quote!(
-                    &<#first as #private::Stage>::META,
-                    &<#b as #private::Stage>::META,
+                    &#private::meta_of(&#first),
+                    &#private::meta_of(&#b),
                 );
                 let mut args = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, args);
                 args.set_span(block.brace);
@@ -51,7 +51,7 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     {
         let n = a.nodes.len();
         let names = a.nodes.iter().map(|node| match stage_path(&node.kind) {
-            Some(path) => quote!(<#path as #private::Stage>::META.name),
+            Some(path) => quote!(#private::meta_of(&#path).name),
             None => quote!(""),
         });
         let branches = a.nodes.iter().map(|node| {
@@ -118,7 +118,7 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
                 checks.push(check_at(
                     path,
                     quote!(#private::check_route_use),
-                    quote!(&<#path as #private::Stage>::META, false, #in_parallel),
+                    quote!(&#private::meta_of(&#path), false, #in_parallel),
                 ));
                 specs.push(
                     quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
@@ -129,7 +129,7 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
                 checks.push(check_at(
                     stage,
                     quote!(#private::check_route_use),
-                    quote!(&<#stage as #private::Stage>::META, true, false),
+                    quote!(&#private::meta_of(&#stage), true, false),
                 ));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
                 descs.push(desc(&private, stage, 0, &branch));
@@ -208,8 +208,8 @@ fn stage_path(kind: &FlatKind) -> Option<&syn::Path> {
 fn desc(private: &TokenStream, path: &syn::Path, group: u32, branch: &TokenStream) -> TokenStream {
     quote_spanned! {path.span()=>
         #private::NodeDesc {
-            reads: <#path as #private::Stage>::META.access.reads,
-            writes: <#path as #private::Stage>::META.access.writes,
+            reads: #private::meta_of(&#path).access.reads,
+            writes: #private::meta_of(&#path).access.writes,
             group: #group,
             branch: #branch,
         }
