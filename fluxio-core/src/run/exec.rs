@@ -1300,8 +1300,8 @@ impl SchedState {
                     // The stage's end could not be recorded: the run fails with the store's
                     // error (and no rollback runs: see `poll_rollback_record`). The stage
                     // itself did not fail — it runs again on resume — so it is reported
-                    // cancelled, as the stages whose entries were still being stored are
-                    // (not as a failure a stage's metrics would count).
+                    // cancelled, as a stage whose save fails while the run fails is (not
+                    // as a failure a stage's metrics would count).
                     let (i, ..) = d.pending.swap_remove(k);
                     d.entry_lost = true;
                     lost = Some((i, Error::from_store(&d.run_id, "save", e)));
