@@ -199,9 +199,12 @@ impl StageError {
     /// assert!(denied.is_refusal());
     /// assert_eq!(denied.to_string(), "tenant `bob` may not run `export`");
     /// ```
+    /// An error that already says the stage could not be called (a read missing after a
+    /// middleware skipped its writer) is returned as it is: it keeps its own meaning — no
+    /// fallback, no retry — and its precise error.
     pub fn refusal(error: impl Into<StageError>) -> Self {
         let error: StageError = error.into();
-        if error.is_refusal() {
+        if error.is_refusal() || error.was_not_called() {
             return error;
         }
         StageError {

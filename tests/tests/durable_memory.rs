@@ -1358,6 +1358,101 @@ async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
     );
 }
 
+/// Wraps the in-memory store; every stage entry's save, once polled, fails (`hang`: never
+/// answers).
+#[derive(Clone)]
+struct EntriesDown {
+    inner: InMemoryStore,
+    hang: bool,
+}
+
+impl ForwardStore for EntriesDown {
+    fn target(&self) -> &dyn CheckpointStore {
+        &self.inner
+    }
+    fn save(
+        &self,
+        run_id: &str,
+        owner: &str,
+        save: Save,
+    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
+        if !matches!(save, Save::Entry(_)) {
+            return self.inner.save(run_id, owner, save);
+        }
+        let hang = self.hang;
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err(fluxio::store::StoreError::backend("save", "down"))
+        })
+    }
+}
+
+/// The sibling finished beside the failure, but its entry cannot be stored: it is reported
+/// cancelled (a resume runs it again), never completed, and gets no checkpoint.
+#[tokio::test]
+async fn a_sibling_whose_entry_cannot_be_stored_beside_the_failure_is_cancelled() {
+    let probe = Arc::new(Probe::default());
+    let left_log = LeftLog::default();
+    let pipe = pipeline! { parallel { left, right } }
+        .with_resource(probe.clone())
+        .with_callback(left_log.clone())
+        .with_store(EntriesDown {
+            inner: InMemoryStore::new(),
+            hang: false,
+        });
+    probe.set_failing(&["right"]);
+    let err = pipe
+        .invoke(input! { seed: 1 })
+        .run_id("beside-down")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Stage { stage: "right", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        left_log.0.lock().unwrap().as_slice(),
+        ["start", "cancelled", "run end"]
+    );
+}
+
+/// A run dropped while the sibling's entry is still being stored: the sibling is reported
+/// cancelled, once, and the run cancelled (no run end).
+#[tokio::test]
+async fn a_run_dropped_while_storing_a_sibling_beside_the_failure_cancels_it_once() {
+    let probe = Arc::new(Probe::default());
+    let left_log = LeftLog::default();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    struct RunCancelled(Arc<AtomicBool>);
+    impl fluxio::Callback for RunCancelled {
+        fn on_run_cancelled(&self, _: &str) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let pipe = pipeline! { parallel { left, right } }
+        .with_resource(probe.clone())
+        .with_callback(left_log.clone())
+        .with_callback(RunCancelled(cancelled.clone()))
+        .with_store(EntriesDown {
+            inner: InMemoryStore::new(),
+            hang: true,
+        });
+    probe.set_failing(&["right"]);
+    let waited = tokio::time::timeout(
+        Duration::from_millis(200),
+        std::future::IntoFuture::into_future(pipe.invoke(input! { seed: 1 }).run_id("beside-hang")),
+    )
+    .await;
+    assert!(waited.is_err(), "the run waits for the entry: {waited:?}");
+    assert_eq!(
+        left_log.0.lock().unwrap().as_slice(),
+        ["start", "cancelled"]
+    );
+    assert!(cancelled.load(Ordering::SeqCst));
+}
+
 /// Wraps the in-memory store; the second stage entry it is asked to save fails.
 #[derive(Clone)]
 struct SecondEntryFails {

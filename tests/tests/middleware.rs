@@ -735,6 +735,46 @@ async fn a_middleware_refusal_is_neither_retried_nor_counted_by_a_breaker() {
     }
 }
 
+#[stage(reads = [out], writes = [words])]
+async fn describe(out: &u64) -> String {
+    format!("out is {out}")
+}
+
+/// Wraps every error of the calls inside it as a refusal.
+struct RefuseErrors;
+
+impl Middleware for RefuseErrors {
+    fn handle<'a>(
+        &'a self,
+        call: StageCall<'a>,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<fluxio::StageOutput, StageError>> {
+        Box::pin(async move { next.run(call).await.map_err(StageError::refusal) })
+    }
+}
+
+/// A refusal made of an error that says the stage could not be called (its read missing,
+/// its writer skipped) keeps that error: the run fails with `MissingKey`, its reason
+/// naming the skip.
+#[tokio::test]
+async fn a_refusal_keeps_a_missing_read_as_it_is() {
+    let flaky = Flaky::failing(0);
+    let pipe = pipeline! { work, describe }
+        .with_resource(flaky.clone())
+        .with_middleware(SkipStage("work"))
+        .with_middleware(RefuseErrors);
+    let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    match &err {
+        Error::MissingKey {
+            stage: "describe",
+            key: "out",
+            reason,
+            ..
+        } => assert!(reason.contains("skipped by a middleware"), "{reason}"),
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+}
+
 /// Skips one stage by name, with a reason.
 struct SkipStage(&'static str);
 

@@ -1410,11 +1410,13 @@ impl SchedState {
                 Ok(()) => {}
             }
         }
-        if self.poll_finishing(cx).is_pending() {
-            return Some(Poll::Pending);
-        }
+        // Entries first: a sibling's entry is stored (and its stage reported) while a sync
+        // stage's body still runs on the blocking pool, not only once it returns.
         if let Some(lost) = self.poll_saving(cx) {
             return Some(Poll::Ready(Err(lost)));
+        }
+        if self.poll_finishing(cx).is_pending() {
+            return Some(Poll::Pending);
         }
         let d = self.durable.as_mut()?;
         let rb = self.rolling_back.as_mut().expect("rolling back");
@@ -1471,34 +1473,39 @@ impl SchedState {
     /// the callbacks how each stage ended: completed once its entry is stored (after
     /// `on_checkpoint`), cancelled if the store failed. `Some` when the run lost its lock.
     fn poll_saving(&mut self, cx: &mut Context<'_>) -> Option<Error> {
-        let (Some(d), Some(rb)) = (self.durable.as_mut(), self.rolling_back.as_mut()) else {
-            return None;
-        };
-        let mut ended: SmallVec<[(u32, Option<usize>); 4]> = SmallVec::new();
         let mut lock_lost = None;
         let mut k = 0;
-        while k < rb.saving.len() {
-            let Poll::Ready(r) = rb.saving[k].2.as_mut().poll(cx) else {
-                k += 1;
-                continue;
-            };
-            let (i, size, _) = rb.saving.swap_remove(k);
-            match r {
-                Ok(()) => ended.push((i, Some(size))),
-                Err(e) => {
-                    ended.push((i, None));
-                    let e = Error::from_store(&d.run_id, "save", e);
-                    if matches!(e, Error::LockLost { .. }) {
-                        lock_lost = Some(e);
-                        break;
+        loop {
+            // Each save that ended is reported before the next is polled: a store whose
+            // poll panics leaves the stages not yet reported in `saving`, for
+            // `cancel_in_flight` to report.
+            let (i, stored) = {
+                let (Some(d), Some(rb)) = (self.durable.as_mut(), self.rolling_back.as_mut())
+                else {
+                    return None;
+                };
+                let Some(save) = rb.saving.get_mut(k) else {
+                    break;
+                };
+                let Poll::Ready(r) = save.2.as_mut().poll(cx) else {
+                    k += 1;
+                    continue;
+                };
+                let (i, size, _) = rb.saving.swap_remove(k);
+                match r {
+                    Ok(()) => (i as usize, Some(size)),
+                    Err(e) => {
+                        let e = Error::from_store(&d.run_id, "save", e);
+                        if matches!(e, Error::LockLost { .. }) {
+                            lock_lost = Some(e);
+                        } else {
+                            tracing::warn!(error = %e, "could not store a finished stage's entry as the run failed");
+                            d.entry_lost = true;
+                        }
+                        (i as usize, None)
                     }
-                    tracing::warn!(error = %e, "could not store a finished stage's entry as the run failed");
-                    d.entry_lost = true;
                 }
-            }
-        }
-        for (i, stored) in ended {
-            let i = i as usize;
+            };
             match stored {
                 Some(size) => {
                     let attempt = self.attempt_of(i, None);
@@ -1511,6 +1518,9 @@ impl SchedState {
                     }
                 }
                 None => self.report_cancelled(i),
+            }
+            if lock_lost.is_some() {
+                break;
             }
         }
         if lock_lost.is_some() {

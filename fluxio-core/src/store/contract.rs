@@ -946,12 +946,25 @@ async fn updated_at_is_the_last_status_write(s: &dyn CheckpointStore) -> Outcome
         "finish",
     )?;
     let finished = at(ok(s.list_runs(&[]).await, "list_runs")?)?;
-    let moved = finished.and_then(|f| f.duration_since(started).ok());
-    // Two readings of the store's clock, `pause` apart: allow for a coarse clock.
+    let moved = |finished: Option<std::time::SystemTime>| {
+        finished.and_then(|f| f.duration_since(started).ok())
+    };
+    if moved(finished).is_some_and(|d| d >= pause / 2) {
+        return Ok(());
+    }
+    // A store whose clock counts whole seconds (which `updated_at` allows) may read the same
+    // time twice `pause` apart: one more status write, past the next second, must move it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ok(
+        s.save(r, "a", Save::finish(RunStatus::Completed, None))
+            .await,
+        "a second finish",
+    )?;
+    let again = at(ok(s.list_runs(&[]).await, "list_runs")?)?;
     ensure!(
-        moved.is_some_and(|d| d >= pause / 2),
-        "`updated_at` is {finished:?} after the finish, {started:?} after the start \
-         ({pause:?} earlier): it must be the time of the last status write"
+        moved(again).is_some_and(|d| d > Duration::ZERO),
+        "`updated_at` is {again:?} after a finish, {finished:?} after another 1.1 s earlier, \
+         {started:?} after the start: it must be the time of the last status write"
     );
     Ok(())
 }
@@ -1338,5 +1351,42 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("time of the last status write"), "{err}");
+    }
+
+    /// A store whose `updated_at` counts whole seconds keeps the contract.
+    #[tokio::test]
+    async fn an_updated_at_in_whole_seconds_passes() {
+        struct Seconds(InMemoryStore);
+        impl ForwardStore for Seconds {
+            fn target(&self) -> &dyn CheckpointStore {
+                &self.0
+            }
+            fn list_runs(
+                &self,
+                statuses: &[RunStatus],
+            ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+                let listed = self.0.list_runs(statuses);
+                Box::pin(async move {
+                    Ok(listed
+                        .await?
+                        .into_iter()
+                        .map(|l| match l.updated_at {
+                            Some(at) => {
+                                let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+                                let whole = Duration::from_secs(secs.as_secs());
+                                l.with_updated_at(std::time::UNIX_EPOCH + whole)
+                            }
+                            None => l,
+                        })
+                        .collect())
+                })
+            }
+        }
+        let seconds: Arc<dyn CheckpointStore> = Arc::new(Seconds(InMemoryStore::new()));
+        check("updated_at_is_the_last_status_write")
+            .unwrap()
+            .run(seconds)
+            .await
+            .unwrap();
     }
 }

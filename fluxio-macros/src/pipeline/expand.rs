@@ -184,7 +184,6 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     }
 }
 
-/// The stage of a node (none for a nested pipeline).
 /// `const _: () = check(args);`, a compile-time check about the stage at `path`, spanned
 /// so that the compiler underlines the whole path (`billing::charge`, not only `billing`):
 /// the call starts at the path's first token and its parentheses end at its last.
@@ -198,6 +197,7 @@ fn check_at(path: &syn::Path, check: TokenStream, args: TokenStream) -> TokenStr
     quote!(#head #args;)
 }
 
+/// The stage of a node (none for a nested pipeline).
 fn stage_path(kind: &FlatKind) -> Option<&syn::Path> {
     match kind {
         FlatKind::Stage(path) | FlatKind::Route { stage: path, .. } => Some(path),
