@@ -270,7 +270,7 @@ macro_rules! same {
         match (&$got, &$want) {
             (got, want) => {
                 if got != want {
-                    return Err(format!("{}: expected {:?}, got {:?}", format!($($what)+), want, got));
+                    return Err(format!("{}: expected {}, got {}", format!($($what)+), short(want), short(got)));
                 }
             }
         }
@@ -639,12 +639,27 @@ async fn concurrent_entries_are_all_kept(s: &dyn CheckpointStore) -> Outcome {
     }
     let mut entries = load(s, r).await?.entries;
     entries.sort();
-    same!(
-        entries,
-        (0..50u8).map(|i| vec![i]).collect::<Vec<_>>(),
-        "entries saved at once (sorted)"
-    );
+    let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i]).collect();
+    if entries != expected {
+        let missing: Vec<_> = expected.iter().filter(|e| !entries.contains(e)).collect();
+        let extra: Vec<_> = entries.iter().filter(|e| !expected.contains(e)).collect();
+        return Err(format!(
+            "of 50 entries saved at once, {} came back: missing {}, never saved {}",
+            entries.len(),
+            short(&missing),
+            short(&extra)
+        ));
+    }
     Ok(())
+}
+
+/// `value`'s debug form, cut to a readable length.
+fn short(value: &impl std::fmt::Debug) -> String {
+    let text = format!("{value:?}");
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}… ({} characters in all)", &text[..at], text.len()),
+        None => text,
+    }
 }
 
 async fn entry_or_finish_before_start_fails_without_writing(s: &dyn CheckpointStore) -> Outcome {
