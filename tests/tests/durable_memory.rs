@@ -1257,29 +1257,43 @@ impl LeftLog {
     }
 }
 
-/// SPEC §6: siblings that had finished stay finished for resume — also one that finished in
-/// the same wake-up as the failure, its entry not yet stored: the run stores it before it
-/// ends, and a resume does not run it again.
-#[tokio::test]
-async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
-    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+/// `pipe` (`parallel { <left>, right }`) with `probe`, an event log, a [`LeftLog`] and
+/// `store`, run as `run_id` with `right` failing: the run fails with `right`'s error.
+async fn fail_beside(
+    pipe: Pipeline,
+    probe: &Arc<Probe>,
+    store: impl CheckpointStore,
+    run_id: &str,
+) -> (Pipeline, fluxio_tests::Events, LeftLog) {
     let (sink, events) = fluxio_tests::event_log();
     let left_log = LeftLog::default();
-    let pipe = pipeline! { parallel { left, right } }
+    let pipe = pipe
         .with_resource(probe.clone())
         .with_callback(sink)
         .with_callback(left_log.clone())
-        .with_store(Lazy(store.clone()));
+        .with_store(store);
     probe.set_failing(&["right"]);
     let err = pipe
         .invoke(input! { seed: 1 })
-        .run_id("beside-failure")
+        .run_id(run_id)
         .await
         .unwrap_err();
     assert!(
         matches!(&err, Error::Stage { stage: "right", .. }),
         "{err:?}"
     );
+    (pipe, events, left_log)
+}
+
+/// SPEC §6: siblings that had finished stay finished for resume — also one that finished in
+/// the same wake-up as the failure, its entry not yet stored: the run stores it before it
+/// ends, and a resume does not run it again.
+#[tokio::test]
+async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
+    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let pipe = pipeline! { parallel { left, right } };
+    let (pipe, events, left_log) =
+        fail_beside(pipe, &probe, Lazy(store.clone()), "beside-failure").await;
     probe.set_failing(&[]);
     let cp = stored(&store, "beside-failure").await;
     assert_eq!(cp.entries.len(), 1, "`left`'s entry is stored");
@@ -1322,24 +1336,10 @@ async fn undo_left(_seed: &u64, probe: Res<Arc<Probe>>) -> Result<(), StageError
 /// then rolled back — it had finished, so its work is undone, not cancelled.
 #[tokio::test]
 async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
-    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    let (sink, events) = fluxio_tests::event_log();
-    let left_log = LeftLog::default();
-    let pipe = pipeline! { parallel { left_undone, right } }
-        .with_resource(probe.clone())
-        .with_callback(sink)
-        .with_callback(left_log.clone())
-        .with_store(Lazy(store.clone()));
-    probe.set_failing(&["right"]);
-    let err = pipe
-        .invoke(input! { seed: 1 })
-        .run_id("beside-failure-undone")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Stage { stage: "right", .. }),
-        "{err:?}"
-    );
+    let probe = Arc::new(Probe::default());
+    let pipe = pipeline! { parallel { left_undone, right } };
+    let store = Lazy(InMemoryStore::new());
+    let (_, events, left_log) = fail_beside(pipe, &probe, store, "beside-failure-undone").await;
     assert_eq!(probe.count("undo left"), 1);
     assert_eq!(
         left_log.0.lock().unwrap().as_slice(),
@@ -1394,24 +1394,12 @@ impl ForwardStore for EntriesDown {
 #[tokio::test]
 async fn a_sibling_whose_entry_cannot_be_stored_beside_the_failure_is_cancelled() {
     let probe = Arc::new(Probe::default());
-    let left_log = LeftLog::default();
-    let pipe = pipeline! { parallel { left, right } }
-        .with_resource(probe.clone())
-        .with_callback(left_log.clone())
-        .with_store(EntriesDown {
-            inner: InMemoryStore::new(),
-            hang: false,
-        });
-    probe.set_failing(&["right"]);
-    let err = pipe
-        .invoke(input! { seed: 1 })
-        .run_id("beside-down")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Stage { stage: "right", .. }),
-        "{err:?}"
-    );
+    let store = EntriesDown {
+        inner: InMemoryStore::new(),
+        hang: false,
+    };
+    let pipe = pipeline! { parallel { left, right } };
+    let (_, _, left_log) = fail_beside(pipe, &probe, store, "beside-down").await;
     assert_eq!(
         left_log.0.lock().unwrap().as_slice(),
         ["start", "cancelled", "run end"]

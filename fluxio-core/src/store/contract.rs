@@ -1336,30 +1336,39 @@ mod tests {
         assert!(err.contains("applied before it"), "{err}");
     }
 
-    /// A store that leaves `updated_at` at the start's time.
+    /// The in-memory store, its listings' `updated_at` changed by the function.
+    struct UpdatedAt(
+        InMemoryStore,
+        fn(std::time::SystemTime) -> std::time::SystemTime,
+    );
+
+    impl ForwardStore for UpdatedAt {
+        fn target(&self) -> &dyn CheckpointStore {
+            &self.0
+        }
+        fn list_runs(
+            &self,
+            statuses: &[RunStatus],
+        ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
+            let (listed, change) = (self.0.list_runs(statuses), self.1);
+            Box::pin(async move {
+                Ok(listed
+                    .await?
+                    .into_iter()
+                    .map(|l| match l.updated_at {
+                        Some(at) => l.with_updated_at(change(at)),
+                        None => l,
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    /// A store that leaves `updated_at` at one time.
     #[tokio::test]
     async fn an_updated_at_frozen_at_the_start_is_caught() {
-        struct Frozen(InMemoryStore);
-        impl ForwardStore for Frozen {
-            fn target(&self) -> &dyn CheckpointStore {
-                &self.0
-            }
-            fn list_runs(
-                &self,
-                statuses: &[RunStatus],
-            ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
-                let listed = self.0.list_runs(statuses);
-                Box::pin(async move {
-                    let epoch = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-                    Ok(listed
-                        .await?
-                        .into_iter()
-                        .map(|l| l.with_updated_at(epoch))
-                        .collect())
-                })
-            }
-        }
-        let frozen: Arc<dyn CheckpointStore> = Arc::new(Frozen(InMemoryStore::new()));
+        let frozen = |_| std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let frozen: Arc<dyn CheckpointStore> = Arc::new(UpdatedAt(InMemoryStore::new(), frozen));
         let err = check("updated_at_is_the_last_status_write")
             .unwrap()
             .run(frozen)
@@ -1371,33 +1380,11 @@ mod tests {
     /// A store whose `updated_at` counts whole seconds keeps the contract.
     #[tokio::test]
     async fn an_updated_at_in_whole_seconds_passes() {
-        struct Seconds(InMemoryStore);
-        impl ForwardStore for Seconds {
-            fn target(&self) -> &dyn CheckpointStore {
-                &self.0
-            }
-            fn list_runs(
-                &self,
-                statuses: &[RunStatus],
-            ) -> BoxFuture<'static, StoreResult<Vec<RunListing>>> {
-                let listed = self.0.list_runs(statuses);
-                Box::pin(async move {
-                    Ok(listed
-                        .await?
-                        .into_iter()
-                        .map(|l| match l.updated_at {
-                            Some(at) => {
-                                let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap();
-                                let whole = Duration::from_secs(secs.as_secs());
-                                l.with_updated_at(std::time::UNIX_EPOCH + whole)
-                            }
-                            None => l,
-                        })
-                        .collect())
-                })
-            }
-        }
-        let seconds: Arc<dyn CheckpointStore> = Arc::new(Seconds(InMemoryStore::new()));
+        let whole = |at: std::time::SystemTime| {
+            let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+            std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+        };
+        let seconds: Arc<dyn CheckpointStore> = Arc::new(UpdatedAt(InMemoryStore::new(), whole));
         check("updated_at_is_the_last_status_write")
             .unwrap()
             .run(seconds)
