@@ -53,6 +53,7 @@ fn flatten(cx: &mut Ctxt, a: &mut Analysis, nodes: Vec<Node>, branch: Option<(u3
                     ));
                 }
                 let group = a.parallel_blocks.len() as u32 + 1;
+                let first = a.nodes.len();
                 for path in &members {
                     a.nodes.push(FlatNode {
                         kind: FlatKind::Stage(path.clone()),
@@ -63,6 +64,7 @@ fn flatten(cx: &mut Ctxt, a: &mut Analysis, nodes: Vec<Node>, branch: Option<(u3
                 a.parallel_blocks.push(ParallelBlock {
                     keyword: keyword.span(),
                     brace,
+                    first,
                     members,
                 });
             }

@@ -12,18 +12,25 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
     let private = crate::paths::private(krate);
     let mut checks = Vec::new();
 
+    // Each stage's metadata, read once from the stage as a value (a plain function named
+    // here is then reported once as "not a fluxio stage", not by every check that reads it).
+    for (i, node) in a.nodes.iter().enumerate() {
+        if let Some(path) = stage_path(&node.kind) {
+            let name = meta_name(i);
+            let read = call_at(path, quote!(#private::meta_of), quote!(&#path));
+            checks.push(quote!(const #name: #private::StageMeta = #read;));
+        }
+    }
+
     // Each pair of one `parallel` block must not conflict; reported on the block (SPEC
     // §1.3), the message naming both stages and the key: the call starts at the `parallel`
     // keyword and its arguments' parentheses carry the braces' span, so the compiler
     // underlines `parallel { ... }` whole.
     for block in &a.parallel_blocks {
-        let members = &block.members;
-        for (j, b) in members.iter().enumerate() {
-            for first in &members[..j] {
-                let args = quote!(
-                    &#private::meta_of(&#first),
-                    &#private::meta_of(&#b),
-                );
+        for j in 1..block.members.len() {
+            for i in 0..j {
+                let (first, second) = (meta_name(block.first + i), meta_name(block.first + j));
+                let args = quote!(&#first, &#second);
                 let mut args = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, args);
                 args.set_span(block.brace);
                 let head = respan(
@@ -50,10 +57,17 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         > 1
     {
         let n = a.nodes.len();
-        let names = a.nodes.iter().map(|node| match stage_path(&node.kind) {
-            Some(path) => quote!(#private::meta_of(&#path).name),
-            None => quote!(""),
-        });
+        let names = a
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| match stage_path(&node.kind) {
+                Some(_) => {
+                    let meta = meta_name(i);
+                    quote!(#meta.name)
+                }
+                None => quote!(""),
+            });
         let branches = a.nodes.iter().map(|node| {
             let branch = branch_tokens(node.branch);
             quote!(#private::NodeDesc { reads: &[], writes: &[], group: 0, branch: #branch })
@@ -115,24 +129,26 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         let in_parallel = group != 0;
         match &node.kind {
             FlatKind::Stage(path) => {
+                let meta = meta_name(i);
                 checks.push(check_at(
                     path,
                     quote!(#private::check_route_use),
-                    quote!(&#private::meta_of(&#path), false, #in_parallel),
+                    quote!(&#meta, false, #in_parallel),
                 ));
                 specs.push(
                     quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
                 );
-                descs.push(desc(&private, path, group, &branch));
+                descs.push(desc(&private, i, path, group, &branch));
             }
             FlatKind::Route { stage, labels } => {
+                let meta = meta_name(i);
                 checks.push(check_at(
                     stage,
                     quote!(#private::check_route_use),
-                    quote!(&#private::meta_of(&#stage), true, false),
+                    quote!(&#meta, true, false),
                 ));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
-                descs.push(desc(&private, stage, 0, &branch));
+                descs.push(desc(&private, i, stage, 0, &branch));
             }
             FlatKind::Sub(expr) => {
                 specs.push(quote_spanned!(expr.span()=>
@@ -188,13 +204,24 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
 /// so that the compiler underlines the whole path (`billing::charge`, not only `billing`):
 /// the call starts at the path's first token and its parentheses end at its last.
 fn check_at(path: &syn::Path, check: TokenStream, args: TokenStream) -> TokenStream {
+    let call = call_at(path, check, args);
+    quote!(const _: () = #call;)
+}
+
+/// `callee(args)`, spanned over the whole of `path` (see [`check_at`]).
+fn call_at(path: &syn::Path, callee: TokenStream, args: TokenStream) -> TokenStream {
     let first = path.span();
     let last = path.segments.last().map_or(first, |s| s.ident.span());
-    let head = respan(quote!(const _: () = #check), first);
+    let callee = respan(callee, first);
     let mut args =
         proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, respan(args, first));
     args.set_span(last);
-    quote!(#head #args;)
+    quote!(#callee #args)
+}
+
+/// The const holding node `i`'s stage metadata.
+fn meta_name(i: usize) -> proc_macro2::Ident {
+    quote::format_ident!("__FLUXIO_META{}", i)
 }
 
 /// The stage of a node (none for a nested pipeline).
@@ -205,11 +232,18 @@ fn stage_path(kind: &FlatKind) -> Option<&syn::Path> {
     }
 }
 
-fn desc(private: &TokenStream, path: &syn::Path, group: u32, branch: &TokenStream) -> TokenStream {
+fn desc(
+    private: &TokenStream,
+    i: usize,
+    path: &syn::Path,
+    group: u32,
+    branch: &TokenStream,
+) -> TokenStream {
+    let meta = meta_name(i);
     quote_spanned! {path.span()=>
         #private::NodeDesc {
-            reads: #private::meta_of(&#path).access.reads,
-            writes: #private::meta_of(&#path).access.writes,
+            reads: #meta.access.reads,
+            writes: #meta.access.writes,
             group: #group,
             branch: #branch,
         }

@@ -25,6 +25,8 @@ pub(crate) struct ParallelBlock {
     /// is reported on the whole block.
     pub(crate) keyword: proc_macro2::Span,
     pub(crate) brace: proc_macro2::Span,
+    /// The index of its first member among the flattened nodes (the others follow it).
+    pub(crate) first: usize,
     /// Its members in order.
     pub(crate) members: Vec<syn::Path>,
 }
