@@ -14,8 +14,9 @@ use crate::error::Error;
 /// `stage.started`, `stage.completed`, `stage.failed`,
 /// `stage.skipped`, and `stage.cancelled` (a started stage dropped before it ended, so
 /// that every `stage.started` has its end) — and, for recovery, `stage.retrying`,
-/// `stage.fallback`, `stage.rolled_back` and `stage.rollback_failed`. Serializable, so it can be stored or sent as
-/// it is; durations serialize as milliseconds (`duration_ms`, fractional).
+/// `stage.fallback`, `stage.rolled_back` and `stage.rollback_failed`. Serializable, so it
+/// can be stored or sent as it is; durations serialize as milliseconds (`duration_ms`,
+/// fractional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 #[non_exhaustive]

@@ -109,39 +109,36 @@ pub struct StageError {
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
-/// The error of a stage that could not be called — a read missing or of another type, a
-/// resource missing — so its body never ran: no fallback answers it, no `Retry` repeats
-/// it. (A wrapper rather than a flag beside `inner`: `StageError` stays two words, as every
-/// stage call's result holds one.) Seen through, as its `Error`, by everything public.
+/// An error the runtime treats apart, wrapped to say so (a wrapper rather than a flag
+/// beside `inner`: `StageError` stays two words, as every stage call's result holds one).
+/// Seen through, as the error it holds, by everything public.
 #[derive(Debug)]
-struct NotCalled(Error);
+enum Marked {
+    /// The stage could not be called — a read missing or of another type, a resource
+    /// missing — so its body never ran: no fallback answers it, no `Retry` repeats it.
+    NotCalled(Error),
+    /// A middleware's refusal to call the stage ([`StageError::refusal`]).
+    Refused(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
 
-impl fmt::Display for NotCalled {
+impl Marked {
+    fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match self {
+            Marked::NotCalled(error) => error,
+            Marked::Refused(error) => &**error,
+        }
+    }
+}
+
+impl fmt::Display for Marked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(self.error(), f)
     }
 }
 
-impl std::error::Error for NotCalled {
+impl std::error::Error for Marked {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-/// A middleware's refusal to call the stage ([`StageError::refusal`]). Seen through, as
-/// its error, by everything public.
-#[derive(Debug)]
-struct Refused(Box<dyn std::error::Error + Send + Sync + 'static>);
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for Refused {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.error().source()
     }
 }
 
@@ -208,7 +205,7 @@ impl StageError {
             return error;
         }
         StageError {
-            inner: Box::new(Refused(error.inner)),
+            inner: Box::new(Marked::Refused(error.inner)),
         }
     }
 
@@ -216,7 +213,7 @@ impl StageError {
     /// [`refusal`](Self::refusal), or a built-in's (`Error::CircuitOpen`,
     /// `Error::RateLimited`) — what a `Retry` predicate may want to leave alone.
     pub fn is_refusal(&self) -> bool {
-        self.inner.is::<Refused>()
+        matches!(self.marked(), Some(Marked::Refused(_)))
             || matches!(
                 self.as_error().downcast_ref::<Error>(),
                 Some(Error::CircuitOpen { .. } | Error::RateLimited { .. })
@@ -225,37 +222,35 @@ impl StageError {
 
     /// The underlying error.
     pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        if let Some(NotCalled(error)) = self.inner.downcast_ref::<NotCalled>() {
-            return error;
-        }
-        match self.inner.downcast_ref::<Refused>() {
-            Some(Refused(error)) => &**error,
+        match self.marked() {
+            Some(marked) => marked.error(),
             None => &*self.inner,
         }
     }
 
+    fn marked(&self) -> Option<&Marked> {
+        self.inner.downcast_ref::<Marked>()
+    }
+
     /// Converts into the boxed underlying error.
     pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        let inner = match self.inner.downcast::<NotCalled>() {
-            Ok(not_called) => return Box::new(not_called.0),
-            Err(inner) => inner,
-        };
-        match inner.downcast::<Refused>() {
-            Ok(refused) => refused.0,
+        match self.inner.downcast::<Marked>().map(|marked| *marked) {
+            Ok(Marked::NotCalled(error)) => Box::new(error),
+            Ok(Marked::Refused(error)) => error,
             Err(inner) => inner,
         }
     }
 
-    /// `error`, which kept the stage from being called (see [`NotCalled`]).
+    /// `error`, which kept the stage from being called (see [`Marked::NotCalled`]).
     pub(crate) fn not_called(error: Error) -> Self {
         StageError {
-            inner: Box::new(NotCalled(error)),
+            inner: Box::new(Marked::NotCalled(error)),
         }
     }
 
     /// Whether the stage could not be called (its parameters could not be had).
     pub(crate) fn was_not_called(&self) -> bool {
-        self.inner.is::<NotCalled>()
+        matches!(self.marked(), Some(Marked::NotCalled(_)))
     }
 
     pub(crate) fn into_run_error(self, stage: &'static str) -> Error {

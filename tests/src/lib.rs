@@ -387,4 +387,7 @@ impl fluxio::Callback for LifecycleLog {
     fn on_chunk(&self, e: &fluxio::StageEvent<'_>) {
         self.push(format!("chunk {}", e.stage));
     }
+    fn on_checkpoint(&self, e: &fluxio::StageEvent<'_>, _bytes: usize) {
+        self.push(format!("checkpoint {}", e.stage));
+    }
 }

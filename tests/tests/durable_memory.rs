@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use fluxio::prelude::*;
 use fluxio::store::{BoxFuture, CheckpointStore, ForwardStore, RunStatus, Save, StoreResult};
 use fluxio::{Error, RunInfo};
+use fluxio_tests::LifecycleLog;
 
 fluxio::keys! {
     pub seed: u64;
@@ -65,9 +66,12 @@ async fn sc(b_out: &u64, probe: Res<Arc<Probe>>) -> Result<u64, StageError> {
 }
 
 fn chain(probe: &Arc<Probe>, store: &InMemoryStore) -> Pipeline {
-    pipeline! { sa, sb, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    durable(pipeline! { sa, sb, sc }, probe, store)
+}
+
+/// `pipe` with `probe` and checkpointing into `store`.
+fn durable(pipe: Pipeline, probe: &Arc<Probe>, store: &InMemoryStore) -> Pipeline {
+    pipe.with_resource(probe.clone()).with_store(store.clone())
 }
 
 /// Runs [`chain`] as `run_id` on `seed` with `sc` failing: `sa` and `sb` are stored done.
@@ -196,9 +200,7 @@ async fn another_pipeline_version_is_refused_unless_allowed() {
     stopped_at_sc(&probe, &store, "v", 1).await;
 
     // The same stages plus one at the end: a new version, compatible with the old run.
-    let v2 = pipeline! { sa, sb, sc, sd }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v2 = durable(pipeline! { sa, sb, sc, sd }, &probe, &store);
     let err = v2.resume("v").await.unwrap_err();
     match &err {
         Error::CheckpointVersion {
@@ -234,9 +236,7 @@ async fn a_resume_under_a_new_version_makes_the_checkpoint_that_versions() {
     let v1 = chain(&probe, &store);
     v1.invoke(input! { seed: 1 }).run_id("m").await.unwrap_err();
     probe.set_failing(&[]);
-    let v2 = pipeline! { sa, sb, sc, sd }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v2 = durable(pipeline! { sa, sb, sc, sd }, &probe, &store);
     v2.invoke(Ctx::new())
         .run_id("m")
         .resume()
@@ -275,9 +275,7 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     stopped_at_sc(&probe, &store, "moved", 1).await;
     // A stage added in front moves every node index; `sa` and `sb` are still done.
-    let v2 = pipeline! { s_label, sa, sb, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v2 = durable(pipeline! { s_label, sa, sb, sc }, &probe, &store);
     let out = v2
         .invoke(Ctx::new())
         .run_id("moved")
@@ -293,9 +291,7 @@ async fn a_new_version_finds_finished_stages_by_name_wherever_they_moved() {
 
     // A version without `sb` keeps the value `sb` wrote (`sc` reads it as an input now).
     stopped_at_sc(&probe, &store, "gone", 2).await;
-    let v3 = pipeline! { sa, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v3 = durable(pipeline! { sa, sc }, &probe, &store);
     let out = v3
         .invoke(input! { b_out: 0 })
         .run_id("gone")
@@ -326,9 +322,7 @@ async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     stopped_at_sc(&probe, &store, "renamed", 1).await;
     let before = stored(&store, "renamed").await;
-    let v2 = pipeline! { sa, sb_slow, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v2 = durable(pipeline! { sa, sb_slow, sc }, &probe, &store);
     let err = v2
         .invoke(Ctx::new())
         .run_id("renamed")
@@ -353,17 +347,13 @@ async fn a_new_stage_writing_what_a_vanished_finished_stage_wrote_is_refused() {
     // A stage that reads the key too transforms the value, as it would have after the
     // vanished stage: `sb` deleted before `sb_bump` resumes.
     probe.set_failing(&["sb_bump"]);
-    pipeline! { sa, sb, sb_bump }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    durable(pipeline! { sa, sb, sb_bump }, &probe, &store)
         .invoke(input! { seed: 1 })
         .run_id("deleted")
         .await
         .unwrap_err();
     probe.set_failing(&[]);
-    let out = pipeline! { sa, sb_bump }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    let out = durable(pipeline! { sa, sb_bump }, &probe, &store)
         .invoke(Ctx::new())
         .run_id("deleted")
         .resume()
@@ -468,23 +458,27 @@ async fn fails_once_on_label(label: &String, probe: Res<Arc<Probe>>) -> Result<S
 async fn a_ctx_style_stage_that_wrote_part_of_its_writes_still_fits_a_new_version() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     probe.set_failing(&["fails_once_on_label"]);
-    pipeline! { labels_only, fails_once_on_label }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
-        .invoke(input! { seed: 4 })
-        .run_id("ctx")
-        .await
-        .unwrap_err();
+    durable(
+        pipeline! { labels_only, fails_once_on_label },
+        &probe,
+        &store,
+    )
+    .invoke(input! { seed: 4 })
+    .run_id("ctx")
+    .await
+    .unwrap_err();
     probe.set_failing(&[]);
-    let out = pipeline! { labels_only, fails_once_on_label, sd_after_label }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
-        .invoke(Ctx::new())
-        .run_id("ctx")
-        .resume()
-        .allow_version_change()
-        .await
-        .unwrap();
+    let out = durable(
+        pipeline! { labels_only, fails_once_on_label, sd_after_label },
+        &probe,
+        &store,
+    )
+    .invoke(Ctx::new())
+    .run_id("ctx")
+    .resume()
+    .allow_version_change()
+    .await
+    .unwrap();
     assert_eq!(
         (out[key_seen].as_str(), out[extra].as_str()),
         ("seed 4", "seed 4!")
@@ -527,9 +521,7 @@ async fn s_pick(picked: &String) -> String {
 #[tokio::test]
 async fn replay_under_a_new_version_uses_the_inputs_it_knows() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
-    let v1 = pipeline! { s_pick, sa, sb, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let v1 = durable(pipeline! { s_pick, sa, sb, sc }, &probe, &store);
     v1.invoke(input! { seed: 3, picked: "x".into() })
         .run_id("old")
         .await
@@ -555,9 +547,7 @@ async fn a_second_invoke_with_a_live_run_id_is_refused_and_other_ids_do_not_wait
         ..Default::default()
     });
     let store = InMemoryStore::new();
-    let pipe = pipeline! { held }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let pipe = durable(pipeline! { held }, &probe, &store);
     let started = probe.started.notified();
     let first = tokio::spawn({
         let pipe = pipe.clone();
@@ -576,9 +566,7 @@ async fn a_second_invoke_with_a_live_run_id_is_refused_and_other_ids_do_not_wait
     );
 
     // Another id runs to the end while "busy" is still held open.
-    let other = pipeline! { sa }
-        .with_resource(probe.clone())
-        .with_store(store.clone());
+    let other = durable(pipeline! { sa }, &probe, &store);
     assert_eq!(
         other
             .invoke(input! { seed: 5 })
@@ -1227,46 +1215,24 @@ impl ForwardStore for Lazy {
     }
 }
 
-/// What the callbacks hear of stage `left`, and the run's end.
-#[derive(Default, Clone)]
-struct LeftLog(Arc<std::sync::Mutex<Vec<&'static str>>>);
-
-impl fluxio::Callback for LeftLog {
-    fn on_stage_start(&self, e: &fluxio::StageEvent<'_>) {
-        self.push(e, "start");
-    }
-    fn on_checkpoint(&self, e: &fluxio::StageEvent<'_>, _: usize) {
-        self.push(e, "checkpoint");
-    }
-    fn on_stage_end(&self, e: &fluxio::StageEvent<'_>, _: Duration) {
-        self.push(e, "end");
-    }
-    fn on_stage_cancelled(&self, e: &fluxio::StageEvent<'_>, _: Duration) {
-        self.push(e, "cancelled");
-    }
-    fn on_run_end(&self, _: &str, _: Result<&Ctx, &Error>, _: Duration) {
-        self.0.lock().unwrap().push("run end");
-    }
+/// What `log` heard of stage `left` and of the run's end.
+fn of_left(log: &LifecycleLog) -> Vec<String> {
+    log.lines()
+        .into_iter()
+        .filter(|l| l.ends_with(" left") || (l.starts_with("run_") && l != "run_start"))
+        .collect()
 }
 
-impl LeftLog {
-    fn push(&self, e: &fluxio::StageEvent<'_>, what: &'static str) {
-        if e.stage == "left" {
-            self.0.lock().unwrap().push(what);
-        }
-    }
-}
-
-/// `pipe` (`parallel { <left>, right }`) with `probe`, an event log, a [`LeftLog`] and
+/// `pipe` (`parallel { <left>, right }`) with `probe`, an event log, a [`LifecycleLog`] and
 /// `store`, run as `run_id` with `right` failing: the run fails with `right`'s error.
 async fn fail_beside(
     pipe: Pipeline,
     probe: &Arc<Probe>,
     store: impl CheckpointStore,
     run_id: &str,
-) -> (Pipeline, fluxio_tests::Events, LeftLog) {
+) -> (Pipeline, fluxio_tests::Events, LifecycleLog) {
     let (sink, events) = fluxio_tests::event_log();
-    let left_log = LeftLog::default();
+    let left_log = LifecycleLog::default();
     let pipe = pipe
         .with_resource(probe.clone())
         .with_callback(sink)
@@ -1310,8 +1276,8 @@ async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
     );
     assert_eq!(fluxio_tests::attempts(&events, "stage.cancelled"), []);
     assert_eq!(
-        left_log.0.lock().unwrap().as_slice(),
-        ["start", "checkpoint", "end", "run end"]
+        of_left(&left_log),
+        ["start left", "checkpoint left", "end left", "run_end err"]
     );
     let out = pipe.resume("beside-failure").await.unwrap();
     assert_eq!((out[a_out], out[b_out]), (101, 201));
@@ -1342,8 +1308,14 @@ async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
     let (_, events, left_log) = fail_beside(pipe, &probe, store, "beside-failure-undone").await;
     assert_eq!(probe.count("undo left"), 1);
     assert_eq!(
-        left_log.0.lock().unwrap().as_slice(),
-        ["start", "checkpoint", "end", "run end"]
+        of_left(&left_log),
+        [
+            "start left",
+            "checkpoint left",
+            "end left",
+            "rollback left",
+            "run_end err"
+        ]
     );
     let names: Vec<&str> = events
         .lock()
@@ -1401,8 +1373,8 @@ async fn a_sibling_whose_entry_cannot_be_stored_beside_the_failure_is_cancelled(
     let pipe = pipeline! { parallel { left, right } };
     let (_, _, left_log) = fail_beside(pipe, &probe, store, "beside-down").await;
     assert_eq!(
-        left_log.0.lock().unwrap().as_slice(),
-        ["start", "cancelled", "run end"]
+        of_left(&left_log),
+        ["start left", "cancelled left", "run_end err"]
     );
 }
 
@@ -1411,18 +1383,10 @@ async fn a_sibling_whose_entry_cannot_be_stored_beside_the_failure_is_cancelled(
 #[tokio::test]
 async fn a_run_dropped_while_storing_a_sibling_beside_the_failure_cancels_it_once() {
     let probe = Arc::new(Probe::default());
-    let left_log = LeftLog::default();
-    let cancelled = Arc::new(AtomicBool::new(false));
-    struct RunCancelled(Arc<AtomicBool>);
-    impl fluxio::Callback for RunCancelled {
-        fn on_run_cancelled(&self, _: &str) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+    let left_log = LifecycleLog::default();
     let pipe = pipeline! { parallel { left, right } }
         .with_resource(probe.clone())
         .with_callback(left_log.clone())
-        .with_callback(RunCancelled(cancelled.clone()))
         .with_store(EntriesDown {
             inner: InMemoryStore::new(),
             hang: true,
@@ -1435,10 +1399,9 @@ async fn a_run_dropped_while_storing_a_sibling_beside_the_failure_cancels_it_onc
     .await;
     assert!(waited.is_err(), "the run waits for the entry: {waited:?}");
     assert_eq!(
-        left_log.0.lock().unwrap().as_slice(),
-        ["start", "cancelled"]
+        of_left(&left_log),
+        ["start left", "cancelled left", "run_cancelled"]
     );
-    assert!(cancelled.load(Ordering::SeqCst));
 }
 
 /// Wraps the in-memory store; the second stage entry it is asked to save fails.
@@ -1687,9 +1650,7 @@ async fn a_named_nested_pipeline_is_reported_and_found_by_its_name() {
     );
     // A new version with a stage in front still finds `front` done.
     probe.set_failing(&[]);
-    let out = pipeline! { s_label, front.clone(), sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    let out = durable(pipeline! { s_label, front.clone(), sc }, &probe, &store)
         .invoke(Ctx::new())
         .run_id("named")
         .resume()
@@ -1744,9 +1705,7 @@ async fn s_default(a_out: &u64) -> u64 {
 async fn a_new_stage_that_would_overwrite_a_finished_stages_value_is_refused() {
     let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
     probe.set_failing(&["sc"]);
-    pipeline! { sa, sb, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    durable(pipeline! { sa, sb, sc }, &probe, &store)
         .invoke(input! { seed: 1 })
         .run_id("overwrite")
         .await
@@ -1754,9 +1713,7 @@ async fn a_new_stage_that_would_overwrite_a_finished_stages_value_is_refused() {
     probe.set_failing(&[]);
     // In a fresh run `sb`'s `b_out` replaces `s_default`'s; resumed, `s_default` would run
     // after `sb` and replace its value.
-    let err = pipeline! { sa, s_default, sb, sc }
-        .with_resource(probe.clone())
-        .with_store(store.clone())
+    let err = durable(pipeline! { sa, s_default, sb, sc }, &probe, &store)
         .invoke(Ctx::new())
         .run_id("overwrite")
         .resume()

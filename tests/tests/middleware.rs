@@ -735,11 +735,6 @@ async fn a_middleware_refusal_is_neither_retried_nor_counted_by_a_breaker() {
     }
 }
 
-#[stage(reads = [out], writes = [words])]
-async fn describe(out: &u64) -> String {
-    format!("out is {out}")
-}
-
 /// Wraps every error of the calls inside it as a refusal.
 struct RefuseErrors;
 
@@ -759,14 +754,14 @@ impl Middleware for RefuseErrors {
 #[tokio::test]
 async fn a_refusal_keeps_a_missing_read_as_it_is() {
     let flaky = Flaky::failing(0);
-    let pipe = pipeline! { work, describe }
+    let pipe = pipeline! { work, after_work }
         .with_resource(flaky.clone())
         .with_middleware(SkipStage("work"))
         .with_middleware(RefuseErrors);
     let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
     match &err {
         Error::MissingKey {
-            stage: "describe",
+            stage: "after_work",
             key: "out",
             reason,
             ..

@@ -1320,11 +1320,7 @@ impl SchedState {
         let progressed = !finished.is_empty();
         // Stored, even beside a save that failed: they ended.
         for (i, route, size) in finished {
-            // The attempt whose writes were stored (the last, after `Retry`).
-            let attempt = self.attempt_of(i as usize, None);
-            self.notify(i as usize, |c, ev| {
-                c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
-            });
+            self.note_checkpoint(i as usize, size);
             self.finish_node(i as usize, route);
         }
         if let Some((i, e)) = lost {
@@ -1469,6 +1465,15 @@ impl SchedState {
         }
     }
 
+    /// Tells the callbacks node `i`'s entry (`size` bytes) is stored, under the attempt whose
+    /// writes it holds (the last, after `Retry`).
+    fn note_checkpoint(&self, i: usize, size: usize) {
+        let attempt = self.attempt_of(i, None);
+        self.notify(i, |c, ev| {
+            c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
+        });
+    }
+
     /// Advances the saves of the entries that were being stored when the run failed, telling
     /// the callbacks how each stage ended: completed once its entry is stored (after
     /// `on_checkpoint`), cancelled if the store failed. `Some` when the run lost its lock.
@@ -1508,10 +1513,7 @@ impl SchedState {
             };
             match stored {
                 Some(size) => {
-                    let attempt = self.attempt_of(i, None);
-                    self.notify(i, |c, ev| {
-                        c.on_checkpoint(&StageEvent { attempt, ..*ev }, size);
-                    });
+                    self.note_checkpoint(i, size);
                     self.state[i] = DONE;
                     if self.obs.is_some() {
                         self.note_finished(i);

@@ -30,14 +30,13 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
         for j in 1..block.members.len() {
             for i in 0..j {
                 let (first, second) = (meta_name(block.first + i), meta_name(block.first + j));
-                let args = quote!(&#first, &#second);
-                let mut args = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, args);
-                args.set_span(block.brace);
-                let head = respan(
-                    quote!(const _: () = #private::check_parallel),
+                let call = call_spanning(
                     block.keyword,
+                    block.brace,
+                    quote!(#private::check_parallel),
+                    quote!(&#first, &#second),
                 );
-                checks.push(quote!(#head #args;));
+                checks.push(quote!(const _: () = #call;));
             }
         }
     }
@@ -212,6 +211,17 @@ fn check_at(path: &syn::Path, check: TokenStream, args: TokenStream) -> TokenStr
 fn call_at(path: &syn::Path, callee: TokenStream, args: TokenStream) -> TokenStream {
     let first = path.span();
     let last = path.segments.last().map_or(first, |s| s.ident.span());
+    call_spanning(first, last, callee, args)
+}
+
+/// `callee(args)`, spanned from `first` to `last`: the compiler underlines a call from the
+/// start of its callee to the end of its parentheses (on stable, a span cannot be joined).
+fn call_spanning(
+    first: proc_macro2::Span,
+    last: proc_macro2::Span,
+    callee: TokenStream,
+    args: TokenStream,
+) -> TokenStream {
     let callee = respan(callee, first);
     let mut args =
         proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, respan(args, first));
