@@ -1,7 +1,8 @@
 //! Runs the 10-stage chain in a loop, for profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
-//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|handtrio|cache|cb|size] [iterations]`
+//! `cargo run --release --example profile_chain -- [fluxio|baseline|middleware|handtrio|cache|hit|cb|size] [iterations]`
 //! (`middleware`: the chain with CircuitBreaker + Retry + Cache, every input different;
+//! `hit`: the chain with a Cache, the same input every time;
 //! `handtrio`: the hand-written chain through the same trio written by hand).
 
 use fluxio::prelude::input;
@@ -17,7 +18,7 @@ fn main() {
         .unwrap();
     let pipe = if which == "middleware" {
         trio_pipeline()
-    } else if which == "cache" {
+    } else if which == "cache" || which == "hit" {
         chain_pipeline().with_middleware(bench_cache())
     } else if which == "cb" {
         chain_pipeline().with_middleware(fluxio::prelude::CircuitBreaker::new(5))
@@ -56,7 +57,10 @@ fn main() {
             } else if which == "handtrio" {
                 chain_trio_baseline(input! { c0: i }, &hand).await.unwrap()
             } else {
-                pipe.invoke(input! { c0: i }).await.unwrap()
+                // `hit`: the same input every time, so every stage after the first call
+                // is answered from the cache.
+                let c = if which == "hit" { 1 } else { i };
+                pipe.invoke(input! { c0: c }).await.unwrap()
             };
             std::hint::black_box(out);
         }

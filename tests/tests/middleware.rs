@@ -214,6 +214,33 @@ async fn cache_is_bounded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cache_counts_every_call_it_could_not_answer_failed_ones_too() {
+    // Two failures, then a success, through a `Retry` outside the cache: three calls the
+    // cache had no result for, one result stored, then a hit. Behind a user's middleware
+    // too (the chain then runs as boxed futures).
+    for behind_a_users_middleware in [false, true] {
+        let flaky = Flaky::failing(2);
+        let cache = Cache::ttl(Duration::from_secs(60));
+        let mut pipe = pipeline! { work }.with_resource(flaky.clone());
+        if behind_a_users_middleware {
+            pipe = pipe.with_middleware(fluxio_tests::SkipStage("nothing"));
+        }
+        let pipe = pipe
+            .with_middleware(Retry::constant(3, Duration::from_millis(10)))
+            .with_middleware(cache.clone());
+        assert_eq!(pipe.invoke(input! { n: 5 }).await.unwrap()[out], 10);
+        assert_eq!(pipe.invoke(input! { n: 5 }).await.unwrap()[out], 10);
+        assert_eq!(flaky.calls(), 3);
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.len),
+            (1, 3, 1),
+            "behind a user's middleware: {behind_a_users_middleware}; {stats:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn circuit_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     let flaky = Flaky::failing(2);
     let pipe = pipeline! { work }
@@ -593,6 +620,24 @@ async fn rate_limit_waits_for_tokens() {
 async fn sleepy(n: &u64) -> u64 {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     *n
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_timed_out_inside_a_cache_is_a_miss_and_stores_nothing() {
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let pipe = pipeline! { sleepy }
+        .with_middleware(Timeout::new(Duration::from_millis(50)))
+        .with_middleware(cache.clone());
+    for _ in 0..2 {
+        let err = pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.len),
+        (0, 2, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

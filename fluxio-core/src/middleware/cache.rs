@@ -2,12 +2,11 @@
 
 use std::any::TypeId;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use hashbrown::HashTable;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
@@ -39,7 +38,6 @@ pub(crate) struct CacheKey {
 impl CacheKey {
     /// Whether `c` may hold this key (same stage, as many reads): the check under the lock.
     fn may_be(&self, c: &Cached) -> bool {
-        // hashbrown compares a 7-bit tag only: check the whole hash first.
         c.hash == self.hash && c.stage == self.stage && c.reads.len() == self.reads.len()
     }
 
@@ -85,33 +83,107 @@ fn same_encoding(desc: &KeyDesc, a: &Slot, b: &Slot) -> bool {
 
 struct Cached {
     hash: u64,
-    /// Which insertion this is: `order` refers to entries by it.
-    seq: u64,
     stage: TypeId,
     reads: Reads,
     expires: Instant,
     out: StageOutput,
 }
 
-/// Results, and their insertions in order: with one TTL for every entry, insertion order is
-/// expiry order, so the front of `order` is always what to evict first. Entries are found
-/// for eviction by their `seq`.
+/// How many results share a [`Set`]: their tags fill one cache line.
+const WAYS: usize = 8;
+
+/// A group of up to [`WAYS`] results, found by their key's hash. A result is stored in
+/// the set its hash picks, evicting that set's oldest result when the set is full (with
+/// one TTL for every entry, the oldest is the first to expire): the cache is bounded
+/// without a global eviction queue, and a set's lock is held by the calls of its keys
+/// only. A set's results are a ring in insertion order: the oldest is at `Ways::hand`.
+#[repr(align(64))]
+struct Set {
+    /// The hash of each result in `ways` (`0`: none), written under its lock and read
+    /// without it: a lookup that finds no tag equal to its key's hash (the usual miss) is
+    /// answered without the lock. A result stored meanwhile is missed, as it would be by a
+    /// lookup made a moment earlier.
+    tags: [AtomicU64; WAYS],
+    ways: Mutex<Ways>,
+    /// How many results this set holds at most (the sets' capacities add up to
+    /// `max_entries`).
+    cap: usize,
+}
+
 #[derive(Default)]
-struct Entries {
-    table: HashTable<Cached>,
-    order: VecDeque<(u64, u64, Instant)>,
-    seq: u64,
-    /// Counted under the lock the lookup takes anyway (an atomic add per call cost more).
+struct Ways {
+    /// `items[i]` is tagged `tags[i]`. Filled in insertion order; once full, the next
+    /// result replaces the one at `hand`, which moves on.
+    items: Vec<Cached>,
+    /// The oldest result (`0` until the set is full).
+    hand: usize,
+    /// Counted under the lock the call takes anyway (an atomic add per call cost more).
     hits: u64,
     misses: u64,
 }
 
-#[derive(Default)]
+impl Set {
+    fn ways(&self) -> MutexGuard<'_, Ways> {
+        self.ways.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct Shared {
-    /// Randomly seeded per cache (foldhash, hashbrown's default): read values may come
-    /// from users, who must not be able to aim at collisions.
+    /// Randomly seeded per cache (foldhash): read values may come from users, who must not
+    /// be able to aim at collisions.
     hasher: foldhash::fast::RandomState,
-    entries: Mutex<Entries>,
+    max_entries: usize,
+    /// Allocated when the cache is first written to (a result or a miss counted), so that
+    /// an unused cache costs nothing.
+    sets: OnceLock<Sets>,
+}
+
+struct Sets {
+    sets: Box<[Set]>,
+    /// When the next sweep may run (see [`Cache::sweep`]); locked by the store that
+    /// sweeps only, the others go on.
+    next_sweep: Mutex<Option<Instant>>,
+}
+
+impl Sets {
+    fn new(max_entries: usize) -> Sets {
+        let count = max_entries.div_ceil(WAYS);
+        let sets = (0..count)
+            .map(|i| Set {
+                tags: Default::default(),
+                ways: Default::default(),
+                cap: max_entries / count + usize::from(i < max_entries % count),
+            })
+            .collect();
+        Sets {
+            sets,
+            next_sweep: Mutex::new(None),
+        }
+    }
+
+    /// The set of a key's `hash`.
+    #[inline]
+    fn of(&self, hash: u64) -> &Set {
+        // The hash's high bits, scaled to the number of sets (no division, any count).
+        let index = ((u128::from(hash) * self.sets.len() as u128) >> 64) as usize;
+        &self.sets[index]
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new(10_000)
+    }
+}
+
+impl Shared {
+    fn new(max_entries: usize) -> Shared {
+        Shared {
+            hasher: Default::default(),
+            max_entries,
+            sets: OnceLock::new(),
+        }
+    }
 }
 
 /// What a [`Cache`] has done so far: for a hit-rate metric, say.
@@ -120,10 +192,11 @@ struct Shared {
 pub struct CacheStats {
     /// Calls answered from the cache (the stage was not called).
     pub hits: u64,
-    /// Calls the cache could have answered but had no result for (the stage was called).
-    /// Each attempt of a `Retry` outside the cache is a call of its own. Calls it never
-    /// answers — stream stages, stages with a rollback, reads that do not encode — are
-    /// neither.
+    /// Calls the cache could have answered but had no result for (the stage was called),
+    /// counted when the call ends: it stored its result, failed, was skipped or timed out.
+    /// A call dropped before that (its run cancelled) is not counted. Each attempt of a
+    /// `Retry` outside the cache is a call of its own. Calls it never answers — stream
+    /// stages, stages with a rollback, reads that do not encode — are neither.
     pub misses: u64,
     /// Results held now (expired ones included until they are evicted).
     pub len: usize,
@@ -133,12 +206,21 @@ pub struct CacheStats {
 /// stage called again with the same inputs within the TTL is not called — its cached writes
 /// are used. Two reads are the same when they are the same value in memory or when their
 /// encodings (the checkpoint encoding, bincode) are equal. Errors and skips (a middleware
-/// inside the cache answering `StageOutput::Skip`) are not cached. At most
-/// `max_entries` results are kept (10,000 by default; expired ones go first, then the
-/// oldest). Stream stages are never cached.
+/// inside the cache answering `StageOutput::Skip`) are not cached. Stream stages are never
+/// cached.
+///
+/// At most `max_entries` results are kept (10,000 by default). They are spread over groups
+/// of up to eight by the hash of their key, and a group that is full makes room by
+/// evicting its oldest result — so a result may be evicted while other groups have room,
+/// as in a processor's cache. Expired results are dropped when a result is stored into
+/// their group, and all at once (at most every eighth of the TTL) when a store finds its
+/// group's oldest result expired. Each group has its own lock, and a call whose key is
+/// in no group takes none before its stage runs: calls of other keys do not wait for each
+/// other.
 ///
 /// An entry keeps the values the call read (shared with the run's context, not copied)
-/// and the values it wrote, until it is evicted.
+/// and the values it wrote, until it is evicted. The groups themselves (128 bytes per
+/// eight results of `max_entries`) are allocated at the first call.
 ///
 /// Cache only stages whose result depends on their reads alone: scope the cache to them
 /// with [`only`](super::MiddlewareExt::only). Stages with a `rollback`
@@ -179,16 +261,19 @@ impl Cache {
         }
     }
 
-    /// Keeps at most `n` results (at least one: `0` counts as `1`).
+    /// Keeps at most `n` results (at least one: `0` counts as `1`). Call it when building
+    /// the cache: it starts an empty one (its clones made before keep the old).
     #[must_use]
     pub fn max_entries(mut self, n: usize) -> Self {
         self.max_entries = n.max(1);
+        self.shared = Arc::new(Shared::new(self.max_entries));
         self
     }
 
-    /// How many results are cached (expired ones included until they are evicted).
+    /// How many results are cached (expired ones included until they are evicted). It
+    /// takes each group's lock in turn: for metrics, not for every call.
     pub fn len(&self) -> usize {
-        self.entries().table.len()
+        self.stats().len
     }
 
     /// Whether nothing is cached.
@@ -198,19 +283,18 @@ impl Cache {
 
     /// Hits, misses and size so far (shared by the cache's clones).
     pub fn stats(&self) -> CacheStats {
-        let entries = self.entries();
-        CacheStats {
-            hits: entries.hits,
-            misses: entries.misses,
-            len: entries.table.len(),
+        let mut stats = CacheStats {
+            hits: 0,
+            misses: 0,
+            len: 0,
+        };
+        for set in self.shared.sets.get().map_or(&[][..], |s| &s.sets[..]) {
+            let ways = set.ways();
+            stats.hits += ways.hits;
+            stats.misses += ways.misses;
+            stats.len += ways.items.len();
         }
-    }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        stats
     }
 
     /// The key of a call of `stage` (`meta`) on `ctx`: `None` for the calls never cached —
@@ -256,7 +340,8 @@ impl Cache {
         keys.push((
             depth,
             CacheKey {
-                hash: h.finish(),
+                // `0` tags an empty way.
+                hash: h.finish() | 1,
                 stage,
                 descs: meta.access.reads,
                 reads,
@@ -265,113 +350,180 @@ impl Cache {
         true
     }
 
-    /// The cached result for `key`, if there is one that has not expired; counted as a hit
-    /// or a miss.
+    /// The cached result for `key`, if there is one that has not expired. A hit is counted
+    /// here; a miss when the call ends ([`insert`](Self::insert) or
+    /// [`missed`](Self::missed)), so that the usual miss takes no lock.
+    #[inline]
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        // Under the lock, only cheap checks: the same values in memory is a hit at once.
-        // An entry whose values are other copies is taken out (shared, not copied) and its
-        // encodings compared after the lock is released: encoding a large value must not
-        // hold up every other run's cache calls.
-        let now = clock.now();
-        let (reads, out) = {
-            let mut guard = self.entries();
-            let entries = &mut *guard;
-            let Some(c) = entries
-                .table
-                .find(key.hash, |c| now < c.expires && key.may_be(c))
-            else {
-                entries.misses += 1;
-                return None;
-            };
-            if c.reads
-                .iter()
-                .zip(&key.reads)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-            {
-                entries.hits += 1;
-                return Some(c.out.clone());
-            }
-            (c.reads.clone(), c.out.clone())
-        };
-        let found = if key.same_reads(&reads) {
-            Some(out)
-        } else {
-            self.lookup_among_others(key, now)
-        };
-        let mut entries = self.entries();
-        match found {
-            Some(_) => entries.hits += 1,
-            None => entries.misses += 1,
-        }
-        found
+        let set = self.shared.sets.get()?.of(key.hash);
+        let at = set
+            .tags
+            .iter()
+            .position(|tag| tag.load(Ordering::Relaxed) == key.hash)?;
+        self.lookup_tagged(key, set, at, clock.now())
     }
 
-    /// The rare case: the first live entry with the key's hash was another key; look at
-    /// all of them.
+    /// [`lookup`](Self::lookup) of a key whose hash tags way `at` of `set` (or did a moment
+    /// ago). Under the lock, only cheap checks: the same values in memory is a hit at once.
+    /// An entry whose values are other copies is taken out (shared, not copied) and its
+    /// encodings compared after the lock is released: encoding a large value must not hold
+    /// up the set's other calls.
+    #[inline(never)]
+    fn lookup_tagged(
+        &self,
+        key: &CacheKey,
+        set: &Set,
+        at: usize,
+        now: Instant,
+    ) -> Option<StageOutput> {
+        let (reads, out) = {
+            let mut ways = set.ways();
+            match ways.items.get(at) {
+                Some(c) if now < c.expires && key.may_be(c) => {
+                    if c.reads
+                        .iter()
+                        .zip(&key.reads)
+                        .all(|(a, b)| Arc::ptr_eq(a, b))
+                    {
+                        let out = c.out.clone();
+                        ways.hits += 1;
+                        return Some(out);
+                    }
+                    (c.reads.clone(), c.out.clone())
+                }
+                _ => {
+                    drop(ways);
+                    return self.lookup_among_others(key, set, now);
+                }
+            }
+        };
+        if key.same_reads(&reads) {
+            set.ways().hits += 1;
+            return Some(out);
+        }
+        self.lookup_among_others(key, set, now)
+    }
+
+    /// The rare case: the way the key's hash tagged held another key (or changed since):
+    /// look at every live entry of the set with that hash.
     #[cold]
-    fn lookup_among_others(&self, key: &CacheKey, now: Instant) -> Option<StageOutput> {
-        let candidates: SmallVec<[(Reads, StageOutput); 2]> = self
-            .entries()
-            .table
-            .iter_hash(key.hash)
+    fn lookup_among_others(&self, key: &CacheKey, set: &Set, now: Instant) -> Option<StageOutput> {
+        let candidates: SmallVec<[(Reads, StageOutput); 2]> = set
+            .ways()
+            .items
+            .iter()
             .filter(|c| now < c.expires && key.may_be(c))
             .map(|c| (c.reads.clone(), c.out.clone()))
             .collect();
         let (_, out) = candidates
             .into_iter()
             .find(|(reads, _)| key.same_reads(reads))?;
+        set.ways().hits += 1;
         Some(out)
+    }
+
+    /// Counts a miss whose call stored nothing: it failed, was skipped or timed out.
+    #[cold]
+    pub(crate) fn missed(&self, key: &CacheKey) {
+        self.sets().of(key.hash).ways().misses += 1;
+    }
+
+    /// The sets, made at the first use.
+    #[inline]
+    fn sets(&self) -> &Sets {
+        self.shared
+            .sets
+            .get_or_init(|| Sets::new(self.shared.max_entries))
     }
 
     /// Keeps `out` as the result for `key` — unless the stage was skipped: a skip is a
     /// middleware's decision for that call (maintenance, say), not the stage's result.
+    /// When the key's set is full, its oldest result goes (the first to expire).
     pub(crate) fn insert(&self, key: CacheKey, out: StageOutput, clock: Clock<'_>) {
         if matches!(out, StageOutput::Skip(_)) {
+            self.missed(&key);
             return;
         }
         let now = clock.now();
-        let expires = now + self.ttl;
-        let mut guard = self.entries();
-        let entries = &mut *guard;
-        // Drop what expired, then the oldest while full. The dropped results are freed
-        // after the lock is released. (The usual case evicts one: kept apart from the
-        // rest, it costs no call to drop an empty collection.)
-        let mut evicted: Option<Cached> = None;
-        let mut more: Option<Vec<Cached>> = None;
-        while let Some(&(hash, seq, at)) = entries.order.front() {
-            if at > now && entries.table.len() < self.max_entries {
-                break;
-            }
-            entries.order.pop_front();
-            if let Ok(old) = entries.table.find_entry(hash, |c| c.seq == seq) {
-                let old = old.remove().0;
-                if let Some(earlier) = evicted.replace(old) {
-                    more.get_or_insert_with(Vec::new).push(earlier);
-                }
-            }
-        }
-        entries.seq += 1;
-        let seq = entries.seq;
-        entries.order.push_back((key.hash, seq, expires));
+        let sets = self.sets();
+        let set = sets.of(key.hash);
+        let entry = Cached {
+            hash: key.hash,
+            stage: key.stage,
+            reads: key.reads,
+            expires: now + self.ttl,
+            out,
+        };
         // The same inputs may be stored already (expired, or two calls at once): the older
         // entry is not looked for — that would compare encodings under the lock — but left
-        // to its turn in `order`; lookups skip expired entries, and two live equal entries
-        // hold equally valid results.
-        entries.table.insert_unique(
-            key.hash,
-            Cached {
-                hash: key.hash,
-                seq,
-                stage: key.stage,
-                reads: key.reads,
-                expires,
-                out,
-            },
-            |c| c.hash,
-        );
-        drop(guard);
+        // to be evicted in its turn; lookups skip expired entries, and two live equal
+        // entries hold equally valid results.
+        let (evicted, expired) = {
+            let mut guard = set.ways();
+            let ways = &mut *guard;
+            ways.misses += 1;
+            let hand = ways.hand;
+            let expired = ways.items.get(hand).is_some_and(|c| c.expires <= now);
+            let (at, evicted) = if ways.items.len() < set.cap {
+                if ways.items.capacity() == 0 {
+                    ways.items.reserve_exact(set.cap);
+                }
+                ways.items.push(entry);
+                (ways.items.len() - 1, None)
+            } else {
+                ways.hand = if hand + 1 == ways.items.len() {
+                    0
+                } else {
+                    hand + 1
+                };
+                (hand, Some(std::mem::replace(&mut ways.items[hand], entry)))
+            };
+            set.tags[at].store(key.hash, Ordering::Relaxed);
+            (evicted, expired)
+        };
+        // Freed after the lock is released.
         drop(evicted);
-        drop(more);
+        if expired {
+            self.sweep(sets, now);
+        }
+    }
+
+    /// Drops every expired result, in every set: a store found its set's oldest result
+    /// expired, so others have likely expired too, in sets nobody writes to now. At most
+    /// once per eighth of the TTL (a steady flow of results expiring one by one must not
+    /// sweep at every store); a store that finds another sweeping goes on.
+    #[cold]
+    #[inline(never)]
+    fn sweep(&self, sets: &Sets, now: Instant) {
+        let mut next = match sets.next_sweep.try_lock() {
+            Ok(next) => next,
+            // A value's `drop` panicked in an earlier sweep: the time is still right.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if next.is_some_and(|at| now < at) {
+            return;
+        }
+        *next = Some(now + self.ttl / 8);
+        let mut expired: Vec<Cached> = Vec::new();
+        for set in &sets.sets[..] {
+            let mut guard = set.ways();
+            let ways = &mut *guard;
+            if !ways.items.iter().any(|c| c.expires <= now) {
+                continue;
+            }
+            // Oldest first, then the expired ones (the oldest) out.
+            let hand = std::mem::take(&mut ways.hand);
+            ways.items.rotate_left(hand);
+            let live = ways.items.iter().position(|c| now < c.expires);
+            expired.extend(ways.items.drain(..live.unwrap_or(ways.items.len())));
+            for (at, tag) in set.tags.iter().enumerate() {
+                tag.store(ways.items.get(at).map_or(0, |c| c.hash), Ordering::Relaxed);
+            }
+            drop(guard);
+            // Freed set by set, outside the set's lock.
+            expired.clear();
+        }
     }
 }
 
@@ -388,9 +540,16 @@ impl Middleware for Cache {
             return Box::pin(std::future::ready(Ok(hit)));
         }
         Box::pin(async move {
-            let out = next.run(call).await?;
-            self.insert(key, out.clone(), Clock::Direct);
-            Ok(out)
+            match next.run(call).await {
+                Ok(out) => {
+                    self.insert(key, out.clone(), Clock::Direct);
+                    Ok(out)
+                }
+                Err(e) => {
+                    self.missed(&key);
+                    Err(e)
+                }
+            }
         })
     }
 }
@@ -405,7 +564,7 @@ mod tests {
 
     fn key(hash: u64, value: u64) -> CacheKey {
         CacheKey {
-            hash,
+            hash: hash | 1,
             stage: TypeId::of::<A>(),
             descs: &DESCS,
             reads: smallvec::smallvec![Arc::new(value) as Slot],
@@ -445,6 +604,96 @@ mod tests {
         assert!(
             reads.iter().all(|r| Arc::strong_count(r) == 1),
             "and what they held is freed"
+        );
+    }
+
+    /// A key whose hash picks set `set` of a cache of 10,000 results (1,250 sets).
+    fn key_in(set: u64, value: u64) -> CacheKey {
+        let hash = ((u128::from(set) << 64).div_ceil(1_250) + 2) as u64;
+        let k = key(hash, value);
+        assert_eq!(
+            ((u128::from(k.hash) * 1_250) >> 64) as u64,
+            set,
+            "the test's key is in the set it names"
+        );
+        k
+    }
+
+    #[test]
+    fn the_sets_hold_max_entries_in_all() {
+        for n in [1, 2, 7, 8, 9, 15, 16, 17, 999, 1_000, 10_000, 12_345] {
+            let sets = Sets::new(n);
+            let caps: Vec<usize> = sets.sets.iter().map(|s| s.cap).collect();
+            assert_eq!(caps.iter().sum::<usize>(), n, "{n}: {caps:?}");
+            assert!(caps.iter().all(|c| (1..=WAYS).contains(c)), "{n}: {caps:?}");
+        }
+        // As the docs say: 128 bytes per group.
+        assert_eq!(std::mem::size_of::<Set>(), 128);
+    }
+
+    #[tokio::test]
+    async fn a_full_set_evicts_its_oldest_result() {
+        // Eight results: one set.
+        let cache = Cache::ttl(Duration::from_secs(60)).max_entries(8);
+        let keys: Vec<CacheKey> = (0..10).map(|i| key(i << 1, i)).collect();
+        let reads: Vec<Slot> = keys.iter().map(|k| k.reads[0].clone()).collect();
+        let probe = |i: usize| CacheKey {
+            reads: smallvec::smallvec![reads[i].clone()],
+            ..key((i as u64) << 1, 0)
+        };
+        for (i, k) in keys.into_iter().enumerate() {
+            cache.insert(k, out(&i.to_string()), Clock::Direct);
+            assert_eq!(cache.len(), (i + 1).min(8));
+        }
+        // 0 and 1 went, in that order; 2 to 9 are kept.
+        assert_eq!(text(cache.lookup(&probe(0), Clock::Direct)), None);
+        assert_eq!(text(cache.lookup(&probe(1), Clock::Direct)), None);
+        for i in 2..10 {
+            assert_eq!(
+                text(cache.lookup(&probe(i), Clock::Direct)),
+                Some(i.to_string())
+            );
+        }
+        assert_eq!(
+            Arc::strong_count(&reads[0]),
+            1,
+            "an evicted result is freed"
+        );
+        assert_eq!(Arc::strong_count(&reads[2]), 2);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_finds_its_oldest_expired_sweeps_every_set_at_most_every_eighth_ttl() {
+        let cache = Cache::ttl(Duration::from_secs(80));
+        let start = Instant::now();
+        let at = |secs| std::cell::Cell::new(Some(start + Duration::from_secs(secs)));
+        let insert = |k, secs| cache.insert(k, out("x"), Clock::Run(&at(secs)));
+        let a = key_in(0, 1);
+        let a_read = a.reads[0].clone();
+        insert(a, 0);
+        let b = key_in(7, 2);
+        let b_read = b.reads[0].clone();
+        insert(b, 5);
+        insert(key_in(9, 3), 5);
+        assert_eq!(cache.len(), 3);
+        // At 81 s, set 0's oldest (`a`) has expired: every set is swept, `b` is kept.
+        insert(key_in(0, 4), 81);
+        assert_eq!(cache.len(), 3, "a went, the new one came");
+        assert_eq!(Arc::strong_count(&a_read), 1, "a is freed");
+        // At 86 s `b` has expired, but the last sweep was less than 10 s ago.
+        insert(key_in(7, 5), 86);
+        assert_eq!(cache.len(), 4, "no sweep yet");
+        assert_eq!(Arc::strong_count(&b_read), 2);
+        // At 92 s, it is swept (and the one of set 9 too).
+        insert(key_in(7, 6), 92);
+        assert_eq!(cache.len(), 3);
+        assert_eq!(Arc::strong_count(&b_read), 1, "b is freed");
+        // A store into a set whose oldest is live sweeps nothing.
+        insert(key_in(3, 7), 200);
+        assert_eq!(
+            cache.len(),
+            4,
+            "expired results wait for a store into their set"
         );
     }
 

@@ -203,6 +203,11 @@ fn leave(
                         cache.insert(key, done, site.clock);
                     }
                 }
+                (Err(_), Layer::Cache(cache)) => {
+                    if let Some((_, key)) = keys.pop() {
+                        cache.missed(&key);
+                    }
+                }
                 _ => drop(keys.pop()),
             }
             None
@@ -748,8 +753,14 @@ impl Call {
         self.timer = None;
         self.delegated = None;
         self.wait = None;
-        // The caches inside are left without a result.
-        self.keys.retain(|(at, _)| *at < depth);
+        // The caches inside are left without a result: a miss each.
+        while matches!(self.keys.last(), Some((at, _)) if *at >= depth) {
+            if let Some((at, key)) = self.keys.pop()
+                && let Layer::Cache(cache) = site.layers[at].unscoped()
+            {
+                cache.missed(&key);
+            }
+        }
         self.frames.truncate(depth);
         Some(Err(StageError::new(no_runtime.unwrap_or(Error::Timeout {
             stage: site.meta.name,
