@@ -640,6 +640,72 @@ async fn a_call_timed_out_inside_a_cache_is_a_miss_and_stores_nothing() {
     );
 }
 
+#[stage(reads = [n], writes = [out], timeout = "50ms")]
+async fn sleepy_with_a_limit(n: &u64) -> u64 {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    *n
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_call_a_cache_could_not_answer_is_a_miss_however_it_ends() {
+    let misses = |cache: &Cache| {
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.len), (0, 0), "{stats:?}");
+        stats.misses
+    };
+    // Cut off by the stage's own timeout.
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let pipe = pipeline! { sleepy_with_a_limit }.with_middleware(cache.clone());
+    pipe.invoke(input! { n: 1 }).await.unwrap_err();
+    assert_eq!(misses(&cache), 1, "the stage's own timeout");
+    // By a `Timeout` outside the cache, the chain behind a user's middleware (boxed
+    // futures), with the user's middleware outside the `Timeout` or inside it.
+    for users_middleware_outside in [true, false] {
+        let cache = Cache::ttl(Duration::from_secs(60));
+        let mut pipe = pipeline! { sleepy };
+        if users_middleware_outside {
+            pipe = pipe.with_middleware(fluxio_tests::SkipStage("nothing"));
+        }
+        pipe = pipe.with_middleware(Timeout::new(Duration::from_millis(50)));
+        if !users_middleware_outside {
+            pipe = pipe.with_middleware(fluxio_tests::SkipStage("nothing"));
+        }
+        let pipe = pipe.with_middleware(cache.clone());
+        pipe.invoke(input! { n: 1 }).await.unwrap_err();
+        assert_eq!(
+            misses(&cache),
+            1,
+            "a `Timeout`, the user's middleware outside it: {users_middleware_outside}"
+        );
+    }
+    // The run cancelled (dropped) while the stage waits, on the engine's path and behind
+    // a user's middleware.
+    for behind_a_users_middleware in [false, true] {
+        let cache = Cache::ttl(Duration::from_secs(60));
+        let mut pipe = pipeline! { sleepy };
+        if behind_a_users_middleware {
+            pipe = pipe.with_middleware(fluxio_tests::SkipStage("nothing"));
+        }
+        let pipe = pipe.with_middleware(cache.clone());
+        let run = tokio::time::timeout(Duration::from_secs(1), pipe.invoke(input! { n: 1 }));
+        run.await.unwrap_err();
+        assert_eq!(
+            misses(&cache),
+            1,
+            "cancelled, behind a user's middleware: {behind_a_users_middleware}"
+        );
+    }
+    // Skipped by a middleware inside the cache.
+    let cache = Cache::ttl(Duration::from_secs(60));
+    let pipe = pipeline! { sleepy }
+        .with_middleware(cache.clone())
+        .with_middleware(fluxio_tests::SkipStage("sleepy"));
+    for _ in 0..2 {
+        pipe.invoke(input! { n: 1 }).await.unwrap();
+    }
+    assert_eq!(misses(&cache), 2, "skipped: not stored, a miss each time");
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeout_middleware_limits_stages_without_their_own() {
     let pipe = pipeline! { sleepy }.with_middleware(Timeout::new(Duration::from_millis(50)));

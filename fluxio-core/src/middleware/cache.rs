@@ -133,40 +133,96 @@ struct Shared {
     /// be able to aim at collisions.
     hasher: foldhash::fast::RandomState,
     max_entries: usize,
-    /// Allocated when the cache is first written to (a result or a miss counted), so that
-    /// an unused cache costs nothing.
+    /// Made when the cache is first written to (a result or a miss counted), so that an
+    /// unused cache costs nothing.
     sets: OnceLock<Sets>,
 }
 
+/// How many sets are allocated at a time (64 KiB), when a key first reaches one of them:
+/// a large `max_entries` is a bound, not an allocation.
+const PAGE: usize = 512;
+
+/// The most results a cache keeps: a larger `max_entries` counts as this.
+const MAX_ENTRIES: usize = 1 << 26;
+
+/// How many sets a sweep looks at, at most (from where the last one stopped): a sweep runs
+/// on a stage call, so its time is bounded (a few tens of microseconds).
+const SWEEP_BUDGET: usize = 2_048;
+
+/// The shortest time between two sweeps, whatever the TTL.
+const SWEEP_EVERY_AT_LEAST: Duration = Duration::from_millis(1);
+
 struct Sets {
-    sets: Box<[Set]>,
-    /// When the next sweep may run (see [`Cache::sweep`]); locked by the store that
-    /// sweeps only, the others go on.
-    next_sweep: Mutex<Option<Instant>>,
+    /// How many sets there are (`max_entries / WAYS`, rounded up).
+    count: usize,
+    max_entries: usize,
+    /// The sets, [`PAGE`] at a time; a page is allocated when a result is first stored in
+    /// it (or a miss counted there).
+    pages: Box<[OnceLock<Box<[Set]>>]>,
+    /// The next sweep (see [`Cache::sweep`]); locked by the store that sweeps only, the
+    /// others go on.
+    sweep: Mutex<Sweep>,
+}
+
+#[derive(Default)]
+struct Sweep {
+    /// Not before then.
+    next: Option<Instant>,
+    /// The set it starts from.
+    cursor: usize,
 }
 
 impl Sets {
     fn new(max_entries: usize) -> Sets {
         let count = max_entries.div_ceil(WAYS);
-        let sets = (0..count)
-            .map(|i| Set {
-                tags: Default::default(),
-                ways: Default::default(),
-                cap: max_entries / count + usize::from(i < max_entries % count),
-            })
-            .collect();
         Sets {
-            sets,
-            next_sweep: Mutex::new(None),
+            count,
+            max_entries,
+            pages: (0..count.div_ceil(PAGE)).map(|_| OnceLock::new()).collect(),
+            sweep: Mutex::default(),
         }
     }
 
-    /// The set of a key's `hash`.
+    /// The index of the set of a key's `hash`.
+    #[inline]
+    fn index(&self, hash: u64) -> usize {
+        // The hash's high bits, scaled to the number of sets (no division, any count).
+        ((u128::from(hash) * self.count as u128) >> 64) as usize
+    }
+
+    /// The set of `hash`, if its page is allocated.
+    #[inline]
+    fn get(&self, hash: u64) -> Option<&Set> {
+        let index = self.index(hash);
+        Some(&self.pages[index / PAGE].get()?[index % PAGE])
+    }
+
+    /// The set of `hash`, its page allocated if need be.
     #[inline]
     fn of(&self, hash: u64) -> &Set {
-        // The hash's high bits, scaled to the number of sets (no division, any count).
-        let index = ((u128::from(hash) * self.sets.len() as u128) >> 64) as usize;
-        &self.sets[index]
+        let index = self.index(hash);
+        &self.page(index / PAGE)[index % PAGE]
+    }
+
+    /// Page `page`, allocated if need be.
+    fn page(&self, page: usize) -> &[Set] {
+        self.pages[page].get_or_init(|| {
+            let first = page * PAGE;
+            (first..self.count.min(first + PAGE))
+                .map(|i| Set {
+                    tags: Default::default(),
+                    ways: Default::default(),
+                    // The sets' capacities add up to `max_entries`.
+                    cap: self.max_entries / self.count
+                        + usize::from(i < self.max_entries % self.count),
+                })
+                .collect()
+        })
+    }
+
+    /// The sets allocated so far.
+    fn allocated(&self) -> impl Iterator<Item = &Set> {
+        self.pages.iter().filter_map(OnceLock::get).flatten()
     }
 }
 
@@ -193,9 +249,9 @@ pub struct CacheStats {
     /// Calls answered from the cache (the stage was not called).
     pub hits: u64,
     /// Calls the cache could have answered but had no result for (the stage was called),
-    /// counted when the call ends: it stored its result, failed, was skipped or timed out.
-    /// A call dropped before that (its run cancelled) is not counted. Each attempt of a
-    /// `Retry` outside the cache is a call of its own. Calls it never answers — stream
+    /// counted when the call ends, however it ends: its result stored, failed, skipped,
+    /// timed out, or its run cancelled. Each attempt of a `Retry` outside the cache is a
+    /// call of its own. Calls it never answers — stream
     /// stages, stages with a rollback, reads that do not encode — are neither.
     pub misses: u64,
     /// Results held now (expired ones included until they are evicted).
@@ -212,15 +268,22 @@ pub struct CacheStats {
 /// At most `max_entries` results are kept (10,000 by default). They are spread over groups
 /// of up to eight by the hash of their key, and a group that is full makes room by
 /// evicting its oldest result — so a result may be evicted while other groups have room,
-/// as in a processor's cache. Expired results are dropped when a result is stored into
-/// their group, and all at once (at most every eighth of the TTL) when a store finds its
-/// group's oldest result expired. Each group has its own lock, and a call whose key is
-/// in no group takes none before its stage runs: calls of other keys do not wait for each
+/// as in a processor's cache. With as many distinct inputs as `max_entries`, called at
+/// random, about 86% of repeated calls are hits (a single queue for the whole cache would
+/// answer all of them); with half as many, 99%: give `max_entries` about twice the number
+/// of inputs you expect to reuse. Each group has its own lock, and a call whose key is in
+/// no group takes none before its stage runs: calls of other keys do not wait for each
 /// other.
 ///
+/// A store that finds its group's oldest result expired drops the group's expired results,
+/// and then sweeps the others, up to 2,048 groups from where the last sweep stopped, at
+/// most once per eighth of the TTL: expired results are freed within a few TTLs even in
+/// groups nobody stores into. A zero TTL stores nothing.
+///
 /// An entry keeps the values the call read (shared with the run's context, not copied)
-/// and the values it wrote, until it is evicted. The groups themselves (128 bytes per
-/// eight results of `max_entries`) are allocated at the first call.
+/// and the values it wrote, until it is dropped. Memory is taken as results are stored:
+/// the groups 64 KiB at a time (512 groups of 128 bytes), and a group's eight slots (about
+/// 830 bytes) at its first store.
 ///
 /// Cache only stages whose result depends on their reads alone: scope the cache to them
 /// with [`only`](super::MiddlewareExt::only). Stages with a `rollback`
@@ -252,7 +315,7 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// Results live for `ttl` (at most 30 years: a longer one, `Duration::MAX` say, is cut
-    /// to that).
+    /// to that). A zero TTL stores nothing: every call is a miss.
     pub fn ttl(ttl: Duration) -> Self {
         Cache {
             ttl: ttl.min(super::FOREVER),
@@ -261,11 +324,13 @@ impl Cache {
         }
     }
 
-    /// Keeps at most `n` results (at least one: `0` counts as `1`). Call it when building
-    /// the cache: it starts an empty one (its clones made before keep the old).
+    /// Keeps at most `n` results (at least one: `0` counts as `1`; at most 2^26, about 67
+    /// million: a larger `n` counts as that). Memory is taken as results are stored, 64 KiB
+    /// of groups at a time, not for `n` up front. Call it when building the cache: it
+    /// starts an empty one (its clones made before keep the old).
     #[must_use]
     pub fn max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n.max(1);
+        self.max_entries = n.clamp(1, MAX_ENTRIES);
         self.shared = Arc::new(Shared::new(self.max_entries));
         self
     }
@@ -288,7 +353,7 @@ impl Cache {
             misses: 0,
             len: 0,
         };
-        for set in self.shared.sets.get().map_or(&[][..], |s| &s.sets[..]) {
+        for set in self.shared.sets.get().into_iter().flat_map(Sets::allocated) {
             let ways = set.ways();
             stats.hits += ways.hits;
             stats.misses += ways.misses;
@@ -355,7 +420,7 @@ impl Cache {
     /// [`missed`](Self::missed)), so that the usual miss takes no lock.
     #[inline]
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        let set = self.shared.sets.get()?.of(key.hash);
+        let set = self.shared.sets.get()?.get(key.hash)?;
         let at = set
             .tags
             .iter()
@@ -440,7 +505,8 @@ impl Cache {
     /// middleware's decision for that call (maintenance, say), not the stage's result.
     /// When the key's set is full, its oldest result goes (the first to expire).
     pub(crate) fn insert(&self, key: CacheKey, out: StageOutput, clock: Clock<'_>) {
-        if matches!(out, StageOutput::Skip(_)) {
+        if matches!(out, StageOutput::Skip(_)) || self.ttl.is_zero() {
+            // (A result that expires at once would never be a hit.)
             self.missed(&key);
             return;
         }
@@ -462,8 +528,14 @@ impl Cache {
             let mut guard = set.ways();
             let ways = &mut *guard;
             ways.misses += 1;
+            // The set's oldest expired: so have those stored soon after it, here and likely
+            // in other sets.
+            let expired = ways
+                .items
+                .get(ways.hand)
+                .is_some_and(|c| c.expires <= now)
+                .then(|| drop_expired(set, ways, now));
             let hand = ways.hand;
-            let expired = ways.items.get(hand).is_some_and(|c| c.expires <= now);
             let (at, evicted) = if ways.items.len() < set.cap {
                 if ways.items.capacity() == 0 {
                     ways.items.reserve_exact(set.cap);
@@ -483,46 +555,80 @@ impl Cache {
         };
         // Freed after the lock is released.
         drop(evicted);
-        if expired {
+        if let Some(expired) = expired {
+            drop(expired);
             self.sweep(sets, now);
         }
     }
 
-    /// Drops every expired result, in every set: a store found its set's oldest result
-    /// expired, so others have likely expired too, in sets nobody writes to now. At most
-    /// once per eighth of the TTL (a steady flow of results expiring one by one must not
-    /// sweep at every store); a store that finds another sweeping goes on.
+    /// Drops expired results in other sets than the ones stored into, which nobody may
+    /// write to for a long time: up to [`SWEEP_BUDGET`] sets, from where the last sweep
+    /// stopped, at most once per eighth of the TTL (a steady flow of results expiring one
+    /// by one must not sweep at every store). A store that finds another sweeping goes on.
     #[cold]
     #[inline(never)]
     fn sweep(&self, sets: &Sets, now: Instant) {
-        let mut next = match sets.next_sweep.try_lock() {
-            Ok(next) => next,
-            // A value's `drop` panicked in an earlier sweep: the time is still right.
+        let mut sweep = match sets.sweep.try_lock() {
+            Ok(sweep) => sweep,
+            // A value's `drop` panicked in an earlier sweep: its state is still right.
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        if next.is_some_and(|at| now < at) {
+        if sweep.next.is_some_and(|at| now < at) {
             return;
         }
-        *next = Some(now + self.ttl / 8);
-        let mut expired: Vec<Cached> = Vec::new();
-        for set in &sets.sets[..] {
-            let mut guard = set.ways();
-            let ways = &mut *guard;
-            if !ways.items.iter().any(|c| c.expires <= now) {
-                continue;
+        sweep.next = Some(now + (self.ttl / 8).max(SWEEP_EVERY_AT_LEAST));
+        let mut at = sweep.cursor;
+        for _ in 0..SWEEP_BUDGET.min(sets.count) {
+            if at >= sets.count {
+                at = 0;
             }
-            // Oldest first, then the expired ones (the oldest) out.
-            let hand = std::mem::take(&mut ways.hand);
-            ways.items.rotate_left(hand);
-            let live = ways.items.iter().position(|c| now < c.expires);
-            expired.extend(ways.items.drain(..live.unwrap_or(ways.items.len())));
-            for (at, tag) in set.tags.iter().enumerate() {
-                tag.store(ways.items.get(at).map_or(0, |c| c.hash), Ordering::Relaxed);
+            if let Some(page) = sets.pages[at / PAGE].get() {
+                let set = &page[at % PAGE];
+                let mut guard = set.ways();
+                let expired = drop_expired(set, &mut guard, now);
+                drop(guard);
+                // Freed set by set, outside the set's lock.
+                drop(expired);
             }
-            drop(guard);
-            // Freed set by set, outside the set's lock.
-            expired.clear();
+            at += 1;
+        }
+        sweep.cursor = at;
+    }
+}
+
+/// Takes the expired results out of `set` (whose `ways` the caller has locked), its others
+/// kept in order, oldest first.
+#[cold]
+fn drop_expired(set: &Set, ways: &mut Ways, now: Instant) -> Vec<Cached> {
+    if !ways.items.iter().any(|c| c.expires <= now) {
+        return Vec::new();
+    }
+    // Oldest first: with one TTL, the expired ones are the oldest.
+    let hand = std::mem::take(&mut ways.hand);
+    ways.items.rotate_left(hand);
+    let live = ways.items.iter().position(|c| now < c.expires);
+    let expired = ways
+        .items
+        .drain(..live.unwrap_or(ways.items.len()))
+        .collect();
+    for (at, tag) in set.tags.iter().enumerate() {
+        tag.store(ways.items.get(at).map_or(0, |c| c.hash), Ordering::Relaxed);
+    }
+    expired
+}
+
+/// A call's key until its result is stored: dropped otherwise (the call failed, was cut off
+/// by a `Timeout` or cancelled), it counts the miss.
+struct Pending<'a> {
+    cache: &'a Cache,
+    key: Option<CacheKey>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.cache.missed(&key);
         }
     }
 }
@@ -539,17 +645,16 @@ impl Middleware for Cache {
         if let Some(hit) = self.lookup(&key, Clock::Direct) {
             return Box::pin(std::future::ready(Ok(hit)));
         }
+        let mut pending = Pending {
+            cache: self,
+            key: Some(key),
+        };
         Box::pin(async move {
-            match next.run(call).await {
-                Ok(out) => {
-                    self.insert(key, out.clone(), Clock::Direct);
-                    Ok(out)
-                }
-                Err(e) => {
-                    self.missed(&key);
-                    Err(e)
-                }
+            let out = next.run(call).await?;
+            if let Some(key) = pending.key.take() {
+                self.insert(key, out.clone(), Clock::Direct);
             }
+            Ok(out)
         })
     }
 }
@@ -623,11 +728,15 @@ mod tests {
     fn the_sets_hold_max_entries_in_all() {
         for n in [1, 2, 7, 8, 9, 15, 16, 17, 999, 1_000, 10_000, 12_345] {
             let sets = Sets::new(n);
-            let caps: Vec<usize> = sets.sets.iter().map(|s| s.cap).collect();
+            let caps: Vec<usize> = (0..sets.pages.len())
+                .flat_map(|page| sets.page(page))
+                .map(|s| s.cap)
+                .collect();
             assert_eq!(caps.iter().sum::<usize>(), n, "{n}: {caps:?}");
             assert!(caps.iter().all(|c| (1..=WAYS).contains(c)), "{n}: {caps:?}");
         }
-        // As the docs say: 128 bytes per group.
+        // As the docs say: 128 bytes per group (with std's futex mutex).
+        #[cfg(any(target_os = "linux", target_os = "windows"))]
         assert_eq!(std::mem::size_of::<Set>(), 128);
     }
 
@@ -663,38 +772,107 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_store_that_finds_its_oldest_expired_sweeps_every_set_at_most_every_eighth_ttl() {
+    async fn a_store_drops_its_sets_expired_results_and_sweeps_the_others_at_most_every_eighth_ttl()
+    {
         let cache = Cache::ttl(Duration::from_secs(80));
         let start = Instant::now();
         let at = |secs| std::cell::Cell::new(Some(start + Duration::from_secs(secs)));
         let insert = |k, secs| cache.insert(k, out("x"), Clock::Run(&at(secs)));
+        let held = |k: &CacheKey| k.reads[0].clone();
         let a = key_in(0, 1);
-        let a_read = a.reads[0].clone();
+        let a_read = held(&a);
         insert(a, 0);
-        let b = key_in(7, 2);
-        let b_read = b.reads[0].clone();
+        let (b, c, f) = (key_in(7, 2), key_in(9, 3), key_in(11, 4));
+        let (b_read, c_read, f_read) = (held(&b), held(&c), held(&f));
         insert(b, 5);
-        insert(key_in(9, 3), 5);
-        assert_eq!(cache.len(), 3);
-        // At 81 s, set 0's oldest (`a`) has expired: every set is swept, `b` is kept.
-        insert(key_in(0, 4), 81);
-        assert_eq!(cache.len(), 3, "a went, the new one came");
+        insert(c, 5);
+        insert(f, 5);
+        assert_eq!(cache.len(), 4);
+        // At 81 s, set 0's oldest (`a`) has expired: it goes, and the other sets are swept
+        // (nothing else has expired yet).
+        insert(key_in(0, 5), 81);
+        assert_eq!(cache.len(), 4, "a went, the new one came");
         assert_eq!(Arc::strong_count(&a_read), 1, "a is freed");
-        // At 86 s `b` has expired, but the last sweep was less than 10 s ago.
-        insert(key_in(7, 5), 86);
-        assert_eq!(cache.len(), 4, "no sweep yet");
-        assert_eq!(Arc::strong_count(&b_read), 2);
-        // At 92 s, it is swept (and the one of set 9 too).
-        insert(key_in(7, 6), 92);
-        assert_eq!(cache.len(), 3);
-        assert_eq!(Arc::strong_count(&b_read), 1, "b is freed");
-        // A store into a set whose oldest is live sweeps nothing.
-        insert(key_in(3, 7), 200);
+        // At 86 s `b`, `c` and `f` have expired. A store into a set with nothing expired
+        // drops nothing.
+        insert(key_in(3, 6), 86);
         assert_eq!(
             cache.len(),
-            4,
+            5,
             "expired results wait for a store into their set"
         );
+        // A store into `b`'s set drops `b`; the others wait: the last sweep was less than
+        // 10 s ago.
+        insert(key_in(7, 7), 87);
+        assert_eq!(Arc::strong_count(&b_read), 1, "b is freed");
+        assert_eq!(cache.len(), 5);
+        assert_eq!(Arc::strong_count(&c_read), 2, "no sweep yet");
+        // At 92 s a store into `f`'s set drops `f`, and sweeps: `c` goes too.
+        insert(key_in(11, 8), 92);
+        assert_eq!(Arc::strong_count(&f_read), 1);
+        assert_eq!(Arc::strong_count(&c_read), 1, "c is freed by the sweep");
+        assert_eq!(cache.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_keeps_a_wrapped_sets_live_results_findable() {
+        // One set of eight, filled, then wrapped: its oldest is at the hand, not at 0.
+        let cache = Cache::ttl(Duration::from_secs(60)).max_entries(8);
+        let start = Instant::now();
+        let at = |secs| std::cell::Cell::new(Some(start + Duration::from_secs(secs)));
+        let keys: Vec<CacheKey> = (0..11).map(|i| key(i << 1, i)).collect();
+        let probes: Vec<CacheKey> = keys
+            .iter()
+            .map(|k| CacheKey {
+                reads: k.reads.clone(),
+                ..key(k.hash, 0)
+            })
+            .collect();
+        for (i, k) in keys.into_iter().enumerate() {
+            // 0 to 5 at 0 s, 6 to 10 at 30 s: 0 to 2 are evicted, 3 to 5 expire at 60 s.
+            let secs = if i < 6 { 0 } else { 30 };
+            cache.insert(k, out(&i.to_string()), Clock::Run(&at(secs)));
+        }
+        assert_eq!(cache.len(), 8);
+        // At 61 s a store finds the set's oldest (3) expired: 3 to 5 go, 6 to 10 stay.
+        let late = CacheKey {
+            reads: smallvec::smallvec![Arc::new(99u64) as Slot],
+            ..key(99 << 1, 99)
+        };
+        cache.insert(late, out("late"), Clock::Run(&at(61)));
+        assert_eq!(cache.len(), 6);
+        for (i, probe) in probes.iter().enumerate() {
+            let found = text(cache.lookup(probe, Clock::Run(&at(62))));
+            let expected = (6..11).contains(&i).then(|| i.to_string());
+            assert_eq!(found, expected, "result {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_max_entries_is_a_bound_not_an_allocation() {
+        let cache = Cache::ttl(Duration::from_secs(60)).max_entries(usize::MAX);
+        assert_eq!(cache.max_entries, MAX_ENTRIES);
+        let k = key(12_345, 1);
+        let probe = CacheKey {
+            reads: k.reads.clone(),
+            ..key(12_345, 0)
+        };
+        cache.insert(k, out("one"), Clock::Direct);
+        assert_eq!(
+            text(cache.lookup(&probe, Clock::Direct)).as_deref(),
+            Some("one")
+        );
+        let sets = cache.shared.sets.get().unwrap();
+        assert_eq!(sets.allocated().count(), PAGE, "one page of sets");
+    }
+
+    #[tokio::test]
+    async fn a_zero_ttl_stores_nothing() {
+        let cache = Cache::ttl(Duration::ZERO);
+        cache.insert(key(3, 1), out("one"), Clock::Direct);
+        assert_eq!(text(cache.lookup(&key(3, 1), Clock::Direct)), None);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.len), (0, 1, 0));
     }
 
     #[tokio::test]

@@ -420,6 +420,23 @@ struct Call {
     wait: Option<Pin<Box<Sleep>>>,
     /// Armed at the earliest deadline of the entered `Timeout`s, once the call waits.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The chain, for the caches of `keys` to count a miss if the call is dropped first.
+    layers: Option<Arc<[Layer]>>,
+}
+
+impl Drop for Call {
+    /// A call dropped with keys left (cancelled, or cut off by the stage's own timeout) is
+    /// a miss for each of their caches.
+    fn drop(&mut self) {
+        let Some(layers) = &self.layers else {
+            return;
+        };
+        for (at, key) in self.keys.drain(..) {
+            if let Some(Layer::Cache(cache)) = layers.get(at).map(Layer::unscoped) {
+                cache.missed(&key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Call {
@@ -600,6 +617,7 @@ impl Call {
 
     /// The fast path's state, moved to the heap to wait in `phase`.
     fn suspended(
+        site: &Site<'_>,
         frames: Frames,
         keys: Keys,
         span: Option<tracing::Span>,
@@ -613,6 +631,7 @@ impl Call {
             delegated: None,
             wait: None,
             timer: None,
+            layers: Some(site.layers.clone()),
         })
     }
 
@@ -638,12 +657,12 @@ impl Call {
             let depth = frames.len();
             let Some(layer) = site.layers.get(depth) else {
                 stage.set(Some(make(site.ctx, site.env)));
-                let Some(fut) = stage.as_mut().as_pin_mut() else {
-                    return Fast::Suspended(Call::suspended(frames, keys, span, Phase::Stage));
-                };
-                let polled = {
-                    let _attempt = span.as_ref().map(tracing::Span::enter);
-                    poll_caught(fut, cx)
+                let polled = match stage.as_mut().as_pin_mut() {
+                    Some(fut) => {
+                        let _attempt = span.as_ref().map(tracing::Span::enter);
+                        poll_caught(fut, cx)
+                    }
+                    None => Poll::Pending,
                 };
                 match polled {
                     Poll::Ready(out) => {
@@ -651,7 +670,13 @@ impl Call {
                         break out;
                     }
                     Poll::Pending => {
-                        return Fast::Suspended(Call::suspended(frames, keys, span, Phase::Stage));
+                        return Fast::Suspended(Call::suspended(
+                            site,
+                            frames,
+                            keys,
+                            span,
+                            Phase::Stage,
+                        ));
                     }
                 }
             };
@@ -673,7 +698,7 @@ impl Call {
                 }
                 Enter::Answer(out) => break out,
                 Enter::Wait(wait) => {
-                    let mut call = Call::suspended(frames, keys, span, Phase::Limited);
+                    let mut call = Call::suspended(site, frames, keys, span, Phase::Limited);
                     call.wait = Some(Box::pin(tokio::time::sleep(wait)));
                     return Fast::Suspended(call);
                 }
@@ -684,14 +709,14 @@ impl Call {
                         site.attempt.set(rest.attempt());
                         break out;
                     }
-                    let mut call = Call::suspended(frames, keys, span, Phase::Delegated);
+                    let mut call = Call::suspended(site, frames, keys, span, Phase::Delegated);
                     call.delegated = Some(rest);
                     return Fast::Suspended(call);
                 }
             }
         };
         if let Some((attempt, delay)) = ascend(&mut frames, &mut keys, site, &mut out) {
-            let mut call = Call::suspended(frames, keys, None, Phase::Descend);
+            let mut call = Call::suspended(site, frames, keys, None, Phase::Descend);
             call.backoff(attempt, delay);
             return Fast::Suspended(call);
         }
