@@ -126,6 +126,36 @@ impl Set {
     fn ways(&self) -> MutexGuard<'_, Ways> {
         self.ways.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether the set has room, by its tags (read without the lock: a hint). Its results
+    /// fill its ways from the first, so the last way's tag tells.
+    #[inline]
+    fn has_room(&self) -> bool {
+        self.tags[self.cap - 1].load(Ordering::Relaxed) == 0
+    }
+
+    /// Where in the set a result for `hash` may be (by its tags, read without the lock).
+    #[inline]
+    fn tagged(&self, hash: u64) -> Option<usize> {
+        self.tags
+            .iter()
+            .position(|tag| tag.load(Ordering::Relaxed) == hash)
+    }
+}
+
+/// A fair coin, per thread (xorshift): cheap, and no state shared between threads.
+fn coin() -> bool {
+    thread_local! {
+        static STATE: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9e37_79b9) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        state.set(x);
+        x & 1 == 1
+    })
 }
 
 struct Shared {
@@ -183,25 +213,45 @@ impl Sets {
         }
     }
 
-    /// The index of the set of a key's `hash`.
+    /// The indexes of the two sets a key's `hash` may be stored in (the same one, in a
+    /// cache of one set). Two choices spread the keys: with one, the sets that draw more
+    /// than their share evict results while others have room.
     #[inline]
-    fn index(&self, hash: u64) -> usize {
-        // The hash's high bits, scaled to the number of sets (no division, any count).
-        ((u128::from(hash) * self.count as u128) >> 64) as usize
+    fn indexes(&self, hash: u64) -> (usize, usize) {
+        // Bits of the hash scaled to the number of sets (no division, any count): the high
+        // half for the first, the low half for the second.
+        let scaled = |bits: u64| ((u128::from(bits) * self.count as u128) >> 64) as usize;
+        (scaled(hash), scaled(hash.rotate_left(32)))
     }
 
-    /// The set of `hash`, if its page is allocated.
+    /// Set `index`, if its page is allocated.
     #[inline]
-    fn get(&self, hash: u64) -> Option<&Set> {
-        let index = self.index(hash);
+    fn get(&self, index: usize) -> Option<&Set> {
         Some(&self.pages[index / PAGE].get()?[index % PAGE])
     }
 
-    /// The set of `hash`, its page allocated if need be.
+    /// Set `index`, its page allocated if need be.
     #[inline]
-    fn of(&self, hash: u64) -> &Set {
-        let index = self.index(hash);
+    fn at(&self, index: usize) -> &Set {
         &self.page(index / PAGE)[index % PAGE]
+    }
+
+    /// The set a result for `hash` goes in: the first choice unless it is full and the
+    /// second is not; both full, either (a coin toss: which holds the older results is not
+    /// known without both locks, and tossing keeps nearly all the hits the older would).
+    #[inline]
+    fn for_store(&self, hash: u64) -> &Set {
+        let (a, b) = self.indexes(hash);
+        let first = self.at(a);
+        if a == b || first.has_room() {
+            return first;
+        }
+        let second = self.at(b);
+        if second.has_room() || coin() {
+            second
+        } else {
+            first
+        }
     }
 
     /// Page `page`, allocated if need be.
@@ -266,14 +316,13 @@ pub struct CacheStats {
 /// cached.
 ///
 /// At most `max_entries` results are kept (10,000 by default). They are spread over groups
-/// of up to eight by the hash of their key, and a group that is full makes room by
-/// evicting its oldest result — so a result may be evicted while other groups have room,
-/// as in a processor's cache. With as many distinct inputs as `max_entries`, called at
-/// random, about 86% of repeated calls are hits (a single queue for the whole cache would
-/// answer all of them); with half as many, 99%: give `max_entries` about twice the number
-/// of inputs you expect to reuse. Each group has its own lock, and a call whose key is in
-/// no group takes none before its stage runs: calls of other keys do not wait for each
-/// other.
+/// of up to eight: the hash of a result's key picks two, and it goes in the first unless
+/// that one is full and the other is not; when both are full, one of them (a coin toss)
+/// evicts its oldest result. So a result may be evicted while other groups have room, but
+/// rarely: with as many distinct inputs as `max_entries`, called at random, about 99% of
+/// repeated calls are hits, as with one queue for the whole cache. Each group has its own
+/// lock, and a call whose key is in neither of its groups takes none before its stage
+/// runs: calls of other keys do not wait for each other.
 ///
 /// A store that finds its group's oldest result expired drops the group's expired results,
 /// and then sweeps the others, up to 2,048 groups from where the last sweep stopped, at
@@ -420,11 +469,17 @@ impl Cache {
     /// [`missed`](Self::missed)), so that the usual miss takes no lock.
     #[inline]
     pub(crate) fn lookup(&self, key: &CacheKey, clock: Clock<'_>) -> Option<StageOutput> {
-        let set = self.shared.sets.get()?.get(key.hash)?;
-        let at = set
-            .tags
-            .iter()
-            .position(|tag| tag.load(Ordering::Relaxed) == key.hash)?;
+        let sets = self.shared.sets.get()?;
+        let (a, b) = sets.indexes(key.hash);
+        if let Some(set) = sets.get(a) {
+            if let Some(at) = set.tagged(key.hash) {
+                if let Some(hit) = self.lookup_tagged(key, set, at, clock.now()) {
+                    return Some(hit);
+                }
+            }
+        }
+        let set = sets.get(b).filter(|_| b != a)?;
+        let at = set.tagged(key.hash)?;
         self.lookup_tagged(key, set, at, clock.now())
     }
 
@@ -490,7 +545,8 @@ impl Cache {
     /// Counts a miss whose call stored nothing: it failed, was skipped or timed out.
     #[cold]
     pub(crate) fn missed(&self, key: &CacheKey) {
-        self.sets().of(key.hash).ways().misses += 1;
+        let sets = self.sets();
+        sets.at(sets.indexes(key.hash).0).ways().misses += 1;
     }
 
     /// The sets, made at the first use.
@@ -512,7 +568,7 @@ impl Cache {
         }
         let now = clock.now();
         let sets = self.sets();
-        let set = sets.of(key.hash);
+        let set = sets.for_store(key.hash);
         let entry = Cached {
             hash: key.hash,
             stage: key.stage,
@@ -676,6 +732,14 @@ mod tests {
         }
     }
 
+    /// A key with the same hash and the very same read values as `k` (to look it up).
+    fn probe(k: &CacheKey) -> CacheKey {
+        CacheKey {
+            reads: k.reads.clone(),
+            ..key(k.hash, 0)
+        }
+    }
+
     /// A result that is easy to tell apart (a skip would not be cached).
     fn out(text: &str) -> StageOutput {
         StageOutput::Route(crate::Route::to(text.to_string()))
@@ -821,13 +885,7 @@ mod tests {
         let start = Instant::now();
         let at = |secs| std::cell::Cell::new(Some(start + Duration::from_secs(secs)));
         let keys: Vec<CacheKey> = (0..11).map(|i| key(i << 1, i)).collect();
-        let probes: Vec<CacheKey> = keys
-            .iter()
-            .map(|k| CacheKey {
-                reads: k.reads.clone(),
-                ..key(k.hash, 0)
-            })
-            .collect();
+        let probes: Vec<CacheKey> = keys.iter().map(probe).collect();
         for (i, k) in keys.into_iter().enumerate() {
             // 0 to 5 at 0 s, 6 to 10 at 30 s: 0 to 2 are evicted, 3 to 5 expire at 60 s.
             let secs = if i < 6 { 0 } else { 30 };
@@ -846,6 +904,32 @@ mod tests {
             let expected = (6..11).contains(&i).then(|| i.to_string());
             assert_eq!(found, expected, "result {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn results_whose_first_group_is_full_go_to_their_second() {
+        // Two groups; sixteen keys whose first choice is group 0 and second group 1.
+        let cache = Cache::ttl(Duration::from_secs(60)).max_entries(16);
+        let keys: Vec<CacheKey> = (0..16).map(|i| key((i << 40) | 0x8000_0000, i)).collect();
+        let probes: Vec<CacheKey> = keys.iter().map(probe).collect();
+        let sets = || cache.shared.sets.get().unwrap();
+        for (i, k) in keys.into_iter().enumerate() {
+            assert_eq!(sets_of(&cache, k.hash), (0, 1));
+            cache.insert(k, out(&i.to_string()), Clock::Direct);
+        }
+        assert_eq!(cache.len(), 16, "none evicted");
+        for (i, probe) in probes.iter().enumerate() {
+            assert_eq!(
+                text(cache.lookup(probe, Clock::Direct)),
+                Some(i.to_string())
+            );
+        }
+        let held: Vec<usize> = sets().allocated().map(|s| s.ways().items.len()).collect();
+        assert_eq!(held, [8, 8]);
+    }
+
+    fn sets_of(cache: &Cache, hash: u64) -> (usize, usize) {
+        cache.sets().indexes(hash)
     }
 
     #[tokio::test]
