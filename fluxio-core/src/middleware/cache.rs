@@ -101,8 +101,9 @@ const WAYS: usize = 8;
 struct Set {
     /// The hash of each result in `ways` (`0`: none), written under its lock and read
     /// without it: a lookup that finds no tag equal to its key's hash (the usual miss) is
-    /// answered without the lock. A result stored meanwhile is missed, as it would be by a
-    /// lookup made a moment earlier.
+    /// answered without the lock. A result stored meanwhile, or moved to another way by
+    /// [`drop_expired`], may be missed: a miss, never a wrong result (the way is checked
+    /// under the lock).
     tags: [AtomicU64; WAYS],
     ways: Mutex<Ways>,
     /// How many results this set holds at most (the sets' capacities add up to
@@ -163,20 +164,22 @@ struct Shared {
     /// be able to aim at collisions.
     hasher: foldhash::fast::RandomState,
     max_entries: usize,
-    /// Made when the cache is first written to (a result or a miss counted), so that an
-    /// unused cache costs nothing.
+    /// Made when the cache first stores a result, so that an unused cache costs nothing.
     sets: OnceLock<Sets>,
+    /// Misses of calls that stored nothing (those that stored count in their set).
+    unstored_misses: AtomicU64,
 }
 
 /// How many sets are allocated at a time (64 KiB), when a key first reaches one of them:
 /// a large `max_entries` is a bound, not an allocation.
 const PAGE: usize = 512;
 
-/// The most results a cache keeps: a larger `max_entries` counts as this.
-const MAX_ENTRIES: usize = 1 << 26;
+/// The most results a cache keeps: a larger `max_entries` counts as this. (Its groups, 16
+/// bytes per result, come to 64 MiB at most.)
+const MAX_ENTRIES: usize = 1 << 22;
 
 /// How many sets a sweep looks at, at most (from where the last one stopped): a sweep runs
-/// on a stage call, so its time is bounded (a few tens of microseconds).
+/// on a stage call, so its time is bounded (2,048 locks and scans, and what expired freed).
 const SWEEP_BUDGET: usize = 2_048;
 
 /// The shortest time between two sweeps, whatever the TTL.
@@ -288,6 +291,7 @@ impl Shared {
             hasher: Default::default(),
             max_entries,
             sets: OnceLock::new(),
+            unstored_misses: AtomicU64::new(0),
         }
     }
 }
@@ -300,8 +304,9 @@ pub struct CacheStats {
     pub hits: u64,
     /// Calls the cache could have answered but had no result for (the stage was called),
     /// counted when the call ends, however it ends: its result stored, failed, skipped,
-    /// timed out, or its run cancelled. Each attempt of a `Retry` outside the cache is a
-    /// call of its own. Calls it never answers — stream
+    /// timed out, or its run cancelled (only a call unwound by a panic in a middleware
+    /// inside the cache, before its stage waited, goes uncounted). Each attempt of a
+    /// `Retry` outside the cache is a call of its own. Calls it never answers — stream
     /// stages, stages with a rollback, reads that do not encode — are neither.
     pub misses: u64,
     /// Results held now (expired ones included until they are evicted).
@@ -319,20 +324,24 @@ pub struct CacheStats {
 /// of up to eight: the hash of a result's key picks two, and it goes in the first unless
 /// that one is full and the other is not; when both are full, one of them (a coin toss)
 /// evicts its oldest result. So a result may be evicted while other groups have room, but
-/// rarely: with as many distinct inputs as `max_entries`, called at random, about 99% of
-/// repeated calls are hits, as with one queue for the whole cache. Each group has its own
-/// lock, and a call whose key is in neither of its groups takes none before its stage
-/// runs: calls of other keys do not wait for each other.
+/// rarely: with as many distinct inputs as `max_entries`, called at random, about 98% of
+/// repeated calls are hits (one queue for the whole cache would answer all; one group per
+/// key, 86%). Each group has its own lock, and a call whose key is in neither of its
+/// groups takes none before its stage runs: calls of other keys do not wait for each
+/// other.
 ///
 /// A store that finds its group's oldest result expired drops the group's expired results,
-/// and then sweeps the others, up to 2,048 groups from where the last sweep stopped, at
-/// most once per eighth of the TTL: expired results are freed within a few TTLs even in
-/// groups nobody stores into. A zero TTL stores nothing.
+/// and then sweeps other groups: up to 2,048 from where the last sweep stopped, at most
+/// once per eighth of the TTL. Expired results in groups nobody stores into are so freed
+/// as long as results are stored, a full pass taking about `max_entries / 16,384` sweeps
+/// (one for the default 10,000; about 32 TTLs' worth at the largest `max_entries`). A zero
+/// TTL stores nothing.
 ///
 /// An entry keeps the values the call read (shared with the run's context, not copied)
-/// and the values it wrote, until it is dropped. Memory is taken as results are stored:
-/// the groups 64 KiB at a time (512 groups of 128 bytes), and a group's eight slots (about
-/// 830 bytes) at its first store.
+/// and the values it wrote, until it is dropped. The cache's own memory: 16 bytes per
+/// result of `max_entries` for the groups, allocated 64 KiB at a time as keys reach them
+/// (keys land at random, so most of it is taken after the first few thousand results),
+/// and about 830 bytes per group that has stored a result.
 ///
 /// Cache only stages whose result depends on their reads alone: scope the cache to them
 /// with [`only`](super::MiddlewareExt::only). Stages with a `rollback`
@@ -373,7 +382,7 @@ impl Cache {
         }
     }
 
-    /// Keeps at most `n` results (at least one: `0` counts as `1`; at most 2^26, about 67
+    /// Keeps at most `n` results (at least one: `0` counts as `1`; at most 2^22, about 4.2
     /// million: a larger `n` counts as that). Memory is taken as results are stored, 64 KiB
     /// of groups at a time, not for `n` up front. Call it when building the cache: it
     /// starts an empty one (its clones made before keep the old).
@@ -399,7 +408,7 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats {
             hits: 0,
-            misses: 0,
+            misses: self.shared.unstored_misses.load(Ordering::Relaxed),
             len: 0,
         };
         for set in self.shared.sets.get().into_iter().flat_map(Sets::allocated) {
@@ -542,11 +551,12 @@ impl Cache {
         Some(out)
     }
 
-    /// Counts a miss whose call stored nothing: it failed, was skipped or timed out.
+    /// Counts a miss whose call stored nothing: it failed, was skipped, timed out or was
+    /// dropped. (Apart from the sets' own counts, so that it allocates no group.)
     #[cold]
     pub(crate) fn missed(&self, key: &CacheKey) {
-        let sets = self.sets();
-        sets.at(sets.indexes(key.hash).0).ways().misses += 1;
+        let _ = key;
+        self.shared.unstored_misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The sets, made at the first use.
@@ -951,12 +961,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_zero_ttl_stores_nothing() {
-        let cache = Cache::ttl(Duration::ZERO);
-        cache.insert(key(3, 1), out("one"), Clock::Direct);
+    async fn a_zero_ttl_stores_nothing_and_allocates_nothing() {
+        let cache = Cache::ttl(Duration::ZERO).max_entries(usize::MAX);
+        for i in 0..1_000u64 {
+            cache.insert(
+                key(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i),
+                out("x"),
+                Clock::Direct,
+            );
+            cache.missed(&key(i, i));
+        }
         assert_eq!(text(cache.lookup(&key(3, 1), Clock::Direct)), None);
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses, stats.len), (0, 1, 0));
+        assert_eq!((stats.hits, stats.misses, stats.len), (0, 2_000, 0));
+        assert!(cache.shared.sets.get().is_none(), "no group was allocated");
     }
 
     #[tokio::test]

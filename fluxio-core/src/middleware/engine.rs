@@ -550,8 +550,15 @@ impl Call {
             }
             match enter(layer, site, self.frames.len(), &mut self.keys) {
                 Enter::Frame(frame) => {
-                    if let Frame::Retry { attempt } = frame {
-                        self.span = attempt_span(site.meta.name, attempt);
+                    match frame {
+                        Frame::Retry { attempt } => {
+                            self.span = attempt_span(site.meta.name, attempt);
+                        }
+                        // A key to count if the call is dropped (see `Drop for Call`).
+                        Frame::Cache if self.layers.is_none() => {
+                            self.layers = Some(site.layers.clone());
+                        }
+                        _ => {}
                     }
                     self.frames.push(frame);
                 }
@@ -623,6 +630,7 @@ impl Call {
         span: Option<tracing::Span>,
         phase: Phase,
     ) -> Box<Call> {
+        let keys_empty = keys.is_empty();
         Box::new(Call {
             frames,
             keys,
@@ -631,7 +639,8 @@ impl Call {
             delegated: None,
             wait: None,
             timer: None,
-            layers: Some(site.layers.clone()),
+            // Only a call with a cache's key needs the chain when it is dropped.
+            layers: (!keys_empty).then(|| site.layers.clone()),
         })
     }
 
