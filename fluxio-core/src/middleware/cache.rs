@@ -93,8 +93,9 @@ struct Cached {
 const WAYS: usize = 8;
 
 /// A group of up to [`WAYS`] results, found by their key's hash. A result is stored in
-/// the set its hash picks, evicting that set's oldest result when the set is full (with
-/// one TTL for every entry, the oldest is the first to expire): the cache is bounded
+/// one of the two sets its hash picks ([`Sets::for_store`]), evicting that set's oldest
+/// result when it is full (with one TTL for every entry, the oldest is the first to
+/// expire): the cache is bounded
 /// without a global eviction queue, and a set's lock is held by the calls of its keys
 /// only. A set's results are a ring in insertion order: the oldest is at `Ways::hand`.
 #[repr(align(64))]
