@@ -95,9 +95,9 @@ const WAYS: usize = 8;
 /// A group of up to [`WAYS`] results, found by their key's hash. A result is stored in
 /// one of the two sets its hash picks ([`Sets::for_store`]), evicting that set's oldest
 /// result when it is full (with one TTL for every entry, the oldest is the first to
-/// expire): the cache is bounded
-/// without a global eviction queue, and a set's lock is held by the calls of its keys
-/// only. A set's results are a ring in insertion order: the oldest is at `Ways::hand`.
+/// expire): the cache is bounded without a global eviction queue, and a set's lock is
+/// held by the calls of its keys only. A set's results are a ring in insertion order: the
+/// oldest is at `Ways::hand`.
 #[repr(align(64))]
 struct Set {
     /// The hash of each result in `ways` (`0`: none), written under its lock and read
