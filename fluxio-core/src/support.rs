@@ -368,6 +368,34 @@ pub const fn check_parallel(first: &crate::StageMeta, second: &crate::StageMeta)
     }
 }
 
+/// Compile-time check of a stage's name, for a `Stage` implemented by hand (`#[stage]`
+/// checks its own): not blank, and no `/`, which separates nested pipelines in idempotency
+/// keys (`"<run id>:<nested pipeline>/<stage>"`) and event names.
+pub const fn check_stage_name(meta: &crate::StageMeta) {
+    let bytes = meta.name.as_bytes();
+    let mut blank = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'/' {
+            let msg = crate::access::ConstMsg::new()
+                .push("stage `")
+                .push(meta.name)
+                .push(
+                    "`: a stage's name (`StageMeta::name`) must not hold `/`: it separates \
+                     nested pipelines in idempotency keys (`<run id>:<nested pipeline>/<stage>`)",
+                );
+            panic!("{}", msg.as_str());
+        }
+        if !bytes[i].is_ascii_whitespace() {
+            blank = false;
+        }
+        i += 1;
+    }
+    if blank {
+        panic!("a stage's name (`StageMeta::name`) must not be empty or blank");
+    }
+}
+
 /// Compile-time check that a stage is used as what it is: a route stage (returning `Route`)
 /// is followed by `=> { ... }`, and only a route stage is. `in_parallel`: the stage is a
 /// member of a `parallel` block, where a route cannot be (its branches follow it).

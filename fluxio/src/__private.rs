@@ -9,7 +9,7 @@ pub use fluxio_core::run::{RunFuture, Scheduler, drive};
 pub use fluxio_core::support::{
     BoxedErrorKind, ErrorTag, FallbackResult, FromRead, IntoPipeline, RollbackResult,
     StageErrorKind, Written, check_distinct_name, check_input_keys, check_parallel,
-    check_route_use, drive_stream, meta_of, missing_resource, run_blocking,
+    check_route_use, check_stage_name, drive_stream, meta_of, missing_resource, run_blocking,
 };
 pub use fluxio_core::{
     Ctx, Key, KeyDesc, Pipeline, Res, ResourceDesc, Route, RunInfo, Stage, StageEnv, StageError,

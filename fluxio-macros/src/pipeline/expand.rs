@@ -134,6 +134,11 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
                     quote!(#private::check_route_use),
                     quote!(&#meta, false, #in_parallel),
                 ));
+                checks.push(check_at(
+                    path,
+                    quote!(#private::check_stage_name),
+                    quote!(&#meta),
+                ));
                 specs.push(
                     quote_spanned!(path.span()=> #private::NodeSpec::stage(#path, #group, #branch)),
                 );
@@ -145,6 +150,11 @@ pub(crate) fn expand(a: &Analysis, krate: Option<&syn::Path>) -> TokenStream {
                     stage,
                     quote!(#private::check_route_use),
                     quote!(&#meta, true, false),
+                ));
+                checks.push(check_at(
+                    stage,
+                    quote!(#private::check_stage_name),
+                    quote!(&#meta),
                 ));
                 specs.push(quote_spanned!(stage.span()=> #private::NodeSpec::route(#stage, &[#(#labels),*], #branch)));
                 descs.push(desc(&private, i, stage, 0, &branch));
