@@ -368,15 +368,38 @@ pub const fn check_parallel(first: &crate::StageMeta, second: &crate::StageMeta)
     }
 }
 
-/// Compile-time check of a stage's name, for a `Stage` implemented by hand (`#[stage]`
-/// checks its own): not blank, and no `/`, which separates nested pipelines in idempotency
-/// keys (`"<run id>:<nested pipeline>/<stage>"`) and event names.
-pub const fn check_stage_name(meta: &crate::StageMeta) {
-    let bytes = meta.name.as_bytes();
-    let mut blank = true;
+/// What makes a name unfit for a stage or a nested pipeline.
+pub(crate) enum NameProblem {
+    /// Empty, or only spaces.
+    Blank,
+    /// It holds `/`, which separates nested pipelines in idempotency keys
+    /// (`"<run id>:<nested pipeline>/<stage>"`).
+    Slash,
+}
+
+/// What is wrong with `name` as a stage's or a nested pipeline's name, if anything.
+pub(crate) const fn name_problem(name: &str) -> Option<NameProblem> {
+    let bytes = name.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'/' {
+            return Some(NameProblem::Slash);
+        }
+        i += 1;
+    }
+    if name.trim_ascii().is_empty() {
+        return Some(NameProblem::Blank);
+    }
+    None
+}
+
+/// Compile-time check of a stage's name, for a `Stage` implemented by hand (`#[stage]`
+/// checks its own): not blank, and no `/`, which separates nested pipelines in idempotency
+/// keys (`"<run id>:<nested pipeline>/<stage>"`).
+pub const fn check_stage_name(meta: &crate::StageMeta) {
+    match name_problem(meta.name) {
+        None => {}
+        Some(NameProblem::Slash) => {
             let msg = crate::access::ConstMsg::new()
                 .push("stage `")
                 .push(meta.name)
@@ -386,13 +409,9 @@ pub const fn check_stage_name(meta: &crate::StageMeta) {
                 );
             panic!("{}", msg.as_str());
         }
-        if !bytes[i].is_ascii_whitespace() {
-            blank = false;
+        Some(NameProblem::Blank) => {
+            panic!("a stage's name (`StageMeta::name`) must not be empty or blank")
         }
-        i += 1;
-    }
-    if blank {
-        panic!("a stage's name (`StageMeta::name`) must not be empty or blank");
     }
 }
 

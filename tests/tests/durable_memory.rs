@@ -1131,30 +1131,37 @@ fn pick_first() -> Route {
     Route::to("first")
 }
 
-/// Wraps the in-memory store; once `lost` is set, writes fail as if another process had
-/// taken the run's lock over (the stores' own tests cover how they detect that).
-#[derive(Clone)]
-struct Fenced {
-    inner: InMemoryStore,
-    lost: Arc<AtomicBool>,
+/// A save's future.
+type SaveFuture = BoxFuture<'static, StoreResult<()>>;
+
+/// Wraps the in-memory store (`.0`); its saves go through the hook, which is given the store
+/// to forward them to.
+struct OnSave<F>(InMemoryStore, Arc<F>);
+
+impl<F> Clone for OnSave<F> {
+    fn clone(&self) -> Self {
+        OnSave(self.0.clone(), self.1.clone())
+    }
 }
 
-impl ForwardStore for Fenced {
+impl<F> ForwardStore for OnSave<F>
+where
+    F: Fn(&InMemoryStore, &str, &str, Save) -> SaveFuture + Send + Sync + 'static,
+{
     fn target(&self) -> &dyn CheckpointStore {
-        &self.inner
+        &self.0
     }
-    fn save(
-        &self,
-        run_id: &str,
-        owner: &str,
-        save: Save,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        if self.lost.load(Ordering::SeqCst) {
-            let run_id = run_id.to_string();
-            return Box::pin(async move { Err(fluxio::store::StoreError::LockLost { run_id }) });
-        }
-        self.inner.save(run_id, owner, save)
+    fn save(&self, run_id: &str, owner: &str, save: Save) -> SaveFuture {
+        (self.1)(&self.0, run_id, owner, save)
     }
+}
+
+/// The in-memory store, its saves through `hook`.
+fn on_save<F>(hook: F) -> OnSave<F>
+where
+    F: Fn(&InMemoryStore, &str, &str, Save) -> SaveFuture + Send + Sync + 'static,
+{
+    OnSave(InMemoryStore::new(), Arc::new(hook))
 }
 
 #[tokio::test]
@@ -1163,10 +1170,21 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         gate: Some(tokio::sync::Semaphore::new(0)),
         ..Default::default()
     });
-    let store = Fenced {
-        inner: InMemoryStore::new(),
-        lost: Arc::new(AtomicBool::new(false)),
-    };
+    // Once `lost` is set, writes fail as if another process had taken the run's lock over
+    // (the stores' own tests cover how they detect that).
+    let lost = Arc::new(AtomicBool::new(false));
+    let store = on_save({
+        let lost = lost.clone();
+        move |inner: &InMemoryStore, run_id: &str, owner: &str, save| {
+            if lost.load(Ordering::SeqCst) {
+                let run_id = run_id.to_string();
+                return Box::pin(
+                    async move { Err(fluxio::store::StoreError::LockLost { run_id }) },
+                );
+            }
+            inner.save(run_id, owner, save)
+        }
+    });
     let (sink, events) = fluxio_tests::event_log();
     let pipe = pipeline! { held, sb }
         .with_resource(probe.clone())
@@ -1178,7 +1196,7 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
         async move { pipe.invoke(input! { seed: 1 }).run_id("fence").await }
     });
     started.await;
-    store.lost.store(true, Ordering::SeqCst);
+    lost.store(true, Ordering::SeqCst);
     probe.gate.as_ref().unwrap().add_permits(1);
     let err = run.await.unwrap().unwrap_err();
     assert!(
@@ -1195,24 +1213,13 @@ async fn a_run_whose_lock_was_taken_over_stops_at_its_next_write() {
     assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
 }
 
-/// Wraps the in-memory store; a save does its work only once polled, as a store that
-/// sends it over a connection does (the in-memory store writes when `save` is called).
-#[derive(Clone)]
-struct Lazy(InMemoryStore);
-
-impl ForwardStore for Lazy {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.0
-    }
-    fn save(
-        &self,
-        run_id: &str,
-        owner: &str,
-        save: Save,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        let (inner, run_id, owner) = (self.0.clone(), run_id.to_string(), owner.to_string());
+/// The in-memory store, its saves done only once polled, as a store that sends them over a
+/// connection does (the in-memory store writes when `save` is called).
+fn lazy() -> OnSave<impl Fn(&InMemoryStore, &str, &str, Save) -> SaveFuture + Send + Sync> {
+    on_save(|inner: &InMemoryStore, run_id: &str, owner: &str, save| {
+        let (inner, run_id, owner) = (inner.clone(), run_id.to_string(), owner.to_string());
         Box::pin(async move { inner.save(&run_id, &owner, save).await })
-    }
+    })
 }
 
 /// What `log` heard of stage `left` and of the run's end.
@@ -1256,12 +1263,11 @@ async fn fail_beside(
 /// ends, and a resume does not run it again.
 #[tokio::test]
 async fn a_sibling_finished_beside_the_failure_is_stored_before_the_run_ends() {
-    let (probe, store) = (Arc::new(Probe::default()), InMemoryStore::new());
+    let (probe, store) = (Arc::new(Probe::default()), lazy());
     let pipe = pipeline! { parallel { left, right } };
-    let (pipe, events, left_log) =
-        fail_beside(pipe, &probe, Lazy(store.clone()), "beside-failure").await;
+    let (pipe, events, left_log) = fail_beside(pipe, &probe, store.clone(), "beside-failure").await;
     probe.set_failing(&[]);
-    let cp = stored(&store, "beside-failure").await;
+    let cp = stored(&store.0, "beside-failure").await;
     assert_eq!(cp.entries.len(), 1, "`left`'s entry is stored");
     // `left` finished as the run failed and its entry is stored: reported completed, after
     // its checkpoint, and before the run's end — never cancelled (a consumer would read
@@ -1304,7 +1310,7 @@ async fn undo_left(_seed: &u64, probe: Res<Arc<Probe>>) -> Result<(), StageError
 async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
     let probe = Arc::new(Probe::default());
     let pipe = pipeline! { parallel { left_undone, right } };
-    let store = Lazy(InMemoryStore::new());
+    let store = lazy();
     let (_, events, left_log) = fail_beside(pipe, &probe, store, "beside-failure-undone").await;
     assert_eq!(probe.count("undo left"), 1);
     assert_eq!(
@@ -1330,35 +1336,24 @@ async fn a_sibling_stored_beside_the_failure_is_completed_then_rolled_back() {
     );
 }
 
-/// Wraps the in-memory store; every stage entry's save, once polled, fails (`hang`: never
+/// The in-memory store; every stage entry's save, once polled, fails (`hang`: never
 /// answers).
-#[derive(Clone)]
-struct EntriesDown {
-    inner: InMemoryStore,
+fn entries_down(
     hang: bool,
-}
-
-impl ForwardStore for EntriesDown {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.inner
-    }
-    fn save(
-        &self,
-        run_id: &str,
-        owner: &str,
-        save: Save,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        if !matches!(save, Save::Entry(_)) {
-            return self.inner.save(run_id, owner, save);
-        }
-        let hang = self.hang;
-        Box::pin(async move {
-            if hang {
-                std::future::pending::<()>().await;
+) -> OnSave<impl Fn(&InMemoryStore, &str, &str, Save) -> SaveFuture + Send + Sync> {
+    on_save(
+        move |inner: &InMemoryStore, run_id: &str, owner: &str, save| {
+            if !matches!(save, Save::Entry(_)) {
+                return inner.save(run_id, owner, save);
             }
-            Err(fluxio::store::StoreError::backend("save", "down"))
-        })
-    }
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Err(fluxio::store::StoreError::backend("save", "down"))
+            })
+        },
+    )
 }
 
 /// The sibling finished beside the failure, but its entry cannot be stored: it is reported
@@ -1366,10 +1361,7 @@ impl ForwardStore for EntriesDown {
 #[tokio::test]
 async fn a_sibling_whose_entry_cannot_be_stored_beside_the_failure_is_cancelled() {
     let probe = Arc::new(Probe::default());
-    let store = EntriesDown {
-        inner: InMemoryStore::new(),
-        hang: false,
-    };
+    let store = entries_down(false);
     let pipe = pipeline! { parallel { left, right } };
     let (_, _, left_log) = fail_beside(pipe, &probe, store, "beside-down").await;
     assert_eq!(
@@ -1387,10 +1379,7 @@ async fn a_run_dropped_while_storing_a_sibling_beside_the_failure_cancels_it_onc
     let pipe = pipeline! { parallel { left, right } }
         .with_resource(probe.clone())
         .with_callback(left_log.clone())
-        .with_store(EntriesDown {
-            inner: InMemoryStore::new(),
-            hang: true,
-        });
+        .with_store(entries_down(true));
     probe.set_failing(&["right"]);
     let waited = tokio::time::timeout(
         Duration::from_millis(200),
@@ -1404,30 +1393,6 @@ async fn a_run_dropped_while_storing_a_sibling_beside_the_failure_cancels_it_onc
     );
 }
 
-/// Wraps the in-memory store; the second stage entry it is asked to save fails.
-#[derive(Clone)]
-struct SecondEntryFails {
-    inner: InMemoryStore,
-    entries: Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl ForwardStore for SecondEntryFails {
-    fn target(&self) -> &dyn CheckpointStore {
-        &self.inner
-    }
-    fn save(
-        &self,
-        run_id: &str,
-        owner: &str,
-        save: Save,
-    ) -> fluxio::store::BoxFuture<'static, fluxio::store::StoreResult<()>> {
-        if matches!(save, Save::Entry(_)) && self.entries.fetch_add(1, Ordering::SeqCst) == 1 {
-            return Box::pin(async { Err(fluxio::store::StoreError::backend("save", "down")) });
-        }
-        self.inner.save(run_id, owner, save)
-    }
-}
-
 /// Two stages end together and the second's entry cannot be stored: the first's entry is
 /// stored, so it ended (completed, checkpointed) — it is not left started without an end —
 /// and the second, which did not fail, is reported cancelled; the run fails with the store's
@@ -1435,10 +1400,16 @@ impl ForwardStore for SecondEntryFails {
 #[tokio::test]
 async fn a_stage_stored_beside_a_failed_save_is_reported_ended() {
     let probe = Arc::new(Probe::default());
-    let store = SecondEntryFails {
-        inner: InMemoryStore::new(),
-        entries: Arc::new(std::sync::atomic::AtomicU32::new(0)),
-    };
+    // The second stage entry it is asked to save fails.
+    let entries = std::sync::atomic::AtomicU32::new(0);
+    let store = on_save(
+        move |inner: &InMemoryStore, run_id: &str, owner: &str, save| {
+            if matches!(save, Save::Entry(_)) && entries.fetch_add(1, Ordering::SeqCst) == 1 {
+                return Box::pin(async { Err(fluxio::store::StoreError::backend("save", "down")) });
+            }
+            inner.save(run_id, owner, save)
+        },
+    );
     let (sink, events) = fluxio_tests::event_log();
     let pipe = pipeline! { parallel { left, right } }
         .with_resource(probe.clone())
@@ -1463,7 +1434,7 @@ async fn a_stage_stored_beside_a_failed_save_is_reported_ended() {
     assert_eq!((completed.len(), cancelled.len()), (1, 1));
     assert!(fluxio_tests::attempts(&events, "stage.failed").is_empty());
     let stored_one = completed[0].0;
-    assert_eq!(stored(&store.inner, "beside").await.entries.len(), 1);
+    assert_eq!(stored(&store.0, "beside").await.entries.len(), 1);
     pipe.resume("beside").await.unwrap();
     assert_eq!(
         (probe.count(stored_one), probe.count(cancelled[0].0)),

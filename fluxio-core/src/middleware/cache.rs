@@ -358,7 +358,6 @@ pub struct CacheStats {
 #[derive(Clone)]
 pub struct Cache {
     ttl: Duration,
-    max_entries: usize,
     shared: Arc<Shared>,
 }
 
@@ -366,7 +365,7 @@ impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
+            .field("max_entries", &self.shared.max_entries)
             .field("len", &self.len())
             .finish()
     }
@@ -378,7 +377,6 @@ impl Cache {
     pub fn ttl(ttl: Duration) -> Self {
         Cache {
             ttl: ttl.min(super::FOREVER),
-            max_entries: 10_000,
             shared: Default::default(),
         }
     }
@@ -389,8 +387,7 @@ impl Cache {
     /// starts an empty one (its clones made before keep the old).
     #[must_use]
     pub fn max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n.clamp(1, MAX_ENTRIES);
-        self.shared = Arc::new(Shared::new(self.max_entries));
+        self.shared = Arc::new(Shared::new(n.clamp(1, MAX_ENTRIES)));
         self
     }
 
@@ -946,7 +943,7 @@ mod tests {
     #[tokio::test]
     async fn a_huge_max_entries_is_a_bound_not_an_allocation() {
         let cache = Cache::ttl(Duration::from_secs(60)).max_entries(usize::MAX);
-        assert_eq!(cache.max_entries, MAX_ENTRIES);
+        assert_eq!(cache.shared.max_entries, MAX_ENTRIES);
         let k = key(12_345, 1);
         let probe = CacheKey {
             reads: k.reads.clone(),

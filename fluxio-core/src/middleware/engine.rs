@@ -203,12 +203,7 @@ fn leave(
                         cache.insert(key, done, site.clock);
                     }
                 }
-                (Err(_), Layer::Cache(cache)) => {
-                    if let Some((_, key)) = keys.pop() {
-                        cache.missed(&key);
-                    }
-                }
-                _ => drop(keys.pop()),
+                _ => missed(site.layers, keys.pop()),
             }
             None
         }
@@ -217,6 +212,16 @@ fn leave(
                 breaker.record_outcome(site.meta, out);
             }
             None
+        }
+    }
+}
+
+/// Counts a miss for each of `keys` (with the depth of its cache in `layers`): their calls
+/// ended without a result to store (failed, skipped, timed out or dropped).
+fn missed(layers: &[Layer], keys: impl IntoIterator<Item = (usize, super::cache::CacheKey)>) {
+    for (at, key) in keys {
+        if let Some(Layer::Cache(cache)) = layers.get(at).map(Layer::unscoped) {
+            cache.missed(&key);
         }
     }
 }
@@ -428,13 +433,8 @@ impl Drop for Call {
     /// A call dropped with keys left (cancelled, or cut off by the stage's own timeout) is
     /// a miss for each of their caches.
     fn drop(&mut self) {
-        let Some(layers) = &self.layers else {
-            return;
-        };
-        for (at, key) in self.keys.drain(..) {
-            if let Some(Layer::Cache(cache)) = layers.get(at).map(Layer::unscoped) {
-                cache.missed(&key);
-            }
+        if let Some(layers) = &self.layers {
+            missed(layers, self.keys.drain(..));
         }
     }
 }
@@ -787,14 +787,13 @@ impl Call {
         self.timer = None;
         self.delegated = None;
         self.wait = None;
-        // The caches inside are left without a result: a miss each.
-        while matches!(self.keys.last(), Some((at, _)) if *at >= depth) {
-            if let Some((at, key)) = self.keys.pop()
-                && let Layer::Cache(cache) = site.layers[at].unscoped()
-            {
-                cache.missed(&key);
-            }
-        }
+        // The caches inside are left without a result: a miss each. (Keys are kept
+        // outermost first.)
+        let inside = self.keys.iter().position(|(at, _)| *at >= depth);
+        missed(
+            site.layers,
+            self.keys.drain(inside.unwrap_or(self.keys.len())..),
+        );
         self.frames.truncate(depth);
         Some(Err(StageError::new(no_runtime.unwrap_or(Error::Timeout {
             stage: site.meta.name,

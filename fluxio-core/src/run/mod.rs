@@ -103,7 +103,7 @@ impl Pipeline {
     /// ```
     pub fn named(mut self, name: &'static str) -> Self {
         assert!(
-            !name.trim().is_empty() && !name.contains('/'),
+            crate::support::name_problem(name).is_none(),
             "`Pipeline::named({name:?})`: a nested pipeline's name must be non-empty and hold \
              no `/` (it separates nested pipelines in idempotency keys)"
         );
